@@ -1,0 +1,31 @@
+# The few verbs a newcomer needs. `make demo` and `make test` work from a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml requirements-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	# CPU torch first (pinned, on disk here) so the open range in pyproject.toml installs nothing more.
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-cpu.txt
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/streamembed demo --output output
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/streamembed bench --config benchmarks/cpu-local.yaml
+
+clean:
+	rm -rf output demo-data

@@ -1,0 +1,266 @@
+"""streamembed monitor | backfill | status | map | evaluate | synth | demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, load_config
+
+log = logging.getLogger("streamembed")
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("distributed", "tornado", "bokeh", "asyncio", "rasterio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = args.config
+    if path == DEFAULT_CONFIG and not Path(path).exists():
+        path = None  # built-in defaults; every key is documented in the shipped config.yaml
+    cfg = load_config(path)
+    overrides: dict[str, Any] = {}
+    if getattr(args, "source", None):
+        overrides["source.path"] = args.source
+    if getattr(args, "output", None):
+        overrides["output"] = args.output
+    return cfg.with_overrides(**overrides) if overrides else cfg
+
+
+def _print(lines: list[str]) -> None:
+    for line in lines:
+        print(line, flush=True)
+
+
+def cmd_backfill(args: argparse.Namespace, cfg: Config) -> int:
+    from .cluster import make_client
+    from .pipeline import Pipeline
+
+    with make_client(cfg.cluster) as client:
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        pipe = Pipeline(cfg, client)
+        try:
+            report = pipe.run(retry_failed=args.retry_failed, progress=not args.no_progress)
+        finally:
+            pipe.close()
+    _print(report.lines())
+    _print(_where(cfg))
+    return 0
+
+
+def _where(cfg: Config) -> list[str]:
+    out = cfg.output_dir
+    return [
+        f"embeddings: {out / 'embeddings.zarr'}  (xarray.open_zarr(path, group=TILE))",
+        f"anomalies:  {out / 'anomalies'}  (geopandas.read_parquet(path))",
+        f"ledger:     {out / 'ledger.sqlite'}  (streamembed status --output {out})",
+    ]
+
+
+def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
+    from .cluster import make_client
+    from .pipeline import Pipeline
+
+    stop = threading.Event()
+
+    def _handle(signum: int, _frame: Any) -> None:
+        log.info("signal %s: finishing in-flight acquisitions, then checkpointing", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, _handle)
+    signal.signal(signal.SIGTERM, _handle)
+    poll = args.poll_seconds or cfg.pipeline.poll_seconds
+    with make_client(cfg.cluster) as client:
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        print(f"monitoring {cfg.source.path} every {poll:g} s; Ctrl-C stops cleanly", flush=True)
+        pipe = Pipeline(cfg, client)
+        cycles = 0
+        try:
+            while not stop.is_set():
+                report = pipe.run(stop=stop.is_set, progress=False)
+                cycles += 1
+                if not report.nothing_new:
+                    _print(report.lines())
+                else:
+                    log.info("poll %d: nothing new (%d acquisitions known)", cycles, report.discovered)
+                if args.cycles and cycles >= args.cycles:
+                    break
+                stop.wait(poll)
+        finally:
+            pipe.close()
+    print("monitor stopped; state checkpointed.", flush=True)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    from .ledger import FAILED, Ledger
+
+    path = cfg.output_dir / "ledger.sqlite"
+    if not path.exists():
+        print(f"no ledger at {path}; nothing has run with --output {cfg.output_dir}")
+        return 1
+    with Ledger(path) as ledger:
+        summary = ledger.summary()
+        states = ("seen", "embedded", "applied", "late", "failed")
+        print(f"{'tile':<8}" + "".join(f"{s:>10}" for s in states) + f"{'anomalies':>11}")
+        rows = ledger.rows()
+        for tile, counts in summary.items():
+            n_anom = sum(r.n_anomalies or 0 for r in rows if r.tile == tile)
+            print(f"{tile:<8}" + "".join(f"{counts.get(s, 0):>10}" for s in states) + f"{n_anom:>11}")
+        failed = ledger.rows(FAILED)
+        if failed and args.failed:
+            for r in failed:
+                print(f"failed {r.id}: {r.reason}")
+        elif failed:
+            print(f"{len(failed)} failed; `streamembed status --failed` lists the reasons")
+    return 0
+
+
+def cmd_map(args: argparse.Namespace, cfg: Config) -> int:
+    from .quicklook import render_map
+
+    png = render_map(cfg.output_dir, args.tile, args.date, args.o)
+    print(f"wrote {png}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(cfg.output_dir / "anomalies", args.truth)
+    _print(result.lines())
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace, cfg: Config) -> int:
+    from .sources.synthetic import generate
+
+    items, truth = _synth(Path(args.outdir), cfg, args.days, args.tile_px)
+    print(f"items: {items}\ntruth: {truth}")
+    return 0
+
+
+def _synth(out: Path, cfg: Config, days: int | None = None, tile_px: int | None = None) -> tuple[Path, Path]:
+    from tqdm import tqdm
+
+    from .sources.synthetic import generate
+
+    bar = tqdm(desc="synthesising", unit="acq", dynamic_ncols=True)
+
+    def step(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        return generate(
+            out,
+            days=days or cfg.demo.days,
+            revisit_days=cfg.demo.revisit_days,
+            tile_px=tile_px or cfg.demo.tile_px,
+            seed=cfg.demo.seed,
+            cell_size=cfg.ingest.cell_size,
+            progress=step,
+        )
+    finally:
+        bar.close()
+
+
+def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
+    """The embedded default: synthetic archive -> local cluster backfill -> evaluation -> map."""
+    t0 = time.time()
+    data = Path(cfg.demo.data)
+    truth = data / "truth.parquet"
+    if not truth.exists():
+        print(f"Writing the synthetic demo archive to {data} (real COGs + STAC items) …", flush=True)
+        _synth(data, cfg)
+    else:
+        print(f"Using the synthetic demo archive in {data}", flush=True)
+    cfg = cfg.with_overrides(**{"source.path": str(data / "items")})
+    args.retry_failed = False
+    cmd_backfill(args, cfg)
+    print("\nEvaluation against the planted events (seeded encoder):", flush=True)
+    cmd_evaluate(argparse.Namespace(truth=str(truth)), cfg)
+    from .quicklook import render_map
+    from .sink import read_anomalies
+
+    anomalies = read_anomalies(cfg.output_dir / "anomalies")
+    if len(anomalies):
+        # The acquisition with the most anomalous cells makes the most telling picture.
+        top = anomalies.groupby(["mgrs_tile", "acquisition_id"]).size().idxmax()
+        when = anomalies.loc[anomalies["acquisition_id"] == top[1], "datetime"].iloc[0]
+        png = render_map(cfg.output_dir, str(top[0]), when.strftime("%Y-%m-%d"), cfg.output_dir / "demo-map.png")
+        print(f"map: {png}  (streamembed map {top[0]} {when:%Y-%m-%d} -o {png})")
+    print(f"demo finished in {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamembed", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default ./config.yaml)")
+        p.add_argument("--source", help="source folder or URL (overrides source.path)")
+        p.add_argument("--output", help="output folder (overrides output; default ./output)")
+        return p
+
+    p = common(sub.add_parser("backfill", help="process everything the source has (resumable)"))
+    p.add_argument("--retry-failed", action="store_true", help="try failed acquisitions again")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_backfill)
+    p = common(sub.add_parser("monitor", help="poll the source and process what is new"))
+    p.add_argument("--poll-seconds", type=float, default=None)
+    p.add_argument("--cycles", type=int, default=0, help="stop after N polls (0: run until signalled)")
+    p.set_defaults(func=cmd_monitor)
+    p = common(sub.add_parser("status", help="ledger summary per tile"))
+    p.add_argument("--failed", action="store_true", help="list failed acquisitions and reasons")
+    p.set_defaults(func=cmd_status)
+    p = common(sub.add_parser("map", help="anomaly cells over an RGB quicklook (PNG)"))
+    p.add_argument("tile")
+    p.add_argument("date", help="YYYY-MM-DD")
+    p.add_argument("-o", default="map.png", help="output PNG")
+    p.set_defaults(func=cmd_map)
+    p = common(sub.add_parser("evaluate", help="precision/recall against a truth GeoParquet"))
+    p.add_argument("truth")
+    p.set_defaults(func=cmd_evaluate)
+    p = common(sub.add_parser("synth", help="write the synthetic archive (COGs + STAC + truth)"))
+    p.add_argument("outdir")
+    p.add_argument("--days", type=int, default=None)
+    p.add_argument("--tile-px", type=int, default=None)
+    p.set_defaults(func=cmd_synth)
+    p = common(sub.add_parser("demo", help="synthetic data + local cluster + evaluation + map"))
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        cfg = _config(args)
+        return int(args.func(args, cfg))
+    except ConfigError as err:
+        print(f"configuration error:\n{err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

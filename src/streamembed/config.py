@@ -1,0 +1,215 @@
+"""The one typed configuration object, loaded from config.yaml (+ env overrides) and validated once.
+
+Environment overrides use ``STREAMEMBED__SECTION__KEY=value`` (value parsed as YAML), e.g.
+``STREAMEMBED__CLUSTER__N_WORKERS=4``. Credentials never live here: see ``credentials.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .acquisition import BANDS_L1C, BANDS_L2A
+
+ENV_PREFIX = "STREAMEMBED__"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Section):
+    kind: Literal["local"] = "local"
+    path: str = "demo-data/items"
+    band_mapping: Literal["auto", "cdse", "earth-search", "planetary-computer"] | dict[str, str] = (
+        "auto"
+    )
+
+
+class IngestConfig(_Section):
+    cell_size: int = Field(32, description="pixels per embedding cell at 10 m (= encoder stride)")
+    window: int = Field(256, description="core window in pixels, a multiple of cell_size")
+    margin: int = Field(32, description="context pixels on each side, a multiple of cell_size")
+    resampling: Literal["nearest", "bilinear"] = "nearest"
+    scl_mask_classes: tuple[int, ...] = (0, 1, 3, 8, 9, 10, 11)
+
+    @model_validator(mode="after")
+    def _multiples(self) -> IngestConfig:
+        for key in ("window", "margin"):
+            value = getattr(self, key)
+            if value % self.cell_size or value < 0:
+                raise ValueError(
+                    f"ingest.{key}={value} must be a non-negative multiple of "
+                    f"ingest.cell_size={self.cell_size}"
+                )
+        if self.window == 0:
+            raise ValueError("ingest.window must be positive")
+        return self
+
+
+class ModelConfig(_Section):
+    arch: Literal["resnet18", "resnet50"] = "resnet50"
+    bands: tuple[str, ...] = BANDS_L2A
+    checkpoint: str | None = None
+    normalisation: Literal["divide_10000", "ssl4eo_minmax"] = "divide_10000"
+    seed: int = 0
+    batch_size: int = 4
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = 1
+
+    @field_validator("bands")
+    @classmethod
+    def _known_bands(cls, bands: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [b for b in bands if b not in BANDS_L1C]
+        if unknown:
+            raise ValueError(f"unknown band(s) {unknown}; use names from {list(BANDS_L1C)}")
+        if len(bands) not in (12, 13):
+            raise ValueError(
+                f"{len(bands)} bands given; SSL4EO-S12 encoders take 13 (L1C) or 12 (L2A, no B10)"
+            )
+        return bands
+
+
+class StoreConfig(_Section):
+    dtype: Literal["float16", "float32"] = "float16"
+    chunk_cells: int = 64
+
+
+class StatsConfig(_Section):
+    half_life_days: float = Field(45.0, gt=0)
+    min_obs: int = Field(6, ge=2)
+    min_clear: float = Field(0.9, ge=0, le=1)
+    min_context_clear: float = Field(0.8, ge=0, le=1)
+    threshold: float = Field(3.5, gt=0)
+    min_index_change: float = Field(0.25, ge=0)
+    spatial_correction: bool = True
+    shards: int = Field(1, ge=1)
+    checkpoint_every: int = Field(1, ge=1)
+
+
+class ClusterConfig(_Section):
+    kind: Literal["local", "address"] = "local"
+    n_workers: int | None = None
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    address: str | None = None
+    dashboard_address: str = ":8787"
+
+
+class PipelineConfig(_Section):
+    max_in_flight: int = Field(4, ge=1)
+    poll_seconds: float = Field(300.0, gt=0)
+
+
+class DemoConfig(_Section):
+    data: str = "demo-data"
+    tile_px: int = 512
+    days: int = 365
+    revisit_days: int = 5
+    seed: int = 42
+
+
+class Config(_Section):
+    output: str = "output"
+    source: SourceConfig = SourceConfig()
+    ingest: IngestConfig = IngestConfig()
+    model: ModelConfig = ModelConfig()
+    store: StoreConfig = StoreConfig()
+    stats: StatsConfig = StatsConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    demo: DemoConfig = DemoConfig()
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output)
+
+    def with_overrides(self, **dotted: Any) -> Config:
+        """A copy with ``{"source.path": ...}``-style overrides applied and re-validated."""
+        data = self.model_dump()
+        for key, value in dotted.items():
+            _set_dotted(data, key.split("."), value)
+        return _validate(data, origin="command line")
+
+
+def _set_dotted(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path)}: {part} is not a section")
+    node[path[-1]] = value
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            parent = item["loc"][:-1]
+            valid = _valid_keys(parent)
+            lines.append(f"{origin}: unknown key '{key}'; valid keys here: {', '.join(valid)}")
+        else:
+            lines.append(f"{origin}: {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _valid_keys(parent: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in parent:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def _validate(data: Mapping[str, Any], origin: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, origin)) from None
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Dotted overrides from ``STREAMEMBED__A__B=value`` variables (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if name.startswith(ENV_PREFIX):
+            dotted = ".".join(name[len(ENV_PREFIX) :].lower().split("__"))
+            out[dotted] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load and validate config.yaml; a missing default file means the built-in defaults."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} not found; pass --config PATH or create it")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{p}: not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+        data = loaded
+        origin = str(p)
+    env = env_overrides(os.environ if environ is None else environ)
+    for key, value in env.items():
+        _set_dotted(data, key.split("."), value)
+    if env:
+        origin += " + STREAMEMBED__* environment"
+    return _validate(data, origin)

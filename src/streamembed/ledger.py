@@ -1,0 +1,155 @@
+"""Acquisition ledger (SQLite, WAL): what was seen, embedded, applied, failed, or arrived late.
+
+States move forward only: seen -> embedded -> applied; failed and late are terminal unless a
+run asks to retry failures. The ledger lives with the driver (the daemon), never on workers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .acquisition import Acquisition
+
+SEEN, EMBEDDED, APPLIED, FAILED, LATE = "seen", "embedded", "applied", "failed", "late"
+STATES = (SEEN, EMBEDDED, APPLIED, FAILED, LATE)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS acquisitions (
+    id TEXT PRIMARY KEY,
+    tile TEXT NOT NULL,
+    datetime TEXT NOT NULL,
+    item_href TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    n_anomalies INTEGER,
+    snow_cells INTEGER,
+    masked_cells INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_seen TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS by_tile_time ON acquisitions (tile, datetime);
+"""
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    id: str
+    tile: str
+    datetime: str
+    item_href: str
+    state: str
+    reason: str | None
+    n_anomalies: int | None
+    snow_cells: int | None
+    masked_cells: int | None
+    attempts: int
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Ledger:
+    """The ledger file at ``path``; every method is one short transaction."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def record_seen(self, acqs: Iterable[Acquisition]) -> int:
+        """Insert acquisitions not yet known; returns how many were new."""
+        now = _now()
+        rows = [(a.id, a.tile, a.datetime.isoformat(), a.item_href, SEEN, now, now) for a in acqs]
+        before = self.count()
+        self._db.executemany(
+            "INSERT OR IGNORE INTO acquisitions (id, tile, datetime, item_href, state, first_seen,"
+            " updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        return self.count() - before
+
+    def record_failure_seen(self, key: str, tile: str, when: str, href: str, reason: str) -> None:
+        """A source entry that could not even be parsed into an acquisition."""
+        now = _now()
+        self._db.execute(
+            "INSERT INTO acquisitions (id, tile, datetime, item_href, state, reason, attempts,"
+            " first_seen, updated) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET reason=excluded.reason, updated=excluded.updated",
+            (key, tile, when, href, FAILED, reason, now, now),
+        )
+
+    def set_state(
+        self,
+        acq_id: str,
+        state: str,
+        reason: str | None = None,
+        n_anomalies: int | None = None,
+        snow_cells: int | None = None,
+        masked_cells: int | None = None,
+    ) -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown ledger state {state!r}")
+        self._db.execute(
+            "UPDATE acquisitions SET state=?, reason=?, n_anomalies=COALESCE(?, n_anomalies),"
+            " snow_cells=COALESCE(?, snow_cells), masked_cells=COALESCE(?, masked_cells),"
+            " attempts=attempts + (? IN ('failed', 'embedded')), updated=? WHERE id=?",
+            (state, reason, n_anomalies, snow_cells, masked_cells, state, _now(), acq_id),
+        )
+
+    def state(self, acq_id: str) -> str | None:
+        row = self._db.execute("SELECT state FROM acquisitions WHERE id=?", (acq_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def states(self) -> dict[str, str]:
+        return {r[0]: r[1] for r in self._db.execute("SELECT id, state FROM acquisitions")}
+
+    def rows(self, state: str | None = None) -> list[LedgerRow]:
+        sql = (
+            "SELECT id, tile, datetime, item_href, state, reason, n_anomalies, snow_cells,"
+            " masked_cells, attempts FROM acquisitions"
+        )
+        args: tuple[str, ...] = ()
+        if state:
+            sql += " WHERE state=?"
+            args = (state,)
+        sql += " ORDER BY tile, datetime"
+        return [LedgerRow(*r) for r in self._db.execute(sql, args)]
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM acquisitions").fetchone()[0])
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """{tile: {state: count}}."""
+        out: dict[str, dict[str, int]] = {}
+        for tile, state, n in self._db.execute(
+            "SELECT tile, state, COUNT(*) FROM acquisitions GROUP BY tile, state ORDER BY tile"
+        ):
+            out.setdefault(tile, {})[state] = n
+        return out
+
+    def last_applied_time(self, tile: str) -> str | None:
+        row = self._db.execute(
+            "SELECT MAX(datetime) FROM acquisitions WHERE tile=? AND state=?", (tile, APPLIED)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def find(self, tile: str, date: str) -> list[LedgerRow]:
+        return [r for r in self.rows() if r.tile == tile and r.datetime.startswith(date)]

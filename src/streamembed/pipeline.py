@@ -1,0 +1,349 @@
+"""The streaming graph on a dask.distributed Client: source -> ingest -> embed -> store -> stats -> sink.
+
+Embedding is stateless and parallel (a bounded number of acquisitions in flight); applying to
+the statistics is strictly ordered by acquisition time per tile, one actor shard per group of
+tiles. The ledger records every step, so a rerun or a restart resumes where the last one stopped
+and never embeds, applies or writes anything twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distributed import Client, Future, Lock, get_worker, wait
+
+from .acquisition import Acquisition
+from .actor import ALREADY, LATE, StatsActor, shard_of
+from .config import Config
+from .encoder import EncoderPlugin, ModelIdentity, model_identity
+from .ingest import SceneWindows, grid_for, prepare_scene
+from .ledger import APPLIED, EMBEDDED, FAILED, SEEN, Ledger
+from .ledger import LATE as LEDGER_LATE
+from .sources import discover
+from .store import EmbeddingBatch, EmbeddingStore
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- worker tasks
+
+
+def store_path(cfg: Config) -> Path:
+    return cfg.output_dir / "embeddings.zarr"
+
+
+def ingest_task(acq: Acquisition, cfg: Config) -> SceneWindows:
+    """Read, mask and normalise one acquisition onto its tile's fixed grid (CPU work)."""
+    store = EmbeddingStore(store_path(cfg), cfg.store)
+    grid = store.grid(acq.tile) or grid_for(acq, cfg.ingest.cell_size)
+    return prepare_scene(acq, grid, cfg.ingest, cfg.model)
+
+
+def store_attrs(identity: ModelIdentity, cfg: Config) -> dict[str, Any]:
+    return {
+        "model_id": identity.model_id,
+        "model_weights": identity.weights,
+        "model_seeded": identity.seeded,
+        "model_arch": cfg.model.arch,
+        "bands": list(cfg.model.bands),
+        "normalisation": cfg.model.normalisation,
+        "window_px": cfg.ingest.window,
+        "margin_px": cfg.ingest.margin,
+        "scl_mask_classes": list(cfg.ingest.scl_mask_classes),
+        "Conventions": "CF-1.8",
+        "source_note": "Contains modified Copernicus Sentinel data where the input is real",
+    }
+
+
+def encode_task(scene: SceneWindows, acq: Acquisition, cfg: Config) -> dict[str, Any]:
+    """Encode on this worker's resident model and append to the store (serialised per tile)."""
+    plugin = get_worker().plugins[EncoderPlugin.name]
+    encoder = plugin.get(cfg.model)  # type: ignore[attr-defined]
+    embedding = encoder.embed_scene(scene)
+    batch = EmbeddingBatch(
+        acquisition_id=acq.id,
+        tile=acq.tile,
+        time=acq.datetime,
+        grid=scene.grid,
+        embedding=embedding,
+        clear=scene.clear,
+        snow=scene.snow,
+        indices=scene.indices,
+    )
+    store = EmbeddingStore(store_path(cfg), cfg.store)
+    with Lock(f"streamembed-store-{acq.tile}"):
+        written = store.append(batch, store_attrs(encoder.identity, cfg))
+    return {"written": written, "cells": int(embedding.shape[0] * embedding.shape[1])}
+
+
+# ---------------------------------------------------------------- driver
+
+
+@dataclass
+class RunReport:
+    """What one backfill or monitor cycle did."""
+
+    discovered: int = 0
+    new: int = 0
+    embedded: int = 0
+    stored: int = 0
+    applied: int = 0
+    replayed: int = 0
+    late: int = 0
+    anomaly_rows: int = 0
+    files: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    already_done: int = 0
+    stopped_early: bool = False
+
+    @property
+    def nothing_new(self) -> bool:
+        return not (self.embedded or self.applied or self.failed or self.late or self.replayed)
+
+    def lines(self) -> list[str]:
+        if self.nothing_new:
+            return [
+                f"Nothing new: all {self.discovered} acquisitions were already processed; "
+                "no embedding, anomaly row or file was written."
+            ]
+        out = [
+            f"{self.discovered} acquisitions in the source, {self.new} new this run.",
+            f"embedded {self.embedded} (stored {self.stored}), applied {self.applied}"
+            + (f" (+{self.replayed} replayed after a lost checkpoint)" if self.replayed else "")
+            + f", late {self.late}, failed {len(self.failed)}.",
+            f"anomalies: {self.anomaly_rows} rows in {len(self.files)} new files.",
+        ]
+        for acq_id, reason in self.failed[:10]:
+            out.append(f"  failed {acq_id}: {reason}")
+        if len(self.failed) > 10:
+            out.append(f"  … and {len(self.failed) - 10} more (streamembed status --failed)")
+        if self.stopped_early:
+            out.append("stopped on request; the rest resumes on the next run.")
+        return out
+
+
+class Pipeline:
+    """One output directory processed on one Client; reused across monitor cycles."""
+
+    def __init__(self, cfg: Config, client: Client):
+        self.cfg = cfg
+        self.client = client
+        self.out = cfg.output_dir
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.identity = model_identity(cfg.model)
+        if self.identity.seeded:
+            log.warning(
+                "No model.checkpoint configured: the encoder uses %s. Embeddings are only "
+                "comparable within this store; point model.checkpoint at SSL4EO-S12 weights "
+                "for meaningful features.",
+                self.identity.weights,
+            )
+        self.ledger = Ledger(self.out / "ledger.sqlite")
+        self.store = EmbeddingStore(store_path(cfg), cfg.store)
+        # Unique keys: several pipelines (outputs) may share one long-running cluster.
+        token = uuid.uuid4().hex[:8]
+        self._actor_futures = [
+            client.submit(
+                StatsActor,
+                str(self.out),
+                cfg.stats,
+                cfg.store,
+                self.identity.model_id,
+                actor=True,
+                key=f"streamembed-stats-shard-{k}-{token}",
+            )
+            for k in range(cfg.stats.shards)
+        ]
+        self.actors = [f.result() for f in self._actor_futures]
+
+    def close(self) -> None:
+        self.checkpoint()
+        self.ledger.close()
+        self.actors = []
+        for fut in self._actor_futures:
+            fut.release()
+
+    def checkpoint(self) -> None:
+        for actor in self.actors:
+            actor.checkpoint().result()
+
+    def _actor(self, tile: str) -> Any:
+        return self.actors[shard_of(tile, len(self.actors))]
+
+    def run(
+        self,
+        retry_failed: bool = False,
+        stop: Callable[[], bool] = lambda: False,
+        progress: bool = True,
+    ) -> RunReport:
+        """Discover, embed what is new, apply in time order, write anomalies."""
+        cfg = self.cfg
+        acqs, failures = discover(cfg.source.path, cfg.source.band_mapping, cfg.model.bands)
+        report = RunReport(discovered=len(acqs) + len(failures))
+        known = self.ledger.states()
+        for f in failures:
+            if known.get(f.key) != FAILED:
+                self.ledger.record_failure_seen(f.key, "?", "", f.href, f.reason)
+                report.failed.append((f.key, f.reason))
+        report.new = self.ledger.record_seen(acqs)
+        states = self.ledger.states()
+        retry = {FAILED} if retry_failed else set()
+        bands = [b for b in cfg.model.bands if b != "B10"]
+        work: list[Acquisition] = []
+        for a in acqs:
+            st = states[a.id]
+            if st not in {SEEN, EMBEDDED} | retry:
+                continue
+            reason = a.missing_reason(bands)
+            if reason:
+                if st != FAILED:
+                    self.ledger.set_state(a.id, FAILED, reason)
+                    report.failed.append((a.id, reason))
+                states[a.id] = FAILED
+                continue
+            if st == FAILED:
+                states[a.id] = SEEN
+            work.append(a)
+        replay = self._replay_plan(acqs, states)
+        report.already_done = len(acqs) - len(work)
+        by_tile: dict[str, deque[Acquisition]] = {}
+        for a in sorted(replay + work, key=lambda a: (a.tile, a.datetime, a.id)):
+            by_tile.setdefault(a.tile, deque()).append(a)
+        to_embed = deque(a for a in work if states[a.id] == SEEN)
+        if not work and not replay:
+            return report
+        bar = _progress(len(work), progress)
+        replay_ids = {a.id for a in replay}
+        pending: dict[Future, Acquisition] = {}
+        try:
+            while True:
+                while to_embed and len(pending) < cfg.pipeline.max_in_flight and not stop():
+                    a = to_embed.popleft()
+                    scene = self.client.submit(ingest_task, a, cfg, key=f"ingest-{a.id}", pure=False)
+                    fut = self.client.submit(encode_task, scene, a, cfg, key=f"encode-{a.id}", pure=False)
+                    pending[fut] = a
+                self._apply_ready(by_tile, states, replay_ids, report, bar)
+                if not pending:
+                    if not to_embed or stop():
+                        break
+                    continue
+                done, _ = wait(list(pending), timeout=5, return_when="FIRST_COMPLETED")
+                for fut in done:
+                    a = pending.pop(fut)
+                    self._embedded(fut, a, states, report, bar)
+        finally:
+            for fut in pending:
+                fut.cancel()
+            bar.close()
+        report.stopped_early = bool(to_embed) or any(by_tile.values())
+        self.checkpoint()
+        return report
+
+    def _replay_plan(self, acqs: list[Acquisition], states: dict[str, str]) -> list[Acquisition]:
+        """Applied acquisitions missing from a tile's state (a checkpoint older than the ledger)."""
+        replay: list[Acquisition] = []
+        by_tile: dict[str, list[Acquisition]] = {}
+        for a in acqs:
+            if states.get(a.id) == APPLIED:
+                by_tile.setdefault(a.tile, []).append(a)
+        for tile, applied in by_tile.items():
+            in_state = set(self._actor(tile).applied_ids(tile).result())
+            missing = [a for a in applied if a.id not in in_state]
+            if missing:
+                log.warning("tile %s: replaying %d acquisitions the last checkpoint missed", tile, len(missing))
+                for a in missing:
+                    states[a.id] = EMBEDDED
+                replay += missing
+        return replay
+
+    def _embedded(self, fut: Future, a: Acquisition, states: dict[str, str], report: RunReport, bar: Any) -> None:
+        try:
+            result = fut.result()
+        except Exception as err:  # a task error names its input; keep the rest going
+            reason = _one_line(err)
+            log.error("acquisition %s failed: %s", a.id, reason)
+            self.ledger.set_state(a.id, FAILED, reason)
+            states[a.id] = FAILED
+            report.failed.append((a.id, reason))
+            bar.update(1)
+            return
+        self.ledger.set_state(a.id, EMBEDDED)
+        states[a.id] = EMBEDDED
+        report.embedded += 1
+        report.stored += int(result["written"])
+
+    def _apply_ready(
+        self,
+        by_tile: dict[str, deque[Acquisition]],
+        states: dict[str, str],
+        replay_ids: set[str],
+        report: RunReport,
+        bar: Any,
+    ) -> None:
+        """Apply each tile's next acquisitions while they are embedded (strict time order)."""
+        for tile, queue in by_tile.items():
+            while queue:
+                a = queue[0]
+                st = states[a.id]
+                if st == FAILED:
+                    queue.popleft()
+                    continue
+                if st != EMBEDDED:
+                    break
+                queue.popleft()
+                res = self._actor(tile).apply(tile, a.id).result()
+                if a.id in replay_ids:
+                    report.replayed += 1
+                    states[a.id] = APPLIED
+                    continue
+                if res["status"] == LATE:
+                    reason = (
+                        f"acquired {a.datetime.isoformat()} before tile {tile}'s last applied "
+                        "acquisition: embedded and stored, not applied to the statistics"
+                    )
+                    self.ledger.set_state(a.id, LEDGER_LATE, reason)
+                    states[a.id] = LEDGER_LATE
+                    report.late += 1
+                else:
+                    self.ledger.set_state(
+                        a.id,
+                        APPLIED,
+                        n_anomalies=res["n_anomalies"],
+                        snow_cells=res.get("snow_cells"),
+                        masked_cells=res.get("masked_cells"),
+                    )
+                    states[a.id] = APPLIED
+                    report.applied += 1
+                    if res["status"] != ALREADY:
+                        report.anomaly_rows += res["n_anomalies"]
+                        if res["path"]:
+                            report.files.append(res["path"])
+                bar.update(1)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    msg = text[0] if text else ""
+    return msg if msg else type(err).__name__
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="acq", desc="backfill", dynamic_ncols=True)

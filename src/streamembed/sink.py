@@ -1,0 +1,125 @@
+"""Anomalies -> partitioned GeoParquet 1.1: ``anomalies/tile=<tile>/date=<YYYY-MM-DD>/<id>.parquet``.
+
+Each file is written to a temporary name and renamed, so readers never see half a file and a
+rewrite after a crash replaces the same file instead of adding a second one. Readable by
+geopandas, dask-geopandas, DuckDB and anything that reads hive-partitioned Parquet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from .grid import TileGrid
+from .stats import ScoreResult
+
+# Partition keys live in the path; the files keep them too under other names, so a hive reader
+# does not see the same column twice.
+COLUMNS = (
+    "acquisition_id", "mgrs_tile", "datetime", "cell_y", "cell_x", "score", "distance",
+    "n_obs", "clear_fraction", "label", "model_id", "utm_epsg", "geometry",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AnomalyRecord:
+    """One anomalous embedding cell at one acquisition."""
+
+    acquisition_id: str
+    tile: str
+    datetime: dt.datetime
+    cell_y: int
+    cell_x: int
+    score: float
+    distance: float
+    n_obs: int
+    clear_fraction: float
+    label: str
+    model_id: str
+    utm_epsg: int
+
+
+def records_from_result(
+    result: ScoreResult,
+    grid: TileGrid,
+    acquisition_id: str,
+    when: dt.datetime,
+    clear: np.ndarray,
+    model_id: str,
+) -> list[AnomalyRecord]:
+    cells = np.flatnonzero(result.anomaly)
+    nx = grid.n_cells_x
+    flat_clear = clear.reshape(-1)
+    return [
+        AnomalyRecord(
+            acquisition_id=acquisition_id,
+            tile=grid.tile,
+            datetime=when,
+            cell_y=int(i // nx),
+            cell_x=int(i % nx),
+            score=float(result.score[i]),
+            distance=float(result.distance[i]),
+            n_obs=int(result.n_obs[i]),
+            clear_fraction=float(flat_clear[i]),
+            label=str(result.labels[i]),
+            model_id=model_id,
+            utm_epsg=grid.epsg,
+        )
+        for i in cells
+    ]
+
+
+def partition_path(root: str | Path, tile: str, date: str, acquisition_id: str) -> Path:
+    return Path(root) / f"tile={tile}" / f"date={date}" / f"{acquisition_id}.parquet"
+
+
+def to_geodataframe(records: list[AnomalyRecord], grid: TileGrid) -> gpd.GeoDataFrame:
+    frame = pd.DataFrame(
+        {
+            "acquisition_id": [r.acquisition_id for r in records],
+            "mgrs_tile": [r.tile for r in records],
+            "datetime": pd.to_datetime([r.datetime for r in records], utc=True),
+            "cell_y": np.array([r.cell_y for r in records], np.int32),
+            "cell_x": np.array([r.cell_x for r in records], np.int32),
+            "score": np.array([r.score for r in records], np.float32),
+            "distance": np.array([r.distance for r in records], np.float32),
+            "n_obs": np.array([r.n_obs for r in records], np.int32),
+            "clear_fraction": np.array([r.clear_fraction for r in records], np.float32),
+            "label": [r.label for r in records],
+            "model_id": [r.model_id for r in records],
+            "utm_epsg": np.array([r.utm_epsg for r in records], np.int32),
+        }
+    )
+    geometry = grid.cell_polygons_wgs84(frame["cell_y"].to_numpy(), frame["cell_x"].to_numpy())
+    return gpd.GeoDataFrame(frame, geometry=geometry, crs="EPSG:4326")
+
+
+def write_anomalies(
+    root: str | Path, records: list[AnomalyRecord], grid: TileGrid, date: str, acquisition_id: str
+) -> Path | None:
+    """Write one acquisition's anomalies atomically; None (and no file) when there are none."""
+    if not records:
+        return None
+    path = partition_path(root, grid.tile, date, acquisition_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    gdf = to_geodataframe(records, grid)
+    gdf.to_parquet(
+        tmp, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd"
+    )
+    tmp.replace(path)
+    return path
+
+
+def read_anomalies(root: str | Path) -> gpd.GeoDataFrame:
+    """Every anomaly under ``root`` (empty frame if none yet), with ``tile``/``date`` partitions."""
+    root = Path(root)
+    if not any(root.glob("tile=*/date=*/*.parquet")):
+        return gpd.GeoDataFrame({c: [] for c in COLUMNS if c != "geometry"}, geometry=[], crs=4326)
+    return gpd.read_parquet(root)

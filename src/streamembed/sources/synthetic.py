@@ -1,0 +1,384 @@
+"""Synthetic Sentinel-2 L2A archive: real COGs + STAC Items (CDSE naming) with planted events.
+
+What it writes, per MGRS tile (two tiles in different UTM zones by default), one acquisition
+every ``revisit_days`` for ``days`` days:
+- 12 reflectance bands as uint16 COGs at their native 10/20/60 m resolution, in the L2A
+  convention of processing baseline >= 04.00 (DN = reflectance * 10000 + 1000, nodata 0), and
+  SCL at 20 m;
+- land cover with a seasonal vegetation cycle (crop parcels with their own phase, forest,
+  grassland, a lake, a settlement), whole-tile illumination and haze changes, partial clouds
+  (SCL 8/9), thin cirrus (10), their shadows (3), winter snow (11) and swath-edge nodata (0);
+- planted events at known cells and dates: a flood, a clear-cut, a burn scar and a
+  construction site; the truth is written as GeoParquet (one row per event cell).
+
+It goes through the same local STAC reader as real data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..acquisition import BANDS_L2A, NATIVE_RESOLUTION
+from ..grid import TileGrid
+
+# Reflectance spectra in BANDS_L2A order (B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12).
+SPECTRA: dict[str, np.ndarray] = {
+    name: np.array(values, np.float32)
+    for name, values in {
+        "soil": [0.08, 0.10, 0.13, 0.17, 0.20, 0.22, 0.23, 0.25, 0.26, 0.27, 0.32, 0.28],
+        "vegetation": [0.03, 0.04, 0.07, 0.04, 0.10, 0.30, 0.38, 0.42, 0.44, 0.45, 0.22, 0.11],
+        "water": [0.06, 0.06, 0.05, 0.03, 0.02, 0.015, 0.012, 0.01, 0.008, 0.006, 0.004, 0.003],
+        "floodwater": [0.08, 0.09, 0.10, 0.09, 0.07, 0.05, 0.04, 0.035, 0.03, 0.02, 0.01, 0.008],
+        "urban": [0.12, 0.13, 0.15, 0.17, 0.19, 0.21, 0.22, 0.23, 0.24, 0.24, 0.26, 0.24],
+        "char": [0.04, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.09, 0.10, 0.10, 0.16, 0.14],
+        "concrete": [0.20, 0.22, 0.25, 0.27, 0.28, 0.29, 0.30, 0.30, 0.31, 0.31, 0.34, 0.31],
+        "snow": [0.85, 0.85, 0.82, 0.80, 0.78, 0.75, 0.72, 0.70, 0.68, 0.65, 0.10, 0.08],
+        "cloud": [0.55, 0.55, 0.56, 0.57, 0.58, 0.58, 0.58, 0.58, 0.58, 0.55, 0.45, 0.38],
+    }.items()
+}
+CROP, FOREST, GRASS, WATER, URBAN = range(5)
+
+
+@dataclass(frozen=True)
+class SyntheticTile:
+    tile: str
+    epsg: int
+    x0: float
+    y0: float
+
+
+TILES = (
+    SyntheticTile("33UWP", 32633, 499980.0, 5400000.0),
+    SyntheticTile("32UPC", 32632, 600000.0, 5800020.0),
+)
+
+
+@dataclass(frozen=True)
+class PlantedEvent:
+    """A change planted on a block of cells from ``start`` (for ``duration_days``, or for good)."""
+
+    tile_index: int
+    name: str
+    label: str
+    cells_y: tuple[int, int]  # [start, stop) in cell units
+    cells_x: tuple[int, int]
+    start_day: int  # days after the archive's first acquisition
+    duration_days: int | None
+    cover: str  # spectrum while the event lasts
+    land_cover: int  # land cover forced under the event before it happens
+
+
+EVENTS = (
+    PlantedEvent(0, "flood", "water_gain", (3, 6), (9, 13), 110, 35, "floodwater", GRASS),
+    PlantedEvent(0, "clear-cut", "vegetation_loss", (10, 13), (2, 5), 175, None, "soil", FOREST),
+    PlantedEvent(1, "burn", "burn", (6, 10), (5, 9), 215, None, "char", FOREST),
+    PlantedEvent(1, "construction", "bare_gain", (12, 14), (11, 14), 250, None, "concrete", CROP),
+)
+TRUTH_WINDOW_DAYS = 45  # how long after an event's start (or end) a detection still counts
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, coarse: int) -> np.ndarray:
+    """Smooth random field in [0, 1]: a coarse random grid, bilinearly upsampled."""
+    g = rng.random((coarse + 1, coarse + 1))
+    ys = np.linspace(0, coarse, h)
+    xs = np.linspace(0, coarse, w)
+    rows = np.array([np.interp(xs, np.arange(coarse + 1), r) for r in g])
+    out = np.array([np.interp(ys, np.arange(coarse + 1), c) for c in rows.T]).T
+    lo, hi = out.min(), out.max()
+    return ((out - lo) / (hi - lo + 1e-9)).astype(np.float32)
+
+
+def _season(doy: np.ndarray | float) -> np.ndarray | float:
+    """Green-up curve: 0 in mid-January, 1 in mid-July."""
+    return 0.5 - 0.5 * np.cos(2 * np.pi * (np.asarray(doy) - 15) / 365.25)
+
+
+@dataclass
+class _Landscape:
+    cover: np.ndarray  # (h, w) land-cover class
+    phase: np.ndarray  # (h, w) crop phase shift in days
+    texture: np.ndarray  # (h, w) multiplicative brightness texture
+
+
+def _landscape(rng: np.random.Generator, size: int, cell: int, tile_index: int) -> _Landscape:
+    cover = np.full((size, size), GRASS, np.int8)
+    phase = np.zeros((size, size), np.float32)
+    # Parcels on a 64 px lattice, each crop, forest or grass with its own crop phase.
+    step = 64
+    for y in range(0, size, step):
+        for x in range(0, size, step):
+            kind = rng.choice([CROP, FOREST, GRASS], p=[0.5, 0.3, 0.2])
+            cover[y : y + step, x : x + step] = kind
+            phase[y : y + step, x : x + step] = rng.uniform(-25, 25)
+    yy, xx = np.mgrid[0:size, 0:size]
+    lake_y, lake_x = (0.2 * size, 0.85 * size) if tile_index == 0 else (0.8 * size, 0.2 * size)
+    cover[(yy - lake_y) ** 2 + (xx - lake_x) ** 2 < (0.09 * size) ** 2] = WATER
+    town = (slice(int(0.55 * size), int(0.68 * size)), slice(int(0.6 * size), int(0.75 * size)))
+    cover[town] = URBAN
+    for ev in EVENTS:
+        if ev.tile_index == tile_index:
+            cover[ev.cells_y[0] * cell : ev.cells_y[1] * cell, ev.cells_x[0] * cell : ev.cells_x[1] * cell] = ev.land_cover
+    texture = 1.0 + 0.08 * (_smooth_noise(rng, size, size, 24) - 0.5)
+    return _Landscape(cover, phase, texture.astype(np.float32))
+
+
+def _surface(land: _Landscape, doy: float) -> np.ndarray:
+    """Cloud-free reflectance (band, y, x) of the landscape on a day of year."""
+    g = np.empty(land.cover.shape, np.float32)
+    crop = land.cover == CROP
+    g[crop] = 0.05 + 0.85 * np.asarray(_season(doy - land.phase[crop]), np.float32)
+    g[land.cover == FOREST] = 0.55 + 0.35 * float(_season(doy))
+    g[land.cover == GRASS] = 0.3 + 0.5 * float(_season(doy))
+    veg, soil = SPECTRA["vegetation"][:, None, None], SPECTRA["soil"][:, None, None]
+    refl = g[None] * veg + (1 - g[None]) * soil
+    for klass, name in ((WATER, "water"), (URBAN, "urban")):
+        refl[:, land.cover == klass] = SPECTRA[name][:, None]
+    return refl * land.texture[None]
+
+
+def _scene(
+    rng: np.random.Generator,
+    land: _Landscape,
+    day: int,
+    doy: float,
+    tile_index: int,
+    cell: int,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """One acquisition: reflectance (band, y, x) and SCL (y, x) at 10 m, plus cover stats."""
+    size = land.cover.shape[0]
+    refl = _surface(land, doy)
+    scl = np.full((size, size), 4, np.uint8)  # vegetation
+    scl[land.cover == WATER] = 6
+    scl[land.cover == URBAN] = 5
+    for ev in EVENTS:
+        if ev.tile_index != tile_index or day < ev.start_day:
+            continue
+        if ev.duration_days is not None and day >= ev.start_day + ev.duration_days:
+            continue
+        ys = slice(ev.cells_y[0] * cell, ev.cells_y[1] * cell)
+        xs = slice(ev.cells_x[0] * cell, ev.cells_x[1] * cell)
+        refl[:, ys, xs] = SPECTRA[ev.cover][:, None, None] * land.texture[None, ys, xs]
+        scl[ys, xs] = 6 if ev.cover == "floodwater" else 5
+    # Whole-tile illumination and haze: a spatial-correction test, not an anomaly.
+    refl *= np.float32(1.0 + rng.normal(0, 0.03))
+    if rng.random() < 0.3:
+        refl[:3] += np.float32(rng.uniform(0.005, 0.03))
+    refl += rng.normal(0, 0.004, refl.shape).astype(np.float32)
+
+    winter = doy < 60 or doy > 335
+    if winter and rng.random() < 0.6:
+        snow = _smooth_noise(rng, size, size, 6) < rng.uniform(0.3, 1.0)
+        refl[:, snow] = SPECTRA["snow"][:, None] * rng.uniform(0.9, 1.0)
+        scl[snow] = 11
+    stats = {"cloud": 0.0, "snow": float((scl == 11).mean())}
+    if rng.random() < 0.55:
+        opacity = np.zeros((size, size), np.float32)
+        coverage = rng.choice([rng.uniform(0.05, 0.4), rng.uniform(0.9, 1.0)], p=[0.85, 0.15])
+        field = _smooth_noise(rng, size, size, 5)
+        thresh = np.quantile(field, 1 - coverage)
+        opacity = np.clip((field - thresh) / 0.08, 0, 1).astype(np.float32)
+        cloudy = opacity > 0.02
+        dy, dx = int(rng.integers(10, 40)), int(rng.integers(10, 40))
+        shadow = np.zeros_like(cloudy)
+        shadow[dy:, dx:] = cloudy[:-dy, :-dx]
+        shadow &= ~cloudy
+        refl[:, shadow] *= 0.35
+        scl[shadow] = 3
+        refl = refl * (1 - opacity[None]) + SPECTRA["cloud"][:, None, None] * opacity[None]
+        scl[cloudy] = np.where(opacity[cloudy] > 0.6, 9, 8)
+        stats["cloud"] = float(cloudy.mean())
+    if rng.random() < 0.15:
+        cirrus = _smooth_noise(rng, size, size, 4) > 0.7
+        refl[:, cirrus] += 0.04
+        scl[cirrus] = 10
+    if rng.random() < 0.08:
+        yy, xx = np.mgrid[0:size, 0:size]
+        edge = xx + 0.3 * yy > size * rng.uniform(0.75, 1.1)
+        refl[:, edge] = -0.1  # DN 0 after the +1000 offset: nodata
+        scl[edge] = 0
+    return refl, scl, stats
+
+
+def _downsample(a: np.ndarray, factor: int, mode: str) -> np.ndarray:
+    """Block-average (reflectance) or top-left pick (classes) a (y, x) array by ``factor``."""
+    h, w = a.shape
+    ph, pw = -h % factor, -w % factor
+    a = np.pad(a, ((0, ph), (0, pw)), mode="edge")
+    if mode == "pick":
+        return a[::factor, ::factor]
+    return a.reshape(a.shape[0] // factor, factor, a.shape[1] // factor, factor).mean(axis=(1, 3))
+
+
+def _write_cog(path: Path, data: np.ndarray, epsg: int, x0: float, y0: float, res: float) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(
+        path,
+        "w",
+        driver="COG",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=1,
+        dtype=data.dtype,
+        crs=f"EPSG:{epsg}",
+        transform=from_origin(x0, y0, res, res),
+        nodata=0,
+        compress="deflate",
+        blocksize=256,
+    ) as dst:
+        dst.write(data[None])
+
+
+def _item(
+    item_id: str,
+    tile: SyntheticTile,
+    when: dt.datetime,
+    published: dt.datetime,
+    assets: dict[str, dict[str, object]],
+    stats: dict[str, float],
+    size_px: int,
+) -> dict[str, object]:
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(tile.epsg, 4326, always_xy=True)
+    x1, y1 = tile.x0 + size_px * 10.0, tile.y0 - size_px * 10.0
+    corners = [tr.transform(x, y) for x, y in ((tile.x0, tile.y0), (x1, tile.y0), (x1, y1), (tile.x0, y1))]
+    lons, lats = zip(*corners, strict=True)
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "stac_extensions": [
+            "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+            "https://stac-extensions.github.io/raster/v2.0.0/schema.json",
+            "https://stac-extensions.github.io/grid/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
+        ],
+        "id": item_id,
+        "collection": "sentinel-2-l2a",
+        "bbox": [min(lons), min(lats), max(lons), max(lats)],
+        "geometry": {"type": "Polygon", "coordinates": [[*map(list, corners), list(corners[0])]]},
+        "properties": {
+            "datetime": stamp,
+            "platform": "sentinel-2b",
+            "constellation": "sentinel-2",
+            "instruments": ["msi"],
+            "grid:code": f"MGRS-{tile.tile}",
+            "processing:version": "05.11",
+            "processing:level": "L2",
+            "product:type": "S2MSI2A",
+            "published": published.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "updated": published.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "eo:cloud_cover": round(100 * stats["cloud"], 3),
+            "eo:snow_cover": round(100 * stats["snow"], 3),
+            "streamembed:synthetic": True,
+        },
+        "assets": assets,
+        "links": [],
+    }
+
+
+def generate(
+    out_dir: str | Path,
+    days: int = 365,
+    revisit_days: int = 5,
+    tile_px: int = 512,
+    seed: int = 42,
+    cell_size: int = 32,
+    start: dt.date = dt.date(2024, 1, 3),
+    n_tiles: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Path, Path]:
+    """Write the archive under ``out_dir``; returns (items folder, truth GeoParquet path)."""
+    out = Path(out_dir)
+    items_dir = out / "items"
+    items_dir.mkdir(parents=True, exist_ok=True)
+    dates = [start + dt.timedelta(days=d) for d in range(0, days, revisit_days)]
+    total = len(dates) * n_tiles
+    done = 0
+    for ti, tile in enumerate(TILES[:n_tiles]):
+        rng = np.random.default_rng([seed, ti])
+        land = _landscape(rng, tile_px, cell_size, ti)
+        for date in dates:
+            day = (date - start).days
+            when = dt.datetime.combine(date, dt.time(10, 0, 31), tzinfo=dt.timezone.utc)
+            stamp = when.strftime("%Y%m%dT%H%M%S")
+            item_id = f"S2B_MSIL2A_{stamp}_N0511_R122_T{tile.tile}_{stamp[:8]}T140000"
+            refl, scl, stats = _scene(rng, land, day, date.timetuple().tm_yday, ti, cell_size)
+            folder = items_dir / tile.tile / item_id
+            folder.mkdir(parents=True, exist_ok=True)
+            assets: dict[str, dict[str, object]] = {}
+            for b, band in enumerate((*BANDS_L2A, "SCL")):
+                res = NATIVE_RESOLUTION[band]
+                f = res // 10
+                if band == "SCL":
+                    data = _downsample(scl, f, "pick").astype(np.uint8)
+                else:
+                    r = refl[b] if f == 1 else _downsample(refl[b], f, "mean")
+                    data = np.clip(np.round(r * 10000 + 1000), 0, 65535).astype(np.uint16)
+                key = f"{band}_{res}m"
+                name = f"T{tile.tile}_{stamp}_{key}.tif"
+                _write_cog(folder / name, data, tile.epsg, tile.x0, tile.y0, float(res))
+                asset: dict[str, object] = {
+                    "href": name,
+                    "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                    "roles": ["data"],
+                    "proj:code": f"EPSG:{tile.epsg}",
+                    "proj:shape": [int(data.shape[0]), int(data.shape[1])],
+                    "proj:transform": [float(res), 0.0, tile.x0, 0.0, -float(res), tile.y0],
+                    "gsd": res,
+                    "nodata": 0,
+                    "data_type": str(data.dtype),
+                }
+                if band != "SCL":
+                    asset.update({"raster:scale": 0.0001, "raster:offset": -0.1})
+                assets[key] = asset
+            published = when + dt.timedelta(hours=6)
+            item = _item(item_id, tile, when, published, assets, stats, tile_px)
+            (folder / f"{item_id}.json").write_text(json.dumps(item, indent=1))
+            done += 1
+            if progress:
+                progress(done, total)
+    truth = write_truth(out / "truth.parquet", start, tile_px, cell_size, n_tiles)
+    return items_dir, truth
+
+
+def write_truth(path: Path, start: dt.date, tile_px: int, cell_size: int, n_tiles: int = 2) -> Path:
+    """Ground truth of the planted events: one GeoParquet row per event cell."""
+    import geopandas as gpd
+    import pandas as pd
+
+    rows = []
+    geoms = []
+    for ev in EVENTS:
+        if ev.tile_index >= n_tiles:
+            continue
+        tile = TILES[ev.tile_index]
+        grid = TileGrid(tile.tile, tile.epsg, tile.x0, tile.y0, tile_px, tile_px, cell_size)
+        first = pd.Timestamp(start, tz="UTC") + pd.Timedelta(days=ev.start_day)
+        last = first + pd.Timedelta(days=(ev.duration_days or 0) + TRUTH_WINDOW_DAYS)
+        for cy in range(*ev.cells_y):
+            for cx in range(*ev.cells_x):
+                rows.append(
+                    {
+                        "tile": tile.tile,
+                        "cell_y": cy,
+                        "cell_x": cx,
+                        "event": ev.name,
+                        "label": ev.label,
+                        "start": first,
+                        "end": last,
+                    }
+                )
+                geoms.extend(grid.cell_polygons_wgs84(np.array([cy]), np.array([cx])))
+    gdf = gpd.GeoDataFrame(pd.DataFrame(rows), geometry=geoms, crs="EPSG:4326")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gdf.to_parquet(path, index=False, schema_version="1.1.0", write_covering_bbox=True)
+    return path

@@ -1,0 +1,192 @@
+"""Zarr embedding store: ``embeddings.zarr/<tile>/`` with one time step per acquisition.
+
+Variables: ``embedding(time, y, x, dim)`` (float16 by default), ``clear(time, y, x)`` clear-sky
+fraction per cell, ``snow(time, y, x)`` snow fraction, ``indices(time, y, x, index)`` spectral
+indices over clear pixels (for anomaly labels), ``acquisition_id(time)``; coords ``time``, ``y``,
+``x`` (UTM metres of cell centres). Attributes: CRS, transform, bands, model id, normalisation.
+
+Appends are idempotent per acquisition id and crash-safe: rows past the last complete append
+(shorter arrays, empty ids) are cut away when the tile is opened for writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+
+from .config import StoreConfig
+from .grid import TileGrid
+from .ingest import INDEX_NAMES
+
+TIME_ENCODING = {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
+_TIME_VARS = ("embedding", "clear", "snow", "indices", "acquisition_id", "time")
+
+
+class StoreMismatchError(ValueError):
+    """The store holds embeddings of another model or grid than this run produces."""
+
+
+@dataclass(frozen=True)
+class EmbeddingBatch:
+    """One acquisition's per-cell embeddings and what is kept beside them."""
+
+    acquisition_id: str
+    tile: str
+    time: dt.datetime
+    grid: TileGrid
+    embedding: np.ndarray  # (cells_y, cells_x, dim) float32
+    clear: np.ndarray  # (cells_y, cells_x)
+    snow: np.ndarray  # (cells_y, cells_x)
+    indices: np.ndarray  # (cells_y, cells_x, index)
+
+
+@dataclass(frozen=True)
+class StoredAcquisition:
+    acquisition_id: str
+    time: dt.datetime
+    embedding: np.ndarray
+    clear: np.ndarray
+    snow: np.ndarray
+    indices: np.ndarray
+
+
+class EmbeddingStore:
+    """The store at ``root``; one Zarr group per MGRS tile."""
+
+    def __init__(self, root: str | Path, cfg: StoreConfig | None = None):
+        self.root = Path(root)
+        self.cfg = cfg or StoreConfig()
+
+    def tiles(self) -> list[str]:
+        if not (self.root / "zarr.json").exists():
+            return []
+        return sorted(zarr.open_group(self.root, mode="r").group_keys())
+
+    def _group(self, tile: str) -> zarr.Group | None:
+        path = self.root / tile
+        if not (path / "zarr.json").exists():
+            return None
+        return zarr.open_group(self.root, mode="r+", path=tile)
+
+    def grid(self, tile: str) -> TileGrid | None:
+        g = self._group(tile)
+        return None if g is None else TileGrid.from_attrs(dict(g.attrs["grid"]))
+
+    def acquisition_ids(self, tile: str) -> list[str]:
+        g = self._group(tile)
+        if g is None:
+            return []
+        return [str(v) for v in g["acquisition_id"][:]]
+
+    def repair(self, tile: str) -> int:
+        """Cut rows left by an interrupted append; returns how many were removed."""
+        g = self._group(tile)
+        if g is None:
+            return 0
+        lengths = {name: g[name].shape[0] for name in _TIME_VARS}
+        n = min(lengths.values())
+        ids = g["acquisition_id"][:n]
+        while n > 0 and not str(ids[n - 1]):
+            n -= 1
+        removed = max(lengths.values()) - n
+        if removed:
+            for name in _TIME_VARS:
+                arr = g[name]
+                if arr.shape[0] != n:
+                    arr.resize((n, *arr.shape[1:]))
+        return removed
+
+    def append(self, batch: EmbeddingBatch, attrs: dict[str, Any]) -> bool:
+        """Write one acquisition; False (a no-op) if its id is already stored.
+
+        Callers serialise appends per tile (``distributed.Lock`` in the pipeline): Zarr resizes
+        are not safe against concurrent writers.
+        """
+        g = self._group(batch.tile)
+        if g is not None:
+            self._check_compatible(g, batch, attrs)
+            self.repair(batch.tile)
+            if batch.acquisition_id in self.acquisition_ids(batch.tile):
+                return False
+        ds = self._dataset(batch, attrs)
+        if g is None:
+            chunk = self.cfg.chunk_cells
+            dim = batch.embedding.shape[-1]
+            encoding = {
+                "embedding": {"chunks": (1, chunk, chunk, dim)},
+                "clear": {"chunks": (1, chunk, chunk)},
+                "snow": {"chunks": (1, chunk, chunk)},
+                "indices": {"chunks": (1, chunk, chunk, len(INDEX_NAMES))},
+                "time": TIME_ENCODING,
+            }
+            ds.to_zarr(self.root, group=batch.tile, mode="w-", encoding=encoding, consolidated=False)
+        else:
+            ds.to_zarr(self.root, group=batch.tile, append_dim="time", consolidated=False)
+        return True
+
+    def _check_compatible(self, g: zarr.Group, batch: EmbeddingBatch, attrs: dict[str, Any]) -> None:
+        stored = g.attrs.get("model_id")
+        if stored != attrs["model_id"]:
+            raise StoreMismatchError(
+                f"{self.root}/{batch.tile} holds embeddings of model {stored}, this run makes "
+                f"{attrs['model_id']}; use another --output or the same model config"
+            )
+        grid = TileGrid.from_attrs(dict(g.attrs["grid"]))
+        if grid != batch.grid:
+            raise StoreMismatchError(
+                f"{self.root}/{batch.tile}: acquisition {batch.acquisition_id} is on grid "
+                f"{batch.grid} but the tile's grid is {grid}"
+            )
+
+    def _dataset(self, batch: EmbeddingBatch, attrs: dict[str, Any]) -> xr.Dataset:
+        y, x = batch.grid.cell_centres()
+        t = pd.DatetimeIndex([pd.Timestamp(batch.time).tz_convert(None)])
+        ds = xr.Dataset(
+            {
+                "embedding": (("time", "y", "x", "dim"), batch.embedding[None].astype(self.cfg.dtype)),
+                "clear": (("time", "y", "x"), batch.clear[None].astype(np.float32)),
+                "snow": (("time", "y", "x"), batch.snow[None].astype(np.float32)),
+                "indices": (("time", "y", "x", "index"), batch.indices[None].astype(np.float32)),
+                "acquisition_id": (("time",), np.array([batch.acquisition_id], dtype=object)),
+            },
+            coords={"time": t, "y": y, "x": x, "index": np.array(INDEX_NAMES, dtype=object)},
+        )
+        ds.attrs.update({**attrs, "grid": batch.grid.to_attrs(), "crs": f"EPSG:{batch.grid.epsg}"})
+        ds["embedding"].attrs["description"] = "encoder feature map at the output stride, one per cell"
+        ds["clear"].attrs["description"] = "fraction of the cell's pixels not masked by SCL"
+        return ds
+
+    def read(self, tile: str, acquisition_id: str) -> StoredAcquisition:
+        """One acquisition back from the store (embedding as float32)."""
+        g = self._group(tile)
+        ids = self.acquisition_ids(tile)
+        if g is None or acquisition_id not in ids:
+            raise KeyError(f"acquisition {acquisition_id} is not in {self.root}/{tile}")
+        i = ids.index(acquisition_id)
+        seconds = int(g["time"][i])
+        return StoredAcquisition(
+            acquisition_id=acquisition_id,
+            time=dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc),
+            embedding=np.asarray(g["embedding"][i], dtype=np.float32),
+            clear=np.asarray(g["clear"][i]),
+            snow=np.asarray(g["snow"][i]),
+            indices=np.asarray(g["indices"][i]),
+        )
+
+    def open_dataset(self, tile: str) -> xr.Dataset:
+        """The tile as an xarray Dataset (lazy, dask-backed)."""
+        return xr.open_zarr(self.root, group=tile, consolidated=False)
+
+
+@contextlib.contextmanager
+def no_lock() -> Iterator[None]:
+    yield

@@ -1,0 +1,89 @@
+"""Checkpoint key mapping for the torchgeo/timm and SSL4EO MoCo layouts, and dense output."""
+
+import numpy as np
+import pytest
+import torch
+
+from streamembed.acquisition import BANDS_L1C, BANDS_L2A
+from streamembed.config import ModelConfig
+from streamembed.encoder import CheckpointError, Encoder, ResNet, map_checkpoint_keys
+
+
+def _reference(arch: str, in_chans: int, seed: int = 11) -> ResNet:
+    torch.manual_seed(seed)
+    model = ResNet(arch, in_chans)
+    # Non-trivial BN statistics so a wrong mapping cannot pass by accident.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def _assert_same_weights(encoder: Encoder, reference: ResNet) -> None:
+    got = encoder.model.state_dict()
+    for key, value in reference.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(got[key].cpu(), value), key
+
+
+def test_timm_layout_loads(tmp_path):
+    ref = _reference("resnet18", 13)
+    path = tmp_path / "ssl4eo_resnet18_moco_timm.pth"
+    torch.save(ref.state_dict(), path)  # torchgeo ships plain timm keys, fc included
+    enc = Encoder(ModelConfig(arch="resnet18", bands=BANDS_L1C, checkpoint=str(path)))
+    _assert_same_weights(enc, ref)
+    assert not enc.seeded and "timm layout" in enc.weights
+
+
+def test_ssl4eo_moco_layout_loads(tmp_path):
+    ref = _reference("resnet50", 13)
+    state = {f"module.encoder_q.{k}": v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    # The MoCo v2/v3 projection head and the momentum encoder must be ignored.
+    state["module.encoder_q.fc.0.weight"] = torch.zeros(2048, 2048)
+    state["module.encoder_q.fc.2.weight"] = torch.zeros(128, 2048)
+    state.update({f"module.encoder_k.{k}": torch.zeros_like(v) for k, v in ref.state_dict().items()})
+    path = tmp_path / "B13_rn50_moco_0099_ckpt.pth"
+    torch.save({"arch": "resnet50", "epoch": 100, "state_dict": state}, path)
+    enc = Encoder(ModelConfig(arch="resnet50", bands=BANDS_L1C, checkpoint=str(path)))
+    _assert_same_weights(enc, ref)
+    assert "ssl4eo-moco" in enc.weights
+
+
+def test_key_mapping_pure():
+    mapped, layout = map_checkpoint_keys({"module.encoder_q.conv1.weight": 1, "module.encoder_q.fc.0.weight": 2,
+                                          "module.encoder_k.conv1.weight": 3})
+    assert layout == "ssl4eo-moco" and mapped == {"conv1.weight": 1}
+    mapped, layout = map_checkpoint_keys({"conv1.weight": 1, "fc.weight": 2, "fc.bias": 3})
+    assert layout == "timm" and mapped == {"conv1.weight": 1}
+    mapped, layout = map_checkpoint_keys({"backbone.layer1.0.conv1.weight": 1, "head.mlp.0.weight": 2})
+    assert layout == "dino" and mapped == {"layer1.0.conv1.weight": 1}
+
+
+def test_in_chans_mismatch_is_explained(tmp_path):
+    path = tmp_path / "l1c13.pth"
+    torch.save(_reference("resnet18", 13).state_dict(), path)
+    with pytest.raises(CheckpointError, match="expects 13 input bands but model.bands lists 12"):
+        Encoder(ModelConfig(arch="resnet18", bands=BANDS_L2A, checkpoint=str(path)))
+
+
+def test_arch_mismatch_is_explained(tmp_path):
+    path = tmp_path / "rn50.pth"
+    torch.save(_reference("resnet50", 12).state_dict(), path)
+    with pytest.raises(CheckpointError, match="resnet50 backbone but model.arch is resnet18"):
+        Encoder(ModelConfig(arch="resnet18", checkpoint=str(path)))
+
+
+def test_missing_checkpoint_file_is_explained(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        Encoder(ModelConfig(checkpoint=str(tmp_path / "nope.pth")))
+
+
+def test_seeded_encoder_is_deterministic_and_dense():
+    cfg = ModelConfig(arch="resnet18")
+    a, b = Encoder(cfg), Encoder(cfg)
+    assert a.seeded and a.model_id == "resnet18-12b-seed0"
+    x = np.random.default_rng(0).uniform(0, 0.4, (3, 12, 128, 96)).astype(np.float32)
+    fa, fb = a.feature_maps(x), b.feature_maps(x)
+    assert fa.shape == (3, 512, 4, 3)  # stride 32
+    assert np.array_equal(fa, fb)

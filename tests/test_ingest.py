@@ -1,0 +1,133 @@
+"""Pure ingest cores against naive references, and windowed reads of real COGs."""
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from streamembed.acquisition import Acquisition, BandAsset
+from streamembed.config import IngestConfig
+from streamembed.grid import TileGrid
+from streamembed.ingest import (
+    SCL_CLASSES,
+    cell_summaries,
+    fill_masked,
+    normalise,
+    open_bands,
+    plan_windows,
+    read_block,
+    scl_masks,
+    to_reflectance,
+)
+
+EXPECTED_MASKED = {0: True, 1: True, 2: False, 3: True, 4: False, 5: False, 6: False,
+                   7: False, 8: True, 9: True, 10: True, 11: True}  # fmt: skip
+
+
+def test_scl_masking_table():
+    scl = np.array(sorted(SCL_CLASSES), np.uint8)
+    masked, snow = scl_masks(scl, IngestConfig().scl_mask_classes)
+    assert dict(zip(scl.tolist(), masked.tolist(), strict=True)) == EXPECTED_MASKED
+    assert snow.tolist() == [c == 11 for c in scl.tolist()]
+
+
+def test_baseline_offset_harmonised():
+    # The same surface (reflectance 0.05) before and after processing baseline 04.00.
+    old = to_reflectance(np.array([500], np.uint16), 1e-4, 0.0)
+    new = to_reflectance(np.array([1500], np.uint16), 1e-4, -0.1)
+    assert np.allclose(old, new) and np.allclose(old, 0.05)
+
+
+def test_normalisation_modes():
+    refl = np.full((12, 2, 2), 0.1, np.float32)
+    bands = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+    assert np.allclose(normalise(refl, bands, "divide_10000"), 0.1)
+    mm = normalise(refl, bands, "ssl4eo_minmax")
+    # B02: mean 1397.6, std 854.3 -> (1000 - (1397.6 - 1708.6)) / 3417.2 * 255, floored, /255
+    expected = np.floor((1000 - (1397.6 - 2 * 854.3)) / (4 * 854.3) * 255) / 255
+    assert mm[1, 0, 0] == pytest.approx(expected, abs=1e-6)
+    assert mm.min() >= 0 and mm.max() <= 1
+
+
+def test_cell_summaries_against_loop():
+    rng = np.random.default_rng(0)
+    bands = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+    refl = rng.uniform(0.01, 0.5, (12, 8, 12)).astype(np.float32)
+    masked = rng.random((8, 12)) < 0.3
+    masked[:4, :4] = True  # one cell fully masked
+    snow = masked & (rng.random((8, 12)) < 0.5)
+    clear, snow_f, idx = cell_summaries(refl, masked, snow, bands, 4)
+    assert clear.shape == (2, 3) and idx.shape == (2, 3, 4)
+    b = {name: i for i, name in enumerate(bands)}
+    for cy in range(2):
+        for cx in range(3):
+            block = (slice(cy * 4, cy * 4 + 4), slice(cx * 4, cx * 4 + 4))
+            ok = ~masked[block]
+            assert clear[cy, cx] == pytest.approx(ok.mean())
+            assert snow_f[cy, cx] == pytest.approx(snow[block].mean())
+            if not ok.any():
+                assert np.isnan(idx[cy, cx]).all()
+                continue
+            m = {k: refl[i][block][ok].mean() for k, i in b.items()}
+            ndvi = (m["B08"] - m["B04"]) / (m["B08"] + m["B04"])
+            nbr = (m["B08"] - m["B12"]) / (m["B08"] + m["B12"])
+            assert idx[cy, cx, 0] == pytest.approx(ndvi, rel=1e-4)
+            assert idx[cy, cx, 2] == pytest.approx(nbr, rel=1e-4)
+
+
+def test_fill_masked_uses_clear_median():
+    x = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3)
+    masked = np.zeros((3, 3), bool)
+    masked[0, 0] = True
+    out = fill_masked(x, masked)
+    assert out[0, 0, 0] == np.median(x[0][~masked]) and out[1, 0, 0] == np.median(x[1][~masked])
+    assert np.array_equal(out[:, 1:], x[:, 1:])
+
+
+def test_windows_cover_every_cell_with_equal_shapes():
+    grid = TileGrid("33UWP", 32633, 0.0, 0.0, 32 * 11, 32 * 7, 32)
+    wins = plan_windows(grid, 128, 32)
+    covered = np.zeros((11, 7), int)
+    for w in wins:
+        covered[w.cell_y : w.cell_y + w.n_cells_y, w.cell_x : w.cell_x + w.n_cells_x] += 1
+        assert (w.n_cells_y, w.n_cells_x) == (4, 4)
+    assert (covered >= 1).all()
+
+
+def _cog(path, data, res, x0=500000.0, y0=5400000.0):
+    with rasterio.open(path, "w", driver="COG", width=data.shape[1], height=data.shape[0], count=1,
+                       dtype=data.dtype, crs="EPSG:32633", transform=from_origin(x0, y0, res, res),
+                       nodata=0) as dst:
+        dst.write(data[None])
+
+
+def test_read_block_resamples_20m_and_60m_to_10m(tmp_path):
+    rng = np.random.default_rng(1)
+    b10 = rng.integers(1000, 3000, (64, 64)).astype(np.uint16)
+    b20 = rng.integers(1000, 3000, (32, 32)).astype(np.uint16)
+    b60 = rng.integers(1000, 3000, (11, 11)).astype(np.uint16)
+    scl = np.full((32, 32), 4, np.uint8)
+    scl[0, 2] = 9  # covers 10 m columns 4-5
+    for name, data, res in (("b10", b10, 10), ("b20", b20, 20), ("b60", b60, 60), ("scl", scl, 20)):
+        _cog(tmp_path / f"{name}.tif", data, res)
+    assets = {
+        "B02": BandAsset("B02", "B02", str(tmp_path / "b10.tif"), 1e-4, -0.1, 0),
+        "B05": BandAsset("B05", "B05", str(tmp_path / "b20.tif"), 1e-4, -0.1, 0),
+        "B01": BandAsset("B01", "B01", str(tmp_path / "b60.tif"), 1e-4, -0.1, 0),
+        "SCL": BandAsset("SCL", "SCL", str(tmp_path / "scl.tif")),
+    }
+    import datetime as dt
+
+    acq = Acquisition("a", "33UWP", dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc), 32633, assets)
+    grid = TileGrid("33UWP", 32633, 500000.0, 5400000.0, 64, 64, 32)
+    with open_bands(acq, ["B02", "B05", "B01"]) as opened:
+        refl, got_scl = read_block(acq, opened, grid, (-8, 40), (3, 51), ["B02", "B05", "B01"], "nearest")
+    up20 = np.repeat(np.repeat(b20, 2, 0), 2, 1)
+    up60 = np.repeat(np.repeat(b60, 6, 0), 6, 1)
+    # Rows -8..-1 lie outside the tile: nodata (SCL 0).
+    assert (got_scl[:8] == 0).all()
+    inside = (slice(8, 48), slice(0, 48))
+    assert np.allclose(refl[0][inside], b10[0:40, 3:51] * 1e-4 - 0.1, atol=1e-6)
+    assert np.allclose(refl[1][inside], up20[0:40, 3:51] * 1e-4 - 0.1, atol=1e-6)
+    assert np.allclose(refl[2][inside], up60[0:40, 3:51] * 1e-4 - 0.1, atol=1e-6)
+    assert got_scl[8, :4].tolist() == [4, 9, 9, 4]  # block starts at 10 m column 3

@@ -1,0 +1,139 @@
+"""End to end on a real LocalCluster (2 worker processes): synthetic COGs + STAC -> Zarr -> actor -> GeoParquet."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamembed.config import Config
+from streamembed.evaluate import evaluate
+from streamembed.ledger import APPLIED, FAILED, Ledger
+from streamembed.pipeline import Pipeline
+from streamembed.sink import read_anomalies
+from streamembed.sources.synthetic import generate
+from streamembed.store import EmbeddingStore
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
+    """A year of 10-day revisits on two tiles, with one corrupt raster and one item missing a band."""
+    root = tmp_path_factory.mktemp("archive")
+    items, truth = generate(root, days=365, revisit_days=10, tile_px=512, seed=7)
+    item_files = sorted((items / "33UWP").rglob("*.json"))
+    corrupt_item, missing_item = item_files[1], item_files[2]
+    doc = json.loads(corrupt_item.read_text())
+    bad = corrupt_item.parent / doc["assets"]["B11_20m"]["href"]
+    bad.write_bytes(b"II*\x00 this is not a GeoTIFF any more" * 10)
+    doc = json.loads(missing_item.read_text())
+    del doc["assets"]["B8A_20m"]
+    missing_item.write_text(json.dumps(doc))
+    broken = {"corrupt": corrupt_item.stem, "missing": missing_item.stem, "corrupt_file": str(bad)}
+    return items, truth, broken
+
+
+def _cfg(items: Path, out: Path) -> Config:
+    return Config().with_overrides(
+        **{"source.path": str(items), "output": str(out), "model.arch": "resnet18", "pipeline.max_in_flight": 4}
+    )
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    files = sorted(p for p in (out / "anomalies").rglob("*") if p.is_file())
+    return {str(p.relative_to(out)): p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="module")
+def first_run(archive, cluster_client, tmp_path_factory):
+    items, truth, broken = archive
+    out = tmp_path_factory.mktemp("out")
+    pipe = Pipeline(_cfg(items, out), cluster_client)
+    try:
+        report = pipe.run(progress=False)
+    finally:
+        pipe.close()
+    return out, report
+
+
+def test_backfill_outputs(archive, first_run):
+    items, truth, broken = archive
+    out, report = first_run
+    n_items = len(list(items.rglob("*.json")))
+    assert report.discovered == n_items == 74
+    assert report.applied == n_items - 2 and len(report.failed) == 2
+    store = EmbeddingStore(out / "embeddings.zarr")
+    assert store.tiles() == ["32UPC", "33UWP"]
+    assert len(store.acquisition_ids("33UWP")) == 35 and len(store.acquisition_ids("32UPC")) == 37
+    ds = store.open_dataset("33UWP")
+    assert ds.embedding.shape == (35, 16, 16, 512)
+    assert ds.attrs["model_seeded"] is True and "seeded" in ds.attrs["model_weights"]
+    assert np.isfinite(ds.embedding.values).all()
+    assert ((ds.clear >= 0) & (ds.clear <= 1)).all()
+    anomalies = read_anomalies(out / "anomalies")
+    assert len(anomalies) == report.anomaly_rows > 0
+    assert (out / "state" / "33UWP.npz").exists() and (out / "state" / "32UPC.npz").exists()
+
+
+def test_failures_are_recorded_with_the_file_and_the_rest_proceeds(archive, first_run):
+    items, truth, broken = archive
+    out, _ = first_run
+    with Ledger(out / "ledger.sqlite") as ledger:
+        failed = {r.id: r.reason for r in ledger.rows(FAILED)}
+        applied = ledger.rows(APPLIED)
+    assert set(failed) == {broken["corrupt"], broken["missing"]}
+    assert broken["corrupt_file"] in failed[broken["corrupt"]] and "\n" not in failed[broken["corrupt"]]
+    assert "B8A" in failed[broken["missing"]] and "band_mapping" in failed[broken["missing"]]
+    assert len(applied) == 72
+
+
+def test_planted_events_are_found(archive, first_run):
+    items, truth, broken = archive
+    out, _ = first_run
+    result = evaluate(out / "anomalies", truth)
+    print("\n".join(result.lines()))
+    assert result.recall >= 0.7 and result.precision >= 0.7
+
+
+def test_model_loaded_once_per_worker(first_run, cluster_client):
+    loads = cluster_client.run(lambda dask_worker: dask_worker.plugins["streamembed-encoder"].loads)
+    assert len(loads) == 2 and all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1
+
+
+def test_second_run_adds_nothing(archive, first_run, cluster_client):
+    items, truth, broken = archive
+    out, _ = first_run
+    before = _snapshot(out)
+    ids_before = EmbeddingStore(out / "embeddings.zarr").acquisition_ids("33UWP")
+    pipe = Pipeline(_cfg(items, out), cluster_client)
+    try:
+        report = pipe.run(progress=False)
+    finally:
+        pipe.close()
+    assert report.nothing_new and "Nothing new" in report.lines()[0]
+    assert _snapshot(out) == before
+    assert EmbeddingStore(out / "embeddings.zarr").acquisition_ids("33UWP") == ids_before
+
+
+def test_lost_checkpoint_is_replayed_without_duplicates(archive, first_run, cluster_client, tmp_path):
+    items, truth, broken = archive
+    out0, _ = first_run
+    out = tmp_path / "copy"
+    shutil.copytree(out0, out)
+    before = read_anomalies(out / "anomalies").drop(columns="geometry")
+    (out / "state" / "33UWP.npz").unlink()  # as if the process died before its checkpoint
+    pipe = Pipeline(_cfg(items, out), cluster_client)
+    try:
+        report = pipe.run(progress=False)
+    finally:
+        pipe.close()
+    assert report.replayed == 35 and report.embedded == 0 and report.applied == 0
+    after = read_anomalies(out / "anomalies").drop(columns="geometry")
+    key = ["acquisition_id", "cell_y", "cell_x"]
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(before).sort_values(key).reset_index(drop=True),
+        pd.DataFrame(after).sort_values(key).reset_index(drop=True),
+    )

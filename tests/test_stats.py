@@ -1,0 +1,175 @@
+"""The vectorised statistics core against a per-cell NumPy loop, and its behaviour."""
+
+import math
+
+import numpy as np
+import pytest
+
+from streamembed.stats import LABELS, StatsParams, TileState, label_cells, update
+
+
+def naive_update(state, emb, clear, indices, day, p):
+    """Per-cell loop of the documented algorithm (reference for the vectorised core)."""
+    cy, cx = state.shape
+    c = cy * cx
+    e = emb.reshape(c, -1)
+    dim = e.shape[1]
+    idx = indices.reshape(c, -1)
+    pad = np.pad(clear, 1, mode="edge")
+    ctx = np.array([[pad[y : y + 3, x : x + 3].mean() for x in range(cx)] for y in range(cy)]).reshape(c)
+    f = clear.reshape(c)
+    valid = [(f[i] >= p.min_clear) and (ctx[i] >= p.min_context_clear) for i in range(c)]
+    warm = [state.n[i] >= p.min_obs for i in range(c)]
+    scorable = [valid[i] and warm[i] for i in range(c)]
+    resid = [e[i] - state.mean[i] for i in range(c)]
+    k = sum(scorable)
+    shift = np.median(np.array([resid[i] for i in range(c) if scorable[i]]), axis=0) if k >= 8 else np.zeros(dim)
+    dist = [float(np.sqrt(((resid[i] - shift) ** 2).sum() / dim)) for i in range(c)]
+    sd = [math.sqrt(state.dist_var[i]) + 0.1 * state.dist_mean[i] + 1e-6 for i in range(c)]
+    gap = [day - state.last_day[i] if state.n[i] > 0 else 0.0 for i in range(c)]
+    z = [(dist[i] - state.dist_mean[i]) / (sd[i] * math.sqrt(1 + gap[i] / p.half_life_days)) for i in range(c)]
+    if k >= 8:
+        med = float(np.median([z[i] for i in range(c) if scorable[i]]))
+        z = [zi - med for zi in z]
+    anomaly = []
+    for i in range(c):
+        delta = idx[i] - state.idx_mean[i]
+        own = np.nanmax(np.abs(delta)) >= p.min_index_change if np.isfinite(delta).any() else False
+        anomaly.append(scorable[i] and z[i] >= p.threshold and bool(own))
+    new = TileState.empty(cy, cx, dim)
+    for name in ("n", "mean", "dist_mean", "dist_var", "idx_mean", "last_day"):
+        getattr(new, name)[...] = getattr(state, name)
+    for i in range(c):
+        if not valid[i]:
+            continue
+        n = state.n[i]
+        if n == 0:
+            new.mean[i] = e[i]
+            new.idx_mean[i] = idx[i]
+        else:
+            decay = 1 - 0.5 ** ((day - state.last_day[i]) / p.half_life_days)
+            alpha = max(1 / (n + 1), decay)
+            cap = state.dist_mean[i] + 3 * sd[i]
+            scale = min(1.0, cap / dist[i]) if anomaly[i] else 1.0
+            new.mean[i] = state.mean[i] + alpha * scale * resid[i]
+            d_eff = min(dist[i], cap) if warm[i] else dist[i]
+            if n == 1:
+                new.dist_mean[i], new.dist_var[i] = d_eff, 0.0
+            else:
+                beta = max(1 / n, decay)
+                dd = d_eff - state.dist_mean[i]
+                new.dist_mean[i] = state.dist_mean[i] + beta * dd
+                new.dist_var[i] = (1 - beta) * (state.dist_var[i] + beta * dd * dd)
+            new.idx_mean[i] = state.idx_mean[i] + alpha * scale * (idx[i] - state.idx_mean[i])
+        new.n[i] = n + 1
+        new.last_day[i] = day
+    return new, np.array(anomaly), np.array(z)
+
+
+def _random_series(rng, steps, cy, cx, dim):
+    for t in range(steps):
+        emb = rng.normal(0, 1, (cy, cx, dim)).astype(np.float32) + (t % 3)
+        clear = np.where(rng.random((cy, cx)) < 0.25, 0.0, 1.0).astype(np.float32)
+        idx = rng.uniform(-0.5, 0.5, (cy, cx, 4)).astype(np.float32)
+        yield emb, clear, idx, 100.0 + 5 * t
+
+
+def test_vectorised_matches_naive_loop():
+    rng = np.random.default_rng(3)
+    p = StatsParams(min_obs=3, threshold=0.5, min_index_change=0.3)
+    cy, cx, dim = 4, 5, 16
+    fast = TileState.empty(cy, cx, dim)
+    slow = TileState.empty(cy, cx, dim)
+    flagged = 0
+    for emb, clear, idx, day in _random_series(rng, 12, cy, cx, dim):
+        res = update(fast, emb, clear, np.zeros_like(clear), idx, day, p)
+        slow, anomaly, z = naive_update(slow, emb, clear, idx, day, p)
+        assert np.array_equal(res.anomaly, anomaly)
+        scored = ~np.isnan(res.score)
+        assert np.allclose(res.score[scored], z[scored], rtol=1e-4, atol=1e-4)
+        for name in ("n", "mean", "dist_mean", "dist_var", "idx_mean"):
+            assert np.allclose(getattr(fast, name), getattr(slow, name), rtol=1e-4, atol=1e-5, equal_nan=True), name
+        flagged += int(anomaly.sum())
+    assert flagged > 0  # the comparison exercised the anomaly path too
+
+
+def _steady(rng, state, p, steps=10, dim=32, shape=(6, 6), start_day=0.0):
+    base = rng.normal(0, 1, (*shape, dim)).astype(np.float32)
+    clear = np.ones(shape, np.float32)
+    idx = np.full((*shape, 4), 0.1, np.float32)
+    for t in range(steps):
+        emb = base + rng.normal(0, 0.05, base.shape).astype(np.float32)
+        update(state, emb, clear, np.zeros(shape, np.float32), idx, start_day + 5 * t, p)
+    return base, clear, idx
+
+
+def test_planted_change_is_anomalous_and_tile_shift_is_not():
+    rng = np.random.default_rng(5)
+    p = StatsParams()
+    state = TileState.empty(6, 6, 32)
+    base, clear, idx = _steady(rng, state, p)
+    # A whole-tile shift (haze, low sun) is not an anomaly.
+    shifted = base + 2.0
+    res = update(state, shifted, clear, np.zeros((6, 6), np.float32), idx, 50, p)
+    assert not res.anomaly.any()
+    # One cell changes in embedding and in its own indices (flood: NDWI up): an anomaly.
+    changed = base + 2.0 + rng.normal(0, 0.05, base.shape).astype(np.float32)
+    changed[2, 3] += rng.normal(0, 3.0, 32).astype(np.float32)
+    idx2 = idx.copy()
+    idx2[2, 3] = [-0.3, 0.6, -0.2, -0.1]
+    res = update(state, changed, clear, np.zeros((6, 6), np.float32), idx2, 55, p)
+    assert np.flatnonzero(res.anomaly).tolist() == [2 * 6 + 3]
+    assert res.labels[2 * 6 + 3] == "water_gain"
+
+
+def test_embedding_change_without_own_pixel_change_is_suppressed():
+    rng = np.random.default_rng(6)
+    p = StatsParams()
+    state = TileState.empty(6, 6, 32)
+    base, clear, idx = _steady(rng, state, p)
+    changed = base.copy()
+    changed[2, 3] += rng.normal(0, 3.0, 32).astype(np.float32)  # context leak only
+    res = update(state, changed, clear, np.zeros((6, 6), np.float32), idx, 50, p)
+    assert not res.anomaly.any() and res.score[2 * 6 + 3] > p.threshold
+
+
+def test_masked_cells_neither_update_nor_score():
+    rng = np.random.default_rng(7)
+    p = StatsParams()
+    state = TileState.empty(6, 6, 32)
+    base, clear, idx = _steady(rng, state, p)
+    before = state.mean.copy(), state.n.copy()
+    cloudy = clear.copy()
+    cloudy[0, 0] = 0.5
+    snow = np.zeros((6, 6), np.float32)
+    snow[0, 0] = 0.5
+    res = update(state, base + 10, cloudy, snow, idx, 50, p)
+    assert np.isnan(res.score[0]) and not res.valid[0] and res.snow_cells == 0
+    assert np.array_equal(state.mean[0], before[0][0]) and state.n[0] == before[1][0]
+    assert state.n[20] == before[1][20] + 1
+
+
+def test_state_roundtrip(tmp_path):
+    rng = np.random.default_rng(8)
+    state = TileState.empty(3, 4, 8)
+    _steady(rng, state, StatsParams(), steps=3, dim=8, shape=(3, 4))
+    state.applied_ids = ["a", "b"]
+    state.save(tmp_path / "s.npz")
+    back = TileState.load(tmp_path / "s.npz")
+    assert back.applied_ids == ["a", "b"] and back.shape == (3, 4)
+    assert np.array_equal(back.mean, state.mean) and np.array_equal(back.n, state.n)
+
+
+@pytest.mark.parametrize(
+    ("delta", "current", "label"),
+    [
+        ([-0.3, 0.6, -0.2, -0.1], [-0.2, 0.4, -0.1, -0.1], "water_gain"),
+        ([-0.6, 0.1, -0.7, 0.2], [0.1, -0.2, -0.25, 0.1], "burn"),
+        ([-0.5, 0.2, -0.5, 0.3], [0.2, -0.3, 0.0, 0.1], "vegetation_loss"),
+        ([-0.1, 0.0, -0.1, 0.2], [0.3, -0.3, 0.1, 0.0], "bare_gain"),
+        ([0.05, 0.0, 0.0, 0.0], [0.5, -0.5, 0.4, -0.2], "unknown"),
+    ],
+)
+def test_label_rules(delta, current, label):
+    out = label_cells(np.array([delta], np.float32), np.array([current], np.float32))
+    assert out.tolist() == [label] and label in LABELS

@@ -1,0 +1,116 @@
+"""Real Zarr and GeoParquet files on disk: idempotent, crash-safe, readable by the ecosystem."""
+
+import datetime as dt
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import xarray as xr
+
+from streamembed.grid import TileGrid
+from streamembed.ledger import APPLIED, EMBEDDED, FAILED, Ledger
+from streamembed.sink import AnomalyRecord, read_anomalies, write_anomalies
+from streamembed.store import EmbeddingBatch, EmbeddingStore, StoreMismatchError
+
+GRID = TileGrid("33UWP", 32633, 499980.0, 5400000.0, 96, 128, 32)
+ATTRS = {"model_id": "resnet18-12b-seed0"}
+
+
+def _batch(i: int, grid: TileGrid = GRID) -> EmbeddingBatch:
+    rng = np.random.default_rng(i)
+    shape = (grid.n_cells_y, grid.n_cells_x)
+    return EmbeddingBatch(
+        acquisition_id=f"acq{i}",
+        tile=grid.tile,
+        time=dt.datetime(2024, 1, 1, 10, tzinfo=dt.timezone.utc) + dt.timedelta(days=5 * i),
+        grid=grid,
+        embedding=rng.normal(size=(*shape, 8)).astype(np.float32),
+        clear=rng.random(shape).astype(np.float32),
+        snow=np.zeros(shape, np.float32),
+        indices=rng.random((*shape, 4)).astype(np.float32),
+    )
+
+
+def test_store_append_is_idempotent_and_readable(tmp_path):
+    store = EmbeddingStore(tmp_path / "embeddings.zarr")
+    assert store.append(_batch(0), ATTRS) and store.append(_batch(1), ATTRS)
+    assert not store.append(_batch(1), ATTRS)  # already there: a no-op
+    assert store.acquisition_ids("33UWP") == ["acq0", "acq1"]
+    ds = xr.open_zarr(tmp_path / "embeddings.zarr", group="33UWP", consolidated=False)
+    assert ds.embedding.shape == (2, 3, 4, 8) and ds.embedding.dtype == np.float16
+    assert ds.attrs["crs"] == "EPSG:32633" and ds.attrs["model_id"] == ATTRS["model_id"]
+    assert ds.time.values[1] == np.datetime64("2024-01-06T10:00:00")
+    assert ds.y.values[0] == 5400000.0 - 160.0 and ds.x.values[0] == 499980.0 + 160.0
+    back = store.read("33UWP", "acq1")
+    assert np.allclose(back.embedding, _batch(1).embedding, atol=1e-2)
+    assert back.time == _batch(1).time
+
+
+def test_store_repairs_an_interrupted_append(tmp_path):
+    import zarr
+
+    store = EmbeddingStore(tmp_path / "embeddings.zarr")
+    store.append(_batch(0), ATTRS)
+    store.append(_batch(1), ATTRS)
+    # Simulate a crash mid-append: one array grew, the ids did not.
+    g = zarr.open_group(tmp_path / "embeddings.zarr", path="33UWP", mode="r+")
+    g["embedding"].resize((3, 3, 4, 8))
+    assert store.repair("33UWP") == 1
+    assert g["embedding"].shape[0] == 2
+    assert store.append(_batch(2), ATTRS)
+    assert store.acquisition_ids("33UWP") == ["acq0", "acq1", "acq2"]
+
+
+def test_store_refuses_another_model(tmp_path):
+    store = EmbeddingStore(tmp_path / "embeddings.zarr")
+    store.append(_batch(0), ATTRS)
+    with pytest.raises(StoreMismatchError, match="resnet50"):
+        store.append(_batch(1), {"model_id": "resnet50-12b-seed0"})
+
+
+def _record(cell_x: int, acq: str = "acq0") -> AnomalyRecord:
+    return AnomalyRecord(acq, "33UWP", dt.datetime(2024, 5, 1, 10, tzinfo=dt.timezone.utc), 1, cell_x,
+                         7.5, 1.2, 12, 1.0, "water_gain", "resnet18-12b-seed0", 32633)
+
+
+def test_geoparquet_partitioned_and_readable(tmp_path):
+    root = tmp_path / "anomalies"
+    path = write_anomalies(root, [_record(0), _record(2)], GRID, "2024-05-01", "acq0")
+    assert path == root / "tile=33UWP" / "date=2024-05-01" / "acq0.parquet"
+    again = write_anomalies(root, [_record(0), _record(2)], GRID, "2024-05-01", "acq0")
+    assert again == path and len(list(root.rglob("*.parquet"))) == 1  # rewrite, not a second file
+    assert not list(root.rglob("*.tmp"))
+    assert write_anomalies(root, [], GRID, "2024-05-02", "acq1") is None
+
+    geo = json.loads(pq.read_schema(path).metadata[b"geo"])
+    assert geo["version"] == "1.1.0"
+    assert geo["columns"]["geometry"]["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
+    gdf = read_anomalies(root)
+    assert len(gdf) == 2 and set(gdf["tile"].astype(str)) == {"33UWP"}
+    assert gdf.crs.to_epsg() == 4326
+    lon, lat = gdf.geometry.iloc[0].centroid.coords[0]
+    assert 14.9 < lon < 15.1 and 48.6 < lat < 48.8  # 33UWP's corner, reprojected from UTM 33N
+
+    import dask_geopandas
+    import duckdb
+
+    assert len(dask_geopandas.read_parquet(root).compute()) == 2
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{root}/**/*.parquet', hive_partitioning=true)").fetchall()[0]
+    assert n == (2,)
+
+
+def test_ledger_states_and_summary(tmp_path):
+    from streamembed.acquisition import Acquisition
+
+    t = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    acqs = [Acquisition(f"a{i}", "33UWP", t + dt.timedelta(days=i), 32633, {}, "x.json") for i in range(3)]
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        assert ledger.record_seen(acqs) == 3 and ledger.record_seen(acqs) == 0
+        ledger.set_state("a0", EMBEDDED)
+        ledger.set_state("a0", APPLIED, n_anomalies=4)
+        ledger.set_state("a1", FAILED, "acquisition a1 (x.json): band B8A missing")
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:  # persisted
+        assert ledger.summary() == {"33UWP": {"applied": 1, "failed": 1, "seen": 1}}
+        assert ledger.rows(FAILED)[0].reason.endswith("band B8A missing")
+        assert ledger.rows(APPLIED)[0].n_anomalies == 4
