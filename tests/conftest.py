@@ -27,5 +27,7 @@ def cluster_client():
     from streamembed.cluster import make_client
     from streamembed.config import ClusterConfig
 
-    with make_client(ClusterConfig(n_workers=2, threads_per_worker=1, dashboard_address=":0")) as client:
+    with make_client(
+        ClusterConfig(n_workers=2, threads_per_worker=1, dashboard_address=":0")
+    ) as client:
         yield client

@@ -11,7 +11,10 @@ from streamembed.sources import discover
 
 TEST_DATA = Path(__file__).parent / "data"
 
-CDSE = TEST_DATA / "S2C_MSIL2A_20250330T100051_N0511_R122_T33UWP_20250330T145914_cdse_stac_v110.trimmed.json"
+CDSE = (
+    TEST_DATA
+    / "S2C_MSIL2A_20250330T100051_N0511_R122_T33UWP_20250330T145914_cdse_stac_v110.trimmed.json"
+)
 
 
 def test_cdse_item():
@@ -52,11 +55,18 @@ def test_planetary_computer_item(shared_data):
 
 
 def test_planetary_computer_item_collection(shared_data):
-    path = shared_data / "s2" / "stac_items" / "planetary_computer_sentinel-2-l2a_20190101_itemcollection.json"
+    path = (
+        shared_data
+        / "s2"
+        / "stac_items"
+        / "planetary_computer_sentinel-2-l2a_20190101_itemcollection.json"
+    )
     acqs, failures = discover(path)
     assert len(acqs) == 33 and not failures
     assert all(a.datetime.date() == dt.date(2019, 1, 1) for a in acqs)
-    assert all(len(a.tile) == 5 and a.epsg and not a.missing_bands(["B02", "B8A", "B12"]) for a in acqs)
+    assert all(
+        len(a.tile) == 5 and a.epsg and not a.missing_bands(["B02", "B8A", "B12"]) for a in acqs
+    )
 
 
 def test_same_fields_across_dialects(shared_data):
@@ -76,10 +86,19 @@ def test_earth_search_v1_names_and_explicit_mapping():
     item = {
         "type": "Feature",
         "id": "S2B_T10SEG_20230101_0_L2A",
-        "properties": {"datetime": "2023-01-01T00:00:00Z", "mgrs:utm_zone": 10,
-                       "mgrs:latitude_band": "S", "mgrs:grid_square": "EG", "proj:epsg": 32610},
-        "assets": {"blue": {"href": "b.tif"}, "nir08": {"href": "n.tif"}, "scl": {"href": "s.tif"},
-                   "mine": {"href": "m.tif"}},
+        "properties": {
+            "datetime": "2023-01-01T00:00:00Z",
+            "mgrs:utm_zone": 10,
+            "mgrs:latitude_band": "S",
+            "mgrs:grid_square": "EG",
+            "proj:epsg": 32610,
+        },
+        "assets": {
+            "blue": {"href": "b.tif"},
+            "nir08": {"href": "n.tif"},
+            "scl": {"href": "s.tif"},
+            "mine": {"href": "m.tif"},
+        },
     }
     acq = parse_item(item, "/data/x.json", "earth-search", ["B02", "B8A"])
     assert acq.tile == "10SEG" and acq.assets["B8A"].href == "/data/n.tif" and "SCL" in acq.assets
@@ -98,4 +117,7 @@ def test_missing_band_reason_names_file_and_fix():
 
 def test_not_an_item_is_a_clear_error():
     with pytest.raises(SourceError, match="no MGRS tile"):
-        parse_item({"type": "Feature", "id": "x", "properties": {"datetime": "2020-01-01T00:00:00Z"}}, "f.json")
+        parse_item(
+            {"type": "Feature", "id": "x", "properties": {"datetime": "2020-01-01T00:00:00Z"}},
+            "f.json",
+        )

@@ -36,9 +36,11 @@ def test_env_override_and_cli_override(tmp_path):
     cfg = load_config(None, environ={"STREAMEMBED__CLUSTER__N_WORKERS": "3"})
     assert cfg.cluster.n_workers == 3
     cfg2 = cfg.with_overrides(**{"source.path": str(tmp_path), "output": "out2"})
-    assert cfg2.source.path == str(tmp_path) and cfg2.output == "out2" and cfg2.cluster.n_workers == 3
+    assert (
+        cfg2.source.path == str(tmp_path) and cfg2.output == "out2" and cfg2.cluster.n_workers == 3
+    )
 
 
 def test_missing_file_names_path(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
         load_config(tmp_path / "nope.yaml", environ={})

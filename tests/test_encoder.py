@@ -38,11 +38,15 @@ def test_timm_layout_loads(tmp_path):
 
 def test_ssl4eo_moco_layout_loads(tmp_path):
     ref = _reference("resnet50", 13)
-    state = {f"module.encoder_q.{k}": v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    state = {
+        f"module.encoder_q.{k}": v for k, v in ref.state_dict().items() if not k.startswith("fc.")
+    }
     # The MoCo v2/v3 projection head and the momentum encoder must be ignored.
     state["module.encoder_q.fc.0.weight"] = torch.zeros(2048, 2048)
     state["module.encoder_q.fc.2.weight"] = torch.zeros(128, 2048)
-    state.update({f"module.encoder_k.{k}": torch.zeros_like(v) for k, v in ref.state_dict().items()})
+    state.update(
+        {f"module.encoder_k.{k}": torch.zeros_like(v) for k, v in ref.state_dict().items()}
+    )
     path = tmp_path / "B13_rn50_moco_0099_ckpt.pth"
     torch.save({"arch": "resnet50", "epoch": 100, "state_dict": state}, path)
     enc = Encoder(ModelConfig(arch="resnet50", bands=BANDS_L1C, checkpoint=str(path)))
@@ -51,26 +55,33 @@ def test_ssl4eo_moco_layout_loads(tmp_path):
 
 
 def test_key_mapping_pure():
-    mapped, layout = map_checkpoint_keys({"module.encoder_q.conv1.weight": 1, "module.encoder_q.fc.0.weight": 2,
-                                          "module.encoder_k.conv1.weight": 3})
+    mapped, layout = map_checkpoint_keys(
+        {
+            "module.encoder_q.conv1.weight": 1,
+            "module.encoder_q.fc.0.weight": 2,
+            "module.encoder_k.conv1.weight": 3,
+        }
+    )
     assert layout == "ssl4eo-moco" and mapped == {"conv1.weight": 1}
     mapped, layout = map_checkpoint_keys({"conv1.weight": 1, "fc.weight": 2, "fc.bias": 3})
     assert layout == "timm" and mapped == {"conv1.weight": 1}
-    mapped, layout = map_checkpoint_keys({"backbone.layer1.0.conv1.weight": 1, "head.mlp.0.weight": 2})
+    mapped, layout = map_checkpoint_keys(
+        {"backbone.layer1.0.conv1.weight": 1, "head.mlp.0.weight": 2}
+    )
     assert layout == "dino" and mapped == {"layer1.0.conv1.weight": 1}
 
 
 def test_in_chans_mismatch_is_explained(tmp_path):
     path = tmp_path / "l1c13.pth"
     torch.save(_reference("resnet18", 13).state_dict(), path)
-    with pytest.raises(CheckpointError, match="expects 13 input bands but model.bands lists 12"):
+    with pytest.raises(CheckpointError, match=r"expects 13 input bands but model\.bands lists 12"):
         Encoder(ModelConfig(arch="resnet18", bands=BANDS_L2A, checkpoint=str(path)))
 
 
 def test_arch_mismatch_is_explained(tmp_path):
     path = tmp_path / "rn50.pth"
     torch.save(_reference("resnet50", 12).state_dict(), path)
-    with pytest.raises(CheckpointError, match="resnet50 backbone but model.arch is resnet18"):
+    with pytest.raises(CheckpointError, match=r"resnet50 backbone but model\.arch is resnet18"):
         Encoder(ModelConfig(arch="resnet18", checkpoint=str(path)))
 
 

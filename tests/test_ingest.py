@@ -95,9 +95,18 @@ def test_windows_cover_every_cell_with_equal_shapes():
 
 
 def _cog(path, data, res, x0=500000.0, y0=5400000.0):
-    with rasterio.open(path, "w", driver="COG", width=data.shape[1], height=data.shape[0], count=1,
-                       dtype=data.dtype, crs="EPSG:32633", transform=from_origin(x0, y0, res, res),
-                       nodata=0) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="COG",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=1,
+        dtype=data.dtype,
+        crs="EPSG:32633",
+        transform=from_origin(x0, y0, res, res),
+        nodata=0,
+    ) as dst:
         dst.write(data[None])
 
 
@@ -121,7 +130,9 @@ def test_read_block_resamples_20m_and_60m_to_10m(tmp_path):
     acq = Acquisition("a", "33UWP", dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc), 32633, assets)
     grid = TileGrid("33UWP", 32633, 500000.0, 5400000.0, 64, 64, 32)
     with open_bands(acq, ["B02", "B05", "B01"]) as opened:
-        refl, got_scl = read_block(acq, opened, grid, (-8, 40), (3, 51), ["B02", "B05", "B01"], "nearest")
+        refl, got_scl = read_block(
+            acq, opened, grid, (-8, 40), (3, 51), ["B02", "B05", "B01"], "nearest"
+        )
     up20 = np.repeat(np.repeat(b20, 2, 0), 2, 1)
     up60 = np.repeat(np.repeat(b60, 6, 0), 6, 1)
     # Rows -8..-1 lie outside the tile: nodata (SCL 0).

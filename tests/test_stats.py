@@ -16,18 +16,27 @@ def naive_update(state, emb, clear, indices, day, p):
     dim = e.shape[1]
     idx = indices.reshape(c, -1)
     pad = np.pad(clear, 1, mode="edge")
-    ctx = np.array([[pad[y : y + 3, x : x + 3].mean() for x in range(cx)] for y in range(cy)]).reshape(c)
+    ctx = np.array(
+        [[pad[y : y + 3, x : x + 3].mean() for x in range(cx)] for y in range(cy)]
+    ).reshape(c)
     f = clear.reshape(c)
     valid = [(f[i] >= p.min_clear) and (ctx[i] >= p.min_context_clear) for i in range(c)]
     warm = [state.n[i] >= p.min_obs for i in range(c)]
     scorable = [valid[i] and warm[i] for i in range(c)]
     resid = [e[i] - state.mean[i] for i in range(c)]
     k = sum(scorable)
-    shift = np.median(np.array([resid[i] for i in range(c) if scorable[i]]), axis=0) if k >= 8 else np.zeros(dim)
+    shift = (
+        np.median(np.array([resid[i] for i in range(c) if scorable[i]]), axis=0)
+        if k >= 8
+        else np.zeros(dim)
+    )
     dist = [float(np.sqrt(((resid[i] - shift) ** 2).sum() / dim)) for i in range(c)]
     sd = [math.sqrt(state.dist_var[i]) + 0.1 * state.dist_mean[i] + 1e-6 for i in range(c)]
     gap = [day - state.last_day[i] if state.n[i] > 0 else 0.0 for i in range(c)]
-    z = [(dist[i] - state.dist_mean[i]) / (sd[i] * math.sqrt(1 + gap[i] / p.half_life_days)) for i in range(c)]
+    z = [
+        (dist[i] - state.dist_mean[i]) / (sd[i] * math.sqrt(1 + gap[i] / p.half_life_days))
+        for i in range(c)
+    ]
     if k >= 8:
         med = float(np.median([z[i] for i in range(c) if scorable[i]]))
         z = [zi - med for zi in z]
@@ -88,7 +97,9 @@ def test_vectorised_matches_naive_loop():
         scored = ~np.isnan(res.score)
         assert np.allclose(res.score[scored], z[scored], rtol=1e-4, atol=1e-4)
         for name in ("n", "mean", "dist_mean", "dist_var", "idx_mean"):
-            assert np.allclose(getattr(fast, name), getattr(slow, name), rtol=1e-4, atol=1e-5, equal_nan=True), name
+            assert np.allclose(
+                getattr(fast, name), getattr(slow, name), rtol=1e-4, atol=1e-5, equal_nan=True
+            ), name
         flagged += int(anomaly.sum())
     assert flagged > 0  # the comparison exercised the anomaly path too
 

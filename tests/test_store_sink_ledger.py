@@ -70,8 +70,20 @@ def test_store_refuses_another_model(tmp_path):
 
 
 def _record(cell_x: int, acq: str = "acq0") -> AnomalyRecord:
-    return AnomalyRecord(acq, "33UWP", dt.datetime(2024, 5, 1, 10, tzinfo=dt.timezone.utc), 1, cell_x,
-                         7.5, 1.2, 12, 1.0, "water_gain", "resnet18-12b-seed0", 32633)
+    return AnomalyRecord(
+        acq,
+        "33UWP",
+        dt.datetime(2024, 5, 1, 10, tzinfo=dt.timezone.utc),
+        1,
+        cell_x,
+        7.5,
+        1.2,
+        12,
+        1.0,
+        "water_gain",
+        "resnet18-12b-seed0",
+        32633,
+    )
 
 
 def test_geoparquet_partitioned_and_readable(tmp_path):
@@ -96,7 +108,9 @@ def test_geoparquet_partitioned_and_readable(tmp_path):
     import duckdb
 
     assert len(dask_geopandas.read_parquet(root).compute()) == 2
-    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{root}/**/*.parquet', hive_partitioning=true)").fetchall()[0]
+    n = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{root}/**/*.parquet', hive_partitioning=true)"
+    ).fetchall()[0]
     assert n == (2,)
 
 
@@ -104,7 +118,10 @@ def test_ledger_states_and_summary(tmp_path):
     from streamembed.acquisition import Acquisition
 
     t = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-    acqs = [Acquisition(f"a{i}", "33UWP", t + dt.timedelta(days=i), 32633, {}, "x.json") for i in range(3)]
+    acqs = [
+        Acquisition(f"a{i}", "33UWP", t + dt.timedelta(days=i), 32633, {}, "x.json")
+        for i in range(3)
+    ]
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         assert ledger.record_seen(acqs) == 3 and ledger.record_seen(acqs) == 0
         ledger.set_state("a0", EMBEDDED)

@@ -187,7 +187,10 @@ def _parse_datetime(text: str) -> dt.datetime:
 
 def resolve_href(href: str, base: str) -> str:
     """Absolute href: URLs stay, relative paths resolve against the item's own location."""
-    if urlparse(href).scheme in ("http", "https", "s3", "gs", "az", "file") or Path(href).is_absolute():
+    if (
+        urlparse(href).scheme in ("http", "https", "s3", "gs", "az", "file")
+        or Path(href).is_absolute()
+    ):
         return href
     if urlparse(base).scheme in ("http", "https"):
         return base.rsplit("/", 1)[0] + "/" + href

@@ -91,18 +91,30 @@ class StatsActor:
             raise KeyError(f"tile {tile} has no embeddings in {self.store.root}")
         stored = self.store.read(tile, acquisition_id)
         state = self._state(tile, (grid.n_cells_y, grid.n_cells_x), stored.embedding.shape[-1])
-        path = partition_path(self.output / "anomalies", tile, stored.time.strftime("%Y-%m-%d"), acquisition_id)
+        path = partition_path(
+            self.output / "anomalies", tile, stored.time.strftime("%Y-%m-%d"), acquisition_id
+        )
         if acquisition_id in state.applied_ids:
             n = _count_rows(path)
             return {"status": ALREADY, "n_anomalies": n, "path": str(path) if n else None}
         day = day_number(stored.time)
         if state.applied_ids and day <= state.last_time_day:
             return {"status": LATE, "n_anomalies": 0, "path": None}
-        result = update(state, stored.embedding, stored.clear, stored.snow, stored.indices, day, self.params)
+        result = update(
+            state, stored.embedding, stored.clear, stored.snow, stored.indices, day, self.params
+        )
         state.last_acquisition_id = acquisition_id
         state.applied_ids.append(acquisition_id)
-        records = records_from_result(result, grid, acquisition_id, stored.time, stored.clear, self.model_id)
-        written = write_anomalies(self.output / "anomalies", records, grid, stored.time.strftime("%Y-%m-%d"), acquisition_id)
+        records = records_from_result(
+            result, grid, acquisition_id, stored.time, stored.clear, self.model_id
+        )
+        written = write_anomalies(
+            self.output / "anomalies",
+            records,
+            grid,
+            stored.time.strftime("%Y-%m-%d"),
+            acquisition_id,
+        )
         self._dirty[tile] = self._dirty.get(tile, 0) + 1
         if self._dirty[tile] >= self.cfg.checkpoint_every:
             self.checkpoint(tile)

@@ -95,7 +95,9 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
                 if not report.nothing_new:
                     _print(report.lines())
                 else:
-                    log.info("poll %d: nothing new (%d acquisitions known)", cycles, report.discovered)
+                    log.info(
+                        "poll %d: nothing new (%d acquisitions known)", cycles, report.discovered
+                    )
                 if args.cycles and cycles >= args.cycles:
                     break
                 stop.wait(poll)
@@ -119,7 +121,9 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         rows = ledger.rows()
         for tile, counts in summary.items():
             n_anom = sum(r.n_anomalies or 0 for r in rows if r.tile == tile)
-            print(f"{tile:<8}" + "".join(f"{counts.get(s, 0):>10}" for s in states) + f"{n_anom:>11}")
+            print(
+                f"{tile:<8}" + "".join(f"{counts.get(s, 0):>10}" for s in states) + f"{n_anom:>11}"
+            )
         failed = ledger.rows(FAILED)
         if failed and args.failed:
             for r in failed:
@@ -146,14 +150,15 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_synth(args: argparse.Namespace, cfg: Config) -> int:
-    from .sources.synthetic import generate
 
     items, truth = _synth(Path(args.outdir), cfg, args.days, args.tile_px)
     print(f"items: {items}\ntruth: {truth}")
     return 0
 
 
-def _synth(out: Path, cfg: Config, days: int | None = None, tile_px: int | None = None) -> tuple[Path, Path]:
+def _synth(
+    out: Path, cfg: Config, days: int | None = None, tile_px: int | None = None
+) -> tuple[Path, Path]:
     from tqdm import tqdm
 
     from .sources.synthetic import generate
@@ -184,7 +189,9 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     data = Path(cfg.demo.data)
     truth = data / "truth.parquet"
     if not truth.exists():
-        print(f"Writing the synthetic demo archive to {data} (real COGs + STAC items) …", flush=True)
+        print(
+            f"Writing the synthetic demo archive to {data} (real COGs + STAC items) …", flush=True
+        )
         _synth(data, cfg)
     else:
         print(f"Using the synthetic demo archive in {data}", flush=True)
@@ -201,7 +208,9 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
         # The acquisition with the most anomalous cells makes the most telling picture.
         top = anomalies.groupby(["mgrs_tile", "acquisition_id"]).size().idxmax()
         when = anomalies.loc[anomalies["acquisition_id"] == top[1], "datetime"].iloc[0]
-        png = render_map(cfg.output_dir, str(top[0]), when.strftime("%Y-%m-%d"), cfg.output_dir / "demo-map.png")
+        png = render_map(
+            cfg.output_dir, str(top[0]), when.strftime("%Y-%m-%d"), cfg.output_dir / "demo-map.png"
+        )
         print(f"map: {png}  (streamembed map {top[0]} {when:%Y-%m-%d} -o {png})")
     print(f"demo finished in {time.time() - t0:.0f} s", flush=True)
     return 0
@@ -213,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default ./config.yaml)")
+        p.add_argument(
+            "--config", default=DEFAULT_CONFIG, help="config file (default ./config.yaml)"
+        )
         p.add_argument("--source", help="source folder or URL (overrides source.path)")
         p.add_argument("--output", help="output folder (overrides output; default ./output)")
         return p
@@ -224,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_backfill)
     p = common(sub.add_parser("monitor", help="poll the source and process what is new"))
     p.add_argument("--poll-seconds", type=float, default=None)
-    p.add_argument("--cycles", type=int, default=0, help="stop after N polls (0: run until signalled)")
+    p.add_argument(
+        "--cycles", type=int, default=0, help="stop after N polls (0: run until signalled)"
+    )
     p.set_defaults(func=cmd_monitor)
     p = common(sub.add_parser("status", help="ledger summary per tile"))
     p.add_argument("--failed", action="store_true", help="list failed acquisitions and reasons")

@@ -26,7 +26,9 @@ def make_client(cfg: ClusterConfig) -> Iterator[Client]:
         logging.getLogger(name).setLevel(logging.WARNING)
     if cfg.kind == "address":
         if not cfg.address:
-            raise ValueError("cluster.kind is address but cluster.address is empty; set it to tcp://host:8786")
+            raise ValueError(
+                "cluster.kind is address but cluster.address is empty; set it to tcp://host:8786"
+            )
         client = Client(cfg.address)
         cluster = None
     else:

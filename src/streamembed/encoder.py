@@ -171,7 +171,9 @@ def load_backbone_weights(model: ResNet, path: str | Path, arch: str, in_chans: 
     try:
         raw = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"model.checkpoint {p}: not a readable torch checkpoint: {err}") from err
+        raise CheckpointError(
+            f"model.checkpoint {p}: not a readable torch checkpoint: {err}"
+        ) from err
     state, layout = map_checkpoint_keys(_unwrap(raw))
     conv1 = state.get("conv1.weight")
     if conv1 is None:
@@ -259,7 +261,7 @@ class Encoder:
             layout = load_backbone_weights(model, cfg.checkpoint, cfg.arch, self.in_chans)
             self.weights = f"{self.weights} ({layout} layout)"
         model.eval().to(self.device)
-        self.model = model.to(memory_format=torch.channels_last)
+        self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @torch.inference_mode()
     def feature_maps(self, inputs: np.ndarray) -> np.ndarray:
@@ -271,7 +273,9 @@ class Encoder:
             if self.device.type == "cuda":
                 x = x.pin_memory().to(self.device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast(
+                self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+            ):
                 f = self.model.features(x)
             outs.append(f.float().cpu().numpy())
         return np.concatenate(outs)
@@ -283,9 +287,9 @@ class Encoder:
         for win, fmap in zip(scene.windows, maps, strict=True):
             m = win.margin_cells
             core = fmap[:, m : m + win.n_cells_y, m : m + win.n_cells_x]
-            out[win.cell_y : win.cell_y + win.n_cells_y, win.cell_x : win.cell_x + win.n_cells_x] = (
-                core.transpose(1, 2, 0)
-            )
+            out[
+                win.cell_y : win.cell_y + win.n_cells_y, win.cell_x : win.cell_x + win.n_cells_x
+            ] = core.transpose(1, 2, 0)
         return out
 
 

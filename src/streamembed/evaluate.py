@@ -56,7 +56,9 @@ def evaluate(anomalies_dir: str | Path, truth_path: str | Path) -> Evaluation:
     pred["cell_x"] = pred["cell_x"].astype(int)
     t = pd.DataFrame(truth.drop(columns="geometry"))
     joined = pred.merge(t, on=key, how="inner", suffixes=("", "_truth"))
-    in_window = joined[(joined["datetime"] >= joined["start"]) & (joined["datetime"] <= joined["end"])]
+    in_window = joined[
+        (joined["datetime"] >= joined["start"]) & (joined["datetime"] <= joined["end"])
+    ]
     hits = in_window.drop_duplicates(key)
     found = set(map(tuple, hits[key].to_numpy().tolist()))
     predicted = set(map(tuple, pred[key].to_numpy().tolist()))

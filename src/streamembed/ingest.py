@@ -216,7 +216,9 @@ def grid_for(acq: Acquisition, cell_size: int) -> TileGrid:
     res = float(transform[0])
     height = round(shape[0] * res / PIXEL_M)
     width = round(shape[1] * res / PIXEL_M)
-    grid = TileGrid(acq.tile, epsg, float(transform[2]), float(transform[5]), height, width, cell_size)
+    grid = TileGrid(
+        acq.tile, epsg, float(transform[2]), float(transform[5]), height, width, cell_size
+    )
     if grid.n_cells_y == 0 or grid.n_cells_x == 0:
         raise GridMismatchError(
             f"acquisition {acq.id}: {height}x{width} px at 10 m is smaller than one "
@@ -278,7 +280,7 @@ def read_block(
         src = opened.datasets[band]
         try:
             win = from_bounds(*bounds, transform=src.transform)  # type: ignore[attr-defined]
-            return src.read(  # type: ignore[attr-defined,no-any-return]
+            return src.read(  # type: ignore[attr-defined]
                 1, window=win, out_shape=(h, w), resampling=method, boundless=True, fill_value=0
             )
         except RasterioError as err:
@@ -342,7 +344,12 @@ def prepare_scene(
             m = win.margin_cells * cell
             core = (slice(None), slice(m, refl.shape[1] - m), slice(m, refl.shape[2] - m))
             c, s, ix = cell_summaries(refl[core], masked[core[1:]], is_snow[core[1:]], bands, cell)
-            out = (slice(win.cell_y, win.cell_y + win.n_cells_y), slice(win.cell_x, win.cell_x + win.n_cells_x))
+            out = (
+                slice(win.cell_y, win.cell_y + win.n_cells_y),
+                slice(win.cell_x, win.cell_x + win.n_cells_x),
+            )
             clear[out], snow[out], indices[out] = c, s, ix
             inputs.append(fill_masked(normalise(refl, bands, model.normalisation), masked))
-    return SceneWindows(acq.id, acq.tile, grid, tuple(windows), np.stack(inputs), clear, snow, indices)
+    return SceneWindows(
+        acq.id, acq.tile, grid, tuple(windows), np.stack(inputs), clear, snow, indices
+    )

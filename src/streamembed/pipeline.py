@@ -160,7 +160,7 @@ class Pipeline:
             )
             for k in range(cfg.stats.shards)
         ]
-        self.actors = [f.result() for f in self._actor_futures]
+        self.actors: list[Any] = [f.result() for f in self._actor_futures]
 
     def close(self) -> None:
         self.checkpoint()
@@ -225,8 +225,12 @@ class Pipeline:
             while True:
                 while to_embed and len(pending) < cfg.pipeline.max_in_flight and not stop():
                     a = to_embed.popleft()
-                    scene = self.client.submit(ingest_task, a, cfg, key=f"ingest-{a.id}", pure=False)
-                    fut = self.client.submit(encode_task, scene, a, cfg, key=f"encode-{a.id}", pure=False)
+                    scene = self.client.submit(
+                        ingest_task, a, cfg, key=f"ingest-{a.id}", pure=False
+                    )
+                    fut = self.client.submit(
+                        encode_task, scene, a, cfg, key=f"encode-{a.id}", pure=False
+                    )
                     pending[fut] = a
                 self._apply_ready(by_tile, states, replay_ids, report, bar)
                 if not pending:
@@ -256,13 +260,19 @@ class Pipeline:
             in_state = set(self._actor(tile).applied_ids(tile).result())
             missing = [a for a in applied if a.id not in in_state]
             if missing:
-                log.warning("tile %s: replaying %d acquisitions the last checkpoint missed", tile, len(missing))
+                log.warning(
+                    "tile %s: replaying %d acquisitions the last checkpoint missed",
+                    tile,
+                    len(missing),
+                )
                 for a in missing:
                     states[a.id] = EMBEDDED
                 replay += missing
         return replay
 
-    def _embedded(self, fut: Future, a: Acquisition, states: dict[str, str], report: RunReport, bar: Any) -> None:
+    def _embedded(
+        self, fut: Future, a: Acquisition, states: dict[str, str], report: RunReport, bar: Any
+    ) -> None:
         try:
             result = fut.result()
         except Exception as err:  # a task error names its input; keep the rest going

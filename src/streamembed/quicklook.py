@@ -22,7 +22,9 @@ LABEL_COLOURS = {
 }
 
 
-def render_map(output_dir: str | Path, tile: str, date: str, png: str | Path, max_px: int = 1024) -> Path:
+def render_map(
+    output_dir: str | Path, tile: str, date: str, png: str | Path, max_px: int = 1024
+) -> Path:
     """Write a PNG of ``tile`` on ``date``; raises ValueError naming what is missing."""
     import matplotlib
 
@@ -38,7 +40,9 @@ def render_map(output_dir: str | Path, tile: str, date: str, png: str | Path, ma
     with Ledger(out / "ledger.sqlite") as ledger:
         rows = ledger.find(tile, date)
     if not rows:
-        raise ValueError(f"no acquisition of tile {tile} on {date} in the ledger; see `streamembed status`")
+        raise ValueError(
+            f"no acquisition of tile {tile} on {date} in the ledger; see `streamembed status`"
+        )
     row = rows[0]
     item = json.loads(Path(row.item_href).read_text())
     if item.get("type") == "FeatureCollection":
@@ -46,26 +50,40 @@ def render_map(output_dir: str | Path, tile: str, date: str, png: str | Path, ma
     acq = parse_item(item, row.item_href, "auto", ("B02", "B03", "B04"))
     rgb_bands = ("B04", "B03", "B02")
     with open_bands(acq, rgb_bands) as opened:
-        refl, scl = read_block(acq, opened, grid, (0, grid.height), (0, grid.width), rgb_bands, "nearest")
+        refl, scl = read_block(
+            acq, opened, grid, (0, grid.height), (0, grid.width), rgb_bands, "nearest"
+        )
     step = max(1, int(np.ceil(max(grid.height, grid.width) / max_px)))
     rgb = np.clip(refl[:, ::step, ::step].transpose(1, 2, 0) * 3.5, 0, 1)
     anomalies = read_anomalies(out / "anomalies")
     if len(anomalies):
-        anomalies = anomalies[(anomalies["mgrs_tile"] == tile) & (anomalies["acquisition_id"] == row.id)]
+        anomalies = anomalies[
+            (anomalies["mgrs_tile"] == tile) & (anomalies["acquisition_id"] == row.id)
+        ]
     fig, ax = plt.subplots(figsize=(8, 8.6), dpi=110)
     ax.imshow(rgb, extent=(0, grid.width, grid.height, 0))
     for _, a in anomalies.iterrows():
         y0, x0 = a["cell_y"] * grid.cell_size, a["cell_x"] * grid.cell_size
         colour = LABEL_COLOURS.get(a["label"], "#ffffff")
-        ax.add_patch(Rectangle((x0, y0), grid.cell_size, grid.cell_size, fill=False, lw=1.6, ec=colour))
+        ax.add_patch(
+            Rectangle((x0, y0), grid.cell_size, grid.cell_size, fill=False, lw=1.6, ec=colour)
+        )
     ax.set_xlim(0, grid.width)
     ax.set_ylim(grid.height, 0)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"{tile} {date}: {len(anomalies)} anomalous cells ({grid.cell_m:.0f} m)\n{row.id}", fontsize=9)
+    ax.set_title(
+        f"{tile} {date}: {len(anomalies)} anomalous cells ({grid.cell_m:.0f} m)\n{row.id}",
+        fontsize=9,
+    )
     handles = [Patch(fill=False, ec=c, label=name) for name, c in LABEL_COLOURS.items()]
     ax.legend(handles=handles, loc="lower left", fontsize=7, framealpha=0.6)
-    fig.text(0.01, 0.01, "Contains modified Copernicus Sentinel data (or synthetic demo data)", fontsize=6)
+    fig.text(
+        0.01,
+        0.01,
+        "Contains modified Copernicus Sentinel data (or synthetic demo data)",
+        fontsize=6,
+    )
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, bbox_inches="tight")

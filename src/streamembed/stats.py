@@ -219,7 +219,9 @@ def update(
     later = upd & (k > 0)
     dd = d_eff - state.dist_mean
     state.dist_mean[later] += beta[later] * dd[later]
-    state.dist_var[later] = (1.0 - beta[later]) * (state.dist_var[later] + beta[later] * dd[later] ** 2)
+    state.dist_var[later] = (1.0 - beta[later]) * (
+        state.dist_var[later] + beta[later] * dd[later] ** 2
+    )
 
     idx_ok = valid & np.isfinite(idx).all(1)
     idx_first = idx_ok & ~np.isfinite(state.idx_mean).all(1)

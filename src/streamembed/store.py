@@ -27,8 +27,23 @@ from .config import StoreConfig
 from .grid import TileGrid
 from .ingest import INDEX_NAMES
 
-TIME_ENCODING = {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
+TIME_ENCODING = {
+    "units": "seconds since 1970-01-01",
+    "calendar": "proleptic_gregorian",
+    "dtype": "int64",
+}
 _TIME_VARS = ("embedding", "clear", "snow", "indices", "acquisition_id", "time")
+
+
+def _arr(g: zarr.Group, name: str) -> zarr.Array:
+    arr = g[name]
+    if not isinstance(arr, zarr.Array):
+        raise StoreMismatchError(f"{g.store_path}/{name} is not an array")
+    return arr
+
+
+def _grid_attrs(g: zarr.Group) -> TileGrid:
+    return TileGrid.from_attrs(dict(g.attrs["grid"]))  # type: ignore[arg-type]
 
 
 class StoreMismatchError(ValueError):
@@ -79,28 +94,28 @@ class EmbeddingStore:
 
     def grid(self, tile: str) -> TileGrid | None:
         g = self._group(tile)
-        return None if g is None else TileGrid.from_attrs(dict(g.attrs["grid"]))
+        return None if g is None else _grid_attrs(g)
 
     def acquisition_ids(self, tile: str) -> list[str]:
         g = self._group(tile)
         if g is None:
             return []
-        return [str(v) for v in g["acquisition_id"][:]]
+        return [str(v) for v in np.asarray(_arr(g, "acquisition_id")[:])]
 
     def repair(self, tile: str) -> int:
         """Cut rows left by an interrupted append; returns how many were removed."""
         g = self._group(tile)
         if g is None:
             return 0
-        lengths = {name: g[name].shape[0] for name in _TIME_VARS}
+        lengths = {name: _arr(g, name).shape[0] for name in _TIME_VARS}
         n = min(lengths.values())
-        ids = g["acquisition_id"][:n]
-        while n > 0 and not str(ids[n - 1]):
+        ids = _arr(g, "acquisition_id")[:n]
+        while n > 0 and not str(ids[n - 1]):  # type: ignore[index]
             n -= 1
         removed = max(lengths.values()) - n
         if removed:
             for name in _TIME_VARS:
-                arr = g[name]
+                arr = _arr(g, name)
                 if arr.shape[0] != n:
                     arr.resize((n, *arr.shape[1:]))
         return removed
@@ -128,19 +143,23 @@ class EmbeddingStore:
                 "indices": {"chunks": (1, chunk, chunk, len(INDEX_NAMES))},
                 "time": TIME_ENCODING,
             }
-            ds.to_zarr(self.root, group=batch.tile, mode="w-", encoding=encoding, consolidated=False)
+            ds.to_zarr(
+                self.root, group=batch.tile, mode="w-", encoding=encoding, consolidated=False
+            )
         else:
             ds.to_zarr(self.root, group=batch.tile, append_dim="time", consolidated=False)
         return True
 
-    def _check_compatible(self, g: zarr.Group, batch: EmbeddingBatch, attrs: dict[str, Any]) -> None:
+    def _check_compatible(
+        self, g: zarr.Group, batch: EmbeddingBatch, attrs: dict[str, Any]
+    ) -> None:
         stored = g.attrs.get("model_id")
         if stored != attrs["model_id"]:
             raise StoreMismatchError(
                 f"{self.root}/{batch.tile} holds embeddings of model {stored}, this run makes "
                 f"{attrs['model_id']}; use another --output or the same model config"
             )
-        grid = TileGrid.from_attrs(dict(g.attrs["grid"]))
+        grid = _grid_attrs(g)
         if grid != batch.grid:
             raise StoreMismatchError(
                 f"{self.root}/{batch.tile}: acquisition {batch.acquisition_id} is on grid "
@@ -152,7 +171,10 @@ class EmbeddingStore:
         t = pd.DatetimeIndex([pd.Timestamp(batch.time).tz_convert(None)])
         ds = xr.Dataset(
             {
-                "embedding": (("time", "y", "x", "dim"), batch.embedding[None].astype(self.cfg.dtype)),
+                "embedding": (
+                    ("time", "y", "x", "dim"),
+                    batch.embedding[None].astype(self.cfg.dtype),
+                ),
                 "clear": (("time", "y", "x"), batch.clear[None].astype(np.float32)),
                 "snow": (("time", "y", "x"), batch.snow[None].astype(np.float32)),
                 "indices": (("time", "y", "x", "index"), batch.indices[None].astype(np.float32)),
@@ -161,7 +183,9 @@ class EmbeddingStore:
             coords={"time": t, "y": y, "x": x, "index": np.array(INDEX_NAMES, dtype=object)},
         )
         ds.attrs.update({**attrs, "grid": batch.grid.to_attrs(), "crs": f"EPSG:{batch.grid.epsg}"})
-        ds["embedding"].attrs["description"] = "encoder feature map at the output stride, one per cell"
+        ds["embedding"].attrs["description"] = (
+            "encoder feature map at the output stride, one per cell"
+        )
         ds["clear"].attrs["description"] = "fraction of the cell's pixels not masked by SCL"
         return ds
 
@@ -172,14 +196,14 @@ class EmbeddingStore:
         if g is None or acquisition_id not in ids:
             raise KeyError(f"acquisition {acquisition_id} is not in {self.root}/{tile}")
         i = ids.index(acquisition_id)
-        seconds = int(g["time"][i])
+        seconds = int(_arr(g, "time")[i])  # type: ignore[arg-type]
         return StoredAcquisition(
             acquisition_id=acquisition_id,
             time=dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc),
-            embedding=np.asarray(g["embedding"][i], dtype=np.float32),
-            clear=np.asarray(g["clear"][i]),
-            snow=np.asarray(g["snow"][i]),
-            indices=np.asarray(g["indices"][i]),
+            embedding=np.asarray(_arr(g, "embedding")[i], dtype=np.float32),
+            clear=np.asarray(_arr(g, "clear")[i]),
+            snow=np.asarray(_arr(g, "snow")[i]),
+            indices=np.asarray(_arr(g, "indices")[i]),
         )
 
     def open_dataset(self, tile: str) -> xr.Dataset:

@@ -48,7 +48,9 @@ def discover(
         try:
             doc = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            failures.append(SourceFailure(str(path), str(path), f"{path}: not readable JSON: {err}"))
+            failures.append(
+                SourceFailure(str(path), str(path), f"{path}: not readable JSON: {err}")
+            )
             continue
         for feature in _features(doc):
             try:

@@ -123,7 +123,10 @@ def _landscape(rng: np.random.Generator, size: int, cell: int, tile_index: int) 
     cover[town] = URBAN
     for ev in EVENTS:
         if ev.tile_index == tile_index:
-            cover[ev.cells_y[0] * cell : ev.cells_y[1] * cell, ev.cells_x[0] * cell : ev.cells_x[1] * cell] = ev.land_cover
+            cover[
+                ev.cells_y[0] * cell : ev.cells_y[1] * cell,
+                ev.cells_x[0] * cell : ev.cells_x[1] * cell,
+            ] = ev.land_cover
     texture = 1.0 + 0.08 * (_smooth_noise(rng, size, size, 24) - 0.5)
     return _Landscape(cover, phase, texture.astype(np.float32))
 
@@ -249,7 +252,9 @@ def _item(
 
     tr = Transformer.from_crs(tile.epsg, 4326, always_xy=True)
     x1, y1 = tile.x0 + size_px * 10.0, tile.y0 - size_px * 10.0
-    corners = [tr.transform(x, y) for x, y in ((tile.x0, tile.y0), (x1, tile.y0), (x1, y1), (tile.x0, y1))]
+    corners = [
+        tr.transform(x, y) for x, y in ((tile.x0, tile.y0), (x1, tile.y0), (x1, y1), (tile.x0, y1))
+    ]
     lons, lats = zip(*corners, strict=True)
     stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {
