@@ -2,8 +2,6 @@
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.transform import from_origin
 
 from streamembed.acquisition import Acquisition, BandAsset
 from streamembed.config import IngestConfig
@@ -19,6 +17,7 @@ from streamembed.ingest import (
     scl_masks,
     to_reflectance,
 )
+from streamembed.sources.synthetic import write_cog
 
 EXPECTED_MASKED = {0: True, 1: True, 2: False, 3: True, 4: False, 5: False, 6: False,
                    7: False, 8: True, 9: True, 10: True, 11: True}  # fmt: skip
@@ -95,19 +94,7 @@ def test_windows_cover_every_cell_with_equal_shapes():
 
 
 def _cog(path, data, res, x0=500000.0, y0=5400000.0):
-    with rasterio.open(
-        path,
-        "w",
-        driver="COG",
-        width=data.shape[1],
-        height=data.shape[0],
-        count=1,
-        dtype=data.dtype,
-        crs="EPSG:32633",
-        transform=from_origin(x0, y0, res, res),
-        nodata=0,
-    ) as dst:
-        dst.write(data[None])
+    write_cog(path, data, 32633, x0, y0, float(res))
 
 
 def test_read_block_resamples_20m_and_60m_to_10m(tmp_path):

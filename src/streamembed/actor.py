@@ -38,14 +38,9 @@ class StatsActor:
     def __init__(self, output_dir: str, stats: StatsConfig, store: StoreConfig, model_id: str):
         self.output = Path(output_dir)
         self.cfg = stats
+        # StatsParams is the pure core's view of the same keys.
         self.params = StatsParams(
-            half_life_days=stats.half_life_days,
-            min_obs=stats.min_obs,
-            min_clear=stats.min_clear,
-            min_context_clear=stats.min_context_clear,
-            threshold=stats.threshold,
-            min_index_change=stats.min_index_change,
-            spatial_correction=stats.spatial_correction,
+            **{k: getattr(stats, k) for k in StatsParams.__dataclass_fields__}
         )
         self.store = EmbeddingStore(self.output / "embeddings.zarr", store)
         self.model_id = model_id
@@ -66,22 +61,11 @@ class StatsActor:
         return self.states[tile]
 
     def applied_ids(self, tile: str) -> list[str]:
-        path = self._state_path(tile)
-        if tile not in self.states and not path.exists():
-            return []
-        grid = self.store.grid(tile)
-        if tile not in self.states and grid is None:
-            return []
+        """Acquisitions folded into the tile's state (in memory, else its last checkpoint)."""
         if tile in self.states:
             return list(self.states[tile].applied_ids)
-        return list(TileState.load(path).applied_ids)
-
-    def last_time(self, tile: str) -> float | None:
-        ids = self.applied_ids(tile)
-        if not ids:
-            return None
-        state = self.states.get(tile) or TileState.load(self._state_path(tile))
-        return state.last_time_day
+        path = self._state_path(tile)
+        return list(TileState.load(path).applied_ids) if path.exists() else []
 
     def apply(self, tile: str, acquisition_id: str) -> dict[str, Any]:
         """Fold one stored acquisition into its tile's state and write its anomalies."""

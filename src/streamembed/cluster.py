@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 
 from distributed import Client, LocalCluster
@@ -16,6 +18,19 @@ from .config import ClusterConfig
 from .encoder import EncoderPlugin
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -33,13 +48,17 @@ def make_client(cfg: ClusterConfig) -> Iterator[Client]:
         cluster = None
     else:
         n_workers = cfg.n_workers or max(1, (os.cpu_count() or 1) // max(1, cfg.threads_per_worker))
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=cfg.threads_per_worker,
-            processes=True,
-            memory_limit=cfg.memory_limit,
-            dashboard_address=cfg.dashboard_address,
-        )
+        # Ctrl-C and `kill -TERM` reach the whole process group: worker processes started with
+        # these signals ignored (inherited across exec) stay up while the daemon drains and
+        # checkpoints, instead of dying with the actors' in-memory state.
+        with _signals_ignored():
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=cfg.threads_per_worker,
+                processes=True,
+                memory_limit=cfg.memory_limit,
+                dashboard_address=cfg.dashboard_address,
+            )
         client = Client(cluster)
     try:
         client.register_plugin(EncoderPlugin(), name=EncoderPlugin.name)

@@ -218,7 +218,8 @@ def _downsample(a: np.ndarray, factor: int, mode: str) -> np.ndarray:
     return a.reshape(a.shape[0] // factor, factor, a.shape[1] // factor, factor).mean(axis=(1, 3))
 
 
-def _write_cog(path: Path, data: np.ndarray, epsg: int, x0: float, y0: float, res: float) -> None:
+def write_cog(path: Path, data: np.ndarray, epsg: int, x0: float, y0: float, res: float) -> None:
+    """One single-band north-up COG (deflate, nodata 0) on a UTM grid."""
     import rasterio
     from rasterio.transform import from_origin
 
@@ -330,7 +331,7 @@ def generate(
                     data = np.clip(np.round(r * 10000 + 1000), 0, 65535).astype(np.uint16)
                 key = f"{band}_{res}m"
                 name = f"T{tile.tile}_{stamp}_{key}.tif"
-                _write_cog(folder / name, data, tile.epsg, tile.x0, tile.y0, float(res))
+                write_cog(folder / name, data, tile.epsg, tile.x0, tile.y0, float(res))
                 asset: dict[str, object] = {
                     "href": name,
                     "type": "image/tiff; application=geotiff; profile=cloud-optimized",
