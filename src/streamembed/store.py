@@ -11,9 +11,7 @@ Appends are idempotent per acquisition id and crash-safe: rows past the last com
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,8 +207,3 @@ class EmbeddingStore:
     def open_dataset(self, tile: str) -> xr.Dataset:
         """The tile as an xarray Dataset (lazy, dask-backed)."""
         return xr.open_zarr(self.root, group=tile, consolidated=False)
-
-
-@contextlib.contextmanager
-def no_lock() -> Iterator[None]:
-    yield
