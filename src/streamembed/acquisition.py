@@ -69,6 +69,7 @@ class BandAsset:
     epsg: int | None = None
     transform: tuple[float, ...] | None = None
     shape: tuple[int, int] | None = None
+    index: int = 1  # the band in a multi-band file (1-based, GDAL order)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,36 @@ class Acquisition:
     @property
     def date(self) -> str:
         return self.datetime.strftime("%Y-%m-%d")
+
+    @property
+    def sensing_key(self) -> str:
+        """Same tile and sensing second: the same acquisition, whatever its processing baseline."""
+        return f"{self.tile}_{self.datetime:%Y%m%dT%H%M%S}"
+
+    def baseline_number(self) -> float:
+        try:
+            return float(self.processing_baseline or 0)
+        except ValueError:
+            return 0.0
+
+
+def latest_baselines(
+    acqs: Sequence[Acquisition],
+) -> tuple[list[Acquisition], list[tuple[Acquisition, Acquisition]]]:
+    """Keep the newest processing baseline of each acquisition.
+
+    Returns the kept acquisitions and (superseded, kept instead) pairs: CDSE republishes
+    products under a new baseline (reprocessing campaigns), and both may be listed at once.
+    """
+    best: dict[str, Acquisition] = {}
+    for a in acqs:
+        cur = best.get(a.sensing_key)
+        if cur is None or (a.baseline_number(), a.id) > (cur.baseline_number(), cur.id):
+            best[a.sensing_key] = a
+    kept_ids = {a.id for a in best.values()}
+    kept = [a for a in acqs if a.id in kept_ids]
+    dropped = [(a, best[a.sensing_key]) for a in acqs if a.id not in kept_ids]
+    return kept, dropped
 
 
 def baseline_has_offset(baseline: str | None) -> bool:
@@ -206,8 +237,12 @@ def parse_item(
     item_href: str,
     mapping: str | Mapping[str, str] = "auto",
     bands: Sequence[str] = BANDS_L2A,
+    mask_asset: str | None = None,
 ) -> Acquisition:
-    """Parse one STAC Item (as JSON) into an Acquisition; raises SourceError naming the item."""
+    """Parse one STAC Item (as JSON) into an Acquisition; raises SourceError naming the item.
+
+    ``mask_asset``: the key of a cloud-mask asset (L1C), kept as the acquisition's ``MASK``.
+    """
     item_id = item.get("id")
     if item.get("type") != "Feature" or not item_id:
         raise SourceError(f"{item_href}: not a STAC Item (type Feature with an id)")
@@ -224,8 +259,10 @@ def parse_item(
     item_epsg = _epsg_of(props)
     assets: dict[str, BandAsset] = {}
     searched: dict[str, tuple[str, ...]] = {}
-    for band in (*bands, "SCL"):
-        keys = candidate_keys(band, mapping)
+    wanted = [(band, candidate_keys(band, mapping)) for band in (*bands, "SCL")]
+    if mask_asset:
+        wanted.append(("MASK", [mask_asset]))
+    for band, keys in wanted:
         searched[band] = tuple(keys)
         key = next((k for k in keys if k in assets_json), None)
         if key is None:

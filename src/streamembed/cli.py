@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .acquisition import SourceError
 from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("streamembed")
@@ -25,6 +26,10 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("distributed", "tornado", "bokeh", "asyncio", "rasterio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pystac-client logs request headers at DEBUG: credentials in them are redacted.
+    from .credentials import redact_logs
+
+    redact_logs()
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -34,7 +39,9 @@ def _config(args: argparse.Namespace) -> Config:
     cfg = load_config(path)
     overrides: dict[str, Any] = {}
     if getattr(args, "source", None):
+        # A folder or a URL on the command line says what it is, whatever the file's kind.
         overrides["source.path"] = args.source
+        overrides["source.kind"] = "auto"
     if getattr(args, "output", None):
         overrides["output"] = args.output
     return cfg.with_overrides(**overrides) if overrides else cfg
@@ -90,7 +97,17 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
         cycles = 0
         try:
             while not stop.is_set():
-                report = pipe.run(stop=stop.is_set, progress=False)
+                try:
+                    report = pipe.run(stop=stop.is_set, progress=False, incremental=True)
+                except SourceError as err:
+                    # The source is down or throttling past the retries: keep the daemon up,
+                    # the watermark unmoved, and try again at the next poll.
+                    cycles += 1
+                    log.error("poll %d: source unavailable, retrying next poll: %s", cycles, err)
+                    if args.cycles and cycles >= args.cycles:
+                        break
+                    stop.wait(poll)
+                    continue
                 cycles += 1
                 if not report.nothing_new:
                     _print(report.lines())
@@ -116,7 +133,7 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         return 1
     with Ledger(path) as ledger:
         summary = ledger.summary()
-        states = ("seen", "embedded", "applied", "late", "failed")
+        states = ("seen", "embedded", "applied", "late", "skipped", "failed")
         print(f"{'tile':<8}" + "".join(f"{s:>10}" for s in states) + f"{'anomalies':>11}")
         rows = ledger.rows()
         for tile, counts in summary.items():
@@ -270,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"configuration error:\n{err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, SourceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

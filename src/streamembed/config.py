@@ -28,11 +28,45 @@ class _Section(BaseModel):
 
 
 class SourceConfig(_Section):
-    kind: Literal["local"] = "local"
-    path: str = "demo-data/items"
+    kind: Literal["auto", "local", "stac"] = Field(
+        "auto", description="auto: a URL is a STAC API, anything else a local folder"
+    )
+    path: str = Field("demo-data/items", description="local folder, or the STAC API root URL")
     band_mapping: Literal["auto", "cdse", "earth-search", "planetary-computer"] | dict[str, str] = (
         "auto"
     )
+    collection: str = "sentinel-2-l2a"
+    bbox: tuple[float, float, float, float] | None = Field(
+        None, description="area of interest west, south, east, north in degrees (EPSG:4326)"
+    )
+    aoi_file: str | None = Field(None, description="area of interest: a GeoJSON or GeoParquet file")
+    tiles: tuple[str, ...] = Field((), description="MGRS tiles to keep, e.g. [33UWP]")
+    start: str | None = Field(None, description="first sensing date (ISO), inclusive")
+    end: str | None = Field(None, description="last sensing date (ISO), inclusive; null: now")
+    max_cloud_cover: float = Field(100.0, ge=0, le=100)
+    page_size: int = Field(100, ge=1, le=10000)
+    overlap_days: float = Field(
+        10.0, ge=0, description="polls look back this far behind the watermark (late products)"
+    )
+    timeout_seconds: float = Field(30.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+
+    @field_validator("tiles")
+    @classmethod
+    def _mgrs(cls, tiles: tuple[str, ...]) -> tuple[str, ...]:
+        import re
+
+        out = tuple(t.upper().removeprefix("T").removeprefix("MGRS-") for t in tiles)
+        bad = [t for t in out if not re.fullmatch(r"\d{2}[C-X][A-Z]{2}", t)]
+        if bad:
+            raise ValueError(f"not MGRS tile names: {bad}; write them like 33UWP")
+        return out
+
+    @property
+    def is_stac_api(self) -> bool:
+        if self.kind == "auto":
+            return self.path.startswith(("http://", "https://"))
+        return self.kind == "stac"
 
 
 class IngestConfig(_Section):
@@ -41,6 +75,12 @@ class IngestConfig(_Section):
     margin: int = Field(32, description="context pixels on each side, a multiple of cell_size")
     resampling: Literal["nearest", "bilinear"] = "nearest"
     scl_mask_classes: tuple[int, ...] = (0, 1, 3, 8, 9, 10, 11)
+    cloud_mask: Literal["scl", "asset", "none"] = Field(
+        "scl",
+        description="scl: L2A scene classification; asset: a cloud-mask raster named in each "
+        "item (L1C, e.g. s2cloudless output); none: no masking",
+    )
+    cloud_mask_asset: str = Field("CLM", description="asset key of the mask for cloud_mask: asset")
 
     @model_validator(mode="after")
     def _multiples(self) -> IngestConfig:

@@ -62,6 +62,23 @@ def scl_masks(scl: np.ndarray, mask_classes: Sequence[int]) -> tuple[np.ndarray,
     return masked, scl == SNOW_CLASS
 
 
+def quality_masks(
+    layer: np.ndarray, nodata: np.ndarray, ingest: IngestConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(masked, snow) from the quality layer ``ingest.cloud_mask`` selects, plus band nodata.
+
+    ``scl``: the L2A scene classification; ``asset``: a cloud mask raster (non-zero = cloud,
+    e.g. s2cloudless output for L1C); ``none``: only nodata is masked.
+    """
+    if ingest.cloud_mask == "scl":
+        layer = np.where(nodata, 0, layer)
+        return scl_masks(layer, ingest.scl_mask_classes)
+    snow = np.zeros(layer.shape, bool)
+    if ingest.cloud_mask == "asset":
+        return nodata | (layer != 0), snow
+    return nodata.copy(), snow
+
+
 def to_reflectance(dn: np.ndarray, scale: float, offset: float) -> np.ndarray:
     """DN -> surface reflectance in one convention for every processing baseline."""
     return dn.astype(np.float32) * np.float32(scale) + np.float32(offset)
@@ -182,15 +199,50 @@ def plan_windows(grid: TileGrid, window: int, margin: int) -> list[Window]:
 # ---------------------------------------------------------------- I/O
 
 
-def gdal_options() -> dict[str, object]:
-    """GDAL settings for reading COG/JP2 locally and remotely, set in this one place."""
+def gdal_options(hrefs: Sequence[str] = ()) -> dict[str, object]:
+    """GDAL settings for reading COG/JP2 from disk, HTTPS or S3, set in this one place.
+
+    Remote reads retry throttling (429) and server errors with back-off, time out instead of
+    hanging a worker, and skip directory listings; credentials for ``hrefs`` come from the
+    worker's environment (``credentials.py``) and are never logged.
+    """
+    from .credentials import Credentials
+
     return {
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
         "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.jp2,.TIF,.TIFF,.JP2",
         "GDAL_HTTP_MAX_RETRY": 5,
         "GDAL_HTTP_RETRY_DELAY": 1,
+        "GDAL_HTTP_RETRY_CODES": "429,500,502,503,504",
+        "GDAL_HTTP_TIMEOUT": 60,
+        "GDAL_HTTP_CONNECTTIMEOUT": 15,
+        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+        "GDAL_HTTP_MULTIPLEX": "YES",
+        "VSI_CACHE": "TRUE",
         "GDAL_NUM_THREADS": 1,
+        **Credentials.from_env().gdal_options(hrefs),
     }
+
+
+def quality_asset(ingest: IngestConfig) -> str | None:
+    """The asset that carries the cloud mask for ``ingest.cloud_mask`` (None: no mask)."""
+    return {"scl": "SCL", "asset": "MASK", "none": None}[ingest.cloud_mask]
+
+
+def scene_bands(acq: Acquisition, model: ModelConfig) -> list[str]:
+    """The bands to read for the encoder: L2A products have no B10."""
+    bands = [b for b in model.bands if b != "B10"] if acq.level == "L2A" else list(model.bands)
+    if len(bands) != len(model.bands):
+        raise IngestError(
+            f"acquisition {acq.id}: L2A has no B10 but model.bands lists 13 bands; "
+            "use a 12-band (L2A) encoder or L1C products"
+        )
+    return bands
+
+
+def required_assets(acq: Acquisition, ingest: IngestConfig, model: ModelConfig) -> list[str]:
+    quality = quality_asset(ingest)
+    return scene_bands(acq, model) + ([quality] if quality else [])
 
 
 def grid_for(acq: Acquisition, cell_size: int) -> TileGrid:
@@ -205,7 +257,7 @@ def grid_for(acq: Acquisition, cell_size: int) -> TileGrid:
     transform, shape, epsg = ref.transform, ref.shape, ref.epsg
     if transform is None or shape is None or epsg is None:
         try:
-            with rasterio.Env(**gdal_options()), rasterio.open(ref.href) as src:
+            with rasterio.Env(**gdal_options([ref.href])), rasterio.open(ref.href) as src:
                 transform = tuple(src.transform)[:6]
                 shape = (src.height, src.width)
                 epsg = src.crs.to_epsg() if src.crs else None
@@ -233,14 +285,17 @@ class _OpenBands:
 
 
 @contextlib.contextmanager
-def open_bands(acq: Acquisition, bands: Sequence[str]) -> Iterator[_OpenBands]:
-    """Open every band raster of the acquisition once; CorruptAssetError names the file."""
+def open_bands(
+    acq: Acquisition, bands: Sequence[str], quality: str | None = "SCL"
+) -> Iterator[_OpenBands]:
+    """Open every band raster (and the quality layer) once; CorruptAssetError names the file."""
     import rasterio
 
     opened: dict[str, object] = {}
-    with rasterio.Env(**gdal_options()):
+    keys = [*bands, quality] if quality else list(bands)
+    with rasterio.Env(**gdal_options([acq.assets[b].href for b in keys if b in acq.assets])):
         try:
-            for band in (*bands, "SCL"):
+            for band in keys:
                 asset: BandAsset = acq.assets[band]
                 try:
                     opened[band] = rasterio.open(asset.href)
@@ -262,10 +317,12 @@ def read_block(
     cols: tuple[int, int],
     bands: Sequence[str],
     resampling: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Reflectance (band, y, x) float32 and SCL (y, x) uint8 of a 10 m pixel block.
+    quality: str | None = "SCL",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reflectance (band, y, x) float32, the quality layer (y, x) uint8 and nodata (y, x).
 
-    Pixels outside the tile or at a band's nodata come back as SCL 0 (no data).
+    Pixels outside the tile or at a band's nodata are nodata; the quality layer is zeros where
+    ``quality`` is None.
     """
     from rasterio.enums import Resampling
     from rasterio.errors import RasterioError
@@ -281,7 +338,12 @@ def read_block(
         try:
             win = from_bounds(*bounds, transform=src.transform)  # type: ignore[attr-defined]
             return src.read(  # type: ignore[attr-defined]
-                1, window=win, out_shape=(h, w), resampling=method, boundless=True, fill_value=0
+                acq.assets[band].index,
+                window=win,
+                out_shape=(h, w),
+                resampling=method,
+                boundless=True,
+                fill_value=0,
             )
         except RasterioError as err:
             raise CorruptAssetError(
@@ -295,9 +357,12 @@ def read_block(
         nodata |= dn == (0 if nd is None else nd)
         scale, offset = acq.scale_offset(band)
         out[i] = to_reflectance(dn, scale, offset)
-    scl = read("SCL", Resampling.nearest).astype(np.uint8)
-    scl[nodata] = 0
-    return out, scl
+    layer = (
+        read(quality, Resampling.nearest).astype(np.uint8)
+        if quality
+        else np.zeros((h, w), np.uint8)
+    )
+    return out, layer, nodata
 
 
 @dataclass(frozen=True)
@@ -323,12 +388,8 @@ def prepare_scene(
             f"acquisition {acq.id}: EPSG:{acq.epsg} differs from tile {grid.tile}'s "
             f"EPSG:{grid.epsg}; each tile keeps its own UTM grid"
         )
-    bands = [b for b in model.bands if b != "B10"] if acq.level == "L2A" else list(model.bands)
-    if len(bands) != len(model.bands):
-        raise IngestError(
-            f"acquisition {acq.id}: L2A has no B10 but model.bands lists 13 bands; "
-            "use a 12-band (L2A) encoder or L1C products"
-        )
+    bands = scene_bands(acq, model)
+    quality = quality_asset(ingest)
     cell = grid.cell_size
     windows = plan_windows(grid, ingest.window, ingest.margin)
     ny, nx = grid.n_cells_y, grid.n_cells_x
@@ -336,11 +397,13 @@ def prepare_scene(
     snow = np.zeros((ny, nx), np.float32)
     indices = np.full((ny, nx, len(INDEX_NAMES)), np.nan, np.float32)
     inputs = []
-    with open_bands(acq, bands) as opened:
+    with open_bands(acq, bands, quality) as opened:
         for win in windows:
             rows, cols = win.read_rows(cell), win.read_cols(cell)
-            refl, scl = read_block(acq, opened, grid, rows, cols, bands, ingest.resampling)
-            masked, is_snow = scl_masks(scl, ingest.scl_mask_classes)
+            refl, layer, nodata = read_block(
+                acq, opened, grid, rows, cols, bands, ingest.resampling, quality
+            )
+            masked, is_snow = quality_masks(layer, nodata, ingest)
             m = win.margin_cells * cell
             core = (slice(None), slice(m, refl.shape[1] - m), slice(m, refl.shape[2] - m))
             c, s, ix = cell_summaries(refl[core], masked[core[1:]], is_snow[core[1:]], bands, cell)

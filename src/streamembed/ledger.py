@@ -1,7 +1,9 @@
-"""Acquisition ledger (SQLite, WAL): what was seen, embedded, applied, failed, or arrived late.
+"""Acquisition ledger (SQLite, WAL): what was seen, embedded, applied, failed, arrived late or
+was skipped (another processing baseline of the same acquisition), plus each source's watermark.
 
-States move forward only: seen -> embedded -> applied; failed and late are terminal unless a
-run asks to retry failures. The ledger lives with the driver (the daemon), never on workers.
+States move forward only: seen -> embedded -> applied; failed, late and skipped are terminal
+unless a run asks to retry failures. The ledger lives with the driver (the daemon), never on
+workers.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from pathlib import Path
 from .acquisition import Acquisition
 
 SEEN, EMBEDDED, APPLIED, FAILED, LATE = "seen", "embedded", "applied", "failed", "late"
-STATES = (SEEN, EMBEDDED, APPLIED, FAILED, LATE)
+SKIPPED = "skipped"
+STATES = (SEEN, EMBEDDED, APPLIED, FAILED, LATE, SKIPPED)
+FINAL = frozenset({APPLIED, FAILED, LATE, SKIPPED})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS acquisitions (
@@ -33,6 +37,11 @@ CREATE TABLE IF NOT EXISTS acquisitions (
     updated TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS by_tile_time ON acquisitions (tile, datetime);
+CREATE TABLE IF NOT EXISTS watermarks (
+    source TEXT PRIMARY KEY,
+    sensed TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
 """
 
 
@@ -150,6 +159,32 @@ class Ledger:
             "SELECT MAX(datetime) FROM acquisitions WHERE tile=? AND state=?", (tile, APPLIED)
         ).fetchone()
         return None if row is None else row[0]
+
+    def watermark(self, source: str) -> dt.datetime | None:
+        """Sensing time up to which every product of ``source`` found so far reached a final state."""
+        row = self._db.execute("SELECT sensed FROM watermarks WHERE source=?", (source,)).fetchone()
+        return None if row is None else dt.datetime.fromisoformat(row[0])
+
+    def set_watermark(self, source: str, sensed: dt.datetime) -> None:
+        self._db.execute(
+            "INSERT INTO watermarks (source, sensed, updated) VALUES (?, ?, ?)"
+            " ON CONFLICT(source) DO UPDATE SET sensed=excluded.sensed, updated=excluded.updated",
+            (source, sensed.isoformat(), _now()),
+        )
+
+    def processed_at(self, tile: str, when: dt.datetime) -> LedgerRow | None:
+        """A row of ``tile`` sensed in the same second as ``when`` that was embedded or beyond."""
+        lo = when.replace(microsecond=0)
+        hi = lo + dt.timedelta(seconds=1)
+        for r in self._db.execute(
+            "SELECT id, tile, datetime, item_href, state, reason, n_anomalies, snow_cells,"
+            " masked_cells, attempts FROM acquisitions WHERE tile=? AND state IN (?, ?, ?)",
+            (tile, EMBEDDED, APPLIED, LATE),
+        ):
+            t = dt.datetime.fromisoformat(r[2])
+            if lo <= t < hi:
+                return LedgerRow(*r)
+        return None
 
     def find(self, tile: str, date: str) -> list[LedgerRow]:
         return [r for r in self.rows() if r.tile == tile and r.datetime.startswith(date)]

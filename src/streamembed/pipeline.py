@@ -18,14 +18,14 @@ from typing import Any
 
 from distributed import Client, Future, Lock, get_worker, wait
 
-from .acquisition import Acquisition
+from .acquisition import Acquisition, latest_baselines
 from .actor import ALREADY, LATE, StatsActor, shard_of
 from .config import Config
 from .encoder import EncoderPlugin, ModelIdentity, model_identity
-from .ingest import SceneWindows, grid_for, prepare_scene
-from .ledger import APPLIED, EMBEDDED, FAILED, SEEN, Ledger
+from .ingest import IngestError, SceneWindows, grid_for, prepare_scene, required_assets
+from .ledger import APPLIED, EMBEDDED, FAILED, FINAL, SEEN, SKIPPED, Ledger
 from .ledger import LATE as LEDGER_LATE
-from .sources import discover
+from .sources import discover_for, source_key
 from .store import EmbeddingBatch, EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -99,12 +99,20 @@ class RunReport:
     anomaly_rows: int = 0
     files: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
     already_done: int = 0
     stopped_early: bool = False
 
     @property
     def nothing_new(self) -> bool:
-        return not (self.embedded or self.applied or self.failed or self.late or self.replayed)
+        return not (
+            self.embedded
+            or self.applied
+            or self.failed
+            or self.late
+            or self.replayed
+            or self.skipped
+        )
 
     def lines(self) -> list[str]:
         if self.nothing_new:
@@ -116,13 +124,15 @@ class RunReport:
             f"{self.discovered} acquisitions in the source, {self.new} new this run.",
             f"embedded {self.embedded} (stored {self.stored}), applied {self.applied}"
             + (f" (+{self.replayed} replayed after a lost checkpoint)" if self.replayed else "")
-            + f", late {self.late}, failed {len(self.failed)}.",
+            + f", late {self.late}, failed {len(self.failed)}, skipped {len(self.skipped)}.",
             f"anomalies: {self.anomaly_rows} rows in {len(self.files)} new files.",
         ]
         for acq_id, reason in self.failed[:10]:
             out.append(f"  failed {acq_id}: {reason}")
         if len(self.failed) > 10:
             out.append(f"  … and {len(self.failed) - 10} more (streamembed status --failed)")
+        for acq_id, reason in self.skipped[:10]:
+            out.append(f"  skipped {acq_id}: {reason}")
         if self.stopped_early:
             out.append("stopped on request; the rest resumes on the next run.")
         return out
@@ -146,8 +156,9 @@ class Pipeline:
             )
         self.ledger = Ledger(self.out / "ledger.sqlite")
         self.store = EmbeddingStore(store_path(cfg), cfg.store)
-        # Unique keys: several pipelines (outputs) may share one long-running cluster.
-        token = uuid.uuid4().hex[:8]
+        # Unique keys (actors and tasks): several pipelines (outputs, configs) may share one
+        # long-running cluster, and a task key seen before returns the old result.
+        token = self.token = uuid.uuid4().hex[:8]
         self._actor_futures = [
             client.submit(
                 StatsActor,
@@ -181,10 +192,17 @@ class Pipeline:
         retry_failed: bool = False,
         stop: Callable[[], bool] = lambda: False,
         progress: bool = True,
+        incremental: bool = False,
     ) -> RunReport:
-        """Discover, embed what is new, apply in time order, write anomalies."""
+        """Discover, embed what is new, apply in time order, write anomalies.
+
+        ``incremental``: a STAC source searches only from its watermark minus the overlap (the
+        daemon's polls); otherwise the whole configured window (backfill).
+        """
         cfg = self.cfg
-        acqs, failures = discover(cfg.source.path, cfg.source.band_mapping, cfg.model.bands)
+        key = source_key(cfg)
+        watermark = self.ledger.watermark(key) if incremental else None
+        acqs, failures = discover_for(cfg, watermark)
         report = RunReport(discovered=len(acqs) + len(failures))
         known = self.ledger.states()
         for f in failures:
@@ -193,14 +211,17 @@ class Pipeline:
                 report.failed.append((f.key, f.reason))
         report.new = self.ledger.record_seen(acqs)
         states = self.ledger.states()
+        acqs = self._one_baseline_each(acqs, states, report)
         retry = {FAILED} if retry_failed else set()
-        bands = [b for b in cfg.model.bands if b != "B10"]
         work: list[Acquisition] = []
         for a in acqs:
             st = states[a.id]
             if st not in {SEEN, EMBEDDED} | retry:
                 continue
-            reason = a.missing_reason(bands)
+            try:
+                reason = a.missing_reason(required_assets(a, cfg.ingest, cfg.model))
+            except IngestError as err:
+                reason = str(err)
             if reason:
                 if st != FAILED:
                     self.ledger.set_state(a.id, FAILED, reason)
@@ -210,13 +231,14 @@ class Pipeline:
             if st == FAILED:
                 states[a.id] = SEEN
             work.append(a)
-        replay = self._replay_plan(acqs, states)
+        replay = self._replay_plan(states)
         report.already_done = len(acqs) - len(work)
         by_tile: dict[str, deque[Acquisition]] = {}
         for a in sorted(replay + work, key=lambda a: (a.tile, a.datetime, a.id)):
             by_tile.setdefault(a.tile, deque()).append(a)
         to_embed = deque(a for a in work if states[a.id] == SEEN)
         if not work and not replay:
+            self._advance_watermark(key, acqs)
             return report
         bar = _progress(len(work), progress)
         replay_ids = {a.id for a in replay}
@@ -226,10 +248,10 @@ class Pipeline:
                 while to_embed and len(pending) < cfg.pipeline.max_in_flight and not stop():
                     a = to_embed.popleft()
                     scene = self.client.submit(
-                        ingest_task, a, cfg, key=f"ingest-{a.id}", pure=False
+                        ingest_task, a, cfg, key=f"ingest-{a.id}-{self.token}", pure=False
                     )
                     fut = self.client.submit(
-                        encode_task, scene, a, cfg, key=f"encode-{a.id}", pure=False
+                        encode_task, scene, a, cfg, key=f"encode-{a.id}-{self.token}", pure=False
                     )
                     pending[fut] = a
                 self._apply_ready(by_tile, states, replay_ids, report, bar)
@@ -247,15 +269,65 @@ class Pipeline:
             bar.close()
         report.stopped_early = bool(to_embed) or any(by_tile.values())
         self.checkpoint()
+        self._advance_watermark(key, acqs)
         return report
 
-    def _replay_plan(self, acqs: list[Acquisition], states: dict[str, str]) -> list[Acquisition]:
-        """Applied acquisitions missing from a tile's state (a checkpoint older than the ledger)."""
+    def _one_baseline_each(
+        self, acqs: list[Acquisition], states: dict[str, str], report: RunReport
+    ) -> list[Acquisition]:
+        """The reprocessing rule (docs/operations.md): one product per acquisition.
+
+        Of products listed together, the newest processing baseline is processed and the
+        others are skipped. A newer baseline of an acquisition already embedded is skipped:
+        the statistics and the published anomalies keep the product they were built from.
+        """
+        kept, dropped = latest_baselines(acqs)
+        for old, new in dropped:
+            if states[old.id] == SEEN:
+                reason = (
+                    f"processing baseline {old.processing_baseline} superseded by "
+                    f"{new.id} (baseline {new.processing_baseline})"
+                )
+                self.ledger.set_state(old.id, SKIPPED, reason)
+                states[old.id] = SKIPPED
+                report.skipped.append((old.id, reason))
+        for a in kept:
+            if states[a.id] != SEEN:
+                continue
+            row = self.ledger.processed_at(a.tile, a.datetime)
+            if row is not None and row.id != a.id:
+                reason = (
+                    f"reprocessing (baseline {a.processing_baseline}) of {row.id}, already "
+                    f"{row.state}; the statistics keep the first product (rebuild the tile "
+                    "from a new --output to switch)"
+                )
+                self.ledger.set_state(a.id, SKIPPED, reason)
+                states[a.id] = SKIPPED
+                report.skipped.append((a.id, reason))
+        return [a for a in kept if states[a.id] != SKIPPED]
+
+    def _advance_watermark(self, key: str, acqs: list[Acquisition]) -> None:
+        """Move the source's watermark to where every discovered product is final."""
+        if not acqs or not self.cfg.source.is_stac_api:
+            return
+        states = self.ledger.states()
+        open_ = [a.datetime for a in acqs if states.get(a.id) not in FINAL]
+        self.ledger.set_watermark(key, min(open_) if open_ else max(a.datetime for a in acqs))
+
+    def _replay_plan(self, states: dict[str, str]) -> list[Acquisition]:
+        """Applied acquisitions missing from a tile's state (a checkpoint older than the ledger).
+
+        Taken from the ledger, not the source: an incremental poll does not list old products,
+        and a replay reads the store only.
+        """
+        import datetime as dt
+
         replay: list[Acquisition] = []
         by_tile: dict[str, list[Acquisition]] = {}
-        for a in acqs:
-            if states.get(a.id) == APPLIED:
-                by_tile.setdefault(a.tile, []).append(a)
+        for r in self.ledger.rows(APPLIED):
+            when = dt.datetime.fromisoformat(r.datetime)
+            a = Acquisition(r.id, r.tile, when, None, {}, item_href=r.item_href)
+            by_tile.setdefault(r.tile, []).append(a)
         for tile, applied in by_tile.items():
             in_state = set(self._actor(tile).applied_ids(tile).result())
             missing = [a for a in applied if a.id not in in_state]

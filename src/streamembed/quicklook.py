@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from .acquisition import parse_item
 from .ingest import open_bands, read_block
 from .ledger import Ledger
 from .sink import read_anomalies
+from .sources.stac import load_item_document
 from .store import EmbeddingStore
 
 LABEL_COLOURS = {
@@ -44,14 +44,14 @@ def render_map(
             f"no acquisition of tile {tile} on {date} in the ledger; see `streamembed status`"
         )
     row = rows[0]
-    item = json.loads(Path(row.item_href).read_text())
+    item = load_item_document(row.item_href)
     if item.get("type") == "FeatureCollection":
         item = next(f for f in item["features"] if f.get("id") == row.id)
     acq = parse_item(item, row.item_href, "auto", ("B02", "B03", "B04"))
     rgb_bands = ("B04", "B03", "B02")
-    with open_bands(acq, rgb_bands) as opened:
-        refl, scl = read_block(
-            acq, opened, grid, (0, grid.height), (0, grid.width), rgb_bands, "nearest"
+    with open_bands(acq, rgb_bands, None) as opened:
+        refl, _, _ = read_block(
+            acq, opened, grid, (0, grid.height), (0, grid.width), rgb_bands, "nearest", None
         )
     step = max(1, int(np.ceil(max(grid.height, grid.width) / max_px)))
     rgb = np.clip(refl[:, ::step, ::step].transpose(1, 2, 0) * 3.5, 0, 1)

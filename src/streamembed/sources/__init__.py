@@ -1,5 +1,51 @@
-"""Where acquisitions come from: local STAC folders and the synthetic demo archive."""
+"""Where acquisitions come from: a STAC API, a local folder of STAC items, the synthetic archive.
 
+``discover_for`` is the one entry point the pipeline calls; it picks the source from
+``source.kind`` / ``source.path`` and returns the acquisitions plus the entries that failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ..acquisition import Acquisition
+from ..config import Config
 from .local import SourceFailure, discover
 
-__all__ = ["SourceFailure", "discover"]
+
+def source_key(cfg: Config) -> str:
+    """Names the source in the ledger's watermark table (URL + collection, or the folder)."""
+    src = cfg.source
+    return f"{src.path.rstrip('/')}#{src.collection}" if src.is_stac_api else src.path
+
+
+def discover_for(
+    cfg: Config, watermark: dt.datetime | None = None
+) -> tuple[list[Acquisition], list[SourceFailure]]:
+    """Acquisitions of the configured source; a STAC source with a watermark searches only
+    from the watermark minus ``source.overlap_days``."""
+    mask = cfg.ingest.cloud_mask_asset if cfg.ingest.cloud_mask == "asset" else None
+    if cfg.source.is_stac_api:
+        from .stac import discover_stac, search_window
+
+        return discover_stac(
+            cfg.source, cfg.model.bands, search_window(cfg.source, watermark), mask
+        )
+    from .stac import search_window
+
+    acqs, failures = discover(cfg.source.path, cfg.source.band_mapping, cfg.model.bands, mask)
+    # The same filters as a STAC search, so a folder and an API holding the same items agree.
+    window = search_window(cfg.source)
+    src = cfg.source
+    kept = [
+        a
+        for a in acqs
+        if (not src.tiles or a.tile in src.tiles)
+        and (a.cloud_cover is None or a.cloud_cover <= src.max_cloud_cover)
+        and (window.start is None or a.datetime >= window.start)
+        and (window.end is None or a.datetime <= window.end)
+    ]
+    return kept, failures
+
+
+__all__ = ["SourceFailure", "discover", "discover_for", "source_key"]

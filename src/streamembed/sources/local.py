@@ -36,6 +36,7 @@ def discover(
     root: str | Path,
     mapping: str | Mapping[str, str] = "auto",
     bands: tuple[str, ...] = BANDS_L2A,
+    mask_asset: str | None = None,
 ) -> tuple[list[Acquisition], list[SourceFailure]]:
     """Every acquisition under ``root``, sorted by (tile, time); and the entries that failed."""
     base = Path(root)
@@ -54,7 +55,7 @@ def discover(
             continue
         for feature in _features(doc):
             try:
-                acq = parse_item(feature, str(path.resolve()), mapping, bands)
+                acq = parse_item(feature, str(path.resolve()), mapping, bands, mask_asset)
             except SourceError as err:
                 key = str(feature.get("id") or path)
                 failures.append(SourceFailure(key, str(path), str(err)))

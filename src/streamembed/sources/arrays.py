@@ -1,0 +1,119 @@
+"""Arrays -> COGs + STAC items: bring scenes held as NumPy arrays (e.g. eo-learn patches) into
+the pipeline unchanged, as a local source.
+
+Each scene becomes one single-band COG per band (DN = reflectance x 10000, nodata 0) plus an
+optional cloud-mask COG (asset ``CLM``, for ``ingest.cloud_mask: asset``), and one STAC Item
+in the CDSE naming (``B02_10m``…) with projection fields, so the same reader, grid and ledger
+apply as for any other product.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .synthetic import write_cog
+
+
+def _footprint(epsg: int, x0: float, y0: float, width_m: float, height_m: float) -> Any:
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(epsg, 4326, always_xy=True)
+    x1, y1 = x0 + width_m, y0 - height_m
+    corners = [tr.transform(x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
+    lons, lats = zip(*corners, strict=True)
+    geometry = {"type": "Polygon", "coordinates": [[*map(list, corners), list(corners[0])]]}
+    return [min(lons), min(lats), max(lons), max(lats)], geometry
+
+
+def _cog_asset(
+    folder: Path, name: str, data: np.ndarray, epsg: int, x0: float, y0: float
+) -> dict[str, Any]:
+    write_cog(folder / name, data, epsg, x0, y0, 10.0)
+    return {
+        "href": name,
+        "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "roles": ["data"],
+        "proj:code": f"EPSG:{epsg}",
+        "proj:shape": list(data.shape),
+        "proj:transform": [10.0, 0.0, x0, 0.0, -10.0, y0],
+        "nodata": 0,
+    }
+
+
+def write_scene_items(
+    out_dir: str | Path,
+    scenes: np.ndarray,
+    times: Sequence[dt.datetime],
+    bands: Sequence[str],
+    tile: str,
+    epsg: int,
+    x0: float,
+    y0: float,
+    level: str = "L1C",
+    cloud_masks: np.ndarray | None = None,
+    processing_baseline: str | None = None,
+    id_prefix: str = "S2",
+    extra_properties: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Write ``scenes`` (time, y, x, band) reflectance at 10 m as COGs + items; returns item paths.
+
+    ``x0, y0``: UTM upper-left corner; ``cloud_masks`` (time, y, x) non-zero = cloud.
+    """
+    if scenes.ndim != 4 or scenes.shape[-1] != len(bands):
+        raise ValueError(
+            f"scenes must be (time, y, x, band) with {len(bands)} bands; got {scenes.shape}"
+        )
+    if len(times) != scenes.shape[0]:
+        raise ValueError(f"{len(times)} times for {scenes.shape[0]} scenes")
+    out = Path(out_dir)
+    height, width = scenes.shape[1:3]
+    bbox, geometry = _footprint(epsg, x0, y0, width * 10.0, height * 10.0)
+    paths = []
+    for t, when in enumerate(times):
+        stamp = when.strftime("%Y%m%dT%H%M%S")
+        item_id = f"{id_prefix}_MSI{level}_{stamp}_T{tile}"
+        folder = out / tile / item_id
+        folder.mkdir(parents=True, exist_ok=True)
+        dn = np.clip(np.round(scenes[t] * 10000.0), 1, 65535).astype(np.uint16)
+        assets: dict[str, dict[str, Any]] = {}
+
+        for b, band in enumerate(bands):
+            key = f"{band}_10m"
+            assets[key] = _cog_asset(
+                folder, f"T{tile}_{stamp}_{key}.tif", dn[:, :, b], epsg, x0, y0
+            )
+            assets[key].update({"raster:scale": 0.0001, "raster:offset": 0.0})
+        if cloud_masks is not None:
+            # 0 = clear, 1 = cloud (the s2cloudless / eo-learn CLM convention).
+            mask = (cloud_masks[t] != 0).astype(np.uint8)
+            assets["CLM"] = _cog_asset(folder, f"T{tile}_{stamp}_CLM.tif", mask, epsg, x0, y0)
+            assets["CLM"]["roles"] = ["cloud"]
+        props: dict[str, Any] = {
+            "datetime": when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "constellation": "sentinel-2",
+            "grid:code": f"MGRS-{tile}",
+            "product:type": "S2MSI1C" if level == "L1C" else "S2MSI2A",
+            **(extra_properties or {}),
+        }
+        if processing_baseline:
+            props["processing:version"] = processing_baseline
+        item = {
+            "type": "Feature",
+            "stac_version": "1.1.0",
+            "id": item_id,
+            "bbox": bbox,
+            "geometry": geometry,
+            "properties": props,
+            "assets": assets,
+            "links": [],
+        }
+        path = folder / f"{item_id}.json"
+        path.write_text(json.dumps(item, indent=1))
+        paths.append(path)
+    return paths
