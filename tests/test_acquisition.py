@@ -121,3 +121,43 @@ def test_not_an_item_is_a_clear_error():
             {"type": "Feature", "id": "x", "properties": {"datetime": "2020-01-01T00:00:00Z"}},
             "f.json",
         )
+
+
+def test_scihub_stac_beta_l1c_item(shared_data):
+    """A real SciHub STAC 1.0.0-beta.2 L1C item: tile, level and baseline from its product id."""
+    path = (
+        shared_data
+        / "s2"
+        / "ukis_t32upc_l1c"
+        / "S2A_MSIL1C_20200221T102041_N0209_R065_T32UPC_20200221T110731.stac_beta.json"
+    )
+    acq = parse_item(json.loads(path.read_text()), str(path))
+    assert acq.tile == "32UPC" and acq.level == "L1C" and acq.processing_baseline == "02.09"
+    assert acq.cloud_cover == pytest.approx(90.64)
+    reason = acq.missing_reason(["B02"])
+    assert reason and "band_mapping" in reason  # a metadata-only record: no band assets
+
+
+def test_one_product_in_cdse_and_earth_search_shapes_parses_alike(shared_data):
+    """The recorded CDSE item rewritten in the recorded Earth Search v0 shape: same fields."""
+    from tests.test_stac import _earth_search
+
+    cdse_doc = json.loads(CDSE.read_text())
+    template = json.loads((shared_data / "stac" / "S2A_28QCH_20200714_0_L2A.json").read_text())
+    cdse_doc.setdefault("properties", {}).setdefault("platform", "sentinel-2c")
+    es_doc = _earth_search(cdse_doc, template)
+    a = parse_item(cdse_doc, str(CDSE))
+    b = parse_item(es_doc, str(CDSE), "earth-search")
+    assert (a.tile, a.datetime, a.epsg, a.processing_baseline) == (
+        b.tile,
+        b.datetime,
+        b.epsg,
+        b.processing_baseline,
+    )
+    bands = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+    for band in [*bands, "SCL"]:
+        assert a.assets[band].href == b.assets[band].href, band
+        assert a.assets[band].transform == b.assets[band].transform, band
+    for band in bands:
+        # CDSE states the offset per asset; Earth Search v0 leaves it to the baseline rule.
+        assert a.scale_offset(band) == b.scale_offset(band) == (0.0001, -0.1), band

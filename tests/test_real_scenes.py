@@ -7,9 +7,6 @@ per-cell clear fraction and NDVI the pipeline stores are checked against the sou
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-
 import numpy as np
 import pytest
 
@@ -17,30 +14,14 @@ from streamembed.acquisition import BANDS_L1C
 from streamembed.config import Config
 from streamembed.ledger import APPLIED, Ledger
 from streamembed.pipeline import Pipeline
-from streamembed.sources.arrays import write_scene_items
+from streamembed.sources.arrays import load_eolearn_example, write_scene_items
 from streamembed.store import EmbeddingStore
-
-# Scene order of REFERENCE_SCENES_L1C_13band.npy (shared/data/s2/PROVENANCE.md).
-SCENE_DATES = ("2015-08-20", "2015-07-31", "2015-09-09", "2015-08-30", "2015-07-11")
-
-
-def load_slovenia(folder):
-    scenes = np.load(folder / "REFERENCE_SCENES_L1C_13band.npy")
-    stamps = json.loads((folder / "timestamps.json").read_text())
-    index = [next(i for i, s in enumerate(stamps) if s.startswith(d)) for d in SCENE_DATES]
-    times = [dt.datetime.fromisoformat(stamps[i]).replace(tzinfo=dt.timezone.utc) for i in index]
-    clm = np.load(folder / "CLM.npy")[index, :, :, 0]
-    ndvi = np.load(folder / "NDVI.npy")[index, :, :, 0]
-    ring = json.loads((folder / "bbox.geojson").read_text())["coordinates"][0]
-    x0 = min(p[0] for p in ring)
-    y0 = max(p[1] for p in ring)
-    return scenes, times, clm, ndvi, x0, y0
 
 
 @pytest.fixture(scope="module")
 def real_items(shared_data, tmp_path_factory):
     folder = shared_data / "s2" / "eolearn_slovenia_2015_2017"
-    scenes, times, clm, ndvi, x0, y0 = load_slovenia(folder)
+    scenes, times, clm, ndvi, x0, y0 = load_eolearn_example(folder)
     root = tmp_path_factory.mktemp("real")
     write_scene_items(
         root / "items",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamembed.acquisition import SourceError
+from streamembed.acquisition import NATIVE_RESOLUTION, SourceError
 from streamembed.config import Config, SourceConfig, load_config
 from streamembed.credentials import Credentials, Secret
 from streamembed.ledger import APPLIED, FAILED, SKIPPED, Ledger
@@ -61,6 +61,8 @@ def _earth_search(cdse: dict, template: dict) -> dict:
     assets = {}
     for key, asset in cdse["assets"].items():
         band = key.split("_")[0]
+        if band not in NATIVE_RESOLUTION or key != f"{band}_{NATIVE_RESOLUTION[band]}m":
+            continue  # Earth Search keeps each band at its native resolution only
         assets[band] = {
             "href": asset["href"],
             "type": asset["type"],

@@ -117,3 +117,26 @@ def write_scene_items(
         path.write_text(json.dumps(item, indent=1))
         paths.append(path)
     return paths
+
+
+# Scene order of eo-learn's REFERENCE_SCENES.npy (checked against its NDVI series by date).
+EOLEARN_SCENE_DATES = ("2015-08-20", "2015-07-31", "2015-09-09", "2015-08-30", "2015-07-11")
+
+
+def load_eolearn_example(
+    folder: str | Path,
+) -> tuple[np.ndarray, list[dt.datetime], np.ndarray, np.ndarray, float, float]:
+    """eo-learn's example patch as exported to NumPy (shared/data/s2/eolearn_slovenia_2015_2017).
+
+    Returns the five 13-band L1C scenes (time, y, x, band), their times, s2cloudless cloud masks
+    and NDVI of the same dates, and the patch's UTM upper-left corner (EPSG:32633).
+    """
+    folder = Path(folder)
+    scenes = np.load(folder / "REFERENCE_SCENES_L1C_13band.npy")
+    stamps = json.loads((folder / "timestamps.json").read_text())
+    index = [next(i for i, s in enumerate(stamps) if s.startswith(d)) for d in EOLEARN_SCENE_DATES]
+    times = [dt.datetime.fromisoformat(stamps[i]).replace(tzinfo=dt.timezone.utc) for i in index]
+    clm = np.load(folder / "CLM.npy")[index, :, :, 0]
+    ndvi = np.load(folder / "NDVI.npy")[index, :, :, 0]
+    ring = json.loads((folder / "bbox.geojson").read_text())["coordinates"][0]
+    return scenes, times, clm, ndvi, min(p[0] for p in ring), max(p[1] for p in ring)
