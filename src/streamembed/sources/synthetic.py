@@ -133,7 +133,7 @@ def _landscape(rng: np.random.Generator, size: int, cell: int, tile_index: int) 
 
 def _surface(land: _Landscape, doy: float) -> np.ndarray:
     """Cloud-free reflectance (band, y, x) of the landscape on a day of year."""
-    g = np.empty(land.cover.shape, np.float32)
+    g = np.zeros(land.cover.shape, np.float32)  # water and urban are set below
     crop = land.cover == CROP
     g[crop] = 0.05 + 0.85 * np.asarray(_season(doy - land.phase[crop]), np.float32)
     g[land.cover == FOREST] = 0.55 + 0.35 * float(_season(doy))
