@@ -340,7 +340,7 @@ def test_aoi_from_geojson_and_geoparquet_files(server, archive, tmp_path):
 
     items = _served(archive / "items", server)
     server.publish(items)
-    west = [i for i in items if i["properties"]["grid:code"] == "MGRS-33UWP"][0]["bbox"]
+    west = next(i for i in items if i["properties"]["grid:code"] == "MGRS-33UWP")["bbox"]
     frame = gpd.GeoDataFrame(geometry=[box(*west).buffer(-0.01)], crs=4326)
     frame.to_file(tmp_path / "aoi.geojson", driver="GeoJSON")
     frame.to_crs(32633).to_parquet(tmp_path / "aoi.parquet")  # reprojected back to 4326 on read
@@ -348,7 +348,7 @@ def test_aoi_from_geojson_and_geoparquet_files(server, archive, tmp_path):
         cfg = _source(server.url, aoi_file=str(aoi))
         acqs, _ = discover_stac(cfg, Config().model.bands, search_window(cfg))
         assert acqs and {a.tile for a in acqs} == {"33UWP"}, aoi
-    with pytest.raises(SourceError, match="aoi_file .* not found"):
+    with pytest.raises(SourceError, match=r"aoi_file .* not found"):
         discover_stac(
             _source(server.url, aoi_file=str(tmp_path / "nope.geojson")),
             Config().model.bands,
