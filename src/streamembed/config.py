@@ -136,13 +136,86 @@ class StatsConfig(_Section):
     checkpoint_every: int = Field(1, ge=1)
 
 
+class WorkerGroup(_Section):
+    """One kind of worker: a jobqueue job template or a Kubernetes worker group."""
+
+    name: str = "cpu"
+    n_workers: int = Field(1, ge=0, description="jobs (jobqueue) or pods (kubernetes) to start")
+    gpus: int = Field(0, ge=0, description=">0: tagged GPU=<gpus>; encode tasks run only here")
+    cores: int = Field(1, ge=1, description="cores per job / pod")
+    memory: str = Field("4GB", description="memory per job / pod")
+    processes: int = Field(1, ge=1, description="worker processes per job (cores split)")
+    queue: str | None = None
+    account: str | None = None
+    walltime: str = "04:00:00"
+    interface: str | None = Field(None, description="network interface, e.g. ib0")
+    job_extra_directives: tuple[str, ...] = Field((), description="e.g. [--gres=gpu:1]")
+    job_script_prologue: tuple[str, ...] = Field(
+        (), description="shell lines before the worker starts: module load, conda activate"
+    )
+    worker_extra_args: tuple[str, ...] = ()
+    local_directory: str | None = None
+    log_directory: str | None = None
+    job_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="any other dask-jobqueue Job option (e.g. resource_spec for PBS)",
+    )
+    image: str | None = Field(
+        None, description="kubernetes: container image (default: cluster.image)"
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="plain environment variables")
+
+
+class TLSConfig(_Section):
+    ca_file: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca_file or self.cert or self.key)
+
+
 class ClusterConfig(_Section):
-    kind: Literal["local", "address"] = "local"
+    kind: Literal["local", "slurm", "pbs", "kubernetes", "address"] = "local"
+    # local
     n_workers: int | None = None
     threads_per_worker: int = 1
     memory_limit: str = "auto"
-    address: str | None = None
     dashboard_address: str = ":8787"
+    # address
+    address: str | None = None
+    tls: TLSConfig = TLSConfig()
+    # slurm | pbs | kubernetes
+    groups: tuple[WorkerGroup, ...] = (WorkerGroup(),)
+    adapt_minimum: int | None = Field(None, ge=0, description="adaptive scaling: min jobs/pods")
+    adapt_maximum: int | None = Field(None, ge=1, description="adaptive scaling: max jobs/pods")
+    scheduler_interface: str | None = None
+    # kubernetes
+    name: str = "streamembed"
+    namespace: str | None = None
+    image: str = "ghcr.io/streamembed/streamembed:latest"
+    secret: str | None = Field(
+        "cdse-credentials", description="Kubernetes secret whose keys become worker env vars"
+    )
+
+    @model_validator(mode="after")
+    def _groups(self) -> ClusterConfig:
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"cluster.groups names must be unique, got {names}")
+        if not self.groups:
+            raise ValueError("cluster.groups needs at least one worker group")
+        if self.adapt_maximum is not None and len(self.groups) > 1:
+            raise ValueError(
+                "adaptive scaling (cluster.adapt_maximum) works on one worker group; with "
+                "several groups give each a fixed n_workers"
+            )
+        return self
+
+    @property
+    def has_gpu_groups(self) -> bool:
+        return self.kind in ("slurm", "pbs", "kubernetes") and any(g.gpus for g in self.groups)
 
 
 class PipelineConfig(_Section):

@@ -85,6 +85,27 @@ def encode_task(scene: SceneWindows, acq: Acquisition, cfg: Config) -> dict[str,
 # ---------------------------------------------------------------- driver
 
 
+def task_resources(
+    cfg: Config, client: Client
+) -> tuple[dict[str, int] | None, dict[str, int] | None]:
+    """Where encode and read/mask tasks may run: GPU-tagged workers encode, the others read.
+
+    From the config (jobqueue/kubernetes GPU groups, whose workers may still be queued) or,
+    for a running scheduler, from the resources its workers advertise. With no GPU workers
+    every task runs anywhere.
+    """
+    workers = client.scheduler_info().get("workers", {}).values()
+    advertised = {r for w in workers for r in (w.get("resources") or {})}
+    gpu = cfg.cluster.has_gpu_groups or "GPU" in advertised
+    cpu = cfg.cluster.has_gpu_groups or "CPU" in advertised
+    if gpu and not cpu:
+        log.warning(
+            "GPU-tagged workers but no CPU-tagged ones: read/mask tasks may also run on GPU "
+            "workers (start CPU workers with --resources CPU=<threads> to keep them apart)"
+        )
+    return ({"GPU": 1} if gpu else None), ({"CPU": 1} if cpu else None)
+
+
 @dataclass
 class RunReport:
     """What one backfill or monitor cycle did."""
@@ -155,6 +176,7 @@ class Pipeline:
                 self.identity.weights,
             )
         self.ledger = Ledger(self.out / "ledger.sqlite")
+        self.encode_resources, self.ingest_resources = task_resources(cfg, client)
         self.store = EmbeddingStore(store_path(cfg), cfg.store)
         # Unique keys (actors and tasks): several pipelines (outputs, configs) may share one
         # long-running cluster, and a task key seen before returns the old result.
@@ -248,10 +270,21 @@ class Pipeline:
                 while to_embed and len(pending) < cfg.pipeline.max_in_flight and not stop():
                     a = to_embed.popleft()
                     scene = self.client.submit(
-                        ingest_task, a, cfg, key=f"ingest-{a.id}-{self.token}", pure=False
+                        ingest_task,
+                        a,
+                        cfg,
+                        key=f"ingest-{a.id}-{self.token}",
+                        pure=False,
+                        resources=self.ingest_resources,
                     )
                     fut = self.client.submit(
-                        encode_task, scene, a, cfg, key=f"encode-{a.id}-{self.token}", pure=False
+                        encode_task,
+                        scene,
+                        a,
+                        cfg,
+                        key=f"encode-{a.id}-{self.token}",
+                        pure=False,
+                        resources=self.encode_resources,
                     )
                     pending[fut] = a
                 self._apply_ready(by_tile, states, replay_ids, report, bar)
