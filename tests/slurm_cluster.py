@@ -9,6 +9,7 @@ dask-jobqueue) talk to it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -147,10 +148,8 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
                 p.kill()
         self.procs = []
         if self.munged_pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.munged_pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             self.munged_pid = None
         if self._old_conf is None:
             os.environ.pop("SLURM_CONF", None)
