@@ -1,4 +1,4 @@
-"""streamembed monitor | backfill | status | map | evaluate | synth | demo."""
+"""streamembed monitor | backfill | status | map | evaluate | synth | demo | manifests."""
 
 from __future__ import annotations
 
@@ -158,6 +158,20 @@ def cmd_map(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_manifests(args: argparse.Namespace, cfg: Config) -> int:
+    from .deploy import write_manifests
+
+    if cfg.cluster.kind != "kubernetes":
+        print(
+            f"note: cluster.kind is {cfg.cluster.kind}; the manifests describe a kubernetes "
+            "deployment of the same config",
+            file=sys.stderr,
+        )
+    for path in write_manifests(cfg, args.o):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from .evaluate import evaluate
 
@@ -264,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("date", help="YYYY-MM-DD")
     p.add_argument("-o", default="map.png", help="output PNG")
     p.set_defaults(func=cmd_map)
+    p = common(sub.add_parser("manifests", help="Kubernetes manifests (DaskCluster, daemon)"))
+    p.add_argument("-o", default="cluster/kubernetes", help="output folder")
+    p.set_defaults(func=cmd_manifests)
     p = common(sub.add_parser("evaluate", help="precision/recall against a truth GeoParquet"))
     p.add_argument("truth")
     p.set_defaults(func=cmd_evaluate)

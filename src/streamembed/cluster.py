@@ -169,6 +169,11 @@ def kubernetes_specs(cfg: ClusterConfig) -> tuple[dict[str, Any], list[dict[str,
     )
     if cfg.namespace:
         cluster["metadata"]["namespace"] = cfg.namespace
+    # make_cluster_spec gives the scheduler the workers' resources; it needs far less.
+    cluster["spec"]["scheduler"]["spec"]["containers"][0]["resources"] = {
+        "requests": {"cpu": "1", "memory": "4G"},
+        "limits": {"cpu": "2", "memory": "8G"},
+    }
     _with_secret(cluster["spec"]["worker"], cfg.secret)
     _with_secret(cluster["spec"]["scheduler"], cfg.secret)
     groups = []

@@ -215,7 +215,9 @@ class ClusterConfig(_Section):
 
     @property
     def has_gpu_groups(self) -> bool:
-        return self.kind in ("slurm", "pbs", "kubernetes") and any(g.gpus for g in self.groups)
+        # For kind address the groups describe the running cluster (e.g. the generated
+        # Kubernetes deployment), so GPU workers still queued are expected, not guessed.
+        return self.kind != "local" and any(g.gpus for g in self.groups)
 
 
 class PipelineConfig(_Section):

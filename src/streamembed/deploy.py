@@ -1,0 +1,140 @@
+"""Kubernetes manifests generated from config.yaml: ``streamembed manifests -o DIR``.
+
+- ``daskcluster.yaml``: the dask-kubernetes operator's ``DaskCluster`` (scheduler + the first
+  worker group) and one ``DaskWorkerGroup`` per further group (GPU groups ask for
+  ``nvidia.com/gpu`` and start with ``--resources GPU=<n>``);
+- ``daemon.yaml``: a ConfigMap with the config, a ReadWriteMany volume claim shared by the
+  workers and the daemon (the Zarr store is appended by workers), and the Deployment that runs
+  ``streamembed monitor`` against the DaskCluster's scheduler service;
+- ``secret.example.yaml``: the shape of the credentials secret (values are placeholders; create
+  the real one with ``kubectl create secret``, never commit it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .cluster import kubernetes_specs
+from .config import Config
+
+DATA_MOUNT = "/data"
+CONFIG_MOUNT = "/etc/streamembed"
+
+
+def _mount_data(pod_spec: dict[str, Any], claim: str) -> None:
+    pod_spec.setdefault("volumes", []).append(
+        {"name": "data", "persistentVolumeClaim": {"claimName": claim}}
+    )
+    for container in pod_spec["containers"]:
+        container.setdefault("volumeMounts", []).append({"name": "data", "mountPath": DATA_MOUNT})
+
+
+def kubernetes_manifests(cfg: Config) -> dict[str, list[dict[str, Any]]]:
+    """{file name: [resources]} for a Kubernetes deployment of this config."""
+    k = cfg.cluster
+    name = k.name
+    claim = f"{name}-data"
+    meta: dict[str, Any] = {"namespace": k.namespace} if k.namespace else {}
+    # Everything the pods write goes to the shared volume.
+    daemon_cfg = cfg.with_overrides(
+        **{"output": f"{DATA_MOUNT}/output", "cluster.kind": "address"}
+    ).with_overrides(**{"cluster.address": f"tcp://{name}-scheduler:8786"})
+    cluster, groups = kubernetes_specs(k)
+    _mount_data(cluster["spec"]["worker"]["spec"], claim)
+    for group in groups:
+        _mount_data(group["spec"]["worker"]["spec"], claim)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{name}-config", **meta},
+        "data": {
+            "config.yaml": yaml.safe_dump(daemon_cfg.model_dump(mode="json"), sort_keys=False)
+        },
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim, **meta},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "resources": {"requests": {"storage": "500Gi"}},
+        },
+    }
+    daemon_container: dict[str, Any] = {
+        "name": "monitor",
+        "image": k.image,
+        "args": ["streamembed", "monitor", "--config", f"{CONFIG_MOUNT}/config.yaml"],
+        "resources": {
+            "requests": {"cpu": "1", "memory": "2Gi"},
+            "limits": {"cpu": "2", "memory": "4Gi"},
+        },
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
+    }
+    if k.secret:
+        daemon_container["envFrom"] = [{"secretRef": {"name": k.secret, "optional": True}}]
+    daemon_pod: dict[str, Any] = {
+        "containers": [daemon_container],
+        "volumes": [{"name": "config", "configMap": {"name": f"{name}-config"}}],
+        # SIGTERM lets the daemon finish in-flight acquisitions and checkpoint.
+        "terminationGracePeriodSeconds": 300,
+    }
+    _mount_data(daemon_pod, claim)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"{name}-monitor", **meta},
+        "spec": {
+            "replicas": 1,  # one daemon per output: the ledger has a single writer
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"app": f"{name}-monitor"}},
+            "template": {
+                "metadata": {"labels": {"app": f"{name}-monitor"}},
+                "spec": daemon_pod,
+            },
+        },
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": k.secret or f"{name}-credentials", **meta},
+        "type": "Opaque",
+        "stringData": {
+            "CDSE_S3_ACCESS_KEY": "<from https://eodata-s3keysmanager.dataspace.copernicus.eu>",
+            "CDSE_S3_SECRET_KEY": "<secret key>",
+        },
+    }
+    return {
+        "daskcluster.yaml": [cluster, *groups],
+        "daemon.yaml": [config_map, pvc, deployment],
+        "secret.example.yaml": [secret],
+    }
+
+
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_NoAliases.add_representer(str, _str)
+
+
+def write_manifests(cfg: Config, out_dir: str | Path) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fname, docs in kubernetes_manifests(cfg).items():
+        path = out / fname
+        header = (
+            "# Generated by `streamembed manifests` from config.yaml; edit the config, not this.\n"
+        )
+        path.write_text(header + yaml.dump_all(docs, Dumper=_NoAliases, sort_keys=False, width=100))
+        written.append(path)
+    return written

@@ -1,0 +1,172 @@
+"""Deployment files generated from config and validated: Kubernetes operator resources against
+the dask-kubernetes CRD schemas and the Kubernetes API models, jobqueue job scripts, Dockerfiles."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from streamembed.cluster import job_kwargs
+from streamembed.config import Config, load_config
+from streamembed.deploy import kubernetes_manifests, write_manifests
+
+REPO = Path(__file__).resolve().parents[1]
+K8S = REPO / "cluster" / "kubernetes"
+
+
+def _crd_schema(kind: str) -> dict:
+    import dask_kubernetes
+
+    crds = Path(dask_kubernetes.__file__).parent / "operator" / "deployment" / "helm"
+    path = next(crds.rglob(f"crds/{kind.lower()}.yaml"))
+    crd = yaml.safe_load(path.read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    return version["schema"]["openAPIV3Schema"]
+
+
+def _k8s_model(doc: dict, model: str):
+    """Deserialise into the official Kubernetes client model (checks required fields, types)."""
+    import json
+
+    from kubernetes.client import ApiClient
+
+    return ApiClient().deserialize(json.dumps(doc), model, "application/json")
+
+
+def test_kubernetes_manifests_validate_against_the_operator_and_api():
+    cfg = load_config(K8S / "config.yaml", {})
+    manifests = kubernetes_manifests(cfg)
+    cluster, *groups = manifests["daskcluster.yaml"]
+    jsonschema.validate(cluster, _crd_schema("DaskCluster"))
+    assert len(groups) == 1
+    for group in groups:
+        jsonschema.validate(group, _crd_schema("DaskWorkerGroup"))
+    # A wrong type is caught: the schema check is real.
+    broken = {**cluster, "spec": {**cluster["spec"], "worker": {"replicas": "four"}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, _crd_schema("DaskCluster"))
+
+    cpu = cluster["spec"]["worker"]["spec"]["containers"][0]
+    gpu = groups[0]["spec"]["worker"]["spec"]["containers"][0]
+    assert " ".join(cpu["args"]).count("--resources CPU=4") == 1
+    assert " ".join(gpu["args"]).count("--resources GPU=1") == 1
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
+    assert gpu["image"].endswith("-cuda") and not cpu["image"].endswith("-cuda")
+    for container in (cpu, gpu):
+        assert {"secretRef": {"name": "cdse-credentials", "optional": True}} in container["envFrom"]
+        assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+        # Worker pods are plain Kubernetes pod specs too.
+    _k8s_model(cluster["spec"]["worker"]["spec"], "V1PodSpec")
+    _k8s_model(groups[0]["spec"]["worker"]["spec"], "V1PodSpec")
+
+    config_map, pvc, deployment = manifests["daemon.yaml"]
+    _k8s_model(config_map, "V1ConfigMap")
+    _k8s_model(pvc, "V1PersistentVolumeClaim")
+    dep = _k8s_model(deployment, "V1Deployment")
+    assert dep.spec.template.spec.containers[0].args[:2] == ["streamembed", "monitor"]
+    (secret,) = manifests["secret.example.yaml"]
+    _k8s_model(secret, "V1Secret")
+    assert secret["metadata"]["name"] == "cdse-credentials"
+    with pytest.raises(ValueError):
+        _k8s_model({"containers": [{"image": "x"}]}, "V1PodSpec")  # no container name
+
+    # The daemon's config is a valid config that connects to the operator's scheduler service
+    # and knows a GPU group exists (encode tasks wait for it).
+    daemon_cfg = Config.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
+    assert daemon_cfg.cluster.kind == "address"
+    assert daemon_cfg.cluster.address == "tcp://streamembed-scheduler:8786"
+    assert daemon_cfg.cluster.has_gpu_groups and daemon_cfg.output == "/data/output"
+
+
+def test_committed_kubernetes_manifests_are_generated_from_config(tmp_path):
+    cfg = load_config(K8S / "config.yaml", {})
+    for path in write_manifests(cfg, tmp_path):
+        committed = K8S / path.name
+        assert committed.read_text() == path.read_text(), (
+            f"{committed} is stale: run `streamembed manifests --config "
+            "cluster/kubernetes/config.yaml -o cluster/kubernetes`"
+        )
+
+
+@pytest.mark.parametrize("site", ["slurm", "pbs"])
+def test_jobqueue_job_scripts_from_the_site_configs(site):
+    from dask_jobqueue.pbs import PBSJob
+    from dask_jobqueue.slurm import SLURMJob
+
+    cfg = load_config(REPO / "cluster" / site / "config.yaml", {})
+    assert cfg.cluster.kind == site
+    job_cls = SLURMJob if site == "slurm" else PBSJob
+    scripts = {
+        g.name: job_cls(scheduler="tcp://10.0.0.1:8786", **job_kwargs(g, cfg.cluster)).job_script()
+        for g in cfg.cluster.groups
+    }
+    cpu, gpu = scripts["cpu"], scripts["gpu"]
+    assert "--resources CPU=4" in cpu and "GPU" not in cpu
+    assert "--resources GPU=1" in gpu
+    assert "source /projects/eo/streamembed/.venv/bin/activate" in gpu
+    if site == "slurm":
+        assert "#SBATCH --gres=gpu:1" in gpu and "#SBATCH -p gpu" in gpu
+        assert "#SBATCH -A eo-project" in cpu and "#SBATCH -t 12:00:00" in cpu
+    else:
+        assert "#PBS -l select=1:ncpus=8:ngpus=1:mem=64GB" in gpu and "#PBS -q gpu" in gpu
+        assert "#PBS -A eo-project" in cpu and "#PBS -l walltime=12:00:00" in cpu
+    for launcher in ("slurm/streamembed.sbatch", "pbs/streamembed.pbs"):
+        text = (REPO / "cluster" / launcher).read_text()
+        assert "streamembed monitor --config" in text and "set -euo pipefail" in text
+
+
+def _dockerfile_problems(text: str) -> list[str]:
+    """The hadolint rules that matter here, for machines without hadolint."""
+    problems = []
+    lines = re.sub(r"\\\n", " ", text).splitlines()
+    instr = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    froms = [ln for ln in instr if ln.upper().startswith("FROM ")]
+    if not froms:
+        problems.append("no FROM")
+    for ln in froms:
+        image = ln.split()[1]
+        if ":" not in image or image.endswith(":latest"):
+            problems.append(f"DL3006/DL3007: pin the base image tag: {ln}")
+    for ln in instr:
+        up = ln.upper()
+        if up.startswith("RUN") and "apt-get install" in ln:
+            if "--no-install-recommends" not in ln:
+                problems.append(f"DL3015: apt-get install without --no-install-recommends: {ln}")
+            if "rm -rf /var/lib/apt/lists" not in ln:
+                problems.append(f"DL3009: apt lists not removed: {ln}")
+            if " -y" not in ln:
+                problems.append(f"DL3014: apt-get install without -y: {ln}")
+        if up.startswith("RUN") and re.search(r"pip3? install", ln) and "--no-cache-dir" not in ln:
+            problems.append(f"DL3042: pip install without --no-cache-dir: {ln}")
+        if up.startswith(("CMD", "ENTRYPOINT")) and not ln.split(None, 1)[1].startswith("["):
+            problems.append(f"DL3025: use JSON form: {ln}")
+        if up.startswith("ADD "):
+            problems.append(f"DL3020: use COPY: {ln}")
+    users = [ln for ln in instr if ln.upper().startswith("USER ")]
+    if not users or users[-1].split()[1] in ("root", "0"):
+        problems.append("DL3002: the last USER must not be root")
+    return problems
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_dockerfiles_lint(name):
+    path = K8S / name
+    if shutil.which("hadolint"):
+        proc = subprocess.run(["hadolint", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout
+    assert _dockerfile_problems(path.read_text()) == []
+    # The linter finds what it checks for.
+    bad = "FROM python\nRUN apt-get install curl\nRUN pip install x\nCMD streamembed\n"
+    assert len(_dockerfile_problems(bad)) == 7  # tag, 3 apt rules, pip, CMD form, USER
+    # Every file the image copies exists.
+    for ln in path.read_text().splitlines():
+        if ln.startswith("COPY "):
+            for src in ln.split()[1:-1]:
+                assert (REPO / src).exists(), src
