@@ -170,3 +170,102 @@ def test_dockerfiles_lint(name):
         if ln.startswith("COPY "):
             for src in ln.split()[1:-1]:
                 assert (REPO / src).exists(), src
+
+
+def _self_signed(tmp_path: Path) -> tuple[str, str, str]:
+    """A CA and one certificate it signed (for both scheduler and client), as PEM files."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("streamembed-test-ca"))
+        .issuer_name(name("streamembed-test-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return tuple(str(p) for p in paths)  # type: ignore[return-value]
+
+
+def test_address_kind_connects_over_tls_only_with_the_certificates(tmp_path):
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    from streamembed.cluster import make_client
+    from streamembed.config import ClusterConfig, TLSConfig
+
+    ca, cert, key = _self_signed(tmp_path)
+    server_security = Security(
+        tls_ca_file=ca,
+        tls_scheduler_cert=cert,
+        tls_scheduler_key=key,
+        tls_worker_cert=cert,
+        tls_worker_key=key,
+        tls_client_cert=cert,
+        tls_client_key=key,
+        require_encryption=True,
+    )
+    with LocalCluster(
+        n_workers=1,
+        processes=False,
+        protocol="tls://",
+        host="127.0.0.1",
+        security=server_security,
+        dashboard_address=":0",
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        cfg = ClusterConfig(
+            kind="address", address=address, tls=TLSConfig(ca_file=ca, cert=cert, key=key)
+        )
+        with make_client(cfg) as client:
+            assert client.submit(sum, [1, 2, 3]).result() == 6
+        with pytest.raises(ValueError, match="cluster.tls needs ca_file, cert and key"):
+            with make_client(
+                ClusterConfig(kind="address", address=address, tls=TLSConfig(ca_file=ca))
+            ):
+                pass
+        plain = ClusterConfig(kind="address", address=address.replace("tls://", "tcp://"))
+        with pytest.raises(OSError), make_client(plain.model_copy()):
+            pass
