@@ -267,5 +267,5 @@ def test_address_kind_connects_over_tls_only_with_the_certificates(tmp_path):
             ):
                 pass
         plain = ClusterConfig(kind="address", address=address.replace("tls://", "tcp://"))
-        with pytest.raises(OSError), make_client(plain.model_copy()):
+        with pytest.raises(OSError), make_client(plain):
             pass
