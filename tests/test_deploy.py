@@ -261,11 +261,9 @@ def test_address_kind_connects_over_tls_only_with_the_certificates(tmp_path):
         )
         with make_client(cfg) as client:
             assert client.submit(sum, [1, 2, 3]).result() == 6
-        with pytest.raises(ValueError, match="cluster.tls needs ca_file, cert and key"):
-            with make_client(
-                ClusterConfig(kind="address", address=address, tls=TLSConfig(ca_file=ca))
-            ):
-                pass
+        half = ClusterConfig(kind="address", address=address, tls=TLSConfig(ca_file=ca))
+        with pytest.raises(ValueError, match=r"cluster\.tls needs ca_file"), make_client(half):
+            pass
         plain = ClusterConfig(kind="address", address=address.replace("tls://", "tcp://"))
         with pytest.raises(OSError), make_client(plain):
             pass
