@@ -74,6 +74,7 @@ class StatsActor:
         if grid is None:
             raise KeyError(f"tile {tile} has no embeddings in {self.store.root}")
         stored = self.store.read(tile, acquisition_id)
+        t_read = time.perf_counter()
         state = self._state(tile, (grid.n_cells_y, grid.n_cells_x), stored.embedding.shape[-1])
         path = partition_path(
             self.output / "anomalies", tile, stored.time.strftime("%Y-%m-%d"), acquisition_id
@@ -87,6 +88,7 @@ class StatsActor:
         result = update(
             state, stored.embedding, stored.clear, stored.snow, stored.indices, day, self.params
         )
+        t_stats = time.perf_counter()
         state.last_acquisition_id = acquisition_id
         state.applied_ids.append(acquisition_id)
         records = records_from_result(
@@ -99,17 +101,25 @@ class StatsActor:
             stored.time.strftime("%Y-%m-%d"),
             acquisition_id,
         )
+        t_sink = time.perf_counter()
         self._dirty[tile] = self._dirty.get(tile, 0) + 1
         if self._dirty[tile] >= self.cfg.checkpoint_every:
             self.checkpoint(tile)
+        t_end = time.perf_counter()
         self.cell_updates += int(result.valid.sum())
-        self.busy_seconds += time.perf_counter() - t0
+        self.busy_seconds += t_end - t0
         return {
             "status": APPLIED,
             "n_anomalies": len(records),
             "path": str(written) if written else None,
             "snow_cells": result.snow_cells,
             "masked_cells": result.masked_cells,
+            "timings": {
+                "stats_read": t_read - t0,
+                "stats_apply": t_stats - t_read,
+                "sink_write": t_sink - t_stats,
+                "stats_checkpoint": t_end - t_sink,
+            },
         }
 
     def checkpoint(self, tile: str | None = None) -> int:

@@ -1,4 +1,4 @@
-"""streamembed monitor | backfill | status | map | evaluate | synth | demo | manifests."""
+"""streamembed monitor | backfill | status | map | evaluate | synth | demo | bench | manifests."""
 
 from __future__ import annotations
 
@@ -158,6 +158,21 @@ def cmd_map(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, cfg: Config) -> int:
+    from .bench import plot, run_bench
+
+    results = Path(args.output_dir or cfg.bench.output)
+    if not args.plot_only:
+        record = run_bench(cfg, results)
+        print(f"record: {record['path']}")
+        print(f"summary row: {cfg.bench.results_md}")
+        print(f"pipeline_share_of_raw_encoder: {record['pipeline_share_of_raw_encoder']:.2f}")
+    if args.plot or args.plot_only:
+        png = plot(results, results / "benchmarks.png")
+        print(f"plot: {png}")
+    return 0
+
+
 def cmd_manifests(args: argparse.Namespace, cfg: Config) -> int:
     from .deploy import write_manifests
 
@@ -278,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("date", help="YYYY-MM-DD")
     p.add_argument("-o", default="map.png", help="output PNG")
     p.set_defaults(func=cmd_map)
+    p = sub.add_parser("bench", help="throughput benchmark (benchmarks/*.yaml profiles)")
+    p.add_argument("--config", default="benchmarks/cpu-local.yaml", help="benchmark profile")
+    p.add_argument(
+        "--output", dest="output_dir", help="folder for the JSON records (default bench.output)"
+    )
+    p.add_argument("--plot", action="store_true", help="also draw benchmarks.png from all records")
+    p.add_argument("--plot-only", action="store_true", help="only draw the plot")
+    p.set_defaults(func=cmd_bench)
     p = common(sub.add_parser("manifests", help="Kubernetes manifests (DaskCluster, daemon)"))
     p.add_argument("-o", default="cluster/kubernetes", help="output folder")
     p.set_defaults(func=cmd_manifests)

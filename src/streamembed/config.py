@@ -233,6 +233,24 @@ class DemoConfig(_Section):
     seed: int = 42
 
 
+class BenchConfig(_Section):
+    """``streamembed bench``: what the benchmark profile measures (benchmarks/*.yaml)."""
+
+    label: str = "cpu-local"
+    data: str = Field("benchmarks/data", description="cached synthetic archives")
+    tile_px: int = Field(512, ge=32)
+    tiles: int = Field(1, ge=1, le=2)
+    acquisitions: int = Field(24, ge=1, description="per tile, main throughput runs")
+    workers: tuple[int, ...] = Field((), description="scaling steps; empty: 1, 2, 4 … cores")
+    long_acquisitions: int = Field(200, ge=0, description="memory-flatness run (0: skip)")
+    long_tile_px: int = Field(256, ge=32)
+    stats_dims: tuple[int, ...] = (128, 2048)
+    stats_cells: int = Field(16384, ge=64)
+    memory_sample_seconds: float = Field(0.5, gt=0)
+    output: str = "benchmarks/results"
+    results_md: str = "benchmarks/RESULTS.md"
+
+
 class Config(_Section):
     output: str = "output"
     source: SourceConfig = SourceConfig()
@@ -243,6 +261,7 @@ class Config(_Section):
     cluster: ClusterConfig = ClusterConfig()
     pipeline: PipelineConfig = PipelineConfig()
     demo: DemoConfig = DemoConfig()
+    bench: BenchConfig = BenchConfig()
 
     @property
     def output_dir(self) -> Path:

@@ -9,6 +9,7 @@ and never embeds, applies or writes anything twice.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -65,7 +66,9 @@ def encode_task(scene: SceneWindows, acq: Acquisition, cfg: Config) -> dict[str,
     """Encode on this worker's resident model and append to the store (serialised per tile)."""
     plugin = get_worker().plugins[EncoderPlugin.name]
     encoder = plugin.get(cfg.model)  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
     embedding = encoder.embed_scene(scene)
+    t1 = time.perf_counter()
     batch = EmbeddingBatch(
         acquisition_id=acq.id,
         tile=acq.tile,
@@ -79,7 +82,16 @@ def encode_task(scene: SceneWindows, acq: Acquisition, cfg: Config) -> dict[str,
     store = EmbeddingStore(store_path(cfg), cfg.store)
     with Lock(f"streamembed-store-{acq.tile}"):
         written = store.append(batch, store_attrs(encoder.identity, cfg))
-    return {"written": written, "cells": int(embedding.shape[0] * embedding.shape[1])}
+    timings = {
+        **scene.timings,
+        "encode": t1 - t0,
+        "store_append": time.perf_counter() - t1,
+    }
+    return {
+        "written": written,
+        "cells": int(embedding.shape[0] * embedding.shape[1]),
+        "timings": timings,
+    }
 
 
 # ---------------------------------------------------------------- driver
@@ -123,6 +135,13 @@ class RunReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     already_done: int = 0
     stopped_early: bool = False
+    # seconds summed over acquisitions, per stage (worker-side timings)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    cells: int = 0
+
+    def add_timings(self, timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + float(seconds)
 
     @property
     def nothing_new(self) -> bool:
@@ -392,6 +411,8 @@ class Pipeline:
         states[a.id] = EMBEDDED
         report.embedded += 1
         report.stored += int(result["written"])
+        report.cells += int(result["cells"])
+        report.add_timings(result.get("timings", {}))
 
     def _apply_ready(
         self,
@@ -413,6 +434,7 @@ class Pipeline:
                     break
                 queue.popleft()
                 res = self._actor(tile).apply(tile, a.id).result()
+                report.add_timings(res.get("timings", {}))
                 if a.id in replay_ids:
                     report.replayed += 1
                     states[a.id] = APPLIED

@@ -1,0 +1,105 @@
+"""`streamembed bench` on a tiny profile produces a valid record, a RESULTS.md row and a plot
+(not timed: the numbers are only checked for being measured and consistent)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import yaml
+
+from streamembed.bench import stats_bandwidth, table_row, update_results_md
+
+
+def test_bench_command_on_a_tiny_profile(tmp_path):
+    profile = {
+        "model": {"arch": "resnet18", "device": "cpu", "torch_threads": 1},
+        "bench": {
+            "label": "tiny",
+            "data": str(tmp_path / "data"),
+            "tile_px": 128,
+            "acquisitions": 3,
+            "workers": [1],
+            "long_acquisitions": 8,
+            "long_tile_px": 64,
+            "stats_dims": [16],
+            "stats_cells": 256,
+            "memory_sample_seconds": 0.2,
+            "results_md": str(tmp_path / "RESULTS.md"),
+        },
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(profile))
+    out = tmp_path / "results"
+    env = {**os.environ, "STREAMEMBED__CLUSTER__DASHBOARD_ADDRESS": ":0"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamembed.cli",
+        "bench",
+        "--config",
+        str(tmp_path / "tiny.yaml"),
+    ]
+    cmd += ["--output", str(out), "--plot"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (path,) = out.glob("tiny-*.json")
+    rec = json.loads(path.read_text())
+    assert rec["schema"] == "streamembed-bench/1" and rec["label"] == "tiny"
+    assert rec["hardware"]["cores"] >= 1 and rec["software"]["torch"]
+    assert rec["config"]["model"]["arch"] == "resnet18"
+    (run,) = rec["runs"]
+    assert run["workers"] == 1 and run["acquisitions"] == 3 and run["failed"] == 0
+    assert run["acquisitions_per_s"] > 0 and run["cells_per_s"] > 0 and run["km2_per_s"] > 0
+    assert math.isclose(
+        run["acquisitions_per_s"] / run["raw_bound_acquisitions_per_s"],
+        run["share_of_raw_encoder"],
+    )
+    assert rec["pipeline_share_of_raw_encoder"] == run["share_of_raw_encoder"]
+    for stage in ("read_decode_resample", "mask_normalise", "encode", "store_append",
+                  "stats_apply", "sink_write"):  # fmt: skip
+        assert run["stage_seconds"][stage] > 0, stage
+    assert run["task_compute_seconds"]["ingest"] > 0 and run["task_compute_seconds"]["encode"] > 0
+    assert run["peak_worker_memory_mib"] > 50
+    assert rec["raw_encoder"]["acquisitions"] == 3 and rec["raw_encoder"]["seconds"] > 0
+    long = rec["long_backfill"]
+    assert long["acquisitions"] == 8 and len(long["worker_memory_quarter_peaks_mib"]) == 4
+    (stats,) = rec["stats_core"]
+    assert stats["dim"] == 16 and stats["cell_updates_per_s_per_core"] > 0
+    if not rec["hardware"]["gpus"]:
+        assert rec["gpu_measured"] is False and "not measured" in rec["gpu_note"]
+        assert run["gpu_utilisation_percent"] is None
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert md.count("| tiny |") == 1
+    assert (out / "benchmarks.png").stat().st_size > 10_000
+
+
+def test_results_table_keeps_one_row_per_profile(tmp_path):
+    rec = {
+        "label": "p",
+        "time": "2026-11-25T00:00:00+00:00",
+        "hardware": {"cores": 2, "cpu": "x", "gpus": []},
+        "runs": [
+            {
+                "workers": 2,
+                "acquisitions_per_s": 1.0,
+                "km2_per_s": 26.2,
+                "cells_per_s": 256.0,
+                "raw_bound_acquisitions_per_s": 1.1,
+                "share_of_raw_encoder": 0.91,
+                "peak_worker_memory_mib": 900.0,
+            }
+        ],
+        "stats_core": [stats_bandwidth(8, 64, repeats=2)],
+        "bottleneck_stage": "read_decode_resample",
+        "long_backfill": {"memory_first_to_last_quarter_change": 0.01},
+    }
+    path = tmp_path / "R.md"
+    update_results_md(path, rec)
+    update_results_md(path, {**rec, "label": "q"})
+    update_results_md(path, rec)
+    text = path.read_text()
+    assert text.count("| p |") == 1 and text.count("| q |") == 1
+    assert table_row(rec) in text and "91%" in table_row(rec)
