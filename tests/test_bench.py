@@ -66,8 +66,11 @@ def test_bench_command_on_a_tiny_profile(tmp_path):
     assert rec["raw_encoder"]["acquisitions"] == 3 and rec["raw_encoder"]["seconds"] > 0
     long = rec["long_backfill"]
     assert long["acquisitions"] == 8 and len(long["worker_memory_quarter_peaks_mib"]) == 4
-    (stats,) = rec["stats_core"]
-    assert stats["dim"] == 16 and stats["cell_updates_per_s_per_core"] > 0
+    assert {(s["dim"], s["embedding_dtype"]) for s in rec["stats_core"]} == {
+        (16, "float32"),
+        (16, "float16"),
+    }
+    assert all(s["cell_updates_per_s_per_core"] > 0 for s in rec["stats_core"])
     if not rec["hardware"]["gpus"]:
         assert rec["gpu_measured"] is False and "not measured" in rec["gpu_note"]
         assert run["gpu_utilisation_percent"] is None

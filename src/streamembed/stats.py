@@ -155,6 +155,80 @@ def label_cells(delta: np.ndarray, current: np.ndarray) -> np.ndarray:
     return out
 
 
+# The embedding-sized work is one pass over blocks of cells whose temporaries stay in the CPU
+# cache: each embedding and each mean is read once and each mean written once, the minimum.
+# That needs the two tile-wide quantities (the median residual and the median z-score) before
+# the pass, so they are taken from a sample of the scorable cells: all of them on tiles with up
+# to SPATIAL_SAMPLE scorable cells (exact), an evenly spaced sample beyond (a tile-wide shift is
+# estimated as well from a few hundred cells as from a hundred thousand).
+_BLOCK_BYTES = 1 << 20
+SPATIAL_SAMPLE = 255  # odd: the sample median is one order statistic
+
+
+_HALF_TO_FLOAT = (
+    np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+)
+
+
+def _row_dot(x: np.ndarray) -> np.ndarray:
+    """Squared norm of each row (np.vecdot where NumPy has it: several times einsum's speed)."""
+    vecdot = getattr(np, "vecdot", None)
+    return vecdot(x, x) if vecdot is not None else np.einsum("ij,ij->i", x, x)
+
+
+def _row_nanmax(x: np.ndarray) -> np.ndarray:
+    """Max over the (few) columns ignoring NaN, as a column-wise fmax (fast for (C, 4))."""
+    out = x[:, 0].copy()
+    for j in range(1, x.shape[1]):
+        np.fmax(out, x[:, j], out=out)
+    return np.nan_to_num(out, nan=0.0)
+
+
+def _median_rows(x: np.ndarray) -> np.ndarray:
+    """Median of each row (``x`` is reordered); one partition when the row length is odd."""
+    n = x.shape[1]
+    if n % 2:
+        x.partition(n // 2, axis=1)
+        return x[:, n // 2].copy()
+    return np.median(x, axis=1, overwrite_input=True)
+
+
+def _spatial_reference(
+    e: np.ndarray,
+    mean: np.ndarray,
+    candidates: np.ndarray,
+    dist_mean: np.ndarray,
+    scale: np.ndarray,
+) -> tuple[np.ndarray, float]:
+    """(median residual, median z-score) over (a sample of) the scorable cells."""
+    dim = e.shape[1]
+    if candidates.size > SPATIAL_SAMPLE:
+        pick = np.linspace(0, candidates.size - 1, SPATIAL_SAMPLE).astype(np.intp)
+        candidates = candidates[pick]
+    # Residuals of the sample gathered in chunks straight into dimension-major order: the
+    # per-dimension median is then a partition along contiguous rows.
+    n = candidates.size
+    resid_t = np.empty((dim, n), np.float32)
+    sq = np.empty(n, np.float32)
+    for j in range(0, n, 64):
+        rows = candidates[j : j + 64]
+        block = e[rows].astype(np.float32)
+        block -= mean[rows]
+        sq[j : j + len(rows)] = _row_dot(block)
+        resid_t[:, j : j + len(rows)] = block.T
+    ok = np.isfinite(sq)
+    if not ok.all():
+        resid_t, sq, candidates = resid_t[:, ok], sq[ok], candidates[ok]
+    if len(candidates) < MIN_CELLS_FOR_SPATIAL:
+        return np.zeros(dim, np.float32), 0.0
+    shift = _median_rows(resid_t.copy()).astype(np.float32)
+    # |r - shift|^2 from |r|^2 and r . shift, without another pass over the sample
+    sq_shifted = np.maximum(sq - 2.0 * (shift @ resid_t) + float(shift @ shift), 0.0)
+    dist = np.sqrt(sq_shifted) / np.float32(np.sqrt(dim))
+    z = (dist - dist_mean[candidates]) / scale[candidates]
+    return shift, float(_median_rows(z[None, :])[0])
+
+
 def update(
     state: TileState,
     embedding: np.ndarray,
@@ -167,48 +241,87 @@ def update(
     """Score one acquisition against the state, then fold it in (state is updated in place)."""
     cy, cx = state.shape
     c = cy * cx
-    e = embedding.reshape(c, -1).astype(np.float32, copy=False)
+    e = embedding.reshape(c, -1)  # float16 as stored is promoted block by block
     dim = e.shape[1]
     f = clear.reshape(c)
     ctx = context_mean(clear.astype(np.float32)).reshape(c)
     idx = indices.reshape(c, -1)
-    valid = (f >= params.min_clear) & (ctx >= params.min_context_clear) & np.isfinite(e).all(1)
+    clear_ok = (f >= params.min_clear) & (ctx >= params.min_context_clear)
     seen = state.n > 0
     warm = state.n >= params.min_obs
-    scorable = valid & warm
     n_before = state.n.copy()
 
-    resid = e - state.mean
-    shift = np.zeros(dim, np.float32)
-    if params.spatial_correction and scorable.sum() >= MIN_CELLS_FOR_SPATIAL:
-        shift = np.median(resid[scorable], axis=0)
-    dist = (np.linalg.norm(resid - shift, axis=1) / np.sqrt(dim)).astype(np.float32)
     sd = np.sqrt(state.dist_var) + 0.1 * state.dist_mean + 1e-6
     # A cell unseen for weeks (cloud, snow) has drifted further than its 5-day history says.
     gap = np.where(seen, np.maximum(day - state.last_day, 0.0), 0.0)
-    z = (dist - state.dist_mean) / (sd * np.sqrt(1.0 + gap / params.half_life_days))
-    if params.spatial_correction and scorable.sum() >= MIN_CELLS_FOR_SPATIAL:
-        z = z - np.median(z[scorable])
-    score = np.where(scorable, z, np.nan).astype(np.float32)
+    z_scale = sd * np.sqrt(1.0 + gap / params.half_life_days)
     with np.errstate(invalid="ignore"):
         delta = idx - state.idx_mean
         # The encoder's receptive field spans several cells: a cell whose embedding moved only
         # because a neighbour changed shows no change in its own pixels' indices.
-        own_change = np.nan_to_num(np.abs(delta)).max(axis=1) >= params.min_index_change
-    anomaly = scorable & (z >= params.threshold) & own_change
-    labels = np.full(c, "", dtype=object)
-    labels[anomaly] = label_cells(delta[anomaly], idx[anomaly])
-
-    # ---- fold in (valid cells only)
+        own_change = _row_nanmax(np.abs(delta)) >= params.min_index_change
     elapsed = np.where(seen, day - state.last_day, np.inf)
     decay = 1.0 - 0.5 ** (np.maximum(elapsed, 0.0) / params.half_life_days)
     alpha = np.maximum(1.0 / (state.n + 1.0), decay).astype(np.float32)
     cap = state.dist_mean + CLIP_SIGMA * sd
-    step_scale = np.where(anomaly, np.minimum(1.0, cap / np.maximum(dist, 1e-12)), 1.0)
-    upd = valid & seen
-    state.mean[upd] += (alpha[upd] * step_scale[upd])[:, None] * resid[upd]
+
+    shift, z_median = np.zeros(dim, np.float32), 0.0
+    if params.spatial_correction:
+        shift, z_median = _spatial_reference(
+            e, state.mean, np.flatnonzero(clear_ok & warm), state.dist_mean, z_scale
+        )
+
+    dist = np.zeros(c, np.float32)
+    z = np.zeros(c, np.float64)
+    valid = np.zeros(c, bool)
+    anomaly = np.zeros(c, bool)
+    step_scale = np.ones(c, np.float64)
+    inv_scale = 1.0 / z_scale
+    candidate = clear_ok & warm & own_change  # anomalous if also finite and z >= threshold
+    updating = clear_ok & seen
+    shift_sq = float(np.dot(shift, shift))
+    rows = max(16, _BLOCK_BYTES // (4 * max(1, dim)))
+    r_buf = np.empty((rows, dim), np.float32)  # reused: no allocation per block
+    half = e.dtype == np.float16
+    codes = e.view(np.uint16) if half else e
+    norm = np.float32(np.sqrt(dim))
+    for i in range(0, c, rows):
+        b = slice(i, min(c, i + rows))
+        r = r_buf[: b.stop - i]
+        if half:  # NumPy's float16 cast is scalar; a 256 KiB table is several times faster
+            np.take(_HALF_TO_FLOAT, codes[b], out=r, mode="clip")
+            r -= state.mean[b]
+        else:
+            np.subtract(e[b], state.mean[b], out=r)
+        # |r - shift|^2 without materialising r - shift
+        sq = _row_dot(r)
+        if shift_sq:
+            sq += shift_sq - 2.0 * (r @ shift)
+        finite = np.isfinite(sq)
+        d = np.sqrt(np.maximum(np.where(finite, sq, 0.0), 0.0)) / norm
+        zb = (d - state.dist_mean[b]) * inv_scale[b] - z_median
+        an = candidate[b] & finite & (zb >= params.threshold)
+        sc = np.where(an, np.minimum(1.0, cap[b] / np.maximum(d, 1e-12)), 1.0)
+        w = np.where(updating[b] & finite, alpha[b] * sc, 0.0).astype(np.float32)
+        if w.any():
+            if not finite.all():
+                r[~finite] = 0.0  # a weight of 0 times NaN would still poison the mean
+            w0 = w[0]
+            # Cells of a tile usually share one weight (same history): a scalar multiply is
+            # much cheaper than a row-broadcast one.
+            if (w == w0).all():
+                r *= w0
+            else:
+                r *= w[:, None]
+            state.mean[b] += r
+        dist[b], z[b], valid[b], anomaly[b], step_scale[b] = d, zb, clear_ok[b] & finite, an, sc
     first = valid & ~seen
     state.mean[first] = e[first]
+    scorable = valid & warm
+    score = np.where(scorable, z, np.nan).astype(np.float32)
+    labels = np.full(c, "", dtype=object)
+    labels[anomaly] = label_cells(delta[anomaly], idx[anomaly])
+    upd = valid & seen
 
     k = state.n - 1  # distances seen so far (the first observation has none)
     d_eff = np.where(warm, np.minimum(dist, cap), dist)
@@ -223,12 +336,15 @@ def update(
         state.dist_var[later] + beta[later] * dd[later] ** 2
     )
 
-    idx_ok = valid & np.isfinite(idx).all(1)
-    idx_first = idx_ok & ~np.isfinite(state.idx_mean).all(1)
-    state.idx_mean[idx_first] = idx[idx_first]
-    idx_upd = idx_ok & ~idx_first
-    state.idx_mean[idx_upd] += (alpha[idx_upd] * step_scale[idx_upd])[:, None] * (
-        idx[idx_upd] - state.idx_mean[idx_upd]
+    # Row-wise finiteness through a sum: (C, 4) reductions along the short axis are slow.
+    with np.errstate(invalid="ignore"):
+        idx_ok = valid & np.isfinite(idx.sum(axis=1))
+        idx_first = idx_ok & ~np.isfinite(state.idx_mean.sum(axis=1))
+        idx_upd = idx_ok & ~idx_first
+        gain = np.where(idx_upd, alpha * step_scale, 0.0).astype(np.float32)[:, None]
+        moved = state.idx_mean + gain * (idx - state.idx_mean)
+    state.idx_mean[:] = np.where(
+        idx_first[:, None], idx, np.where(idx_upd[:, None], moved, state.idx_mean)
     )
 
     state.n[valid] += 1
