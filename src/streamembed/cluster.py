@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster
 
 from .config import ClusterConfig, WorkerGroup
@@ -32,6 +33,13 @@ from .encoder import EncoderPlugin
 log = logging.getLogger(__name__)
 
 GPU, CPU = "GPU", "CPU"
+
+# Dask sets MALLOC_TRIM_THRESHOLD_ in workers, which switches off glibc's dynamic mmap
+# threshold: every tensor above 128 KiB is then mmap'ed and unmapped per forward pass, and the
+# page faults made the encoder 45% slower than the same code outside Dask (benchmarks/RESULTS.md).
+# A fixed mmap threshold keeps such buffers in the heap; the trim threshold still returns
+# freed memory to the OS.
+WORKER_ENV: dict[str, str] = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
 
 
 @contextlib.contextmanager
@@ -74,7 +82,7 @@ def job_kwargs(group: WorkerGroup, cfg: ClusterConfig) -> dict[str, Any]:
         "interface": group.interface,
         "job_extra_directives": list(group.job_extra_directives),
         "job_script_prologue": [
-            *(f"export {k}={v}" for k, v in group.env.items()),
+            *(f"export {k}={v}" for k, v in {**WORKER_ENV, **group.env}.items()),
             *group.job_script_prologue,
         ],
         "worker_extra_args": [
@@ -164,7 +172,7 @@ def kubernetes_specs(cfg: ClusterConfig) -> tuple[dict[str, Any], list[dict[str,
         image=first.image or cfg.image,
         n_workers=first.n_workers,
         resources=_k8s_resources(first),
-        env=dict(first.env),
+        env={**WORKER_ENV, **first.env},
         worker_command=_worker_command(first, cfg),
     )
     if cfg.namespace:
@@ -182,7 +190,7 @@ def kubernetes_specs(cfg: ClusterConfig) -> tuple[dict[str, Any], list[dict[str,
             image=group.image or cfg.image,
             n_workers=group.n_workers,
             resources=_k8s_resources(group),
-            env=dict(group.env),
+            env={**WORKER_ENV, **group.env},
             worker_command=_worker_command(group, cfg),
         )
         _with_secret(worker, cfg.secret)
@@ -258,7 +266,10 @@ def make_client(cfg: ClusterConfig) -> Iterator[Client]:
         # Ctrl-C and `kill -TERM` reach the whole process group: worker processes started with
         # these signals ignored (inherited across exec) stay up while the daemon drains and
         # checkpoints, instead of dying with the actors' in-memory state.
-        with _signals_ignored():
+        # glibc reads MALLOC_* when a process starts: they must be in the nanny's pre-spawn
+        # environment (Nanny(env=...) is applied after the worker process started).
+        spawn_env = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENV.items()}
+        with _signals_ignored(), dask.config.set(spawn_env):
             cluster = LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=cfg.threads_per_worker,
