@@ -10,7 +10,8 @@ Scoring one acquisition:
    neighbourhood below ``min_context_clear``, since the encoder sees context) neither update
    nor score;
 2. residual = embedding - expected; the tile-wide median residual is removed (a whole-tile
-   shift such as haze, low sun or a tile-wide green-up is not an anomaly);
+   shift such as haze, low sun or a tile-wide green-up is not an anomaly); on tiles with more
+   than SPATIAL_SAMPLE scorable cells the tile-wide medians come from an evenly spaced sample;
 3. the distance is a z-score against the cell's own distance history, again centred by the
    tile median; cells past ``threshold`` after ``min_obs`` observations are anomalies;
 4. updates are robust: an anomalous cell moves its mean and distance history only by a
