@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -171,6 +172,38 @@ _HALF_TO_FLOAT = (
 )
 
 
+def _half_caster(e: np.ndarray, buf: np.ndarray) -> Any:
+    """A function filling ``out`` with ``e[rows]`` cast from float16 to float32.
+
+    NumPy's float16 cast is a scalar loop (~1 ns per value) and would dominate the pass; torch
+    (a dependency of the encoder, present on every worker) casts with F16C in a fraction of
+    that. Without torch, or for a read-only array, a 256 KiB lookup table does it.
+    """
+    try:
+        import torch
+    except ImportError:  # the lookup table below
+        torch = None  # type: ignore[assignment]
+    if torch is not None and e.flags.writeable and e.flags.c_contiguous:
+        target = torch.from_numpy(buf)
+        # Below torch's parallel grain size (32768 values) a copy stays on this thread: the
+        # core is one task on one core, and a thread pool's hand-off costs more than the cast.
+        step = max(1, 32768 // max(1, e.shape[1]))
+
+        def cast(rows: slice, out: np.ndarray) -> None:
+            start, stop = rows.start or 0, rows.start + out.shape[0]
+            for i in range(start, stop, step):
+                j = min(stop, i + step)
+                target[i - start : j - start].copy_(torch.from_numpy(e[i:j]))
+
+        return cast
+    codes = e.view(np.uint16)
+
+    def lookup(rows: slice, out: np.ndarray) -> None:
+        np.take(_HALF_TO_FLOAT, codes[rows], out=out, mode="clip")
+
+    return lookup
+
+
 def _row_dot(x: np.ndarray) -> np.ndarray:
     """Squared norm of each row (np.vecdot where NumPy has it: several times einsum's speed)."""
     vecdot = getattr(np, "vecdot", None)
@@ -284,13 +317,13 @@ def update(
     rows = max(16, _BLOCK_BYTES // (4 * max(1, dim)))
     r_buf = np.empty((rows, dim), np.float32)  # reused: no allocation per block
     half = e.dtype == np.float16
-    codes = e.view(np.uint16) if half else e
+    to_float = _half_caster(e, r_buf) if half else None
     norm = np.float32(np.sqrt(dim))
     for i in range(0, c, rows):
         b = slice(i, min(c, i + rows))
         r = r_buf[: b.stop - i]
-        if half:  # NumPy's float16 cast is scalar; a 256 KiB table is several times faster
-            np.take(_HALF_TO_FLOAT, codes[b], out=r, mode="clip")
+        if to_float is not None:
+            to_float(b, r)
             r -= state.mean[b]
         else:
             np.subtract(e[b], state.mean[b], out=r)
