@@ -23,6 +23,7 @@ from streamembed.sources.stac import discover_stac, search_window
 from streamembed.sources.synthetic import generate
 from streamembed.store import EmbeddingStore
 
+from .daemon import count_states, monitor_process, stop, wait_until
 from .stac_server import StacServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -369,8 +370,6 @@ def test_s3_reads_get_the_cdse_endpoint_and_keys_from_the_environment():
 
 def test_monitor_daemon_over_http_two_batches_exactly_once(server, archive, tmp_path):
     """`streamembed monitor --source http://…`: a later batch with a back-dated product."""
-    import signal
-    import sqlite3
     import time
 
     items = [
@@ -383,46 +382,23 @@ def test_monitor_daemon_over_http_two_batches_exactly_once(server, archive, tmp_
     batch2 = [late, *items[5:]]
     server.publish(batch1)
     out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "STREAMEMBED__MODEL__ARCH": "resnet18",
-        "STREAMEMBED__CLUSTER__N_WORKERS": "1",
-        "STREAMEMBED__CLUSTER__DASHBOARD_ADDRESS": ":0",
-        # The late product is sensed 20 days behind the watermark: the overlap must cover it.
-        "STREAMEMBED__SOURCE__OVERLAP_DAYS": "30",
-    }
-    cmd = [sys.executable, "-m", "streamembed.cli", "monitor", "--source", server.url]
-    cmd += ["--output", str(out), "--poll-seconds", "1"]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    ledger_path = out / "ledger.sqlite"
+    # The late product is sensed 20 days behind the watermark: the overlap must cover it.
+    overlap = {"STREAMEMBED__SOURCE__OVERLAP_DAYS": "30"}
 
     def done() -> int:
-        if not (out / "ledger.sqlite").exists():
-            return 0
-        with sqlite3.connect(out / "ledger.sqlite") as db:
-            q = "SELECT COUNT(*) FROM acquisitions WHERE state IN ('applied', 'late')"
-            return int(db.execute(q).fetchone()[0])
+        return count_states(ledger_path, "applied", "late")
 
-    def wait_for(n: int) -> None:
-        end = time.time() + 180
-        while time.time() < end and done() < n:
-            assert proc.poll() is None, proc.communicate()[0]
-            time.sleep(0.5)
-        assert done() == n
-
-    try:
-        wait_for(len(batch1))
+    with monitor_process(server.url, out, overlap) as proc:
+        wait_until(lambda: done() >= len(batch1), 180, proc)
+        assert done() == len(batch1)
         server.publish(batch2)
-        wait_for(len(items))
+        wait_until(lambda: done() >= len(items), 180, proc)
+        assert done() == len(items)
         time.sleep(3)  # a few more polls: nothing may be processed twice
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        output = stop(proc)
     assert proc.returncode == 0, output
-    with Ledger(out / "ledger.sqlite") as ledger:
+    with Ledger(ledger_path) as ledger:
         states = ledger.states()
     # The back-dated product is older than the tile's last applied one: the documented rule
     # stores it and marks it late instead of applying it out of order.

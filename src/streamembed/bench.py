@@ -140,21 +140,19 @@ def raw_encoder(cfg: Config, items: Path) -> dict[str, Any]:
     }
 
 
-def _rss() -> int:
+def _worker_sample() -> tuple[int, float | None]:
+    """This worker's RSS and, where it has a GPU, the GPU's utilisation (percent)."""
     import psutil
 
-    return int(psutil.Process().memory_info().rss)
-
-
-def _gpu_utilisation() -> float | None:
+    rss = int(psutil.Process().memory_info().rss)
     try:
         import torch
 
         if torch.cuda.is_available():
-            return float(torch.cuda.utilization())
+            return rss, float(torch.cuda.utilization())
     except Exception:  # pynvml missing or no device: not measured
-        return None
-    return None
+        pass
+    return rss, None
 
 
 @dataclass
@@ -174,10 +172,10 @@ class Sampler:
         def loop() -> None:
             while not self._stop.is_set():
                 try:
-                    rss = self.client.run(_rss)
+                    sample = self.client.run(_worker_sample)  # one round trip per sample
+                    rss = {w: r for w, (r, _) in sample.items()}
                     self.samples.append((time.perf_counter() - self._t0, rss))
-                    util = [u for u in self.client.run(_gpu_utilisation).values() if u is not None]
-                    self.gpu.extend(util)
+                    self.gpu.extend(u for _, u in sample.values() if u is not None)
                 except Exception:  # a worker restarting mid-sample: skip this sample
                     pass
                 self._stop.wait(self.every)

@@ -97,24 +97,22 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
         cycles = 0
         try:
             while not stop.is_set():
+                cycles += 1
                 try:
                     report = pipe.run(stop=stop.is_set, progress=False, incremental=True)
                 except SourceError as err:
                     # The source is down or throttling past the retries: keep the daemon up,
                     # the watermark unmoved, and try again at the next poll.
-                    cycles += 1
                     log.error("poll %d: source unavailable, retrying next poll: %s", cycles, err)
-                    if args.cycles and cycles >= args.cycles:
-                        break
-                    stop.wait(poll)
-                    continue
-                cycles += 1
-                if not report.nothing_new:
-                    _print(report.lines())
                 else:
-                    log.info(
-                        "poll %d: nothing new (%d acquisitions known)", cycles, report.discovered
-                    )
+                    if not report.nothing_new:
+                        _print(report.lines())
+                    else:
+                        log.info(
+                            "poll %d: nothing new (%d acquisitions known)",
+                            cycles,
+                            report.discovered,
+                        )
                 if args.cycles and cycles >= args.cycles:
                     break
                 stop.wait(poll)

@@ -340,9 +340,7 @@ class Pipeline:
                     f"processing baseline {old.processing_baseline} superseded by "
                     f"{new.id} (baseline {new.processing_baseline})"
                 )
-                self.ledger.set_state(old.id, SKIPPED, reason)
-                states[old.id] = SKIPPED
-                report.skipped.append((old.id, reason))
+                self._skip(old.id, reason, states, report)
         for a in kept:
             if states[a.id] != SEEN:
                 continue
@@ -353,10 +351,13 @@ class Pipeline:
                     f"{row.state}; the statistics keep the first product (rebuild the tile "
                     "from a new --output to switch)"
                 )
-                self.ledger.set_state(a.id, SKIPPED, reason)
-                states[a.id] = SKIPPED
-                report.skipped.append((a.id, reason))
+                self._skip(a.id, reason, states, report)
         return [a for a in kept if states[a.id] != SKIPPED]
+
+    def _skip(self, acq_id: str, reason: str, states: dict[str, str], report: RunReport) -> None:
+        self.ledger.set_state(acq_id, SKIPPED, reason)
+        states[acq_id] = SKIPPED
+        report.skipped.append((acq_id, reason))
 
     def _advance_watermark(self, key: str, acqs: list[Acquisition]) -> None:
         """Move the source's watermark to where every discovered product is final."""

@@ -172,7 +172,7 @@ _HALF_TO_FLOAT = (
 )
 
 
-def _half_caster(e: np.ndarray, buf: np.ndarray) -> Any:
+def _half_caster(e: np.ndarray) -> Any:
     """A function filling ``out`` with ``e[rows]`` cast from float16 to float32.
 
     NumPy's float16 cast is a scalar loop (~1 ns per value) and would dominate the pass; torch
@@ -184,16 +184,16 @@ def _half_caster(e: np.ndarray, buf: np.ndarray) -> Any:
     except ImportError:  # the lookup table below
         torch = None  # type: ignore[assignment]
     if torch is not None and e.flags.writeable and e.flags.c_contiguous:
-        target = torch.from_numpy(buf)
         # Below torch's parallel grain size (32768 values) a copy stays on this thread: the
         # core is one task on one core, and a thread pool's hand-off costs more than the cast.
         step = max(1, 32768 // max(1, e.shape[1]))
 
         def cast(rows: slice, out: np.ndarray) -> None:
-            start, stop = rows.start or 0, rows.start + out.shape[0]
-            for i in range(start, stop, step):
-                j = min(stop, i + step)
-                target[i - start : j - start].copy_(torch.from_numpy(e[i:j]))
+            target = torch.from_numpy(out)
+            start = rows.start or 0
+            for i in range(0, out.shape[0], step):
+                j = min(out.shape[0], i + step)
+                target[i:j].copy_(torch.from_numpy(e[start + i : start + j]))
 
         return cast
     codes = e.view(np.uint16)
@@ -317,7 +317,7 @@ def update(
     rows = max(16, _BLOCK_BYTES // (4 * max(1, dim)))
     r_buf = np.empty((rows, dim), np.float32)  # reused: no allocation per block
     half = e.dtype == np.float16
-    to_float = _half_caster(e, r_buf) if half else None
+    to_float = _half_caster(e) if half else None
     norm = np.float32(np.sqrt(dim))
     for i in range(0, c, rows):
         b = slice(i, min(c, i + rows))

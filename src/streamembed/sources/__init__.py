@@ -31,21 +31,12 @@ def discover_for(
         return discover_stac(
             cfg.source, cfg.model.bands, search_window(cfg.source, watermark), mask
         )
-    from .stac import search_window
+    from .stac import matches, search_window
 
     acqs, failures = discover(cfg.source.path, cfg.source.band_mapping, cfg.model.bands, mask)
     # The same filters as a STAC search, so a folder and an API holding the same items agree.
     window = search_window(cfg.source)
-    src = cfg.source
-    kept = [
-        a
-        for a in acqs
-        if (not src.tiles or a.tile in src.tiles)
-        and (a.cloud_cover is None or a.cloud_cover <= src.max_cloud_cover)
-        and (window.start is None or a.datetime >= window.start)
-        and (window.end is None or a.datetime <= window.end)
-    ]
-    return kept, failures
+    return [a for a in acqs if matches(a, cfg.source, window)], failures
 
 
 __all__ = ["SourceFailure", "discover", "discover_for", "source_key"]

@@ -136,11 +136,14 @@ def _explain(cfg: SourceConfig, err: BaseException) -> str:
 
 
 def search_items(
-    cfg: SourceConfig, window: SearchWindow, credentials: Credentials | None = None
+    cfg: SourceConfig,
+    window: SearchWindow,
+    geom: Any = None,
+    credentials: Credentials | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Raw item dicts of every page of the search (bbox only: the rest is filtered here)."""
+    """Raw item dicts of every page of the search within ``geom``'s bounds (the area of
+    interest from ``aoi_geometry``; None: everywhere). The other filters are applied here."""
     client = open_client(cfg, credentials)
-    geom = aoi_geometry(cfg)
     search = client.search(
         collections=[cfg.collection],
         bbox=tuple(geom.bounds) if geom is not None else None,
@@ -163,11 +166,23 @@ def _item_href(item: Mapping[str, Any], cfg: SourceConfig) -> str:
     return f"{root}/collections/{cfg.collection}/items/{item.get('id')}"
 
 
-def keep_item(item: Mapping[str, Any], acq: Acquisition, cfg: SourceConfig, geom: Any) -> bool:
-    """Client-side filters, applied whatever the server understood of the search."""
+def matches(acq: Acquisition, cfg: SourceConfig, window: SearchWindow | None = None) -> bool:
+    """The tile, cloud-cover and (optionally) sensing-time filters every source applies."""
     if cfg.tiles and acq.tile not in cfg.tiles:
         return False
     if acq.cloud_cover is not None and acq.cloud_cover > cfg.max_cloud_cover:
+        return False
+    if window is not None:
+        if window.start is not None and acq.datetime < window.start:
+            return False
+        if window.end is not None and acq.datetime > window.end:
+            return False
+    return True
+
+
+def keep_item(item: Mapping[str, Any], acq: Acquisition, cfg: SourceConfig, geom: Any) -> bool:
+    """Client-side filters, applied whatever the server understood of the search."""
+    if not matches(acq, cfg):
         return False
     if geom is not None and item.get("geometry"):
         from shapely.geometry import shape
@@ -188,7 +203,7 @@ def discover_stac(
     acqs: dict[str, Acquisition] = {}
     failures: list[SourceFailure] = []
     n_items = 0
-    for item in search_items(cfg, window, credentials):
+    for item in search_items(cfg, window, geom, credentials):
         n_items += 1
         href = _item_href(item, cfg)
         try:

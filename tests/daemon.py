@@ -1,0 +1,66 @@
+"""The monitoring daemon as a user runs it, for tests: a real `streamembed monitor` process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+def count_states(ledger: Path, *states: str) -> int:
+    """Acquisitions of the ledger in any of ``states`` (0 before the ledger exists)."""
+    if not ledger.exists():
+        return 0
+    marks = ",".join("?" * len(states))
+    with sqlite3.connect(ledger) as db:
+        query = f"SELECT COUNT(*) FROM acquisitions WHERE state IN ({marks})"
+        return int(db.execute(query, states).fetchone()[0])
+
+
+@contextlib.contextmanager
+def monitor_process(
+    source: str, out: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """`streamembed monitor` polling ``source`` every second (ResNet-18, one worker);
+    killed on exit if a test left it running."""
+    env = {
+        **os.environ,
+        "STREAMEMBED__MODEL__ARCH": "resnet18",
+        "STREAMEMBED__CLUSTER__N_WORKERS": "1",
+        "STREAMEMBED__CLUSTER__DASHBOARD_ADDRESS": ":0",
+        **(extra_env or {}),
+    }
+    cmd = [sys.executable, "-m", "streamembed.cli", "monitor", "--source", source]
+    cmd += ["--output", str(out), "--poll-seconds", "1"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, proc: subprocess.Popen) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.5)
+    raise AssertionError("timed out waiting for the monitor")
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """SIGTERM, as a service manager sends it; returns everything the daemon printed."""
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    return output
