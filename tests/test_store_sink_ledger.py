@@ -62,6 +62,28 @@ def test_store_repairs_an_interrupted_append(tmp_path):
     assert store.acquisition_ids("33UWP") == ["acq0", "acq1", "acq2"]
 
 
+def test_store_keeps_sensing_seconds_and_the_stored_dtype(tmp_path):
+    """Sentinel-2 times carry milliseconds; the store keeps the sensing second (the id's)."""
+    import dataclasses
+
+    store = EmbeddingStore(tmp_path / "embeddings.zarr")
+    for i, ms in ((0, 24), (1, 987), (2, 0)):
+        b = _batch(i)
+        store.append(dataclasses.replace(b, time=b.time + dt.timedelta(milliseconds=ms)), ATTRS)
+    ds = xr.open_zarr(tmp_path / "embeddings.zarr", group="33UWP", consolidated=False)
+    assert [str(t)[:19] for t in ds.time.values] == [
+        "2024-01-01T10:00:00",
+        "2024-01-06T10:00:00",
+        "2024-01-11T10:00:00",
+    ]
+    back = store.read("33UWP", "acq1")
+    assert back.time == _batch(1).time and back.embedding.dtype == np.float16
+    assert ds.acquisition_id.values.tolist() == ["acq0", "acq1", "acq2"]
+    # xarray reads what the direct appends wrote exactly as it reads its own first write
+    assert np.array_equal(ds.embedding.values[2], _batch(2).embedding.astype(np.float16))
+    assert np.array_equal(ds.indices.values[1], _batch(1).indices)
+
+
 def test_store_refuses_another_model(tmp_path):
     store = EmbeddingStore(tmp_path / "embeddings.zarr")
     store.append(_batch(0), ATTRS)

@@ -67,11 +67,11 @@ def records_from_result(
             distance=float(result.distance[i]),
             n_obs=int(result.n_obs[i]),
             clear_fraction=float(flat_clear[i]),
-            label=str(result.labels[i]),
+            label=str(label),
             model_id=model_id,
             utm_epsg=grid.epsg,
         )
-        for i in cells
+        for i, label in zip(cells, result.labels, strict=True)
     ]
 
 

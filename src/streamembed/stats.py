@@ -20,11 +20,16 @@ Scoring one acquisition:
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numba
+import numba.extending
 import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir
 
 from .ingest import INDEX_NAMES
 
@@ -124,20 +129,9 @@ class ScoreResult:
     valid: np.ndarray  # (C,) bool: clear enough to update
     n_obs: np.ndarray  # (C,) int32 observations before this one
     delta_indices: np.ndarray  # (C, K) current minus expected indices
-    labels: np.ndarray  # (C,) object: label per cell ("" if not an anomaly)
+    labels: np.ndarray  # (A,) object: label of each anomalous cell, in cell order
     snow_cells: int
     masked_cells: int
-
-
-def context_mean(clear: np.ndarray) -> np.ndarray:
-    """Mean of each cell's 3x3 neighbourhood (edges repeat), the encoder's near context."""
-    padded = np.pad(clear, 1, mode="edge")
-    h, w = clear.shape
-    acc = np.zeros_like(clear, dtype=np.float32)
-    for dy in range(3):
-        for dx in range(3):
-            acc += padded[dy : dy + h, dx : dx + w]
-    return acc / 9.0
 
 
 def label_cells(delta: np.ndarray, current: np.ndarray) -> np.ndarray:
@@ -157,65 +151,259 @@ def label_cells(delta: np.ndarray, current: np.ndarray) -> np.ndarray:
     return out
 
 
-# The embedding-sized work is one pass over blocks of cells whose temporaries stay in the CPU
-# cache: each embedding and each mean is read once and each mean written once, the minimum.
-# That needs the two tile-wide quantities (the median residual and the median z-score) before
-# the pass, so they are taken from a sample of the scorable cells: all of them on tiles with up
-# to SPATIAL_SAMPLE scorable cells (exact), an evenly spaced sample beyond (a tile-wide shift is
+# ------------------------------------------------------------------ the compiled core
+#
+# The per-acquisition work is one pass over the cells, compiled with numba: for each cell its
+# scalars (history, scale, index change, weights) and its embedding row are handled together,
+# so each embedding and each mean is read once and each mean written once, with no per-cell
+# temporary arrays. A NumPy formulation needs some forty whole-array operations over the
+# cells for the scalars alone, which at 128 dimensions cost more than the embedding traffic.
+# The two tile-wide quantities (the median residual and the median z-score) are needed before
+# that pass, so they come from a sample of the scorable cells: all of them on tiles with up to
+# SPATIAL_SAMPLE scorable cells (exact), an evenly spaced sample beyond (a tile-wide shift is
 # estimated as well from a few hundred cells as from a hundred thousand).
-_BLOCK_BYTES = 1 << 20
 SPATIAL_SAMPLE = 255  # odd: the sample median is one order statistic
 
+# Reassociation lets the per-row sums vectorise. No "nnan"/"ninf"/"nsz": the finiteness test
+# on a row's sum must survive (with "nsz" added, LLVM folded a NaN sum's test to finite;
+# test_non_finite_embedding_row_neither_updates_nor_scores guards it).
+_JIT: dict[str, Any] = {
+    "nogil": True,
+    "cache": True,
+    "fastmath": {"reassoc", "contract", "arcp"},
+}
 
-_HALF_TO_FLOAT = (
-    np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-)
+
+def _native_half() -> bool:
+    """Whether the CPU converts float16 in hardware (F16C on x86-64; every arm64 CPU)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return True
+    return bool(llvm.get_host_cpu_features().get("f16c", False))
 
 
-def _half_caster(e: np.ndarray) -> Any:
-    """A function filling ``out`` with ``e[rows]`` cast from float16 to float32.
+def _make_to_float32(native: bool) -> Any:
+    """An intrinsic reading one embedding value as float32: float32 as is, float16 (given as
+    its uint16 code, since numba has no float16 type on CPU) decoded.
 
-    NumPy's float16 cast is a scalar loop (~1 ns per value) and would dominate the pass; torch
-    (a dependency of the encoder, present on every worker) casts with F16C in a fraction of
-    that. Without torch, or for a read-only array, a 256 KiB lookup table does it.
+    NumPy's float16 cast is a scalar loop (~2 ns per value); inside the compiled pass the
+    decode vectorises with the rest. ``native`` uses the CPU's instruction (vcvtph2ps, 16
+    values at once); otherwise the same in 32-bit integer lanes: the half's exponent and
+    mantissa shifted into a float32's read as 2^-112 times the value (subnormals included),
+    so one multiply rescales them, and infinities and NaNs get the all-ones exponent first.
     """
-    try:
-        import torch
-    except ImportError:  # the lookup table below
-        torch = None  # type: ignore[assignment]
-    if torch is not None and e.flags.writeable and e.flags.c_contiguous:
-        # Below torch's parallel grain size (32768 values) a copy stays on this thread: the
-        # core is one task on one core, and a thread pool's hand-off costs more than the cast.
-        step = max(1, 32768 // max(1, e.shape[1]))
 
-        def cast(rows: slice, out: np.ndarray) -> None:
-            target = torch.from_numpy(out)
-            start = rows.start or 0
-            for i in range(0, out.shape[0], step):
-                j = min(out.shape[0], i + step)
-                target[i:j].copy_(torch.from_numpy(e[start + i : start + j]))
+    @numba.extending.intrinsic
+    def to_float32(typingctx: Any, value: Any) -> Any:
+        if value == numba.types.float32:
+            return numba.types.float32(value), lambda context, builder, sig, args: args[0]
+        if value != numba.types.uint16:
+            return None
 
-        return cast
-    codes = e.view(np.uint16)
+        def decode(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            f32 = ir.FloatType()
+            if native:
+                return builder.fpext(builder.bitcast(args[0], ir.HalfType()), f32)
+            i32 = ir.IntType(32)
+            h = builder.zext(args[0], i32)
+            body = builder.shl(builder.and_(h, i32(0x7FFF)), i32(13))
+            special = builder.icmp_unsigned(">=", body, i32(0x0F800000))
+            bits = builder.or_(body, builder.select(special, i32(0x7F800000), i32(0)))
+            bits = builder.or_(bits, builder.shl(builder.and_(h, i32(0x8000)), i32(16)))
+            return builder.fmul(builder.bitcast(bits, f32), f32(2.0**112))
 
-    def lookup(rows: slice, out: np.ndarray) -> None:
-        np.take(_HALF_TO_FLOAT, codes[rows], out=out, mode="clip")
+        return numba.types.float32(value), decode
 
-    return lookup
-
-
-def _row_dot(x: np.ndarray) -> np.ndarray:
-    """Squared norm of each row (np.vecdot where NumPy has it: several times einsum's speed)."""
-    vecdot = getattr(np, "vecdot", None)
-    return vecdot(x, x) if vecdot is not None else np.einsum("ij,ij->i", x, x)
+    return to_float32
 
 
-def _row_nanmax(x: np.ndarray) -> np.ndarray:
-    """Max over the (few) columns ignoring NaN, as a column-wise fmax (fast for (C, 4))."""
-    out = x[:, 0].copy()
-    for j in range(1, x.shape[1]):
-        np.fmax(out, x[:, j], out=out)
-    return np.nan_to_num(out, nan=0.0)
+_to_float32 = _make_to_float32(_native_half())
+
+
+@numba.njit(**_JIT)
+def _distance_sd(dist_var: float, dist_mean: float) -> float:
+    """Spread of a cell's distance history (a floor of 10% of its mean keeps calm cells sane)."""
+    return np.sqrt(dist_var) + 0.1 * dist_mean + 1e-6
+
+
+@numba.njit(**_JIT)
+def _history_decay(last_day: float, day: float, half_life: float) -> tuple[float, float]:
+    """(EW weight of a new observation, z-scale widening) for a cell last updated ``last_day``.
+
+    A cell unseen for weeks (cloud, snow) has drifted further than its 5-day history says, so
+    its scale widens with the gap.
+    """
+    gap = max(day - last_day, 0.0)
+    return 1.0 - 0.5 ** (gap / half_life), np.sqrt(1.0 + gap / half_life)
+
+
+@numba.njit(**_JIT)
+def _context_mean(clear: np.ndarray) -> np.ndarray:
+    h, w = clear.shape
+    out = np.empty((h, w), np.float32)
+    for y in range(h):
+        for x in range(w):
+            acc = np.float32(0.0)
+            for yy in range(y - 1, y + 2):
+                for xx in range(x - 1, x + 2):
+                    acc += clear[min(max(yy, 0), h - 1), min(max(xx, 0), w - 1)]
+            out[y, x] = acc / np.float32(9.0)
+    return out
+
+
+def context_mean(clear: np.ndarray) -> np.ndarray:
+    """Mean of each cell's 3x3 neighbourhood (edges repeat), the encoder's near context."""
+    return _context_mean(np.ascontiguousarray(clear, np.float32))
+
+
+@numba.njit(**_JIT)
+def _sample_residuals(
+    e: np.ndarray,
+    mean: np.ndarray,
+    rows: np.ndarray,
+    n: np.ndarray,
+    dist_var: np.ndarray,
+    dist_mean: np.ndarray,
+    last_day: np.ndarray,
+    day: float,
+    half_life: float,
+    resid: np.ndarray,
+    sq: np.ndarray,
+    z_scale: np.ndarray,
+) -> None:
+    """Residuals of the sampled cells (one row each), their squared norms and z-scales."""
+    dim = mean.shape[1]
+    for s in range(rows.size):
+        i = rows[s]
+        acc = np.float32(0.0)
+        for j in range(dim):
+            r = _to_float32(e[i, j]) - mean[i, j]
+            resid[s, j] = r
+            acc += r * r
+        sq[s] = acc
+        gap_factor = _history_decay(last_day[i], day, half_life)[1] if n[i] > 0 else 1.0
+        z_scale[s] = _distance_sd(dist_var[i], dist_mean[i]) * gap_factor
+
+
+@numba.njit(**_JIT)
+def _update_cells(
+    e: np.ndarray,
+    mean: np.ndarray,
+    n: np.ndarray,
+    dist_mean: np.ndarray,
+    dist_var: np.ndarray,
+    idx_mean: np.ndarray,
+    last_day: np.ndarray,
+    clear: np.ndarray,
+    ctx: np.ndarray,
+    idx: np.ndarray,
+    day: float,
+    shift: np.ndarray,
+    z_median: float,
+    min_obs: int,
+    min_clear: float,
+    min_context_clear: float,
+    threshold: float,
+    min_index_change: float,
+    half_life: float,
+    dist_out: np.ndarray,
+    score_out: np.ndarray,
+    valid_out: np.ndarray,
+    anomaly_out: np.ndarray,
+    delta_out: np.ndarray,
+) -> None:
+    """Score every cell against its state, then fold the acquisition in (in place)."""
+    cells, dim = mean.shape
+    n_idx = idx.shape[1]
+    norm = np.float32(np.sqrt(dim))
+    shift_sq = np.float32(0.0)
+    for j in range(dim):
+        shift_sq += shift[j] * shift[j]
+    # Cells of a tile mostly share their last update day: the power and the gap factor are
+    # computed once per run of equal days.
+    run_day = np.nan
+    run_decay = 1.0
+    run_gap = 1.0
+    for i in range(cells):
+        ev = e[i]
+        m = mean[i]
+        ni = n[i]
+        seen = ni > 0
+        warm = ni >= min_obs
+        clear_ok = clear[i] >= min_clear and ctx[i] >= min_context_clear
+        if seen:
+            if last_day[i] != run_day:
+                run_day = last_day[i]
+                run_decay, run_gap = _history_decay(run_day, day, half_life)
+            decay, gap_factor = run_decay, run_gap
+        else:
+            decay, gap_factor = 1.0, 1.0
+        sd = _distance_sd(dist_var[i], dist_mean[i])
+        z_scale = sd * gap_factor
+
+        # The encoder's receptive field spans several cells: a cell whose embedding moved only
+        # because a neighbour changed shows no change in its own pixels' indices.
+        own = np.float32(0.0)
+        idx_finite = True
+        idx_mean_finite = True
+        for k in range(n_idx):
+            dk = idx[i, k] - idx_mean[i, k]
+            delta_out[i, k] = dk
+            if abs(dk) > own:  # NaN (no expected index yet) never counts
+                own = abs(dk)
+            idx_finite = idx_finite and np.isfinite(idx[i, k])
+            idx_mean_finite = idx_mean_finite and np.isfinite(idx_mean[i, k])
+
+        alpha = max(1.0 / (ni + 1.0), decay)
+        cap = dist_mean[i] + CLIP_SIGMA * sd
+
+        # |e - mean - shift|^2 from |r|^2 and r . shift: one read of the two rows
+        sq = np.float32(0.0)
+        rs = np.float32(0.0)
+        for j in range(dim):
+            r = _to_float32(ev[j]) - m[j]
+            sq += r * r
+            rs += r * shift[j]
+        sq = sq + shift_sq - np.float32(2.0) * rs
+        finite = np.isfinite(sq)
+        d = np.float32(np.sqrt(max(sq, np.float32(0.0))) / norm) if finite else np.float32(0.0)
+        z = (d - dist_mean[i]) / z_scale - z_median
+        anomaly = clear_ok and warm and own >= min_index_change and finite and z >= threshold
+        # Robust update: an anomalous cell moves by a clipped step, so a permanent change is
+        # learnt gradually and a passing one barely at all.
+        step = min(1.0, cap / max(d, 1e-12)) if anomaly else 1.0
+        valid = clear_ok and finite
+        dist_out[i] = d
+        score_out[i] = z if valid and warm else np.nan
+        valid_out[i] = valid
+        anomaly_out[i] = anomaly
+        if not valid:
+            continue
+
+        if seen:
+            w = np.float32(alpha * step)
+            for j in range(dim):
+                m[j] += w * (_to_float32(ev[j]) - m[j])
+            d_eff = min(d, cap) if warm else d
+            if ni == 1:  # the first distance
+                dist_mean[i] = d_eff
+                dist_var[i] = 0.0
+            else:
+                beta = np.float32(max(1.0 / ni, decay))
+                dd = d_eff - dist_mean[i]
+                dist_mean[i] += beta * dd
+                dist_var[i] = (1.0 - beta) * (dist_var[i] + beta * dd * dd)
+        else:
+            for j in range(dim):
+                m[j] = _to_float32(ev[j])
+        if idx_finite:
+            if not idx_mean_finite:
+                idx_mean[i] = idx[i]
+            else:
+                gain = np.float32(alpha * step)
+                for k in range(n_idx):
+                    idx_mean[i, k] += gain * (idx[i, k] - idx_mean[i, k])
+        n[i] = ni + 1
+        last_day[i] = day
 
 
 def _median_rows(x: np.ndarray) -> np.ndarray:
@@ -227,39 +415,45 @@ def _median_rows(x: np.ndarray) -> np.ndarray:
     return np.median(x, axis=1, overwrite_input=True)
 
 
+def _embedding_rows(embedding: np.ndarray, cells: int) -> np.ndarray:
+    """(cells, dim) float32, or the uint16 codes of float16 as stored (decoded in the pass)."""
+    e = embedding.reshape(cells, -1)
+    if e.dtype == np.float16:
+        return np.ascontiguousarray(e).view(np.uint16)
+    return np.ascontiguousarray(e, np.float32)
+
+
 def _spatial_reference(
+    state: TileState,
     e: np.ndarray,
-    mean: np.ndarray,
     candidates: np.ndarray,
-    dist_mean: np.ndarray,
-    scale: np.ndarray,
+    day: float,
+    params: StatsParams,
 ) -> tuple[np.ndarray, float]:
     """(median residual, median z-score) over (a sample of) the scorable cells."""
-    dim = e.shape[1]
+    dim = state.mean.shape[1]
     if candidates.size > SPATIAL_SAMPLE:
-        pick = np.linspace(0, candidates.size - 1, SPATIAL_SAMPLE).astype(np.intp)
+        pick = np.arange(SPATIAL_SAMPLE) * (candidates.size - 1) // (SPATIAL_SAMPLE - 1)
         candidates = candidates[pick]
-    # Residuals of the sample gathered in chunks straight into dimension-major order: the
-    # per-dimension median is then a partition along contiguous rows.
-    n = candidates.size
-    resid_t = np.empty((dim, n), np.float32)
-    sq = np.empty(n, np.float32)
-    for j in range(0, n, 64):
-        rows = candidates[j : j + 64]
-        block = e[rows].astype(np.float32)
-        block -= mean[rows]
-        sq[j : j + len(rows)] = _row_dot(block)
-        resid_t[:, j : j + len(rows)] = block.T
+    m = candidates.size
+    resid = np.empty((m, dim), np.float32)
+    sq = np.empty(m, np.float32)
+    z_scale = np.empty(m, np.float64)
+    _sample_residuals(
+        e, state.mean, candidates.astype(np.intp), state.n, state.dist_var, state.dist_mean,
+        state.last_day, day, params.half_life_days, resid, sq, z_scale,
+    )  # fmt: skip
     ok = np.isfinite(sq)
     if not ok.all():
-        resid_t, sq, candidates = resid_t[:, ok], sq[ok], candidates[ok]
+        resid, sq, candidates, z_scale = resid[ok], sq[ok], candidates[ok], z_scale[ok]
     if len(candidates) < MIN_CELLS_FOR_SPATIAL:
         return np.zeros(dim, np.float32), 0.0
-    shift = _median_rows(resid_t.copy()).astype(np.float32)
+    # dimension-major: the per-dimension median is then a partition along contiguous rows
+    shift = _median_rows(resid.T.copy()).astype(np.float32)
     # |r - shift|^2 from |r|^2 and r . shift, without another pass over the sample
-    sq_shifted = np.maximum(sq - 2.0 * (shift @ resid_t) + float(shift @ shift), 0.0)
+    sq_shifted = np.maximum(sq - 2.0 * (resid @ shift) + float(shift @ shift), 0.0)
     dist = np.sqrt(sq_shifted) / np.float32(np.sqrt(dim))
-    z = (dist - dist_mean[candidates]) / scale[candidates]
+    z = (dist - state.dist_mean[candidates]) / z_scale
     return shift, float(_median_rows(z[None, :])[0])
 
 
@@ -272,128 +466,51 @@ def update(
     day: float,
     params: StatsParams,
 ) -> ScoreResult:
-    """Score one acquisition against the state, then fold it in (state is updated in place)."""
+    """Score one acquisition against the state, then fold it in (state is updated in place).
+
+    ``embedding`` is (cells_y, cells_x, dim) float32 or float16 (as stored); the cells under
+    cloud, shadow, snow or nodata neither update nor score (see the module docstring).
+    """
     cy, cx = state.shape
     c = cy * cx
-    e = embedding.reshape(c, -1)  # float16 as stored is promoted block by block
-    dim = e.shape[1]
-    f = clear.reshape(c)
-    ctx = context_mean(clear.astype(np.float32)).reshape(c)
-    idx = indices.reshape(c, -1)
-    clear_ok = (f >= params.min_clear) & (ctx >= params.min_context_clear)
-    seen = state.n > 0
-    warm = state.n >= params.min_obs
+    e = _embedding_rows(embedding, c)
+    clear32 = np.ascontiguousarray(clear, np.float32)
+    f = clear32.reshape(c)
+    ctx = _context_mean(clear32).reshape(c)
+    idx = np.ascontiguousarray(indices, np.float32).reshape(c, -1)
     n_before = state.n.copy()
 
-    sd = np.sqrt(state.dist_var) + 0.1 * state.dist_mean + 1e-6
-    # A cell unseen for weeks (cloud, snow) has drifted further than its 5-day history says.
-    gap = np.where(seen, np.maximum(day - state.last_day, 0.0), 0.0)
-    z_scale = sd * np.sqrt(1.0 + gap / params.half_life_days)
-    with np.errstate(invalid="ignore"):
-        delta = idx - state.idx_mean
-        # The encoder's receptive field spans several cells: a cell whose embedding moved only
-        # because a neighbour changed shows no change in its own pixels' indices.
-        own_change = _row_nanmax(np.abs(delta)) >= params.min_index_change
-    elapsed = np.where(seen, day - state.last_day, np.inf)
-    decay = 1.0 - 0.5 ** (np.maximum(elapsed, 0.0) / params.half_life_days)
-    alpha = np.maximum(1.0 / (state.n + 1.0), decay).astype(np.float32)
-    cap = state.dist_mean + CLIP_SIGMA * sd
-
-    shift, z_median = np.zeros(dim, np.float32), 0.0
+    shift, z_median = np.zeros(state.mean.shape[1], np.float32), 0.0
     if params.spatial_correction:
-        shift, z_median = _spatial_reference(
-            e, state.mean, np.flatnonzero(clear_ok & warm), state.dist_mean, z_scale
-        )
+        scorable = (f >= params.min_clear) & (ctx >= params.min_context_clear)
+        scorable &= state.n >= params.min_obs
+        shift, z_median = _spatial_reference(state, e, np.flatnonzero(scorable), day, params)
 
-    dist = np.zeros(c, np.float32)
-    z = np.zeros(c, np.float64)
-    valid = np.zeros(c, bool)
-    anomaly = np.zeros(c, bool)
-    step_scale = np.ones(c, np.float64)
-    inv_scale = 1.0 / z_scale
-    candidate = clear_ok & warm & own_change  # anomalous if also finite and z >= threshold
-    updating = clear_ok & seen
-    shift_sq = float(np.dot(shift, shift))
-    rows = max(16, _BLOCK_BYTES // (4 * max(1, dim)))
-    r_buf = np.empty((rows, dim), np.float32)  # reused: no allocation per block
-    half = e.dtype == np.float16
-    to_float = _half_caster(e) if half else None
-    norm = np.float32(np.sqrt(dim))
-    for i in range(0, c, rows):
-        b = slice(i, min(c, i + rows))
-        r = r_buf[: b.stop - i]
-        if to_float is not None:
-            to_float(b, r)
-            r -= state.mean[b]
-        else:
-            np.subtract(e[b], state.mean[b], out=r)
-        # |r - shift|^2 without materialising r - shift
-        sq = _row_dot(r)
-        if shift_sq:
-            sq += shift_sq - 2.0 * (r @ shift)
-        finite = np.isfinite(sq)
-        d = np.sqrt(np.maximum(np.where(finite, sq, 0.0), 0.0)) / norm
-        zb = (d - state.dist_mean[b]) * inv_scale[b] - z_median
-        an = candidate[b] & finite & (zb >= params.threshold)
-        sc = np.where(an, np.minimum(1.0, cap[b] / np.maximum(d, 1e-12)), 1.0)
-        w = np.where(updating[b] & finite, alpha[b] * sc, 0.0).astype(np.float32)
-        if w.any():
-            if not finite.all():
-                r[~finite] = 0.0  # a weight of 0 times NaN would still poison the mean
-            w0 = w[0]
-            # Cells of a tile usually share one weight (same history): a scalar multiply is
-            # much cheaper than a row-broadcast one.
-            if (w == w0).all():
-                r *= w0
-            else:
-                r *= w[:, None]
-            state.mean[b] += r
-        dist[b], z[b], valid[b], anomaly[b], step_scale[b] = d, zb, clear_ok[b] & finite, an, sc
-    first = valid & ~seen
-    state.mean[first] = e[first]
-    scorable = valid & warm
-    score = np.where(scorable, z, np.nan).astype(np.float32)
-    labels = np.full(c, "", dtype=object)
-    labels[anomaly] = label_cells(delta[anomaly], idx[anomaly])
-    upd = valid & seen
-
-    k = state.n - 1  # distances seen so far (the first observation has none)
-    d_eff = np.where(warm, np.minimum(dist, cap), dist)
-    beta = np.maximum(1.0 / np.maximum(k + 1.0, 1.0), decay).astype(np.float32)
-    first_dist = upd & (k == 0)
-    state.dist_mean[first_dist] = d_eff[first_dist]
-    state.dist_var[first_dist] = 0.0
-    later = upd & (k > 0)
-    dd = d_eff - state.dist_mean
-    state.dist_mean[later] += beta[later] * dd[later]
-    state.dist_var[later] = (1.0 - beta[later]) * (
-        state.dist_var[later] + beta[later] * dd[later] ** 2
-    )
-
-    # Row-wise finiteness through a sum: (C, 4) reductions along the short axis are slow.
-    with np.errstate(invalid="ignore"):
-        idx_ok = valid & np.isfinite(idx.sum(axis=1))
-        idx_first = idx_ok & ~np.isfinite(state.idx_mean.sum(axis=1))
-        idx_upd = idx_ok & ~idx_first
-        gain = np.where(idx_upd, alpha * step_scale, 0.0).astype(np.float32)[:, None]
-        moved = state.idx_mean + gain * (idx - state.idx_mean)
-    state.idx_mean[:] = np.where(
-        idx_first[:, None], idx, np.where(idx_upd[:, None], moved, state.idx_mean)
-    )
-
-    state.n[valid] += 1
-    state.last_day[valid] = day
+    dist = np.empty(c, np.float32)
+    score = np.empty(c, np.float32)
+    valid = np.empty(c, bool)
+    anomaly = np.empty(c, bool)
+    delta = np.empty(idx.shape, np.float32)
+    _update_cells(
+        e, state.mean, state.n, state.dist_mean, state.dist_var, state.idx_mean,
+        state.last_day, f, ctx, idx, float(day), shift, float(z_median), int(params.min_obs),
+        float(params.min_clear), float(params.min_context_clear), float(params.threshold),
+        float(params.min_index_change), float(params.half_life_days),
+        dist, score, valid, anomaly, delta,
+    )  # fmt: skip
     state.last_time_day = day
     state.applied += 1
 
+    flagged = np.flatnonzero(anomaly)
+    labels = label_cells(delta[flagged], idx[flagged]) if flagged.size else np.empty(0, object)
     return ScoreResult(
         score=score,
         distance=dist,
         anomaly=anomaly,
         valid=valid,
         n_obs=n_before,
-        delta_indices=delta.astype(np.float32),
+        delta_indices=delta,
         labels=labels,
-        snow_cells=int((snow.reshape(c) > 0.5).sum()),
-        masked_cells=int((~valid).sum()),
+        snow_cells=int(np.count_nonzero(snow.reshape(c) > 0.5)),
+        masked_cells=c - int(np.count_nonzero(valid)),
     )
