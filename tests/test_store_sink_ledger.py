@@ -39,6 +39,8 @@ def test_store_append_is_idempotent_and_readable(tmp_path):
     assert store.acquisition_ids("33UWP") == ["acq0", "acq1"]
     ds = xr.open_zarr(tmp_path / "embeddings.zarr", group="33UWP", consolidated=False)
     assert ds.embedding.shape == (2, 3, 4, 8) and ds.embedding.dtype == np.float16
+    # chunks never reach past the tile (64-cell chunks by default, the tile has 3 x 4 cells)
+    assert ds.embedding.encoding["chunks"] == (1, 3, 4, 8)
     assert ds.attrs["crs"] == "EPSG:32633" and ds.attrs["model_id"] == ATTRS["model_id"]
     assert ds.time.values[1] == np.datetime64("2024-01-06T10:00:00")
     assert ds.y.values[0] == 5400000.0 - 160.0 and ds.x.values[0] == 499980.0 + 160.0

@@ -81,11 +81,13 @@ def encode_task(scene: SceneWindows, acq: Acquisition, cfg: Config) -> dict[str,
     )
     store = EmbeddingStore(store_path(cfg), cfg.store)
     with Lock(f"streamembed-store-{acq.tile}"):
+        t2 = time.perf_counter()
         written = store.append(batch, store_attrs(encoder.identity, cfg))
     timings = {
         **scene.timings,
         "encode": t1 - t0,
-        "store_append": time.perf_counter() - t1,
+        "store_lock": t2 - t1,
+        "store_append": time.perf_counter() - t2,
     }
     return {
         "written": written,

@@ -144,13 +144,17 @@ class EmbeddingStore:
                 return False
             self._append_rows(arrays, batch)
             return True
-        chunk = self.cfg.chunk_cells
+        # Never larger than the tile: a chunk past the tile's edge is padding that every write
+        # allocates and compresses (16 MiB per append for 16 x 16 cells of 2048-d in 64-cell
+        # chunks).
+        cy = min(self.cfg.chunk_cells, batch.grid.n_cells_y)
+        cx = min(self.cfg.chunk_cells, batch.grid.n_cells_x)
         dim = batch.embedding.shape[-1]
         encoding = {
-            "embedding": {"chunks": (1, chunk, chunk, dim)},
-            "clear": {"chunks": (1, chunk, chunk)},
-            "snow": {"chunks": (1, chunk, chunk)},
-            "indices": {"chunks": (1, chunk, chunk, len(INDEX_NAMES))},
+            "embedding": {"chunks": (1, cy, cx, dim)},
+            "clear": {"chunks": (1, cy, cx)},
+            "snow": {"chunks": (1, cy, cx)},
+            "indices": {"chunks": (1, cy, cx, len(INDEX_NAMES))},
             # One chunk holds many ids and times: listing a tile's acquisitions (every
             # append does) reads one chunk, not one file per acquisition.
             "time": {**TIME_ENCODING, "chunks": (TIME_CHUNK,)},
