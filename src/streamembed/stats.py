@@ -1,4 +1,4 @@
-"""Per-cell rolling statistics and anomaly scoring: pure NumPy, vectorised over cells.
+"""Per-cell rolling statistics and anomaly scoring: NumPy arrays in and out, one compiled pass.
 
 For each embedding cell the state holds the observation count, an exponentially weighted mean
 embedding (Welford weights 1/n while warming up, then a half-life in days, so the expected state
