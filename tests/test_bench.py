@@ -95,7 +95,10 @@ def test_results_table_keeps_one_row_per_profile(tmp_path):
                 "peak_worker_memory_mib": 900.0,
             }
         ],
-        "stats_core": [stats_bandwidth(8, 64, repeats=2)],
+        "stats_core": [
+            stats_bandwidth(8, 64, repeats=2),
+            stats_bandwidth(8, 64, repeats=2, dtype="float16"),
+        ],
         "bottleneck_stage": "read_decode_resample",
         "long_backfill": {"memory_first_to_last_quarter_change": 0.01},
     }
@@ -106,3 +109,5 @@ def test_results_table_keeps_one_row_per_profile(tmp_path):
     text = path.read_text()
     assert text.count("| p |") == 1 and text.count("| q |") == 1
     assert table_row(rec) in text and "91%" in table_row(rec)
+    half = rec["stats_core"][1]
+    assert f"{half['cell_updates_per_s_per_core']:.3g} ({half['share_of_copy']:.0%})" in text
