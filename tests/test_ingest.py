@@ -171,3 +171,40 @@ def test_reader_matches_odc_stac(tmp_path):
         zero_any = np.any([ds[acq.assets[b].key].values[0] == 0 for b in bands], axis=0)
         assert (zero_any == nodata).all()
         assert nodata[:32].all() and nodata[:, -32:].all()
+
+
+def test_strips_group_windows_of_one_row_up_to_the_width_cap():
+    from streamembed.ingest import STRIP_MAX_PX, window_strips
+
+    grid = TileGrid("33UWP", 32633, 0.0, 0.0, 32 * 5, 32 * 200, 32)
+    wins = plan_windows(grid, 256, 32)
+    strips = window_strips(wins, 32)
+    assert [w for s in strips for w in s] == wins  # every window once, in order
+    for s in strips:
+        assert len({w.read_rows(32) for w in s}) == 1
+        assert s[-1].read_cols(32)[1] - s[0].read_cols(32)[0] <= STRIP_MAX_PX
+    assert len(strips) > 1 and max(len(s) for s in strips) > 1
+
+
+@pytest.mark.parametrize("resampling", ["bilinear", "nearest"])
+def test_strip_reads_equal_window_reads(tmp_path, monkeypatch, resampling):
+    """One read per strip gives exactly what one read per window gives (20/60 m included)."""
+    import json
+
+    from streamembed import ingest
+    from streamembed.acquisition import parse_item
+    from streamembed.config import ModelConfig
+    from streamembed.ingest import grid_for, prepare_scene
+    from streamembed.sources.synthetic import generate
+
+    items, _ = generate(tmp_path, days=5, revisit_days=5, tile_px=448, n_tiles=1, seed=4)
+    path = sorted(items.rglob("*.json"))[0]
+    acq = parse_item(json.loads(path.read_text()), str(path))
+    grid = grid_for(acq, 32)
+    cfg = IngestConfig(window=128, margin=32, resampling=resampling)
+    strips = prepare_scene(acq, grid, cfg, ModelConfig())
+    monkeypatch.setattr(ingest, "STRIP_MAX_PX", 0)  # every window its own read
+    windows = prepare_scene(acq, grid, cfg, ModelConfig())
+    assert len(strips.windows) == 16
+    for name in ("inputs", "clear", "snow", "indices"):
+        assert np.array_equal(getattr(strips, name), getattr(windows, name), equal_nan=True)
