@@ -275,10 +275,10 @@ def pipeline_run(cfg: Config, items: Path, n_workers: int, out: Path) -> dict[st
 
 def _last_level_cache_bytes() -> int:
     """Size of the largest CPU cache (Linux sysfs; 64 MiB where it cannot be read)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     sizes = []
     for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
         text = f.read_text().strip().upper()
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
         try:
             sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
         except ValueError:

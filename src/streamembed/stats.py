@@ -238,6 +238,7 @@ def _history_decay(last_day: float, day: float, half_life: float) -> tuple[float
 
 @numba.njit(**_JIT)
 def _context_mean(clear: np.ndarray) -> np.ndarray:
+    """Mean of each cell's 3x3 neighbourhood (edges repeat), the encoder's near context."""
     h, w = clear.shape
     out = np.empty((h, w), np.float32)
     for y in range(h):
@@ -248,11 +249,6 @@ def _context_mean(clear: np.ndarray) -> np.ndarray:
                     acc += clear[min(max(yy, 0), h - 1), min(max(xx, 0), w - 1)]
             out[y, x] = acc / np.float32(9.0)
     return out
-
-
-def context_mean(clear: np.ndarray) -> np.ndarray:
-    """Mean of each cell's 3x3 neighbourhood (edges repeat), the encoder's near context."""
-    return _context_mean(np.ascontiguousarray(clear, np.float32))
 
 
 @numba.njit(**_JIT)

@@ -31,6 +31,12 @@ TIME_ENCODING = {
     "dtype": "int64",
 }
 TIME_CHUNK = 4096
+_DIMS = {
+    "embedding": ("time", "y", "x", "dim"),
+    "clear": ("time", "y", "x"),
+    "snow": ("time", "y", "x"),
+    "indices": ("time", "y", "x", "index"),
+}
 _TIME_VARS = ("embedding", "clear", "snow", "indices", "acquisition_id", "time")
 
 
@@ -48,7 +54,7 @@ def _repair(g: zarr.Group) -> tuple[int, list[str], dict[str, zarr.Array]]:
     """
     arrays = {name: _arr(g, name) for name in _TIME_VARS}
     n = min(a.shape[0] for a in arrays.values())
-    ids = [str(v) for v in np.asarray(arrays["acquisition_id"][:n])]
+    ids = _ids(g, n)
     while ids and not ids[-1]:
         ids.pop()
     n = len(ids)
@@ -57,6 +63,11 @@ def _repair(g: zarr.Group) -> tuple[int, list[str], dict[str, zarr.Array]]:
         if arr.shape[0] != n:
             arr.resize((n, *arr.shape[1:]))
     return removed, ids, arrays
+
+
+def _ids(g: zarr.Group, n: int | None = None) -> list[str]:
+    """The tile's acquisition ids (the first ``n``), one chunk read per 4096."""
+    return [str(v) for v in np.asarray(_arr(g, "acquisition_id")[:n])]
 
 
 def _sensing_second(when: dt.datetime) -> int:
@@ -121,9 +132,7 @@ class EmbeddingStore:
 
     def acquisition_ids(self, tile: str) -> list[str]:
         g = self._group(tile)
-        if g is None:
-            return []
-        return [str(v) for v in np.asarray(_arr(g, "acquisition_id")[:])]
+        return [] if g is None else _ids(g)
 
     def repair(self, tile: str) -> int:
         """Cut rows left by an interrupted append; returns how many were removed."""
@@ -173,11 +182,8 @@ class EmbeddingStore:
         is all an append needs. The id goes last: a row with data but no id is an interrupted
         append, which ``repair`` cuts.
         """
-        rows: dict[str, np.ndarray] = {
-            "embedding": batch.embedding.astype(self.cfg.dtype),
-            "clear": batch.clear.astype(np.float32),
-            "snow": batch.snow.astype(np.float32),
-            "indices": batch.indices.astype(np.float32),
+        rows = {
+            **self._step_values(batch),
             "time": np.asarray(_sensing_second(batch.time), np.int64),
             "acquisition_id": np.asarray(batch.acquisition_id, dtype=object),
         }
@@ -203,18 +209,23 @@ class EmbeddingStore:
                 f"{batch.grid} but the tile's grid is {grid}"
             )
 
+    def _step_values(self, batch: EmbeddingBatch) -> dict[str, np.ndarray]:
+        """One acquisition's data variables in their stored dtypes, without the time axis
+        (the first write and every append store exactly these)."""
+        return {
+            "embedding": batch.embedding.astype(self.cfg.dtype),
+            "clear": batch.clear.astype(np.float32),
+            "snow": batch.snow.astype(np.float32),
+            "indices": batch.indices.astype(np.float32),
+        }
+
     def _dataset(self, batch: EmbeddingBatch, attrs: dict[str, Any]) -> xr.Dataset:
         y, x = batch.grid.cell_centres()
         t = pd.DatetimeIndex([pd.Timestamp(_sensing_second(batch.time), unit="s")])
+        values = self._step_values(batch)
         ds = xr.Dataset(
             {
-                "embedding": (
-                    ("time", "y", "x", "dim"),
-                    batch.embedding[None].astype(self.cfg.dtype),
-                ),
-                "clear": (("time", "y", "x"), batch.clear[None].astype(np.float32)),
-                "snow": (("time", "y", "x"), batch.snow[None].astype(np.float32)),
-                "indices": (("time", "y", "x", "index"), batch.indices[None].astype(np.float32)),
+                **{name: (_DIMS[name], v[None]) for name, v in values.items()},
                 "acquisition_id": (("time",), np.array([batch.acquisition_id], dtype=object)),
             },
             coords={"time": t, "y": y, "x": x, "index": np.array(INDEX_NAMES, dtype=object)},
@@ -233,7 +244,7 @@ class EmbeddingStore:
         faster than NumPy's float16 cast.
         """
         g = self._group(tile)
-        ids = self.acquisition_ids(tile)
+        ids = [] if g is None else _ids(g)
         if g is None or acquisition_id not in ids:
             raise KeyError(f"acquisition {acquisition_id} is not in {self.root}/{tile}")
         i = ids.index(acquisition_id)
