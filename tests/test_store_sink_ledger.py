@@ -86,6 +86,19 @@ def test_store_keeps_sensing_seconds_and_the_stored_dtype(tmp_path):
     assert np.array_equal(ds.indices.values[1], _batch(1).indices)
 
 
+def test_store_grid_is_unknown_while_a_first_write_is_under_way(tmp_path):
+    """Ingest reads the grid without the tile lock; xarray creates the group before it sets
+    the attributes, so a concurrent first write must read as "no grid yet", not fail."""
+    import zarr
+
+    store = EmbeddingStore(tmp_path / "embeddings.zarr")
+    zarr.open_group(tmp_path / "embeddings.zarr", mode="a").create_group("33UWP")
+    assert store.grid("33UWP") is None
+    store_b = EmbeddingStore(tmp_path / "b.zarr")
+    store_b.append(_batch(0), ATTRS)
+    assert store_b.grid("33UWP") == GRID
+
+
 def test_store_refuses_another_model(tmp_path):
     store = EmbeddingStore(tmp_path / "embeddings.zarr")
     store.append(_batch(0), ATTRS)

@@ -127,8 +127,11 @@ class EmbeddingStore:
         return zarr.open_group(self.root, mode="r+", path=tile)
 
     def grid(self, tile: str) -> TileGrid | None:
+        """The tile's stored grid; None for a new tile, and also while the tile's first write
+        (on another worker, under the tile's lock) has created the group but not yet set its
+        attributes: readers outside the lock then derive the same grid from the product."""
         g = self._group(tile)
-        return None if g is None else _grid_attrs(g)
+        return None if g is None or "grid" not in g.attrs else _grid_attrs(g)
 
     def acquisition_ids(self, tile: str) -> list[str]:
         g = self._group(tile)
