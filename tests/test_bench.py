@@ -58,10 +58,10 @@ def test_bench_command_on_a_tiny_profile(tmp_path):
         run["share_of_raw_encoder"],
     )
     assert rec["pipeline_share_of_raw_encoder"] == run["share_of_raw_encoder"]
-    for stage in ("read_decode_resample", "mask_normalise", "encode", "store_append",
+    for stage in ("read_decode_resample", "mask_normalise", "encode", "store_write",
                   "stats_apply", "sink_write"):  # fmt: skip
         assert run["stage_seconds"][stage] > 0, stage
-    assert run["task_compute_seconds"]["ingest"] > 0 and run["task_compute_seconds"]["encode"] > 0
+    assert run["task_compute_seconds"]["read"] > 0 and run["task_compute_seconds"]["encode"] > 0
     assert run["peak_worker_memory_mib"] > 50
     assert rec["raw_encoder"]["acquisitions"] == 3 and rec["raw_encoder"]["seconds"] > 0
     long = rec["long_backfill"]

@@ -12,6 +12,7 @@ from streamembed.ingest import (
     fill_masked,
     normalise,
     open_bands,
+    plan_blocks,
     plan_windows,
     read_block,
     scl_masks,
@@ -173,38 +174,65 @@ def test_reader_matches_odc_stac(tmp_path):
         assert nodata[:32].all() and nodata[:, -32:].all()
 
 
-def test_strips_group_windows_of_one_row_up_to_the_width_cap():
-    from streamembed.ingest import STRIP_MAX_PX, window_strips
-
-    grid = TileGrid("33UWP", 32633, 0.0, 0.0, 32 * 5, 32 * 200, 32)
+def test_blocks_give_every_cell_to_the_last_window_covering_it():
+    """Each cell is kept exactly once, from the window written last in plan order (the one
+    whose margins surround it), whatever the block size; blocks lie on chunk edges."""
+    grid = TileGrid("33UWP", 32633, 0.0, 0.0, 32 * 21, 32 * 13, 32)
     wins = plan_windows(grid, 256, 32)
-    strips = window_strips(wins, 32)
-    assert [w for s in strips for w in s] == wins  # every window once, in order
-    for s in strips:
-        assert len({w.read_rows(32) for w in s}) == 1
-        assert s[-1].read_cols(32)[1] - s[0].read_cols(32)[0] <= STRIP_MAX_PX
-    assert len(strips) > 1 and max(len(s) for s in strips) > 1
+    owner = {}
+    for i, w in enumerate(wins):
+        for cy in range(w.cell_y, w.cell_y + w.n_cells_y):
+            for cx in range(w.cell_x, w.cell_x + w.n_cells_x):
+                owner[cy, cx] = i
+    for block_px in (256, 512, 4096):
+        kept = {}
+        for block in plan_blocks(grid, IngestConfig(window=256, margin=32, block_px=block_px)):
+            side = block_px // 32
+            assert block.cells_y[0] % side == 0 and block.cells_x[0] % side == 0
+            for part in block.parts:
+                assert block.cells_y[0] <= part.cells_y[0] < part.cells_y[1] <= block.cells_y[1]
+                assert block.cells_x[0] <= part.cells_x[0] < part.cells_x[1] <= block.cells_x[1]
+                for cy in range(*part.cells_y):
+                    for cx in range(*part.cells_x):
+                        assert (cy, cx) not in kept
+                        kept[cy, cx] = wins.index(part.window)
+        assert kept == owner
 
 
 @pytest.mark.parametrize("resampling", ["bilinear", "nearest"])
-def test_strip_reads_equal_window_reads(tmp_path, monkeypatch, resampling):
-    """One read per strip gives exactly what one read per window gives (20/60 m included)."""
+def test_block_reads_are_the_same_whatever_the_block_size(tmp_path, resampling):
+    """A window's encoder input and a cell's summaries do not depend on the block they were
+    read in (20/60 m bands and the SCL included), so outputs are bitwise block-size free."""
     import json
 
-    from streamembed import ingest
     from streamembed.acquisition import parse_item
     from streamembed.config import ModelConfig
-    from streamembed.ingest import grid_for, prepare_scene
+    from streamembed.ingest import grid_for, read_block_pixels, window_inputs
     from streamembed.sources.synthetic import generate
 
-    items, _ = generate(tmp_path, days=5, revisit_days=5, tile_px=448, n_tiles=1, seed=4)
+    items, _ = generate(tmp_path, days=5, revisit_days=5, tile_px=704, n_tiles=1, seed=4)
     path = sorted(items.rglob("*.json"))[0]
     acq = parse_item(json.loads(path.read_text()), str(path))
     grid = grid_for(acq, 32)
-    cfg = IngestConfig(window=128, margin=32, resampling=resampling)
-    strips = prepare_scene(acq, grid, cfg, ModelConfig())
-    monkeypatch.setattr(ingest, "STRIP_MAX_PX", 0)  # every window its own read
-    windows = prepare_scene(acq, grid, cfg, ModelConfig())
-    assert len(strips.windows) == 16
-    for name in ("inputs", "clear", "snow", "indices"):
-        assert np.array_equal(getattr(strips, name), getattr(windows, name), equal_nan=True)
+    model = ModelConfig()
+    results = []
+    for block_px in (256, 2048):
+        cfg = IngestConfig(window=128, margin=32, resampling=resampling, block_px=block_px)
+        inputs, clear, indices = {}, np.zeros((22, 22)), np.zeros((22, 22, 4))
+        for block in plan_blocks(grid, cfg):
+            px = read_block_pixels(acq, grid, block, cfg, model)
+            x = window_inputs(
+                px.dn, px.masked, px.origin, [p.window for p in block.parts], px.scale_offset,
+                px.bands, model.normalisation, 32,
+            )  # fmt: skip
+            for part, xi in zip(block.parts, x, strict=True):
+                inputs.setdefault(part.window, xi)
+                assert np.array_equal(inputs[part.window], xi)
+            ys, xs = slice(*block.cells_y), slice(*block.cells_x)
+            clear[ys, xs], indices[ys, xs] = px.clear, px.indices
+            assert px.dn.dtype == np.uint16
+        results.append((inputs, clear, indices))
+    (a, ca, ia), (b, cb, ib) = results
+    assert len(plan_blocks(grid, IngestConfig(window=128, margin=32, block_px=256))) == 9
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.array_equal(ca, cb) and np.array_equal(ia, ib, equal_nan=True)

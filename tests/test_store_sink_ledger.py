@@ -55,13 +55,41 @@ def test_store_repairs_an_interrupted_append(tmp_path):
     store = EmbeddingStore(tmp_path / "embeddings.zarr")
     store.append(_batch(0), ATTRS)
     store.append(_batch(1), ATTRS)
-    # Simulate a crash mid-append: one array grew, the ids did not.
+    # Simulate a crash mid-append of an old writer: one array grew, no id, no reservation.
     g = zarr.open_group(tmp_path / "embeddings.zarr", path="33UWP", mode="r+")
     g["embedding"].resize((3, 3, 4, 8))
     assert store.repair("33UWP") == 1
     assert g["embedding"].shape[0] == 2
     assert store.append(_batch(2), ATTRS)
     assert store.acquisition_ids("33UWP") == ["acq0", "acq1", "acq2"]
+
+
+def test_an_acquisition_is_invisible_until_committed_and_a_restart_reuses_its_row(tmp_path):
+    """Blocks written, then a crash before the commit: readers see nothing of it, a restart
+    writes it into the same row, and the committed store reads back whole."""
+    store = EmbeddingStore(tmp_path / "embeddings.zarr")
+    store.append(_batch(0), ATTRS)
+    b = _batch(1)
+    res = store.begin(b.acquisition_id, GRID, 8, ATTRS)
+    assert res is not None and res.row == 1 and res.chunk_cells == (3, 4)
+    store.write_block(res, (0, 3), (0, 2), b.embedding[:, :2], b.clear[:, :2], b.snow[:, :2],
+                      b.indices[:, :2])  # fmt: skip
+    # "crash": no commit. Readers see one acquisition; the row is pending, not cut.
+    assert store.acquisition_ids("33UWP") == ["acq0"]
+    assert store.open_dataset("33UWP").embedding.shape[0] == 1
+    assert store.repair("33UWP") == 0 and store.pending("33UWP") == {"acq1": 1}
+    again = store.begin(b.acquisition_id, GRID, 8, ATTRS)
+    assert again is not None and again.row == 1
+    other = store.begin("acq2", GRID, 8, ATTRS)
+    assert other is not None and other.row == 2
+    store.write_block(again, (0, 3), (0, 4), b.embedding, b.clear, b.snow, b.indices)
+    store.commit(again, b.time)
+    assert store.acquisition_ids("33UWP") == ["acq0", "acq1"]
+    assert store.pending("33UWP") == {"acq2": 2}
+    assert store.begin(b.acquisition_id, GRID, 8, ATTRS) is None  # committed: nothing to do
+    back = store.read("33UWP", "acq1")
+    assert np.array_equal(back.embedding, b.embedding.astype(np.float16))
+    assert np.array_equal(back.clear, b.clear)
 
 
 def test_store_keeps_sensing_seconds_and_the_stored_dtype(tmp_path):

@@ -5,15 +5,21 @@ the Zarr store itself (only ids travel), applies them strictly in time order, wr
 anomalies through the sink and checkpoints tile state atomically to ``state/<tile>.npz``.
 Re-applying an acquisition already in the state is a no-op, and re-applying one after a crash
 that lost a checkpoint rewrites the same anomaly file with the same rows.
+
+Memory is bounded by ``stats.max_state_mib``, not by the number of tiles a shard owns: past
+the budget the least recently applied tiles are checkpointed and dropped, and loaded again
+from their checkpoint when their next acquisition comes (a full tile at 2048-d is ~1 GB).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .config import StatsConfig, StoreConfig
 from .sink import partition_path, records_from_result, write_anomalies
@@ -21,6 +27,24 @@ from .stats import StatsParams, TileState, update
 from .store import EmbeddingStore
 
 APPLIED, LATE, ALREADY = "applied", "late", "already_applied"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What applying one acquisition did (the actor's reply to the driver)."""
+
+    status: str  # APPLIED | LATE | ALREADY
+    n_anomalies: int = 0
+    path: str | None = None
+    snow_cells: int | None = None
+    masked_cells: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def state_bytes(state: TileState) -> int:
+    arrays = (state.n, state.mean, state.dist_mean, state.dist_var, state.idx_mean, state.last_day)
+    return int(sum(a.nbytes for a in arrays))
 
 
 def shard_of(tile: str, shards: int) -> int:
@@ -44,7 +68,9 @@ class StatsActor:
         )
         self.store = EmbeddingStore(self.output / "embeddings.zarr", store)
         self.model_id = model_id
-        self.states: dict[str, TileState] = {}
+        self.states: OrderedDict[str, TileState] = OrderedDict()  # least recently used first
+        self.max_state_bytes = int(stats.max_state_mib * 2**20)
+        self.evictions = 0
         self._dirty: dict[str, int] = {}
         self.cell_updates = 0
         self.busy_seconds = 0.0
@@ -58,7 +84,21 @@ class StatsActor:
             self.states[tile] = (
                 TileState.load(path) if path.exists() else TileState.empty(*shape, dim)
             )
+        self.states.move_to_end(tile)
         return self.states[tile]
+
+    def resident_bytes(self) -> int:
+        return sum(state_bytes(s) for s in self.states.values())
+
+    def _evict(self, keep: str) -> None:
+        """Checkpoint and drop the least recently applied tiles while past the budget."""
+        while len(self.states) > 1 and self.resident_bytes() > self.max_state_bytes:
+            tile = next(t for t in self.states if t != keep)
+            if self._dirty.get(tile):
+                self.checkpoint(tile)
+            del self.states[tile]
+            self._dirty.pop(tile, None)
+            self.evictions += 1
 
     def applied_ids(self, tile: str) -> list[str]:
         """Acquisitions folded into the tile's state (in memory, else its last checkpoint)."""
@@ -67,7 +107,7 @@ class StatsActor:
         path = self._state_path(tile)
         return list(TileState.load(path).applied_ids) if path.exists() else []
 
-    def apply(self, tile: str, acquisition_id: str) -> dict[str, Any]:
+    def apply(self, tile: str, acquisition_id: str) -> ApplyResult:
         """Fold one stored acquisition into its tile's state and write its anomalies."""
         t0 = time.perf_counter()
         grid = self.store.grid(tile)
@@ -81,10 +121,10 @@ class StatsActor:
         )
         if acquisition_id in state.applied_ids:
             n = _count_rows(path)
-            return {"status": ALREADY, "n_anomalies": n, "path": str(path) if n else None}
+            return ApplyResult(ALREADY, n, str(path) if n else None)
         day = day_number(stored.time)
         if state.applied_ids and day <= state.last_time_day:
-            return {"status": LATE, "n_anomalies": 0, "path": None}
+            return ApplyResult(LATE)
         result = update(
             state, stored.embedding, stored.clear, stored.snow, stored.indices, day, self.params
         )
@@ -105,33 +145,40 @@ class StatsActor:
         self._dirty[tile] = self._dirty.get(tile, 0) + 1
         if self._dirty[tile] >= self.cfg.checkpoint_every:
             self.checkpoint(tile)
+        self._evict(keep=tile)
         t_end = time.perf_counter()
         self.cell_updates += int(result.valid.sum())
         self.busy_seconds += t_end - t0
-        return {
-            "status": APPLIED,
-            "n_anomalies": len(records),
-            "path": str(written) if written else None,
-            "snow_cells": result.snow_cells,
-            "masked_cells": result.masked_cells,
-            "timings": {
+        return ApplyResult(
+            APPLIED,
+            len(records),
+            str(written) if written else None,
+            result.snow_cells,
+            result.masked_cells,
+            {
                 "stats_read": t_read - t0,
                 "stats_apply": t_stats - t_read,
                 "sink_write": t_sink - t_stats,
                 "stats_checkpoint": t_end - t_sink,
             },
-        }
+        )
 
     def checkpoint(self, tile: str | None = None) -> int:
         """Write dirty tile states (one tile, or all); returns how many were written."""
-        tiles = [tile] if tile else [t for t, n in self._dirty.items() if n]
+        tiles = [tile] if tile else [t for t, n in self._dirty.items() if n and t in self.states]
         for t in tiles:
             self.states[t].save(self._state_path(t))
             self._dirty[t] = 0
         return len(tiles)
 
     def metrics(self) -> dict[str, float]:
-        return {"cell_updates": float(self.cell_updates), "busy_seconds": self.busy_seconds}
+        return {
+            "cell_updates": float(self.cell_updates),
+            "busy_seconds": self.busy_seconds,
+            "resident_state_mib": self.resident_bytes() / 2**20,
+            "resident_tiles": float(len(self.states)),
+            "evictions": float(self.evictions),
+        }
 
 
 def _count_rows(path: Path) -> int:

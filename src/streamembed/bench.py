@@ -92,47 +92,73 @@ def software() -> dict[str, Any]:
 
 
 def archive(bench: BenchConfig, tile_px: int, acquisitions: int, tiles: int) -> Path:
-    """A synthetic archive (real COGs + STAC items) for these sizes, written once and reused."""
+    """A synthetic archive (real COGs + STAC items) for these sizes, written once and reused.
+
+    Past ``IN_MEMORY_MAX_PX`` (full 10980 px tiles) products are written strip by strip.
+    """
+    from .sources.fullsize import IN_MEMORY_MAX_PX, generate_fullsize
     from .sources.synthetic import generate
 
     revisit = 5
     root = Path(bench.data) / f"px{tile_px}-acq{acquisitions}-tiles{tiles}"
     items = root / "items"
-    if not (root / "truth.parquet").exists():
+    done = root / ("complete" if tile_px > IN_MEMORY_MAX_PX else "truth.parquet")
+    if not done.exists():
         shutil.rmtree(root, ignore_errors=True)
-        generate(
-            root, days=acquisitions * revisit, revisit_days=revisit, tile_px=tile_px,
-            n_tiles=tiles, seed=42,
-        )  # fmt: skip
+        if tile_px > IN_MEMORY_MAX_PX:
+            generate_fullsize(
+                root, acquisitions=acquisitions, revisit_days=revisit, tile_px=tile_px,
+                n_tiles=tiles, seed=42,
+            )  # fmt: skip
+            done.write_text("written by streamembed bench\n")
+        else:
+            generate(
+                root, days=acquisitions * revisit, revisit_days=revisit, tile_px=tile_px,
+                n_tiles=tiles, seed=42,
+            )  # fmt: skip
     return items
 
 
 # ---------------------------------------------------------------- measurements
 
 
-def raw_encoder(cfg: Config, items: Path) -> dict[str, Any]:
-    """The encoder alone on the prepared windows of every acquisition, in this process."""
+def raw_encoder(cfg: Config, items: Path, max_blocks: int | None = None) -> dict[str, Any]:
+    """The encoder alone on the prepared blocks of every acquisition, in this process.
+
+    ``max_blocks``: time only the first blocks (a full tile's blocks do not fit in memory at
+    once); the rates are per window and per cell, so they compare with the pipeline's.
+    """
     from .encoder import Encoder
-    from .ingest import grid_for, prepare_scene
+    from .ingest import BlockPixels, grid_for, plan_blocks, read_block_pixels
     from .sources import discover
 
     acqs, _ = discover(items, cfg.source.band_mapping, cfg.model.bands)
-    scenes = [
-        prepare_scene(a, grid_for(a, cfg.ingest.cell_size), cfg.ingest, cfg.model) for a in acqs
-    ]
+    plan = plan_blocks(grid_for(acqs[0], cfg.ingest.cell_size), cfg.ingest)
+    windows_per_acquisition = sum(len(b.parts) for b in plan)
+    blocks: list[BlockPixels] = []
+    for a in acqs:
+        grid = grid_for(a, cfg.ingest.cell_size)
+        for block in plan_blocks(grid, cfg.ingest):
+            if max_blocks is not None and len(blocks) >= max_blocks:
+                break
+            blocks.append(read_block_pixels(a, grid, block, cfg.ingest, cfg.model))
     encoder = Encoder(cfg.model)
-    encoder.embed_scene(scenes[0])  # warm-up: allocator, kernels
+    normalisation, cell = cfg.model.normalisation, cfg.ingest.cell_size
+    encoder.embed_block(blocks[0], normalisation, cell)  # warm-up: allocator, kernels
     t0 = time.perf_counter()
-    for scene in scenes:
-        encoder.embed_scene(scene)
+    for pixels in blocks:
+        encoder.embed_block(pixels, normalisation, cell)
     seconds = time.perf_counter() - t0
-    windows = sum(len(s.windows) for s in scenes)
-    cells = sum(s.grid.n_cells_y * s.grid.n_cells_x for s in scenes)
+    windows = sum(len(p.block.parts) for p in blocks)
+    cells = sum(p.block.shape[0] * p.block.shape[1] for p in blocks)
     return {
-        "acquisitions": len(scenes),
+        "acquisitions": len({p.acquisition_id for p in blocks}),
+        "blocks": len(blocks),
         "windows": windows,
+        "windows_per_acquisition": windows_per_acquisition,
         "seconds": seconds,
-        "acquisitions_per_s": len(scenes) / seconds,
+        # per window, expressed per whole acquisition (the timed blocks may be a sample)
+        "acquisitions_per_s": windows / seconds / windows_per_acquisition,
         "windows_per_s": windows / seconds,
         "cells_per_s": cells / seconds,
         "device": str(encoder.device),
@@ -254,7 +280,17 @@ def pipeline_run(cfg: Config, items: Path, n_workers: int, out: Path) -> dict[st
     tile_km2 = (run_cfg.bench.tile_px * 0.01) ** 2
     busy = sum(m["busy_seconds"] for m in metrics)
     updates = sum(m["cell_updates"] for m in metrics)
+    store_bytes = _tree_bytes(out / "embeddings.zarr")
+    state_bytes = _tree_bytes(out / "state")
     return {
+        "blocks": report.blocks,
+        "block_bytes_per_acquisition": report.block_bytes / max(1, report.embedded),
+        "stage_seconds_per_acquisition": {
+            k: v / max(1, n) for k, v in report.stage_seconds.items()
+        },
+        "store_bytes_per_acquisition": store_bytes / max(1, report.stored),
+        "state_bytes_per_tile": state_bytes / max(1, run_cfg.bench.tiles),
+        "actor_resident_state_mib": sum(m.get("resident_state_mib", 0.0) for m in metrics),
         "workers": n_actual,
         "acquisitions": n,
         "failed": len(report.failed),
@@ -271,6 +307,10 @@ def pipeline_run(cfg: Config, items: Path, n_workers: int, out: Path) -> dict[st
         "stats_cell_updates_per_busy_s": updates / busy if busy else None,
         "anomaly_rows": report.anomaly_rows,
     }
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 def _last_level_cache_bytes() -> int:
@@ -378,12 +418,18 @@ def run_bench(cfg: Config, output: Path | None = None, log: Any = print) -> dict
         "software": software(),
         "config": cfg.model_dump(mode="json"),
     }
+    record["gpu_measured"] = bool(record["hardware"]["gpus"])
+    if bench.require_gpu and not record["gpu_measured"]:
+        # No GPU here: say so in the record and the table, and make up no figure.
+        record["gpu_note"] = "not measured: no GPU on this machine"
+        log(f"[bench {bench.label}] {record['gpu_note']}")
+        return _write_record(record, out_dir, bench)
     log(f"[bench {bench.label}] data: {bench.acquisitions} acquisitions x {bench.tiles} tile(s) "
         f"of {bench.tile_px} px")  # fmt: skip
     items = archive(bench, bench.tile_px, bench.acquisitions, bench.tiles)
 
     log("[bench] raw encoder on the same windows, one process …")
-    raw = raw_encoder(cfg, items)
+    raw = raw_encoder(cfg, items, bench.raw_blocks)
     record["raw_encoder"] = raw
     log(
         f"[bench]   {raw['acquisitions_per_s']:.3f} acquisitions/s, {raw['windows_per_s']:.2f} windows/s"
@@ -437,10 +483,13 @@ def run_bench(cfg: Config, output: Path | None = None, log: Any = print) -> dict
             log(f"[bench] stats core {dim}-d ({dtype} in): "
                 f"{s['cell_updates_per_s_per_core']:.0f} cell-updates/s per core, "
                 f"{s['share_of_copy']:.0%} of a NumPy copy's bandwidth")  # fmt: skip
-    record["gpu_measured"] = bool(record["hardware"]["gpus"])
     if not record["gpu_measured"]:
         record["gpu_note"] = "no GPU on this machine: GPU figures not measured"
     shutil.rmtree(scratch, ignore_errors=True)
+    return _write_record(record, out_dir, bench)
+
+
+def _write_record(record: dict[str, Any], out_dir: Path, bench: BenchConfig) -> dict[str, Any]:
     stamp = record["time"].replace(":", "").replace("-", "")
     path = out_dir / f"{bench.label}-{stamp}.json"
     path.write_text(json.dumps(record, indent=1, default=str))
@@ -462,11 +511,18 @@ _HEADER = (
 
 
 def table_row(record: dict[str, Any]) -> str:
-    top = max(record["runs"], key=lambda r: r["workers"])
     hw = record["hardware"]
     machine = f"{hw['cores']}-core {hw['cpu'][:40]}".strip()
     if hw["gpus"]:
         machine += f", {hw['gpus'][0]['name']}"
+    if not record.get("runs"):
+        note = record.get("gpu_note", "not measured")
+        return (
+            f"| {record['label']} | {record['time'][:16]} | {machine} | "
+            + " | ".join([note] + [""] * 9)
+            + " |"
+        )
+    top = max(record["runs"], key=lambda r: r["workers"])
     long = record.get("long_backfill") or {}
     change = long.get("memory_first_to_last_quarter_change")
     # the actor hands the core the store's float16 as read
@@ -510,7 +566,7 @@ def plot(results_dir: Path, png: Path) -> Path:
     latest: dict[str, dict[str, Any]] = {}
     for path in sorted(results_dir.glob("*.json")):
         rec = json.loads(path.read_text())
-        if rec.get("schema") == SCHEMA:
+        if rec.get("schema") == SCHEMA and rec.get("runs"):
             latest[rec["label"]] = rec
     if not latest:
         raise ValueError(f"no benchmark records in {results_dir}; run streamembed bench first")

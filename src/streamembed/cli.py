@@ -164,7 +164,10 @@ def cmd_bench(args: argparse.Namespace, cfg: Config) -> int:
         record = run_bench(cfg, results)
         print(f"record: {record['path']}")
         print(f"summary row: {cfg.bench.results_md}")
-        print(f"pipeline_share_of_raw_encoder: {record['pipeline_share_of_raw_encoder']:.2f}")
+        if "pipeline_share_of_raw_encoder" in record:
+            print(f"pipeline_share_of_raw_encoder: {record['pipeline_share_of_raw_encoder']:.2f}")
+        else:
+            print(record.get("gpu_note", "not measured"))
     if args.plot or args.plot_only:
         png = plot(results, results / "benchmarks.png")
         print(f"plot: {png}")
@@ -195,13 +198,47 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_synth(args: argparse.Namespace, cfg: Config) -> int:
 
-    items, truth = _synth(Path(args.outdir), cfg, args.days, args.tile_px)
+    from .sources.fullsize import IN_MEMORY_MAX_PX
+
+    tile_px = args.tile_px or cfg.demo.tile_px
+    if tile_px > IN_MEMORY_MAX_PX:
+        items = _synth_fullsize(Path(args.outdir), cfg, args.days, tile_px, args.tiles or 1)
+        print(f"items: {items}\n(full-size products plant no events: no truth file)")
+        return 0
+    items, truth = _synth(Path(args.outdir), cfg, args.days, tile_px, args.tiles or 2)
     print(f"items: {items}\ntruth: {truth}")
     return 0
 
 
+def _synth_fullsize(out: Path, cfg: Config, days: int | None, tile_px: int, tiles: int) -> Path:
+    from tqdm import tqdm
+
+    from .sources.fullsize import generate_fullsize
+
+    revisit = cfg.demo.revisit_days
+    n = max(1, (days or 2 * revisit) // revisit)
+    print(f"writing {n} product(s) x {tiles} tile(s) of {tile_px} px, strip by strip", flush=True)
+    bar = tqdm(desc="synthesising", unit="strip", dynamic_ncols=True)
+
+    def step(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        return generate_fullsize(
+            out, acquisitions=n, revisit_days=revisit, tile_px=tile_px, seed=cfg.demo.seed,
+            n_tiles=tiles, progress=step,
+        )  # fmt: skip
+    finally:
+        bar.close()
+
+
 def _synth(
-    out: Path, cfg: Config, days: int | None = None, tile_px: int | None = None
+    out: Path,
+    cfg: Config,
+    days: int | None = None,
+    tile_px: int | None = None,
+    tiles: int = 2,
 ) -> tuple[Path, Path]:
     from tqdm import tqdm
 
@@ -221,6 +258,7 @@ def _synth(
             tile_px=tile_px or cfg.demo.tile_px,
             seed=cfg.demo.seed,
             cell_size=cfg.ingest.cell_size,
+            n_tiles=tiles,
             progress=step,
         )
     finally:
@@ -308,7 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = common(sub.add_parser("synth", help="write the synthetic archive (COGs + STAC + truth)"))
     p.add_argument("outdir")
     p.add_argument("--days", type=int, default=None)
-    p.add_argument("--tile-px", type=int, default=None)
+    p.add_argument(
+        "--tile-px", type=int, default=None,
+        help="tile size (default demo.tile_px); 10980 for real-size products (past 2048 px "
+        "they are written strip by strip, without planted events)",
+    )  # fmt: skip
+    p.add_argument("--tiles", type=int, default=None, help="MGRS tiles (1 or 2)")
     p.set_defaults(func=cmd_synth)
     p = common(sub.add_parser("demo", help="synthetic data + local cluster + evaluation + map"))
     p.add_argument("--no-progress", action="store_true")

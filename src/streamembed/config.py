@@ -73,6 +73,12 @@ class IngestConfig(_Section):
     cell_size: int = Field(32, description="pixels per embedding cell at 10 m (= encoder stride)")
     window: int = Field(256, description="core window in pixels, a multiple of cell_size")
     margin: int = Field(32, description="context pixels on each side, a multiple of cell_size")
+    block_px: int = Field(
+        2048,
+        gt=0,
+        description="side of a block of cells in pixels: one read/encode/store task per block; "
+        "a multiple of store.chunk_cells x cell_size",
+    )
     resampling: Literal["nearest", "bilinear"] = "nearest"
     scl_mask_classes: tuple[int, ...] = (0, 1, 3, 8, 9, 10, 11)
     cloud_mask: Literal["scl", "asset", "none"] = Field(
@@ -134,6 +140,12 @@ class StatsConfig(_Section):
     spatial_correction: bool = True
     shards: int = Field(1, ge=1)
     checkpoint_every: int = Field(1, ge=1)
+    max_state_mib: float = Field(
+        2048.0,
+        gt=0,
+        description="tile states an actor shard keeps in memory; past it, the least recently "
+        "applied tiles are checkpointed and evicted (reloaded when next applied)",
+    )
 
 
 class WorkerGroup(_Section):
@@ -221,8 +233,14 @@ class ClusterConfig(_Section):
 
 
 class PipelineConfig(_Section):
-    max_in_flight: int = Field(4, ge=1)
+    max_in_flight: int = Field(4, ge=1, description="acquisitions being read/encoded at once")
+    max_blocks_in_flight: int | None = Field(
+        None, ge=1, description="block tasks submitted at once (null: 2 per worker thread)"
+    )
     poll_seconds: float = Field(300.0, gt=0)
+    wait_seconds: float = Field(
+        5.0, gt=0, description="how often the driver loop wakes while tasks run (no time limit)"
+    )
 
 
 class DemoConfig(_Section):
@@ -247,6 +265,12 @@ class BenchConfig(_Section):
     stats_dims: tuple[int, ...] = (128, 2048)
     stats_cells: int = Field(16384, ge=64)
     memory_sample_seconds: float = Field(0.5, gt=0)
+    raw_blocks: int | None = Field(
+        None, ge=1, description="blocks the raw encoder is timed on (null: every block)"
+    )
+    require_gpu: bool = Field(
+        False, description="record 'not measured' instead of running where no GPU is present"
+    )
     output: str = "benchmarks/results"
     results_md: str = "benchmarks/RESULTS.md"
 
@@ -262,6 +286,17 @@ class Config(_Section):
     pipeline: PipelineConfig = PipelineConfig()
     demo: DemoConfig = DemoConfig()
     bench: BenchConfig = BenchConfig()
+
+    @model_validator(mode="after")
+    def _blocks_on_chunks(self) -> Config:
+        chunk_px = self.store.chunk_cells * self.ingest.cell_size
+        if self.ingest.block_px % chunk_px:
+            raise ValueError(
+                f"ingest.block_px={self.ingest.block_px} must be a multiple of "
+                f"store.chunk_cells x ingest.cell_size = {chunk_px} px, so that blocks written "
+                "at once never share a store chunk"
+            )
+        return self
 
     @property
     def output_dir(self) -> Path:

@@ -20,7 +20,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from torch import nn
 
 from .config import ModelConfig
-from .ingest import SceneWindows
+from .ingest import BlockPixels, window_inputs
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def model_identity(cfg: ModelConfig) -> ModelIdentity:
 
 
 class Encoder:
-    """A loaded backbone with its identity; ``embed_scene`` gives (cells_y, cells_x, dim)."""
+    """A loaded backbone with its identity; ``embed_block`` gives a block's cell embeddings."""
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
@@ -265,11 +265,20 @@ class Encoder:
 
     @torch.inference_mode()
     def feature_maps(self, inputs: np.ndarray) -> np.ndarray:
-        """Dense stride-32 feature maps (n, dim, y/32, x/32) float32 for normalised windows."""
+        """Dense stride-32 feature maps (n, dim, y/32, x/32) float32 for normalised windows.
+
+        Every forward pass has exactly ``batch_size`` windows (the last is padded): a window's
+        features then never depend on how many windows came with it, so blocks of any size
+        give the same bits.
+        """
         outs = []
         bs = max(1, self.cfg.batch_size)
         for i in range(0, len(inputs), bs):
-            x = torch.from_numpy(np.ascontiguousarray(inputs[i : i + bs]))
+            chunk = inputs[i : i + bs]
+            n = len(chunk)
+            if n < bs:
+                chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), chunk.dtype)])
+            x = torch.from_numpy(np.ascontiguousarray(chunk))
             if self.device.type == "cuda":
                 x = x.pin_memory().to(self.device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -277,19 +286,30 @@ class Encoder:
                 self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
             ):
                 f = self.model.features(x)
-            outs.append(f.float().cpu().numpy())
+            outs.append(f[:n].float().cpu().numpy())
         return np.concatenate(outs)
 
-    def embed_scene(self, scene: SceneWindows) -> np.ndarray:
-        """Per-cell embeddings (cells_y, cells_x, dim) float32, margins cropped from each window."""
-        maps = self.feature_maps(scene.inputs)
-        out = np.zeros((scene.grid.n_cells_y, scene.grid.n_cells_x, self.dim), np.float32)
-        for win, fmap in zip(scene.windows, maps, strict=True):
-            m = win.margin_cells
-            core = fmap[:, m : m + win.n_cells_y, m : m + win.n_cells_x]
-            out[
-                win.cell_y : win.cell_y + win.n_cells_y, win.cell_x : win.cell_x + win.n_cells_x
-            ] = core.transpose(1, 2, 0)
+    def embed_block(self, pixels: BlockPixels, normalisation: str, cell: int) -> np.ndarray:
+        """Embeddings (cells_y, cells_x, dim) float32 of a block's cells, margins cropped."""
+        block = pixels.block
+        windows = [p.window for p in block.parts]
+        out = np.zeros((*block.shape, self.dim), np.float32)
+        bs = max(1, self.cfg.batch_size)
+        # Windows are cut and normalised one batch at a time: a block's float32 inputs never
+        # sit in memory all at once.
+        for i in range(0, len(windows), bs):
+            inputs = window_inputs(
+                pixels.dn, pixels.masked, pixels.origin, windows[i : i + bs],
+                pixels.scale_offset, pixels.bands, normalisation, cell,
+            )  # fmt: skip
+            maps = self.feature_maps(inputs)
+            for part, fmap in zip(block.parts[i : i + bs], maps, strict=True):
+                win, m = part.window, part.window.margin_cells
+                ry = slice(m + part.cells_y[0] - win.cell_y, m + part.cells_y[1] - win.cell_y)
+                rx = slice(m + part.cells_x[0] - win.cell_x, m + part.cells_x[1] - win.cell_x)
+                oy = slice(part.cells_y[0] - block.cells_y[0], part.cells_y[1] - block.cells_y[0])
+                ox = slice(part.cells_x[0] - block.cells_x[0], part.cells_x[1] - block.cells_x[0])
+                out[oy, ox] = fmap[:, ry, rx].transpose(1, 2, 0)
         return out
 
 

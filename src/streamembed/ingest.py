@@ -1,8 +1,10 @@
 """Ingest: read bands onto the tile's 10 m grid, SCL mask, harmonise, normalise, cut windows.
 
-Pure NumPy cores (``scl_masks``, ``to_reflectance``, ``normalise``, ``cell_summaries``,
-``fill_masked``, ``plan_windows``) are separate from the rasterio I/O (``read_block``,
-``prepare_scene``) so tests can hit them directly.
+A tile is processed as blocks of cells (``plan_blocks``): a block task reads, masks and
+summarises its cells (``read_block_pixels``) and hands compact DN plus mask to the encoder,
+which cuts the windows (``window_inputs``). Pure NumPy cores (``scl_masks``,
+``to_reflectance``, ``normalise``, ``cell_summaries``, ``fill_masked``, ``plan_windows``,
+``plan_blocks``) are separate from the rasterio I/O so tests can hit them directly.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -197,27 +200,114 @@ def plan_windows(grid: TileGrid, window: int, margin: int) -> list[Window]:
     ]
 
 
-STRIP_MAX_PX = 4096
+def _owned(starts: Sequence[int], n_cells: int) -> list[tuple[int, int]]:
+    """The cells each window start keeps along one axis: up to the next window's start.
+
+    Where the last window is shifted back to keep every window the same shape, the cells it
+    overlaps belong to it (the later window), so every cell has exactly one owner.
+    """
+    ends = [*starts[1:], n_cells]
+    return list(zip(starts, ends, strict=True))
 
 
-def window_strips(windows: Sequence[Window], cell: int) -> list[list[Window]]:
-    """Windows grouped into strips read at once: same rows, side by side, at most
-    STRIP_MAX_PX wide. One read per band and strip instead of per window decodes the
-    margins shared by neighbouring windows once and halves GDAL's per-read overhead or
-    better; the cap bounds a strip's memory (13 bands x 320 x 4096 px float32: 68 MB)."""
-    strips: list[list[Window]] = []
+@dataclass(frozen=True)
+class WindowPart:
+    """The cells one block keeps from one encoder window (tile cell indices, [start, stop))."""
+
+    window: Window
+    cells_y: tuple[int, int]
+    cells_x: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rectangle of cells written as one unit, and the window parts that fill it.
+
+    Blocks are the unit of memory and of a task: a task reads, encodes and stores one block,
+    so what it needs is known from the block's size before it runs, whatever the tile's size.
+    Block edges fall on store chunk edges, so concurrent block writers never share a chunk.
+    """
+
+    index: int
+    cells_y: tuple[int, int]
+    cells_x: tuple[int, int]
+    parts: tuple[WindowPart, ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.cells_y[1] - self.cells_y[0], self.cells_x[1] - self.cells_x[0]
+
+    def read_rows(self, cell: int) -> tuple[int, int]:
+        """Pixel rows every window of the block reads (margins included)."""
+        spans = [p.window.read_rows(cell) for p in self.parts]
+        return min(s[0] for s in spans), max(s[1] for s in spans)
+
+    def read_cols(self, cell: int) -> tuple[int, int]:
+        spans = [p.window.read_cols(cell) for p in self.parts]
+        return min(s[0] for s in spans), max(s[1] for s in spans)
+
+
+def block_cells(ingest: IngestConfig) -> int:
+    """Cells per block side."""
+    return ingest.block_px // ingest.cell_size
+
+
+def plan_blocks(grid: TileGrid, ingest: IngestConfig) -> list[Block]:
+    """The tile's blocks in row-major order, each with the window parts that own its cells.
+
+    A window whose owned cells straddle a block edge appears in both blocks (encoded twice,
+    identically): a cell's embedding comes from the same window whatever the block size.
+    """
+    cell = grid.cell_size
+    per_y = min(ingest.window // cell, grid.n_cells_y)
+    per_x = min(ingest.window // cell, grid.n_cells_x)
+    margin = ingest.margin // cell
+    ys, xs = _starts(grid.n_cells_y, per_y), _starts(grid.n_cells_x, per_x)
+    own_y, own_x = _owned(ys, grid.n_cells_y), _owned(xs, grid.n_cells_x)
+    side = block_cells(ingest)
+    blocks: list[Block] = []
+    for by in range(0, grid.n_cells_y, side):
+        span_y = (by, min(by + side, grid.n_cells_y))
+        for bx in range(0, grid.n_cells_x, side):
+            span_x = (bx, min(bx + side, grid.n_cells_x))
+            parts = []
+            for sy, oy in zip(ys, own_y, strict=True):
+                ky = (max(oy[0], span_y[0]), min(oy[1], span_y[1]))
+                if ky[0] >= ky[1]:
+                    continue
+                for sx, ox in zip(xs, own_x, strict=True):
+                    kx = (max(ox[0], span_x[0]), min(ox[1], span_x[1]))
+                    if kx[0] < kx[1]:
+                        parts.append(WindowPart(Window(sy, sx, per_y, per_x, margin), ky, kx))
+            blocks.append(Block(len(blocks), span_y, span_x, tuple(parts)))
+    return blocks
+
+
+def window_inputs(
+    dn: np.ndarray,
+    masked: np.ndarray,
+    origin: tuple[int, int],
+    windows: Sequence[Window],
+    scale_offset: np.ndarray,
+    bands: Sequence[str],
+    normalisation: str,
+    cell: int,
+) -> np.ndarray:
+    """Encoder inputs (n, band, y, x) float32 for windows cut from a block's DN and mask.
+
+    ``dn`` is (band, y, x) starting at pixel ``origin``; ``scale_offset`` is (band, 2). Each
+    window is harmonised, normalised and filled on its own, so its input does not depend on
+    the block it was cut from.
+    """
+    scale = scale_offset[:, 0].astype(np.float32)[:, None, None]
+    offset = scale_offset[:, 1].astype(np.float32)[:, None, None]
+    out = []
     for win in windows:
-        last = strips[-1] if strips else None
-        if (
-            last is not None
-            and last[0].read_rows(cell) == win.read_rows(cell)
-            and win.read_cols(cell)[0] >= last[-1].read_cols(cell)[0]
-            and win.read_cols(cell)[1] - last[0].read_cols(cell)[0] <= STRIP_MAX_PX
-        ):
-            last.append(win)
-        else:
-            strips.append([win])
-    return strips
+        r0, r1 = (r - origin[0] for r in win.read_rows(cell))
+        c0, c1 = (c - origin[1] for c in win.read_cols(cell))
+        refl = dn[:, r0:r1, c0:c1].astype(np.float32) * scale + offset
+        out.append(fill_masked(normalise(refl, bands, normalisation), masked[r0:r1, c0:c1]))
+    return np.stack(out)
 
 
 # ---------------------------------------------------------------- I/O
@@ -333,6 +423,103 @@ def open_bands(
                 ds.close()  # type: ignore[attr-defined]
 
 
+def _read_band(
+    acq: Acquisition,
+    src: Any,
+    band: str,
+    grid: TileGrid,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    resampling: str,
+) -> np.ndarray:
+    """One band's pixels [rows, cols) on the tile's 10 m grid, zero outside the raster.
+
+    Nearest: the native pixels are read (clipped to the raster) and repeated to 10 m in NumPy,
+    so a pixel's value never depends on the extent read (blocks of any size agree bit for bit)
+    and GDAL does no resampling. Bilinear, or a raster off the tile's 10 m lattice: GDAL
+    resamples the extent.
+    """
+    from rasterio.enums import Resampling
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window as RioWindow
+    from rasterio.windows import from_bounds
+
+    h, w = rows[1] - rows[0], cols[1] - cols[0]
+    index = acq.assets[band].index
+    t = src.transform
+    factor = t.a / PIXEL_M
+    off_c = (t.c - grid.x0) / PIXEL_M
+    off_r = (grid.y0 - t.f) / PIXEL_M
+    on_lattice = (
+        t.b == 0 and t.d == 0 and t.e == -t.a and factor >= 1
+        and all(abs(v - round(v)) < 1e-6 for v in (factor, off_c, off_r))
+    )  # fmt: skip
+    try:
+        if resampling == "nearest" and on_lattice:
+            f, oc, orr = round(factor), round(off_c), round(off_r)
+            # 10 m pixel r of the tile is native row (r - orr) // f of this raster.
+            n0, n1 = (rows[0] - orr) // f, (rows[1] - 1 - orr) // f + 1
+            m0, m1 = (cols[0] - oc) // f, (cols[1] - 1 - oc) // f + 1
+            native = np.zeros((n1 - n0, m1 - m0), src.dtypes[index - 1])
+            r0, r1 = max(n0, 0), min(n1, src.height)
+            c0, c1 = max(m0, 0), min(m1, src.width)
+            if r0 < r1 and c0 < c1:
+                native[r0 - n0 : r1 - n0, c0 - m0 : c1 - m0] = src.read(
+                    index, window=RioWindow(c0, r0, c1 - c0, r1 - r0)
+                )
+            if f > 1:
+                native = np.repeat(np.repeat(native, f, axis=0), f, axis=1)
+            dy, dx = rows[0] - orr - n0 * f, cols[0] - oc - m0 * f
+            return native[dy : dy + h, dx : dx + w]
+        method = Resampling.bilinear if resampling == "bilinear" else Resampling.nearest
+        win = from_bounds(*grid.pixel_bounds(rows[0], cols[0], rows[1], cols[1]), transform=t)
+        return np.asarray(
+            src.read(
+                index, window=win, out_shape=(h, w), resampling=method,
+                boundless=True, fill_value=0,
+            )
+        )  # fmt: skip
+    except RasterioError as err:
+        raise CorruptAssetError(
+            f"acquisition {acq.id}: band {band} {acq.assets[band].href} is unreadable: {err}"
+        ) from err
+
+
+def read_dn(
+    acq: Acquisition,
+    opened: _OpenBands,
+    grid: TileGrid,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    bands: Sequence[str],
+    resampling: str,
+    quality: str | None = "SCL",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DN (band, y, x) in the rasters' integer type, the quality layer (y, x) uint8, nodata.
+
+    Pixels outside the tile or at a band's nodata are nodata; the quality layer is zeros where
+    ``quality`` is None. DN stay integers (uint16 for Sentinel-2): half the bytes of float32
+    and lossless, which is what travels from a reading worker to an encoding one.
+    """
+    h, w = rows[1] - rows[0], cols[1] - cols[0]
+    dtypes = {opened.datasets[b].dtypes[acq.assets[b].index - 1] for b in bands}  # type: ignore[attr-defined]
+    small_ints = dtypes <= {"uint8", "uint16"}
+    dn = np.empty((len(bands), h, w), np.uint16 if small_ints else np.float32)
+    nodata = np.zeros((h, w), bool)
+    for i, band in enumerate(bands):
+        dn[i] = _read_band(acq, opened.datasets[band], band, grid, rows, cols, resampling)
+        nd = acq.assets[band].nodata
+        nodata |= dn[i] == (0 if nd is None else nd)
+    layer = (
+        _read_band(acq, opened.datasets[quality], quality, grid, rows, cols, "nearest").astype(
+            np.uint8
+        )
+        if quality
+        else np.zeros((h, w), np.uint8)
+    )
+    return dn, layer, nodata
+
+
 def read_block(
     acq: Acquisition,
     opened: _OpenBands,
@@ -343,72 +530,47 @@ def read_block(
     resampling: str,
     quality: str | None = "SCL",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reflectance (band, y, x) float32, the quality layer (y, x) uint8 and nodata (y, x).
-
-    Pixels outside the tile or at a band's nodata are nodata; the quality layer is zeros where
-    ``quality`` is None.
-    """
-    from rasterio.enums import Resampling
-    from rasterio.errors import RasterioError
-    from rasterio.windows import from_bounds
-
-    h, w = rows[1] - rows[0], cols[1] - cols[0]
-    bounds = grid.pixel_bounds(rows[0], cols[0], rows[1], cols[1])
-    out = np.empty((len(bands), h, w), np.float32)
-    nodata = np.zeros((h, w), bool)
-
-    def read(band: str, method: Resampling) -> np.ndarray:
-        src = opened.datasets[band]
-        try:
-            win = from_bounds(*bounds, transform=src.transform)  # type: ignore[attr-defined]
-            return src.read(  # type: ignore[attr-defined]
-                acq.assets[band].index,
-                window=win,
-                out_shape=(h, w),
-                resampling=method,
-                boundless=True,
-                fill_value=0,
-            )
-        except RasterioError as err:
-            raise CorruptAssetError(
-                f"acquisition {acq.id}: band {band} {acq.assets[band].href} is unreadable: {err}"
-            ) from err
-
-    method = Resampling.bilinear if resampling == "bilinear" else Resampling.nearest
+    """Reflectance (band, y, x) float32, the quality layer (y, x) uint8 and nodata (y, x)."""
+    dn, layer, nodata = read_dn(acq, opened, grid, rows, cols, bands, resampling, quality)
+    out = np.empty(dn.shape, np.float32)
     for i, band in enumerate(bands):
-        dn = read(band, method)
-        nd = acq.assets[band].nodata
-        nodata |= dn == (0 if nd is None else nd)
-        scale, offset = acq.scale_offset(band)
-        out[i] = to_reflectance(dn, scale, offset)
-    layer = (
-        read(quality, Resampling.nearest).astype(np.uint8)
-        if quality
-        else np.zeros((h, w), np.uint8)
-    )
+        out[i] = to_reflectance(dn[i], *acq.scale_offset(band))
     return out, layer, nodata
 
 
 @dataclass(frozen=True)
-class SceneWindows:
-    """One acquisition ready for the encoder: normalised windows plus per-cell summaries."""
+class BlockPixels:
+    """One block of one acquisition, read and masked, ready for the encoder.
+
+    What crosses from a reading worker to an encoding one: DN as read (uint16), the mask and
+    the per-cell summaries; the encoder side harmonises, normalises and fills (cheap, and
+    float32 windows with their overlapping margins would be 2.5x the bytes).
+    """
 
     acquisition_id: str
     tile: str
-    grid: TileGrid
-    windows: tuple[Window, ...]
-    inputs: np.ndarray  # (n_windows, band, y, x) float32, masked pixels filled
-    clear: np.ndarray  # (cells_y, cells_x) clear-sky fraction
-    snow: np.ndarray  # (cells_y, cells_x) snow fraction
-    indices: np.ndarray  # (cells_y, cells_x, index) spectral indices over clear pixels
-    # seconds spent reading (decode + resample to 10 m, in GDAL) and masking/normalising
-    timings: dict[str, float] = field(default_factory=dict)
+    block: Block
+    origin: tuple[int, int]  # pixel (row, col) of dn[:, 0, 0] on the tile grid
+    dn: np.ndarray  # (band, y, x) uint16
+    masked: np.ndarray  # (y, x) bool: cloud, shadow, snow, nodata…
+    scale_offset: np.ndarray  # (band, 2) DN -> reflectance
+    bands: tuple[str, ...]
+    clear: np.ndarray  # (cells_y, cells_x) of the block
+    snow: np.ndarray
+    indices: np.ndarray  # (cells_y, cells_x, index)
+    read_seconds: float
+    mask_seconds: float
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.dn, self.masked, self.clear, self.snow, self.indices)
+        return int(sum(a.nbytes for a in arrays))
 
 
-def prepare_scene(
-    acq: Acquisition, grid: TileGrid, ingest: IngestConfig, model: ModelConfig
-) -> SceneWindows:
-    """Read, mask, harmonise and normalise one acquisition into encoder windows."""
+def read_block_pixels(
+    acq: Acquisition, grid: TileGrid, block: Block, ingest: IngestConfig, model: ModelConfig
+) -> BlockPixels:
+    """Read and mask one block of an acquisition onto its tile's fixed grid (CPU work)."""
     if acq.epsg is not None and acq.epsg != grid.epsg:
         raise GridMismatchError(
             f"acquisition {acq.id}: EPSG:{acq.epsg} differs from tile {grid.tile}'s "
@@ -417,50 +579,28 @@ def prepare_scene(
     bands = scene_bands(acq, model)
     quality = quality_asset(ingest)
     cell = grid.cell_size
-    windows = plan_windows(grid, ingest.window, ingest.margin)
-    ny, nx = grid.n_cells_y, grid.n_cells_x
-    clear = np.zeros((ny, nx), np.float32)
-    snow = np.zeros((ny, nx), np.float32)
-    indices = np.full((ny, nx, len(INDEX_NAMES)), np.nan, np.float32)
-    inputs = []
-    t_read = t_mask = 0.0
+    rows, cols = block.read_rows(cell), block.read_cols(cell)
     t0 = time.perf_counter()
     with open_bands(acq, bands, quality) as opened:
-        t_read += time.perf_counter() - t0
-        for strip in window_strips(windows, cell):
-            t0 = time.perf_counter()
-            rows = strip[0].read_rows(cell)
-            cols = (strip[0].read_cols(cell)[0], strip[-1].read_cols(cell)[1])
-            strip_refl, strip_layer, strip_nodata = read_block(
-                acq, opened, grid, rows, cols, bands, ingest.resampling, quality
-            )
-            t1 = time.perf_counter()
-            strip_masked, strip_snow = quality_masks(strip_layer, strip_nodata, ingest)
-            for win in strip:
-                c0, c1 = (c - cols[0] for c in win.read_cols(cell))
-                refl = strip_refl[:, :, c0:c1]
-                masked, is_snow = strip_masked[:, c0:c1], strip_snow[:, c0:c1]
-                m = win.margin_cells * cell
-                core = (slice(None), slice(m, refl.shape[1] - m), slice(m, refl.shape[2] - m))
-                c, s, ix = cell_summaries(
-                    refl[core], masked[core[1:]], is_snow[core[1:]], bands, cell
-                )
-                out = (
-                    slice(win.cell_y, win.cell_y + win.n_cells_y),
-                    slice(win.cell_x, win.cell_x + win.n_cells_x),
-                )
-                clear[out], snow[out], indices[out] = c, s, ix
-                inputs.append(fill_masked(normalise(refl, bands, model.normalisation), masked))
-            t_read += t1 - t0
-            t_mask += time.perf_counter() - t1
-    return SceneWindows(
-        acq.id,
-        acq.tile,
-        grid,
-        tuple(windows),
-        np.stack(inputs),
-        clear,
-        snow,
-        indices,
-        {"read_decode_resample": t_read, "mask_normalise": t_mask},
+        dn, layer, nodata = read_dn(
+            acq, opened, grid, rows, cols, bands, ingest.resampling, quality
+        )
+    t1 = time.perf_counter()
+    masked, is_snow = quality_masks(layer, nodata, ingest)
+    del layer, nodata
+    scale_offset = np.array([acq.scale_offset(b) for b in bands], np.float64)
+    # Per-cell summaries over the block's own cells: five bands' reflectance is all they need.
+    want = ("B03", "B04", "B08", "B11", "B12")
+    core = (
+        slice(block.cells_y[0] * cell - rows[0], block.cells_y[1] * cell - rows[0]),
+        slice(block.cells_x[0] * cell - cols[0], block.cells_x[1] * cell - cols[0]),
     )
+    refl = np.stack(
+        [to_reflectance(dn[bands.index(b)][core], *scale_offset[bands.index(b)]) for b in want]
+    )
+    clear, snow, indices = cell_summaries(refl, masked[core], is_snow[core], want, cell)
+    del refl
+    return BlockPixels(
+        acq.id, acq.tile, block, (rows[0], cols[0]), dn, masked, scale_offset, tuple(bands),
+        clear, snow, indices, t1 - t0, time.perf_counter() - t1,
+    )  # fmt: skip

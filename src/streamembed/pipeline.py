@@ -17,17 +17,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distributed import Client, Future, Lock, get_worker, wait
+from distributed import Client, Future, KilledWorker, get_worker, wait
 
 from .acquisition import Acquisition, latest_baselines
-from .actor import ALREADY, LATE, StatsActor, shard_of
+from .actor import ALREADY, LATE, ApplyResult, StatsActor, shard_of
 from .config import Config
-from .encoder import EncoderPlugin, ModelIdentity, model_identity
-from .ingest import IngestError, SceneWindows, grid_for, prepare_scene, required_assets
+from .encoder import EMBEDDING_DIM, EncoderPlugin, ModelIdentity, model_identity
+from .grid import TileGrid
+from .ingest import (
+    Block,
+    BlockPixels,
+    IngestError,
+    block_cells,
+    grid_for,
+    plan_blocks,
+    read_block_pixels,
+    required_assets,
+)
 from .ledger import APPLIED, EMBEDDED, FAILED, FINAL, SEEN, SKIPPED, Ledger
 from .ledger import LATE as LEDGER_LATE
 from .sources import discover_for, source_key
-from .store import EmbeddingBatch, EmbeddingStore
+from .store import EmbeddingStore, Reservation, StoreMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +49,43 @@ def store_path(cfg: Config) -> Path:
     return cfg.output_dir / "embeddings.zarr"
 
 
-def ingest_task(acq: Acquisition, cfg: Config) -> SceneWindows:
-    """Read, mask and normalise one acquisition onto its tile's fixed grid (CPU work)."""
-    store = EmbeddingStore(store_path(cfg), cfg.store)
-    grid = store.grid(acq.tile) or grid_for(acq, cfg.ingest.cell_size)
-    return prepare_scene(acq, grid, cfg.ingest, cfg.model)
+def read_task(acq: Acquisition, grid: TileGrid, block: Block, cfg: Config) -> BlockPixels:
+    """Read and mask one block of an acquisition (CPU work; compact DN + mask out)."""
+    return read_block_pixels(acq, grid, block, cfg.ingest, cfg.model)
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """One block encoded and written into its acquisition's reserved time step."""
+
+    acquisition_id: str
+    block: int
+    cells: int
+    bytes_in: int  # what the read task handed to this one (DN, mask, cell summaries)
+    timings: dict[str, float]
+
+
+def encode_task(pixels: BlockPixels, reservation: Reservation, cfg: Config) -> BlockResult:
+    """Encode a block on this worker's resident model and write it into the store by region."""
+    plugin = get_worker().plugins[EncoderPlugin.name]
+    encoder = plugin.get(cfg.model)  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    embedding = encoder.embed_block(pixels, cfg.model.normalisation, cfg.ingest.cell_size)
+    t1 = time.perf_counter()
+    block = pixels.block
+    EmbeddingStore(store_path(cfg), cfg.store).write_block(
+        reservation, block.cells_y, block.cells_x, embedding, pixels.clear, pixels.snow,
+        pixels.indices,
+    )  # fmt: skip
+    timings = {
+        "read_decode_resample": pixels.read_seconds,
+        "mask_normalise": pixels.mask_seconds,
+        "encode": t1 - t0,
+        "store_write": time.perf_counter() - t1,
+    }
+    return BlockResult(
+        pixels.acquisition_id, block.index, block.shape[0] * block.shape[1], pixels.nbytes, timings
+    )
 
 
 def store_attrs(identity: ModelIdentity, cfg: Config) -> dict[str, Any]:
@@ -59,40 +101,6 @@ def store_attrs(identity: ModelIdentity, cfg: Config) -> dict[str, Any]:
         "scl_mask_classes": list(cfg.ingest.scl_mask_classes),
         "Conventions": "CF-1.8",
         "source_note": "Contains modified Copernicus Sentinel data where the input is real",
-    }
-
-
-def encode_task(scene: SceneWindows, acq: Acquisition, cfg: Config) -> dict[str, Any]:
-    """Encode on this worker's resident model and append to the store (serialised per tile)."""
-    plugin = get_worker().plugins[EncoderPlugin.name]
-    encoder = plugin.get(cfg.model)  # type: ignore[attr-defined]
-    t0 = time.perf_counter()
-    embedding = encoder.embed_scene(scene)
-    t1 = time.perf_counter()
-    batch = EmbeddingBatch(
-        acquisition_id=acq.id,
-        tile=acq.tile,
-        time=acq.datetime,
-        grid=scene.grid,
-        embedding=embedding,
-        clear=scene.clear,
-        snow=scene.snow,
-        indices=scene.indices,
-    )
-    store = EmbeddingStore(store_path(cfg), cfg.store)
-    with Lock(f"streamembed-store-{acq.tile}"):
-        t2 = time.perf_counter()
-        written = store.append(batch, store_attrs(encoder.identity, cfg))
-    timings = {
-        **scene.timings,
-        "encode": t1 - t0,
-        "store_lock": t2 - t1,
-        "store_append": time.perf_counter() - t2,
-    }
-    return {
-        "written": written,
-        "cells": int(embedding.shape[0] * embedding.shape[1]),
-        "timings": timings,
     }
 
 
@@ -137,9 +145,12 @@ class RunReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     already_done: int = 0
     stopped_early: bool = False
-    # seconds summed over acquisitions, per stage (worker-side timings)
+    # seconds summed over blocks and acquisitions, per stage (worker-side timings)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     cells: int = 0
+    blocks: int = 0
+    block_bytes: int = 0  # handed from read tasks to encode tasks (DN, mask, summaries)
+    actors_recreated: int = 0
 
     def add_timings(self, timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():
@@ -169,6 +180,16 @@ class RunReport:
             + f", late {self.late}, failed {len(self.failed)}, skipped {len(self.skipped)}.",
             f"anomalies: {self.anomaly_rows} rows in {len(self.files)} new files.",
         ]
+        if self.stage_seconds:
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.items())
+            out.append(
+                f"worker seconds by stage: {stages}; {self.blocks} blocks, "
+                f"{self.block_bytes / 2**20:.0f} MiB handed from read to encode."
+            )
+        if self.actors_recreated:
+            out.append(
+                f"statistics actors recreated after losing their worker: {self.actors_recreated}"
+            )
         for acq_id, reason in self.failed[:10]:
             out.append(f"  failed {acq_id}: {reason}")
         if len(self.failed) > 10:
@@ -178,6 +199,24 @@ class RunReport:
         if self.stopped_early:
             out.append("stopped on request; the rest resumes on the next run.")
         return out
+
+
+@dataclass
+class _Embedding:
+    """One acquisition being embedded: its reserved time step and its blocks."""
+
+    acq: Acquisition
+    grid: TileGrid
+    reservation: Reservation
+    todo: deque[Block]
+    n_blocks: int
+    running: set[Future] = field(default_factory=set)
+    done: int = 0
+    failed: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return not self.running and (self.failed is not None or not self.todo)
 
 
 class Pipeline:
@@ -199,25 +238,31 @@ class Pipeline:
         self.ledger = Ledger(self.out / "ledger.sqlite")
         self.encode_resources, self.ingest_resources = task_resources(cfg, client)
         self.store = EmbeddingStore(store_path(cfg), cfg.store)
+        self.attrs = store_attrs(self.identity, cfg)
         # Unique keys (actors and tasks): several pipelines (outputs, configs) may share one
         # long-running cluster, and a task key seen before returns the old result.
-        token = self.token = uuid.uuid4().hex[:8]
-        self._actor_futures = [
-            client.submit(
-                StatsActor,
-                str(self.out),
-                cfg.stats,
-                cfg.store,
-                self.identity.model_id,
-                actor=True,
-                key=f"streamembed-stats-shard-{k}-{token}",
-            )
-            for k in range(cfg.stats.shards)
-        ]
+        self.token = uuid.uuid4().hex[:8]
+        self._generation = 0
+        self._actor_futures = [self._submit_actor(k) for k in range(cfg.stats.shards)]
         self.actors: list[Any] = [f.result() for f in self._actor_futures]
 
+    def _submit_actor(self, shard: int) -> Future:
+        self._generation += 1
+        return self.client.submit(
+            StatsActor,
+            str(self.out),
+            self.cfg.stats,
+            self.cfg.store,
+            self.identity.model_id,
+            actor=True,
+            key=f"streamembed-stats-shard-{shard}-{self.token}-{self._generation}",
+        )
+
     def close(self) -> None:
-        self.checkpoint()
+        try:
+            self.checkpoint()
+        except Exception as err:  # the actor's worker is gone: its last checkpoint stands
+            log.warning("final checkpoint failed (%s); the last checkpoint stands", _one_line(err))
         self.ledger.close()
         self.actors = []
         for fut in self._actor_futures:
@@ -227,8 +272,54 @@ class Pipeline:
         for actor in self.actors:
             actor.checkpoint().result()
 
+    def _shard(self, tile: str) -> int:
+        return shard_of(tile, len(self.actors))
+
     def _actor(self, tile: str) -> Any:
-        return self.actors[shard_of(tile, len(self.actors))]
+        return self.actors[self._shard(tile)]
+
+    def _actor_alive(self, shard: int) -> bool:
+        try:
+            self.actors[shard].metrics().result(timeout=30)
+            return True
+        except Exception:
+            return False
+
+    def _recreate_actor(self, shard: int, report: RunReport) -> None:
+        """A new actor for ``shard`` from its tiles' last checkpoints, caught up from the store.
+
+        The worker that held it died (memory, pre-emption): the ledger says what was applied,
+        the checkpoints what the state holds; the difference is re-applied in time order, which
+        rewrites the same anomaly files with the same rows.
+        """
+        log.warning(
+            "the worker holding statistics shard %d was lost; recreating the shard from its "
+            "last checkpoints",
+            shard,
+        )
+        self._actor_futures[shard].release()
+        self._actor_futures[shard] = self._submit_actor(shard)
+        self.actors[shard] = self._actor_futures[shard].result()
+        report.actors_recreated += 1
+        applied = [r for r in self.ledger.rows(APPLIED) if self._shard(r.tile) == shard]
+        for tile in sorted({r.tile for r in applied}):
+            in_state = set(self.actors[shard].applied_ids(tile).result())
+            rows = sorted((r for r in applied if r.tile == tile), key=lambda r: r.datetime)
+            for r in rows:
+                if r.id not in in_state:
+                    self.actors[shard].apply(tile, r.id).result()
+                    report.replayed += 1
+
+    def _apply(self, tile: str, acq_id: str, report: RunReport) -> ApplyResult:
+        """One actor apply; a lost actor is recreated once and the apply repeated."""
+        shard = self._shard(tile)
+        try:
+            return self.actors[shard].apply(tile, acq_id).result()
+        except Exception:
+            if self._actor_alive(shard):
+                raise
+        self._recreate_actor(shard, report)
+        return self.actors[shard].apply(tile, acq_id).result()
 
     def run(
         self,
@@ -237,7 +328,7 @@ class Pipeline:
         progress: bool = True,
         incremental: bool = False,
     ) -> RunReport:
-        """Discover, embed what is new, apply in time order, write anomalies.
+        """Discover, embed what is new (block by block), apply in time order, write anomalies.
 
         ``incremental``: a STAC source searches only from its watermark minus the overlap (the
         daemon's polls); otherwise the whole configured window (backfill).
@@ -255,6 +346,81 @@ class Pipeline:
         report.new = self.ledger.record_seen(acqs)
         states = self.ledger.states()
         acqs = self._one_baseline_each(acqs, states, report)
+        work = self._runnable(acqs, states, report, retry_failed)
+        replay = self._replay_plan(states)
+        report.already_done = len(acqs) - len(work)
+        by_tile: dict[str, deque[Acquisition]] = {}
+        for a in sorted(replay + work, key=lambda a: (a.tile, a.datetime, a.id)):
+            by_tile.setdefault(a.tile, deque()).append(a)
+        to_embed = deque(a for a in work if states[a.id] == SEEN)
+        if not work and not replay:
+            self._advance_watermark(key, acqs)
+            return report
+        bar = _progress(len(work), progress)
+        replay_ids = {a.id for a in replay}
+        max_blocks = cfg.pipeline.max_blocks_in_flight or 2 * max(
+            1, sum(self.client.nthreads().values())
+        )
+        active: list[_Embedding] = []
+        futures: dict[Future, _Embedding] = {}
+        try:
+            while True:
+                while to_embed and len(active) < cfg.pipeline.max_in_flight and not stop():
+                    job = self._begin(to_embed.popleft(), states, report, bar)
+                    if job is not None:
+                        active.append(job)
+                # Oldest acquisitions first: blocks of one acquisition finish together and
+                # its time step is committed before the next one's blocks take the workers.
+                for job in active:
+                    while job.todo and job.failed is None and len(futures) < max_blocks:
+                        fut = self._submit_block(job, job.todo.popleft())
+                        job.running.add(fut)
+                        futures[fut] = job
+                self._apply_ready(by_tile, states, replay_ids, report, bar)
+                if not futures:
+                    if not active and (not to_embed or stop()):
+                        break
+                    continue
+                try:
+                    done, _ = wait(
+                        list(futures), timeout=cfg.pipeline.wait_seconds,
+                        return_when="FIRST_COMPLETED",
+                    )  # fmt: skip
+                except TimeoutError:
+                    # distributed's wait raises when nothing finished in time: an acquisition
+                    # may take as long as it takes, the loop only wakes to check for a stop.
+                    continue
+                for fut in done:
+                    job = futures.pop(fut)
+                    job.running.discard(fut)
+                    self._block_done(fut, job, report)
+                    bar.set_postfix_str(f"block {job.done}/{job.n_blocks} of {job.acq.id}")
+                    if job.failed is not None:
+                        for other in job.running:
+                            other.cancel()
+                            futures.pop(other, None)
+                        job.running.clear()
+                    if job.finished:
+                        active.remove(job)
+                        self._embedded(job, states, report, bar)
+        finally:
+            for fut in futures:
+                fut.cancel()
+            bar.close()
+        report.stopped_early = bool(to_embed) or any(by_tile.values())
+        self.checkpoint()
+        self._advance_watermark(key, acqs)
+        return report
+
+    def _runnable(
+        self,
+        acqs: list[Acquisition],
+        states: dict[str, str],
+        report: RunReport,
+        retry_failed: bool,
+    ) -> list[Acquisition]:
+        """Acquisitions to embed or apply now; those missing an asset fail here, at once."""
+        cfg = self.cfg
         retry = {FAILED} if retry_failed else set()
         work: list[Acquisition] = []
         for a in acqs:
@@ -274,57 +440,87 @@ class Pipeline:
             if st == FAILED:
                 states[a.id] = SEEN
             work.append(a)
-        replay = self._replay_plan(states)
-        report.already_done = len(acqs) - len(work)
-        by_tile: dict[str, deque[Acquisition]] = {}
-        for a in sorted(replay + work, key=lambda a: (a.tile, a.datetime, a.id)):
-            by_tile.setdefault(a.tile, deque()).append(a)
-        to_embed = deque(a for a in work if states[a.id] == SEEN)
-        if not work and not replay:
-            self._advance_watermark(key, acqs)
-            return report
-        bar = _progress(len(work), progress)
-        replay_ids = {a.id for a in replay}
-        pending: dict[Future, Acquisition] = {}
+        return work
+
+    def _begin(
+        self, a: Acquisition, states: dict[str, str], report: RunReport, bar: Any
+    ) -> _Embedding | None:
+        """The acquisition's grid, its reserved time step and its blocks (driver side)."""
         try:
-            while True:
-                while to_embed and len(pending) < cfg.pipeline.max_in_flight and not stop():
-                    a = to_embed.popleft()
-                    scene = self.client.submit(
-                        ingest_task,
-                        a,
-                        cfg,
-                        key=f"ingest-{a.id}-{self.token}",
-                        pure=False,
-                        resources=self.ingest_resources,
-                    )
-                    fut = self.client.submit(
-                        encode_task,
-                        scene,
-                        a,
-                        cfg,
-                        key=f"encode-{a.id}-{self.token}",
-                        pure=False,
-                        resources=self.encode_resources,
-                    )
-                    pending[fut] = a
-                self._apply_ready(by_tile, states, replay_ids, report, bar)
-                if not pending:
-                    if not to_embed or stop():
-                        break
-                    continue
-                done, _ = wait(list(pending), timeout=5, return_when="FIRST_COMPLETED")
-                for fut in done:
-                    a = pending.pop(fut)
-                    self._embedded(fut, a, states, report, bar)
-        finally:
-            for fut in pending:
-                fut.cancel()
-            bar.close()
-        report.stopped_early = bool(to_embed) or any(by_tile.values())
-        self.checkpoint()
-        self._advance_watermark(key, acqs)
-        return report
+            grid = self.store.grid(a.tile) or grid_for(a, self.cfg.ingest.cell_size)
+            dim = EMBEDDING_DIM[self.cfg.model.arch]
+            reservation = self.store.begin(a.id, grid, dim, self.attrs)
+            if reservation is not None:
+                _check_block_chunks(self.cfg, grid, reservation)
+        except (IngestError, StoreMismatchError) as err:
+            self._fail(a, _one_line(err), states, report, bar)
+            return None
+        if reservation is None:  # stored by an earlier run that stopped before the ledger
+            self._mark_embedded(a, states, report)
+            bar.update(0)
+            return None
+        blocks = plan_blocks(grid, self.cfg.ingest)
+        return _Embedding(a, grid, reservation, deque(blocks), len(blocks))
+
+    def _submit_block(self, job: _Embedding, block: Block) -> Future:
+        a, grid = job.acq, job.grid
+        tag = f"{a.id}-b{block.index}-{self.token}"
+        pixels = self.client.submit(
+            read_task, a, grid, block, self.cfg, key=f"read-{tag}", pure=False,
+            resources=self.ingest_resources,
+        )  # fmt: skip
+        return self.client.submit(
+            encode_task, pixels, job.reservation, self.cfg, key=f"encode-{tag}", pure=False,
+            resources=self.encode_resources,
+        )  # fmt: skip
+
+    def _block_done(self, fut: Future, job: _Embedding, report: RunReport) -> None:
+        try:
+            result: BlockResult = fut.result()
+        except KilledWorker as err:
+            job.failed = (
+                f"block {_block_of(fut)} of {job.n_blocks}: the workers running it died "
+                f"({_one_line(err)}); most often the worker memory limit: lower "
+                f"ingest.block_px (now {self.cfg.ingest.block_px}) or raise cluster.memory_limit"
+            )
+            return
+        except Exception as err:  # a task error names its input; keep the rest going
+            if job.failed is None:
+                job.failed = _one_line(err)
+            return
+        job.done += 1
+        report.blocks += 1
+        report.cells += result.cells
+        report.block_bytes += result.bytes_in
+        report.add_timings(result.timings)
+
+    def _embedded(
+        self, job: _Embedding, states: dict[str, str], report: RunReport, bar: Any
+    ) -> None:
+        a = job.acq
+        if job.failed is not None:
+            # The reserved row stays pending: a retry writes it again, nothing is visible.
+            self._fail(a, job.failed, states, report, bar)
+            return
+        t0 = time.perf_counter()
+        self.store.commit(job.reservation, a.datetime)
+        report.add_timings({"store_commit": time.perf_counter() - t0})
+        report.stored += 1
+        self._mark_embedded(a, states, report)
+
+    def _mark_embedded(self, a: Acquisition, states: dict[str, str], report: RunReport) -> None:
+        self.ledger.set_state(a.id, EMBEDDED)
+        states[a.id] = EMBEDDED
+        report.embedded += 1
+
+    def _fail(
+        self, a: Acquisition, reason: str, states: dict[str, str], report: RunReport, bar: Any
+    ) -> None:
+        log.error("acquisition %s failed: %s", a.id, reason)
+        self.ledger.set_state(a.id, FAILED, reason)
+        states[a.id] = FAILED
+        report.failed.append((a.id, reason))
+        bar.update(1)
 
     def _one_baseline_each(
         self, acqs: list[Acquisition], states: dict[str, str], report: RunReport
@@ -397,26 +593,6 @@ class Pipeline:
                 replay += missing
         return replay
 
-    def _embedded(
-        self, fut: Future, a: Acquisition, states: dict[str, str], report: RunReport, bar: Any
-    ) -> None:
-        try:
-            result = fut.result()
-        except Exception as err:  # a task error names its input; keep the rest going
-            reason = _one_line(err)
-            log.error("acquisition %s failed: %s", a.id, reason)
-            self.ledger.set_state(a.id, FAILED, reason)
-            states[a.id] = FAILED
-            report.failed.append((a.id, reason))
-            bar.update(1)
-            return
-        self.ledger.set_state(a.id, EMBEDDED)
-        states[a.id] = EMBEDDED
-        report.embedded += 1
-        report.stored += int(result["written"])
-        report.cells += int(result["cells"])
-        report.add_timings(result.get("timings", {}))
-
     def _apply_ready(
         self,
         by_tile: dict[str, deque[Acquisition]],
@@ -436,13 +612,13 @@ class Pipeline:
                 if st != EMBEDDED:
                     break
                 queue.popleft()
-                res = self._actor(tile).apply(tile, a.id).result()
-                report.add_timings(res.get("timings", {}))
+                res = self._apply(tile, a.id, report)
+                report.add_timings(res.timings)
                 if a.id in replay_ids:
                     report.replayed += 1
                     states[a.id] = APPLIED
                     continue
-                if res["status"] == LATE:
+                if res.status == LATE:
                     reason = (
                         f"acquired {a.datetime.isoformat()} before tile {tile}'s last applied "
                         "acquisition: embedded and stored, not applied to the statistics"
@@ -454,17 +630,34 @@ class Pipeline:
                     self.ledger.set_state(
                         a.id,
                         APPLIED,
-                        n_anomalies=res["n_anomalies"],
-                        snow_cells=res.get("snow_cells"),
-                        masked_cells=res.get("masked_cells"),
+                        n_anomalies=res.n_anomalies,
+                        snow_cells=res.snow_cells,
+                        masked_cells=res.masked_cells,
                     )
                     states[a.id] = APPLIED
                     report.applied += 1
-                    if res["status"] != ALREADY:
-                        report.anomaly_rows += res["n_anomalies"]
-                        if res["path"]:
-                            report.files.append(res["path"])
+                    if res.status != ALREADY:
+                        report.anomaly_rows += res.n_anomalies
+                        if res.path:
+                            report.files.append(res.path)
                 bar.update(1)
+
+
+def _block_of(fut: Future) -> str:
+    return str(fut.key).rsplit("-b", 1)[-1].split("-", 1)[0]
+
+
+def _check_block_chunks(cfg: Config, grid: TileGrid, reservation: Reservation) -> None:
+    """Blocks must cover whole chunks of the tile as stored (they are written concurrently)."""
+    side = block_cells(cfg.ingest)
+    cy, cx = reservation.chunk_cells
+    for n_cells, chunk in ((grid.n_cells_y, cy), (grid.n_cells_x, cx)):
+        if side < n_cells and side % chunk:
+            raise StoreMismatchError(
+                f"tile {grid.tile} is stored in chunks of {chunk} cells but ingest.block_px="
+                f"{cfg.ingest.block_px} makes blocks of {side} cells; set ingest.block_px to a "
+                f"multiple of {chunk * grid.cell_size} px for this store"
+            )
 
 
 def _one_line(err: BaseException) -> str:
@@ -475,6 +668,9 @@ def _one_line(err: BaseException) -> str:
 
 class _NoBar:
     def update(self, n: int) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
         pass
 
     def close(self) -> None:

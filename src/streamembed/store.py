@@ -5,8 +5,15 @@ fraction per cell, ``snow(time, y, x)`` snow fraction, ``indices(time, y, x, ind
 indices over clear pixels (for anomaly labels), ``acquisition_id(time)``; coords ``time``, ``y``,
 ``x`` (UTM metres of cell centres). Attributes: CRS, transform, bands, model id, normalisation.
 
-Appends are idempotent per acquisition id and crash-safe: rows past the last complete append
-(shorter arrays, empty ids) are cut away when the tile is opened for writing.
+An acquisition is written in three steps, so that it can arrive as many block tasks on many
+workers (a full tile is 117,649 cells, ~480 MB of float16 at 2048-d):
+1. ``begin`` (the driver) reserves the acquisition's time step: a row whose ``acquisition_id`` is
+   still empty, recorded in the group's ``pending`` attribute so a restart reuses it;
+2. ``write_block`` (any worker, no lock) writes one block of cells into that row by region;
+   block edges fall on chunk edges, so no two writers ever touch the same chunk;
+3. ``commit`` (the driver, once every block is stored) writes the time and, last, the id.
+A row with an empty id is not an acquisition: readers skip it, a restart redoes it in the same
+row, so a crash mid-acquisition leaves nothing visible and nothing twice.
 """
 
 from __future__ import annotations
@@ -47,27 +54,13 @@ def _arr(g: zarr.Group, name: str) -> zarr.Array:
     return arr
 
 
-def _repair(g: zarr.Group) -> tuple[int, list[str], dict[str, zarr.Array]]:
-    """Cut rows past the last complete append.
-
-    Returns the rows removed, the complete rows' ids and the per-time arrays (opened once).
-    """
-    arrays = {name: _arr(g, name) for name in _TIME_VARS}
-    n = min(a.shape[0] for a in arrays.values())
-    ids = _ids(g, n)
-    while ids and not ids[-1]:
-        ids.pop()
-    n = len(ids)
-    removed = max(a.shape[0] for a in arrays.values()) - n
-    for arr in arrays.values():
-        if arr.shape[0] != n:
-            arr.resize((n, *arr.shape[1:]))
-    return removed, ids, arrays
+def _ids(g: zarr.Group) -> list[str]:
+    """The id of every row ('' for a row not committed), one chunk read per 4096."""
+    return [str(v) for v in np.asarray(_arr(g, "acquisition_id")[:])]
 
 
-def _ids(g: zarr.Group, n: int | None = None) -> list[str]:
-    """The tile's acquisition ids (the first ``n``), one chunk read per 4096."""
-    return [str(v) for v in np.asarray(_arr(g, "acquisition_id")[:n])]
+def _pending(g: zarr.Group) -> dict[str, int]:
+    return {str(k): int(v) for k, v in dict(g.attrs.get("pending", {})).items()}  # type: ignore[arg-type]
 
 
 def _sensing_second(when: dt.datetime) -> int:
@@ -108,6 +101,16 @@ class StoredAcquisition:
     indices: np.ndarray
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """The time step an acquisition writes its blocks into (``row``), and the tile's chunks."""
+
+    tile: str
+    acquisition_id: str
+    row: int
+    chunk_cells: tuple[int, int]
+
+
 class EmbeddingStore:
     """The store at ``root``; one Zarr group per MGRS tile."""
 
@@ -127,121 +130,215 @@ class EmbeddingStore:
         return zarr.open_group(self.root, mode="r+", path=tile)
 
     def grid(self, tile: str) -> TileGrid | None:
-        """The tile's stored grid; None for a new tile, and also while the tile's first write
-        (on another worker, under the tile's lock) has created the group but not yet set its
-        attributes: readers outside the lock then derive the same grid from the product."""
+        """The tile's stored grid; None for a new tile."""
         g = self._group(tile)
         return None if g is None or "grid" not in g.attrs else _grid_attrs(g)
 
     def acquisition_ids(self, tile: str) -> list[str]:
+        """Committed acquisitions of the tile, in row order."""
         g = self._group(tile)
-        return [] if g is None else _ids(g)
+        return [] if g is None else [i for i in _ids(g) if i]
+
+    def pending(self, tile: str) -> dict[str, int]:
+        """Acquisitions begun and not committed (in flight, or interrupted): id -> row."""
+        g = self._group(tile)
+        return {} if g is None else _pending(g)
 
     def repair(self, tile: str) -> int:
-        """Cut rows left by an interrupted append; returns how many were removed."""
+        """Cut trailing rows that are neither committed nor reserved; returns how many."""
         g = self._group(tile)
-        return 0 if g is None else _repair(g)[0]
+        if g is None:
+            return 0
+        arrays = {name: _arr(g, name) for name in _TIME_VARS}
+        ids, keep = _ids(g), set(_pending(g).values())
+        # Rows every variable has (a crash mid-resize leaves some longer); a pending row cut
+        # here is grown again by its acquisition's next begin.
+        n = min(a.shape[0] for a in arrays.values())
+        while n and not ids[n - 1] and (n - 1) not in keep:
+            n -= 1
+        longest = max(a.shape[0] for a in arrays.values())
+        for arr in arrays.values():
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))
+        return longest - n
+
+    # ------------------------------------------------------------ the three-step write
+
+    def begin(
+        self, acquisition_id: str, grid: TileGrid, dim: int, attrs: dict[str, Any]
+    ) -> Reservation | None:
+        """Reserve the acquisition's time step (driver side); None if it is already committed.
+
+        The tile's group is created on its first acquisition. A begun but uncommitted
+        acquisition (a crash, a failed block) gets its old row back.
+        """
+        tile = grid.tile
+        g = self._group(tile)
+        if g is None:
+            self._create(grid, dim, attrs)
+            g = self._group(tile)
+            assert g is not None
+        self._check_compatible(g, tile, acquisition_id, grid, dim, attrs)
+        self.repair(tile)
+        ids = _ids(g)
+        if acquisition_id in ids:
+            return None
+        pending = _pending(g)
+        row = pending.get(acquisition_id)
+        if row is None:
+            row = max([len(ids) - 1, *pending.values()]) + 1
+            pending[acquisition_id] = row
+            # The reservation is recorded before the arrays grow: a crash in between leaves a
+            # pending row past the end, which the next begin grows into.
+            g.attrs["pending"] = pending
+        emb = _arr(g, "embedding")
+        if row >= emb.shape[0]:
+            for name in _TIME_VARS:
+                arr = _arr(g, name)
+                arr.resize((row + 1, *arr.shape[1:]))
+        return Reservation(tile, acquisition_id, row, (emb.chunks[1], emb.chunks[2]))
+
+    def write_block(
+        self,
+        reservation: Reservation,
+        cells_y: tuple[int, int],
+        cells_x: tuple[int, int],
+        embedding: np.ndarray,
+        clear: np.ndarray,
+        snow: np.ndarray,
+        indices: np.ndarray,
+    ) -> None:
+        """One block of cells into the reserved row, by region (any worker, no lock)."""
+        values = self._step_values(embedding, clear, snow, indices)
+        region = (reservation.row, slice(*cells_y), slice(*cells_x))
+        for name, value in values.items():
+            arr = zarr.open_array(self.root, path=f"{reservation.tile}/{name}", mode="r+")
+            arr[region] = value
+
+    def commit(self, reservation: Reservation, when: dt.datetime) -> None:
+        """Make the acquisition visible: its time, then its id (the commit point)."""
+        g = self._group(reservation.tile)
+        assert g is not None
+        _arr(g, "time")[reservation.row] = np.int64(_sensing_second(when))
+        _arr(g, "acquisition_id")[reservation.row] = np.asarray(
+            reservation.acquisition_id, dtype=object
+        )
+        pending = _pending(g)
+        if pending.pop(reservation.acquisition_id, None) is not None:
+            g.attrs["pending"] = pending
 
     def append(self, batch: EmbeddingBatch, attrs: dict[str, Any]) -> bool:
-        """Write one acquisition; False (a no-op) if its id is already stored.
+        """A whole acquisition in one call (begin, one block, commit); False if already stored."""
+        res = self.begin(batch.acquisition_id, batch.grid, batch.embedding.shape[-1], attrs)
+        if res is None:
+            return False
+        ny, nx = batch.grid.n_cells_y, batch.grid.n_cells_x
+        self.write_block(
+            res, (0, ny), (0, nx), batch.embedding, batch.clear, batch.snow, batch.indices
+        )
+        self.commit(res, batch.time)
+        return True
 
-        Callers serialise appends per tile (``distributed.Lock`` in the pipeline): Zarr resizes
-        are not safe against concurrent writers.
-        """
-        g = self._group(batch.tile)
-        if g is not None:
-            self._check_compatible(g, batch, attrs)
-            _, ids, arrays = _repair(g)
-            if batch.acquisition_id in ids:
-                return False
-            self._append_rows(arrays, batch)
-            return True
+    def _create(self, grid: TileGrid, dim: int, attrs: dict[str, Any]) -> None:
+        """The tile's group with every variable at zero time steps (metadata and coords only)."""
         # Never larger than the tile: a chunk past the tile's edge is padding that every write
-        # allocates and compresses (16 MiB per append for 16 x 16 cells of 2048-d in 64-cell
-        # chunks).
-        cy = min(self.cfg.chunk_cells, batch.grid.n_cells_y)
-        cx = min(self.cfg.chunk_cells, batch.grid.n_cells_x)
-        dim = batch.embedding.shape[-1]
+        # allocates and compresses.
+        cy = min(self.cfg.chunk_cells, grid.n_cells_y)
+        cx = min(self.cfg.chunk_cells, grid.n_cells_x)
         encoding = {
             "embedding": {"chunks": (1, cy, cx, dim)},
             "clear": {"chunks": (1, cy, cx)},
             "snow": {"chunks": (1, cy, cx)},
             "indices": {"chunks": (1, cy, cx, len(INDEX_NAMES))},
             # One chunk holds many ids and times: listing a tile's acquisitions (every
-            # append does) reads one chunk, not one file per acquisition.
+            # begin does) reads one chunk, not one file per acquisition.
             "time": {**TIME_ENCODING, "chunks": (TIME_CHUNK,)},
             "acquisition_id": {"chunks": (TIME_CHUNK,)},
         }
-        self._dataset(batch, attrs).to_zarr(
-            self.root, group=batch.tile, mode="w-", encoding=encoding, consolidated=False
-        )
-        return True
+        import dask.array as da
 
-    def _append_rows(self, arrays: dict[str, zarr.Array], batch: EmbeddingBatch) -> None:
-        """One more time step, written with zarr directly.
-
-        xarray's ``to_zarr(append_dim=...)`` re-reads and re-validates every variable's
-        metadata and coordinates per call (~140 ms); a resize and one chunk write per variable
-        is all an append needs. The id goes last: a row with data but no id is an interrupted
-        append, which ``repair`` cuts.
-        """
-        rows = {
-            **self._step_values(batch),
-            "time": np.asarray(_sensing_second(batch.time), np.int64),
-            "acquisition_id": np.asarray(batch.acquisition_id, dtype=object),
+        y, x = grid.cell_centres()
+        ny, nx = grid.n_cells_y, grid.n_cells_x
+        # A one-step template of lazy zeros written with compute=False: metadata, coordinates
+        # and the (empty) id only, no data chunk; the step is then cut to zero rows.
+        shapes = {
+            "embedding": ((1, ny, nx, dim), (1, cy, cx, dim), self.cfg.dtype),
+            "clear": ((1, ny, nx), (1, cy, cx), np.float32),
+            "snow": ((1, ny, nx), (1, cy, cx), np.float32),
+            "indices": ((1, ny, nx, len(INDEX_NAMES)), (1, cy, cx, len(INDEX_NAMES)), np.float32),
         }
-        for name, value in rows.items():
-            arr = arrays[name]
-            n = arr.shape[0]
-            arr.resize((n + 1, *arr.shape[1:]))
-            arr[n] = value
-
-    def _check_compatible(
-        self, g: zarr.Group, batch: EmbeddingBatch, attrs: dict[str, Any]
-    ) -> None:
-        stored = g.attrs.get("model_id")
-        if stored != attrs["model_id"]:
-            raise StoreMismatchError(
-                f"{self.root}/{batch.tile} holds embeddings of model {stored}, this run makes "
-                f"{attrs['model_id']}; use another --output or the same model config"
-            )
-        grid = _grid_attrs(g)
-        if grid != batch.grid:
-            raise StoreMismatchError(
-                f"{self.root}/{batch.tile}: acquisition {batch.acquisition_id} is on grid "
-                f"{batch.grid} but the tile's grid is {grid}"
-            )
-
-    def _step_values(self, batch: EmbeddingBatch) -> dict[str, np.ndarray]:
-        """One acquisition's data variables in their stored dtypes, without the time axis
-        (the first write and every append store exactly these)."""
-        return {
-            "embedding": batch.embedding.astype(self.cfg.dtype),
-            "clear": batch.clear.astype(np.float32),
-            "snow": batch.snow.astype(np.float32),
-            "indices": batch.indices.astype(np.float32),
-        }
-
-    def _dataset(self, batch: EmbeddingBatch, attrs: dict[str, Any]) -> xr.Dataset:
-        y, x = batch.grid.cell_centres()
-        t = pd.DatetimeIndex([pd.Timestamp(_sensing_second(batch.time), unit="s")])
-        values = self._step_values(batch)
         ds = xr.Dataset(
             {
-                **{name: (_DIMS[name], v[None]) for name, v in values.items()},
-                "acquisition_id": (("time",), np.array([batch.acquisition_id], dtype=object)),
+                **{
+                    n: (_DIMS[n], da.zeros(shape, chunks=chunks, dtype=dtype))
+                    for n, (shape, chunks, dtype) in shapes.items()
+                },
+                "acquisition_id": (("time",), np.array([""], dtype=object)),
             },
-            coords={"time": t, "y": y, "x": x, "index": np.array(INDEX_NAMES, dtype=object)},
+            coords={
+                "time": pd.DatetimeIndex([pd.Timestamp(0, unit="s")]),
+                "y": y,
+                "x": x,
+                "index": np.array(INDEX_NAMES, dtype=object),
+            },
         )
-        ds.attrs.update({**attrs, "grid": batch.grid.to_attrs(), "crs": f"EPSG:{batch.grid.epsg}"})
+        ds.attrs.update(
+            {**attrs, "grid": grid.to_attrs(), "crs": f"EPSG:{grid.epsg}", "pending": {}}
+        )
         ds["embedding"].attrs["description"] = (
             "encoder feature map at the output stride, one per cell"
         )
         ds["clear"].attrs["description"] = "fraction of the cell's pixels not masked by SCL"
-        return ds
+        ds.to_zarr(
+            self.root,
+            group=grid.tile,
+            mode="w-",
+            encoding=encoding,
+            consolidated=False,
+            compute=False,
+        )
+        self.repair(grid.tile)
+
+    def _check_compatible(
+        self,
+        g: zarr.Group,
+        tile: str,
+        acquisition_id: str,
+        grid: TileGrid,
+        dim: int,
+        attrs: dict[str, Any],
+    ) -> None:
+        stored = g.attrs.get("model_id")
+        if stored != attrs["model_id"]:
+            raise StoreMismatchError(
+                f"{self.root}/{tile} holds embeddings of model {stored}, this run makes "
+                f"{attrs['model_id']}; use another --output or the same model config"
+            )
+        stored_grid = _grid_attrs(g)
+        if stored_grid != grid:
+            raise StoreMismatchError(
+                f"{self.root}/{tile}: acquisition {acquisition_id} is on grid "
+                f"{grid} but the tile's grid is {stored_grid}"
+            )
+        stored_dim = _arr(g, "embedding").shape[-1]
+        if stored_dim != dim:
+            raise StoreMismatchError(
+                f"{self.root}/{tile} holds {stored_dim}-d embeddings, this run makes {dim}-d"
+            )
+
+    def _step_values(
+        self, embedding: np.ndarray, clear: np.ndarray, snow: np.ndarray, indices: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """One acquisition's (or block's) data variables in their stored dtypes."""
+        return {
+            "embedding": embedding.astype(self.cfg.dtype),
+            "clear": clear.astype(np.float32),
+            "snow": snow.astype(np.float32),
+            "indices": indices.astype(np.float32),
+        }
 
     def read(self, tile: str, acquisition_id: str) -> StoredAcquisition:
-        """One acquisition back from the store, embedding in the stored dtype.
+        """One committed acquisition back from the store, embedding in the stored dtype.
 
         No cast here: the statistics core decodes float16 inside its pass, several times
         faster than NumPy's float16 cast.
@@ -262,5 +359,7 @@ class EmbeddingStore:
         )
 
     def open_dataset(self, tile: str) -> xr.Dataset:
-        """The tile as an xarray Dataset (lazy, dask-backed)."""
-        return xr.open_zarr(self.root, group=tile, consolidated=False)
+        """The tile's committed acquisitions as an xarray Dataset (lazy, dask-backed)."""
+        ds = xr.open_zarr(self.root, group=tile, consolidated=False)
+        committed = np.asarray(ds["acquisition_id"].values != "")
+        return ds if committed.all() else ds.isel(time=np.flatnonzero(committed))

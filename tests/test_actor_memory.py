@@ -1,0 +1,85 @@
+"""The statistics actor's memory is bounded by stats.max_state_mib, not by the tiles it owns:
+evicted tiles come back from their checkpoint and the results do not change."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+
+from streamembed.actor import APPLIED, StatsActor, state_bytes
+from streamembed.config import StatsConfig, StoreConfig
+from streamembed.grid import TileGrid
+from streamembed.sink import read_anomalies
+from streamembed.stats import TileState
+from streamembed.store import EmbeddingBatch, EmbeddingStore
+
+TILES = ("33UWP", "32UPC", "31UFT")
+ATTRS = {"model_id": "test-model"}
+
+
+def _fill_store(root: Path, n_dates: int) -> list[tuple[str, str]]:
+    """Three 12 x 12-cell tiles of 64-d embeddings with a jump at cells [4:8, 4:8] late on."""
+    store = EmbeddingStore(root / "embeddings.zarr")
+    order = []
+    for k in range(n_dates):
+        for t, tile in enumerate(TILES):
+            grid = TileGrid(tile, 32633, 500000.0 + t, 5400000.0, 384, 384, 32)
+            rng = np.random.default_rng([k, t])
+            emb = rng.normal(0, 0.05, (12, 12, 64)).astype(np.float32) + 1.0
+            idx = np.full((12, 12, 4), 0.5, np.float32)
+            if k >= n_dates - 2:
+                emb[4:8, 4:8] += 2.0
+                idx[4:8, 4:8] = -0.5
+            acq_id = f"{tile}-{k:02d}"
+            when = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=5 * k)
+            store.append(
+                EmbeddingBatch(acq_id, tile, when, grid, emb, np.ones((12, 12), np.float32),
+                               np.zeros((12, 12), np.float32), idx),
+                ATTRS,
+            )  # fmt: skip
+            order.append((tile, acq_id))
+    return order
+
+
+def _apply_all(out: Path, order: list[tuple[str, str]], budget_mib: float) -> StatsActor:
+    actor = StatsActor(str(out), StatsConfig(min_obs=3, max_state_mib=budget_mib), StoreConfig(),
+                       "test-model")  # fmt: skip
+    for tile, acq_id in order:
+        assert actor.apply(tile, acq_id).status == APPLIED
+        assert actor.resident_bytes() <= max(
+            budget_mib * 2**20, max(state_bytes(s) for s in actor.states.values())
+        )
+    actor.checkpoint()
+    return actor
+
+
+def test_eviction_bounds_memory_and_changes_no_result(tmp_path):
+    import shutil
+
+    order = _fill_store(tmp_path / "a", 10)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    one_tile = state_bytes(TileState.empty(12, 12, 64)) / 2**20
+    roomy = _apply_all(tmp_path / "a", order, 1024)
+    tight = _apply_all(tmp_path / "b", order, 1.5 * one_tile)  # room for one tile only
+    assert roomy.evictions == 0 and len(roomy.states) == 3
+    assert tight.evictions >= 20 and len(tight.states) == 1
+    for tile in TILES:
+        a = TileState.load(tmp_path / "a" / "state" / f"{tile}.npz")
+        b = TileState.load(tmp_path / "b" / "state" / f"{tile}.npz")
+        for f in dataclasses.fields(TileState):
+            va, vb = getattr(a, f.name), getattr(b, f.name)
+            assert (
+                np.array_equal(va, vb, equal_nan=True) if isinstance(va, np.ndarray) else va == vb
+            )
+    rows_a = read_anomalies(tmp_path / "a" / "anomalies")
+    rows_b = read_anomalies(tmp_path / "b" / "anomalies")
+    assert len(rows_a) > 0 and set(rows_a["mgrs_tile"]) == set(TILES)
+    key = ["acquisition_id", "cell_y", "cell_x"]
+    assert (
+        rows_a.sort_values(key)[[*key, "score"]]
+        .reset_index(drop=True)
+        .equals(rows_b.sort_values(key)[[*key, "score"]].reset_index(drop=True))
+    )
