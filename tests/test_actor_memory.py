@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamembed.actor import APPLIED, StatsActor, state_bytes
+from streamembed.actor import ApplyStatus, StatsActor, state_bytes
 from streamembed.config import StatsConfig, StoreConfig
 from streamembed.grid import TileGrid
 from streamembed.sink import read_anomalies
@@ -48,7 +48,7 @@ def _apply_all(out: Path, order: list[tuple[str, str]], budget_mib: float) -> St
     actor = StatsActor(str(out), StatsConfig(min_obs=3, max_state_mib=budget_mib), StoreConfig(),
                        "test-model")  # fmt: skip
     for tile, acq_id in order:
-        assert actor.apply(tile, acq_id).status == APPLIED
+        assert actor.apply(tile, acq_id).status == ApplyStatus.APPLIED
         assert actor.resident_bytes() <= max(
             budget_mib * 2**20, max(state_bytes(s) for s in actor.states.values())
         )

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from streamembed.config import Config
-from streamembed.ledger import APPLIED, Ledger
+from streamembed.ledger import Ledger, State
 from streamembed.pipeline import Pipeline
 from streamembed.sink import read_anomalies
 from streamembed.sources.synthetic import generate
@@ -104,7 +104,7 @@ def test_losing_the_actor_worker_loses_nothing(series, whole_tile_blocks, tmp_pa
         killed: list[int] = []
 
         def kill_after_five() -> bool:
-            if not killed and len(pipe.ledger.rows(APPLIED)) >= 5:
+            if not killed and len(pipe.ledger.rows(State.APPLIED)) >= 5:
                 (addr,) = client.who_has(pipe._actor_futures[0])[pipe._actor_futures[0].key]
                 pid = client.run(os.getpid, workers=[addr])[addr]
                 os.kill(pid, signal.SIGKILL)
@@ -118,7 +118,7 @@ def test_losing_the_actor_worker_loses_nothing(series, whole_tile_blocks, tmp_pa
     assert killed and report.actors_recreated >= 1
     assert report.applied == 20 and not report.failed
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        assert len(ledger.rows(APPLIED)) == 20
+        assert len(ledger.rows(State.APPLIED)) == 20
     state = TileState.load(tmp_path / "state" / "33UWP.npz")
     assert len(state.applied_ids) == len(set(state.applied_ids)) == 20
     assert sorted(EmbeddingStore(tmp_path / "embeddings.zarr").acquisition_ids("33UWP")) == sorted(

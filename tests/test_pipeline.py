@@ -12,7 +12,7 @@ import pytest
 
 from streamembed.config import Config
 from streamembed.evaluate import evaluate
-from streamembed.ledger import APPLIED, FAILED, Ledger
+from streamembed.ledger import Ledger, State
 from streamembed.pipeline import Pipeline
 from streamembed.sink import read_anomalies
 from streamembed.sources.synthetic import generate
@@ -87,8 +87,8 @@ def test_failures_are_recorded_with_the_file_and_the_rest_proceeds(archive, firs
     items, truth, broken = archive
     out, _ = first_run
     with Ledger(out / "ledger.sqlite") as ledger:
-        failed = {r.id: r.reason for r in ledger.rows(FAILED)}
-        applied = ledger.rows(APPLIED)
+        failed = {r.id: r.reason for r in ledger.rows(State.FAILED)}
+        applied = ledger.rows(State.APPLIED)
     assert set(failed) == {broken["corrupt"], broken["missing"]}
     assert (
         broken["corrupt_file"] in failed[broken["corrupt"]]

@@ -12,7 +12,7 @@ import pytest
 
 from streamembed.acquisition import BANDS_L1C
 from streamembed.config import Config
-from streamembed.ledger import APPLIED, Ledger
+from streamembed.ledger import Ledger, State
 from streamembed.pipeline import Pipeline
 from streamembed.sources.arrays import load_eolearn_example, write_scene_items
 from streamembed.store import EmbeddingStore
@@ -58,7 +58,7 @@ def test_real_l1c_scenes_end_to_end(real_items, cluster_client, tmp_path):
     assert not report.failed, report.failed
     assert report.applied == len(times) == 5
     with Ledger(cfg.output_dir / "ledger.sqlite") as ledger:
-        assert {r.state for r in ledger.rows()} == {APPLIED}
+        assert {r.state for r in ledger.rows()} == {State.APPLIED}
     ds = EmbeddingStore(cfg.output_dir / "embeddings.zarr").open_dataset("33TVL").sortby("time")
     assert ds["embedding"].shape == (5, 3, 3, 512)  # 101 x 100 px: 3 x 3 cells of 320 m
     assert ds.attrs["bands"] == list(BANDS_L1C)

@@ -91,7 +91,7 @@ def test_slurm_backfill_gpu_tagged_workers_match_local_cluster(
         loads = client.run(lambda dask_worker: dask_worker.plugins[EncoderPlugin.name].loads)
     assert report.applied == report.discovered == 37 and not report.failed
     encode = [t["worker"] for t in stream.data if str(t["key"]).startswith("encode-")]
-    ingest = [t["worker"] for t in stream.data if str(t["key"]).startswith("ingest-")]
+    ingest = [t["worker"] for t in stream.data if str(t["key"]).startswith("read-")]
     assert len(encode) == len(ingest) == 37
     assert set(encode) == gpu_workers  # every encode task on the GPU-tagged worker
     assert set(ingest) == cpu_workers  # no read/mask task there

@@ -16,7 +16,7 @@ import pytest
 from streamembed.acquisition import NATIVE_RESOLUTION, SourceError
 from streamembed.config import Config, SourceConfig, load_config
 from streamembed.credentials import Credentials, Secret
-from streamembed.ledger import APPLIED, FAILED, SKIPPED, Ledger
+from streamembed.ledger import Ledger, State
 from streamembed.pipeline import Pipeline
 from streamembed.sources import discover, source_key
 from streamembed.sources.stac import discover_stac, search_window
@@ -171,9 +171,9 @@ def test_earth_search_items_over_http_with_a_missing_asset(
     assert "B11" in report.failed[0][1] and "/no/such/B11.tif" in report.failed[0][1]
     with Ledger(out / "ledger.sqlite") as ledger:
         states = ledger.states()
-    assert states[items[3]["id"]] == FAILED
+    assert states[items[3]["id"]] == State.FAILED
     done = [i["id"] for i in items if i is not items[3]]
-    assert all(states[i] in (APPLIED, "late") for i in done)
+    assert all(states[i] in (State.APPLIED, "late") for i in done)
     assert server.hits("/files/no/such/B11.tif") >= 1
 
 
@@ -227,10 +227,10 @@ def test_polling_two_batches_and_a_newer_baseline_exactly_once(
     stored = [i for tile in store.tiles() for i in store.acquisition_ids(tile)]
     assert sorted(stored) == sorted(i["id"] for i in items)  # each exactly once
     with Ledger(out / "ledger.sqlite") as ledger:
-        assert ledger.state(reproc["id"]) == SKIPPED
-        assert ledger.summary() and sum(v.get(APPLIED, 0) for v in ledger.summary().values()) == (
-            len(items)
-        )
+        assert ledger.state(reproc["id"]) == State.SKIPPED
+        assert ledger.summary() and sum(
+            v.get(State.APPLIED, 0) for v in ledger.summary().values()
+        ) == (len(items))
 
 
 def test_older_baseline_listed_beside_a_newer_one_is_skipped(server, archive, tmp_path):
@@ -403,6 +403,6 @@ def test_monitor_daemon_over_http_two_batches_exactly_once(server, archive, tmp_
     # The back-dated product is older than the tile's last applied one: the documented rule
     # stores it and marks it late instead of applying it out of order.
     assert states[late["id"]] == "late"
-    assert all(states[i["id"]] == APPLIED for i in items if i is not late)
+    assert all(states[i["id"]] == State.APPLIED for i in items if i is not late)
     stored = EmbeddingStore(out / "embeddings.zarr").acquisition_ids("33UWP")
     assert sorted(stored) == sorted(i["id"] for i in items)  # each embedded exactly once

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from streamembed.grid import TileGrid
-from streamembed.ledger import APPLIED, EMBEDDED, FAILED, Ledger
+from streamembed.ledger import Ledger, State
 from streamembed.sink import AnomalyRecord, read_anomalies, write_anomalies
 from streamembed.store import EmbeddingBatch, EmbeddingStore, StoreMismatchError
 
@@ -189,10 +189,10 @@ def test_ledger_states_and_summary(tmp_path):
     ]
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         assert ledger.record_seen(acqs) == 3 and ledger.record_seen(acqs) == 0
-        ledger.set_state("a0", EMBEDDED)
-        ledger.set_state("a0", APPLIED, n_anomalies=4)
-        ledger.set_state("a1", FAILED, "acquisition a1 (x.json): band B8A missing")
+        ledger.set_state("a0", State.EMBEDDED)
+        ledger.set_state("a0", State.APPLIED, n_anomalies=4)
+        ledger.set_state("a1", State.FAILED, "acquisition a1 (x.json): band B8A missing")
     with Ledger(tmp_path / "ledger.sqlite") as ledger:  # persisted
         assert ledger.summary() == {"33UWP": {"applied": 1, "failed": 1, "seen": 1}}
-        assert ledger.rows(FAILED)[0].reason.endswith("band B8A missing")
-        assert ledger.rows(APPLIED)[0].n_anomalies == 4
+        assert ledger.rows(State.FAILED)[0].reason.endswith("band B8A missing")
+        assert ledger.rows(State.APPLIED)[0].n_anomalies == 4

@@ -19,14 +19,24 @@ import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from .config import StatsConfig, StoreConfig
-from .sink import partition_path, records_from_result, write_anomalies
+from .layout import OutputLayout
+from .sink import records_from_result, write_anomalies
 from .stats import StatsParams, TileState, update
 from .store import EmbeddingStore
 
-APPLIED, LATE, ALREADY = "applied", "late", "already_applied"
+
+class ApplyStatus(StrEnum):
+    """What applying an acquisition to its tile's statistics did."""
+
+    APPLIED = "applied"
+    LATE = "late"  # older than the tile's last applied acquisition: not applied
+    ALREADY = "already_applied"  # in the state already (a replay after a crash)
+
+
 log = logging.getLogger(__name__)
 
 
@@ -34,7 +44,7 @@ log = logging.getLogger(__name__)
 class ApplyResult:
     """What applying one acquisition did (the actor's reply to the driver)."""
 
-    status: str  # APPLIED | LATE | ALREADY
+    status: ApplyStatus
     n_anomalies: int = 0
     path: str | None = None
     snow_cells: int | None = None
@@ -60,13 +70,13 @@ class StatsActor:
     """Per-shard statistics; every public method is one actor call."""
 
     def __init__(self, output_dir: str, stats: StatsConfig, store: StoreConfig, model_id: str):
-        self.output = Path(output_dir)
+        self.layout = OutputLayout(Path(output_dir))
         self.cfg = stats
         # StatsParams is the pure core's view of the same keys.
         self.params = StatsParams(
             **{k: getattr(stats, k) for k in StatsParams.__dataclass_fields__}
         )
-        self.store = EmbeddingStore(self.output / "embeddings.zarr", store)
+        self.store = EmbeddingStore(self.layout.store, store)
         self.model_id = model_id
         self.states: OrderedDict[str, TileState] = OrderedDict()  # least recently used first
         self.max_state_bytes = int(stats.max_state_mib * 2**20)
@@ -76,7 +86,7 @@ class StatsActor:
         self.busy_seconds = 0.0
 
     def _state_path(self, tile: str) -> Path:
-        return self.output / "state" / f"{tile}.npz"
+        return self.layout.state(tile)
 
     def _state(self, tile: str, shape: tuple[int, int], dim: int) -> TileState:
         if tile not in self.states:
@@ -116,15 +126,13 @@ class StatsActor:
         stored = self.store.read(tile, acquisition_id)
         t_read = time.perf_counter()
         state = self._state(tile, (grid.n_cells_y, grid.n_cells_x), stored.embedding.shape[-1])
-        path = partition_path(
-            self.output / "anomalies", tile, stored.time.strftime("%Y-%m-%d"), acquisition_id
-        )
+        path = self.layout.anomaly_file(tile, stored.time.strftime("%Y-%m-%d"), acquisition_id)
         if acquisition_id in state.applied_ids:
             n = _count_rows(path)
-            return ApplyResult(ALREADY, n, str(path) if n else None)
+            return ApplyResult(ApplyStatus.ALREADY, n, str(path) if n else None)
         day = day_number(stored.time)
         if state.applied_ids and day <= state.last_time_day:
-            return ApplyResult(LATE)
+            return ApplyResult(ApplyStatus.LATE)
         result = update(
             state, stored.embedding, stored.clear, stored.snow, stored.indices, day, self.params
         )
@@ -135,7 +143,7 @@ class StatsActor:
             result, grid, acquisition_id, stored.time, stored.clear, self.model_id
         )
         written = write_anomalies(
-            self.output / "anomalies",
+            self.layout.anomalies,
             records,
             grid,
             stored.time.strftime("%Y-%m-%d"),
@@ -150,7 +158,7 @@ class StatsActor:
         self.cell_updates += int(result.valid.sum())
         self.busy_seconds += t_end - t0
         return ApplyResult(
-            APPLIED,
+            ApplyStatus.APPLIED,
             len(records),
             str(written) if written else None,
             result.snow_cells,

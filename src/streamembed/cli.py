@@ -69,11 +69,11 @@ def cmd_backfill(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _where(cfg: Config) -> list[str]:
-    out = cfg.output_dir
+    out = cfg.layout
     return [
-        f"embeddings: {out / 'embeddings.zarr'}  (xarray.open_zarr(path, group=TILE))",
-        f"anomalies:  {out / 'anomalies'}  (geopandas.read_parquet(path))",
-        f"ledger:     {out / 'ledger.sqlite'}  (streamembed status --output {out})",
+        f"embeddings: {out.store}  (xarray.open_zarr(path, group=TILE))",
+        f"anomalies:  {out.anomalies}  (geopandas.read_parquet(path))",
+        f"ledger:     {out.ledger}  (streamembed status --output {out.root})",
     ]
 
 
@@ -123,15 +123,15 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
-    from .ledger import FAILED, Ledger
+    from .ledger import Ledger, State
 
-    path = cfg.output_dir / "ledger.sqlite"
+    path = cfg.layout.ledger
     if not path.exists():
         print(f"no ledger at {path}; nothing has run with --output {cfg.output_dir}")
         return 1
     with Ledger(path) as ledger:
         summary = ledger.summary()
-        states = ("seen", "embedded", "applied", "late", "skipped", "failed")
+        states = tuple(State)
         print(f"{'tile':<8}" + "".join(f"{s:>10}" for s in states) + f"{'anomalies':>11}")
         rows = ledger.rows()
         for tile, counts in summary.items():
@@ -139,7 +139,7 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
             print(
                 f"{tile:<8}" + "".join(f"{counts.get(s, 0):>10}" for s in states) + f"{n_anom:>11}"
             )
-        failed = ledger.rows(FAILED)
+        failed = ledger.rows(State.FAILED)
         if failed and args.failed:
             for r in failed:
                 print(f"failed {r.id}: {r.reason}")
@@ -191,7 +191,7 @@ def cmd_manifests(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from .evaluate import evaluate
 
-    result = evaluate(cfg.output_dir / "anomalies", args.truth)
+    result = evaluate(cfg.layout.anomalies, args.truth)
     _print(result.lines())
     return 0
 
@@ -285,7 +285,7 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     from .quicklook import render_map
     from .sink import read_anomalies
 
-    anomalies = read_anomalies(cfg.output_dir / "anomalies")
+    anomalies = read_anomalies(cfg.layout.anomalies)
     if len(anomalies):
         # The acquisition with the most anomalous cells makes the most telling picture.
         top = anomalies.groupby(["mgrs_tile", "acquisition_id"]).size().idxmax()

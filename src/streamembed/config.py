@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .acquisition import BANDS_L1C, BANDS_L2A
+from .layout import OutputLayout
 
 ENV_PREFIX = "STREAMEMBED__"
 
@@ -301,6 +302,11 @@ class Config(_Section):
     @property
     def output_dir(self) -> Path:
         return Path(self.output)
+
+    @property
+    def layout(self) -> OutputLayout:
+        """Where each output lives under ``output``."""
+        return OutputLayout(Path(self.output))
 
     def with_overrides(self, **dotted: Any) -> Config:
         """A copy with ``{"source.path": ...}``-style overrides applied and re-validated."""

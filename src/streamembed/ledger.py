@@ -12,14 +12,24 @@ import datetime as dt
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from .acquisition import Acquisition
 
-SEEN, EMBEDDED, APPLIED, FAILED, LATE = "seen", "embedded", "applied", "failed", "late"
-SKIPPED = "skipped"
-STATES = (SEEN, EMBEDDED, APPLIED, FAILED, LATE, SKIPPED)
-FINAL = frozenset({APPLIED, FAILED, LATE, SKIPPED})
+
+class State(StrEnum):
+    """An acquisition's state in the ledger (the values are what the SQLite file holds)."""
+
+    SEEN = "seen"
+    EMBEDDED = "embedded"
+    APPLIED = "applied"
+    LATE = "late"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+FINAL = frozenset({State.APPLIED, State.FAILED, State.LATE, State.SKIPPED})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS acquisitions (
@@ -86,7 +96,9 @@ class Ledger:
     def record_seen(self, acqs: Iterable[Acquisition]) -> int:
         """Insert acquisitions not yet known; returns how many were new."""
         now = _now()
-        rows = [(a.id, a.tile, a.datetime.isoformat(), a.item_href, SEEN, now, now) for a in acqs]
+        rows = [
+            (a.id, a.tile, a.datetime.isoformat(), a.item_href, State.SEEN, now, now) for a in acqs
+        ]
         before = self.count()
         self._db.executemany(
             "INSERT OR IGNORE INTO acquisitions (id, tile, datetime, item_href, state, first_seen,"
@@ -102,7 +114,7 @@ class Ledger:
             "INSERT INTO acquisitions (id, tile, datetime, item_href, state, reason, attempts,"
             " first_seen, updated) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET reason=excluded.reason, updated=excluded.updated",
-            (key, tile, when, href, FAILED, reason, now, now),
+            (key, tile, when, href, State.FAILED, reason, now, now),
         )
 
     def set_state(
@@ -114,7 +126,7 @@ class Ledger:
         snow_cells: int | None = None,
         masked_cells: int | None = None,
     ) -> None:
-        if state not in STATES:
+        if state not in set(State):
             raise ValueError(f"unknown ledger state {state!r}")
         self._db.execute(
             "UPDATE acquisitions SET state=?, reason=?, n_anomalies=COALESCE(?, n_anomalies),"
@@ -127,8 +139,8 @@ class Ledger:
         row = self._db.execute("SELECT state FROM acquisitions WHERE id=?", (acq_id,)).fetchone()
         return None if row is None else str(row[0])
 
-    def states(self) -> dict[str, str]:
-        return {r[0]: r[1] for r in self._db.execute("SELECT id, state FROM acquisitions")}
+    def states(self) -> dict[str, State]:
+        return {r[0]: State(r[1]) for r in self._db.execute("SELECT id, state FROM acquisitions")}
 
     def rows(self, state: str | None = None) -> list[LedgerRow]:
         sql = (
@@ -156,7 +168,7 @@ class Ledger:
 
     def last_applied_time(self, tile: str) -> str | None:
         row = self._db.execute(
-            "SELECT MAX(datetime) FROM acquisitions WHERE tile=? AND state=?", (tile, APPLIED)
+            "SELECT MAX(datetime) FROM acquisitions WHERE tile=? AND state=?", (tile, State.APPLIED)
         ).fetchone()
         return None if row is None else row[0]
 
@@ -179,7 +191,7 @@ class Ledger:
         for r in self._db.execute(
             "SELECT id, tile, datetime, item_href, state, reason, n_anomalies, snow_cells,"
             " masked_cells, attempts FROM acquisitions WHERE tile=? AND state IN (?, ?, ?)",
-            (tile, EMBEDDED, APPLIED, LATE),
+            (tile, State.EMBEDDED, State.APPLIED, State.LATE),
         ):
             t = dt.datetime.fromisoformat(r[2])
             if lo <= t < hi:

@@ -8,19 +8,20 @@ and never embeds, applies or writes anything twice.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from distributed import Client, Future, KilledWorker, get_worker, wait
+from tqdm import tqdm
 
-from .acquisition import Acquisition, latest_baselines
-from .actor import ALREADY, LATE, ApplyResult, StatsActor, shard_of
+from .acquisition import Acquisition
+from .actor import ApplyResult, ApplyStatus, StatsActor, shard_of
 from .config import Config
 from .encoder import EMBEDDING_DIM, EncoderPlugin, ModelIdentity, model_identity
 from .grid import TileGrid
@@ -34,19 +35,15 @@ from .ingest import (
     read_block_pixels,
     required_assets,
 )
-from .ledger import APPLIED, EMBEDDED, FAILED, FINAL, SEEN, SKIPPED, Ledger
-from .ledger import LATE as LEDGER_LATE
-from .sources import discover_for, source_key
+from .ledger import FINAL, Ledger, State
+from .plan import RunPlan, TileSequencer, plan_run
+from .sources import SourceFailure, discover_for, source_key
 from .store import EmbeddingStore, Reservation, StoreMismatchError
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- worker tasks
-
-
-def store_path(cfg: Config) -> Path:
-    return cfg.output_dir / "embeddings.zarr"
 
 
 def read_task(acq: Acquisition, grid: TileGrid, block: Block, cfg: Config) -> BlockPixels:
@@ -73,7 +70,7 @@ def encode_task(pixels: BlockPixels, reservation: Reservation, cfg: Config) -> B
     embedding = encoder.embed_block(pixels, cfg.model.normalisation, cfg.ingest.cell_size)
     t1 = time.perf_counter()
     block = pixels.block
-    EmbeddingStore(store_path(cfg), cfg.store).write_block(
+    EmbeddingStore(cfg.layout.store, cfg.store).write_block(
         reservation, block.cells_y, block.cells_x, embedding, pixels.clear, pixels.snow,
         pixels.indices,
     )  # fmt: skip
@@ -225,8 +222,7 @@ class Pipeline:
     def __init__(self, cfg: Config, client: Client):
         self.cfg = cfg
         self.client = client
-        self.out = cfg.output_dir
-        self.out.mkdir(parents=True, exist_ok=True)
+        cfg.layout.root.mkdir(parents=True, exist_ok=True)
         self.identity = model_identity(cfg.model)
         if self.identity.seeded:
             log.warning(
@@ -235,9 +231,9 @@ class Pipeline:
                 "for meaningful features.",
                 self.identity.weights,
             )
-        self.ledger = Ledger(self.out / "ledger.sqlite")
+        self.ledger = Ledger(cfg.layout.ledger)
         self.encode_resources, self.ingest_resources = task_resources(cfg, client)
-        self.store = EmbeddingStore(store_path(cfg), cfg.store)
+        self.store = EmbeddingStore(cfg.layout.store, cfg.store)
         self.attrs = store_attrs(self.identity, cfg)
         # Unique keys (actors and tasks): several pipelines (outputs, configs) may share one
         # long-running cluster, and a task key seen before returns the old result.
@@ -250,7 +246,7 @@ class Pipeline:
         self._generation += 1
         return self.client.submit(
             StatsActor,
-            str(self.out),
+            str(self.cfg.layout.root),
             self.cfg.stats,
             self.cfg.store,
             self.identity.model_id,
@@ -301,7 +297,7 @@ class Pipeline:
         self._actor_futures[shard] = self._submit_actor(shard)
         self.actors[shard] = self._actor_futures[shard].result()
         report.actors_recreated += 1
-        applied = [r for r in self.ledger.rows(APPLIED) if self._shard(r.tile) == shard]
+        applied = [r for r in self.ledger.rows(State.APPLIED) if self._shard(r.tile) == shard]
         for tile in sorted({r.tile for r in applied}):
             in_state = set(self.actors[shard].applied_ids(tile).result())
             rows = sorted((r for r in applied if r.tile == tile), key=lambda r: r.datetime)
@@ -333,34 +329,44 @@ class Pipeline:
         ``incremental``: a STAC source searches only from its watermark minus the overlap (the
         daemon's polls); otherwise the whole configured window (backfill).
         """
-        cfg = self.cfg
-        key = source_key(cfg)
+        key = source_key(self.cfg)
         watermark = self.ledger.watermark(key) if incremental else None
-        acqs, failures = discover_for(cfg, watermark)
+        acqs, failures = discover_for(self.cfg, watermark)
         report = RunReport(discovered=len(acqs) + len(failures))
-        known = self.ledger.states()
-        for f in failures:
-            if known.get(f.key) != FAILED:
-                self.ledger.record_failure_seen(f.key, "?", "", f.href, f.reason)
-                report.failed.append((f.key, f.reason))
-        report.new = self.ledger.record_seen(acqs)
+        self._record_discovery(acqs, failures, report)
         states = self.ledger.states()
-        acqs = self._one_baseline_each(acqs, states, report)
-        work = self._runnable(acqs, states, report, retry_failed)
+        plan = plan_run(acqs, states, self.ledger.processed_at, self._missing_reason, retry_failed)
+        self._record_decisions(plan, states, report)
         replay = self._replay_plan(states)
-        report.already_done = len(acqs) - len(work)
-        by_tile: dict[str, deque[Acquisition]] = {}
-        for a in sorted(replay + work, key=lambda a: (a.tile, a.datetime, a.id)):
-            by_tile.setdefault(a.tile, deque()).append(a)
-        to_embed = deque(a for a in work if states[a.id] == SEEN)
-        if not work and not replay:
-            self._advance_watermark(key, acqs)
-            return report
-        bar = _progress(len(work), progress)
-        replay_ids = {a.id for a in replay}
+        report.already_done = plan.already_done
+        if plan.apply or replay:
+            for a in plan.embed:
+                states[a.id] = State.SEEN  # a retried failure starts again
+            sequencer = TileSequencer([*replay, *plan.apply])
+            self._drive(plan, sequencer, states, {a.id for a in replay}, report, stop, progress)
+            report.stopped_early = sequencer.pending
+            self.checkpoint()
+        self._advance_watermark(key, acqs)
+        return report
+
+    def _drive(
+        self,
+        plan: RunPlan,
+        sequencer: TileSequencer,
+        states: dict[str, State],
+        replay_ids: set[str],
+        report: RunReport,
+        stop: Callable[[], bool],
+        progress: bool,
+    ) -> None:
+        """Submit blocks under backpressure, commit finished acquisitions, apply in order."""
+        cfg = self.cfg
+        to_embed = deque(plan.embed)
         max_blocks = cfg.pipeline.max_blocks_in_flight or 2 * max(
             1, sum(self.client.nthreads().values())
         )
+        bar = tqdm(total=len(plan.apply), unit="acq", desc="backfill", disable=not progress,
+                   dynamic_ncols=True)  # fmt: skip
         active: list[_Embedding] = []
         futures: dict[Future, _Embedding] = {}
         try:
@@ -369,28 +375,19 @@ class Pipeline:
                     job = self._begin(to_embed.popleft(), states, report, bar)
                     if job is not None:
                         active.append(job)
-                # Oldest acquisitions first: blocks of one acquisition finish together and
+                # Oldest acquisitions first: the blocks of one acquisition finish together and
                 # its time step is committed before the next one's blocks take the workers.
                 for job in active:
                     while job.todo and job.failed is None and len(futures) < max_blocks:
                         fut = self._submit_block(job, job.todo.popleft())
                         job.running.add(fut)
                         futures[fut] = job
-                self._apply_ready(by_tile, states, replay_ids, report, bar)
+                self._apply_ready(sequencer, states, replay_ids, report, bar)
                 if not futures:
                     if not active and (not to_embed or stop()):
-                        break
+                        return
                     continue
-                try:
-                    done, _ = wait(
-                        list(futures), timeout=cfg.pipeline.wait_seconds,
-                        return_when="FIRST_COMPLETED",
-                    )  # fmt: skip
-                except TimeoutError:
-                    # distributed's wait raises when nothing finished in time: an acquisition
-                    # may take as long as it takes, the loop only wakes to check for a stop.
-                    continue
-                for fut in done:
+                for fut in self._wait(futures):
                     job = futures.pop(fut)
                     job.running.discard(fut)
                     self._block_done(fut, job, report)
@@ -402,48 +399,53 @@ class Pipeline:
                         job.running.clear()
                     if job.finished:
                         active.remove(job)
-                        self._embedded(job, states, report, bar)
+                        self._commit(job, states, report, bar)
         finally:
             for fut in futures:
                 fut.cancel()
             bar.close()
-        report.stopped_early = bool(to_embed) or any(by_tile.values())
-        self.checkpoint()
-        self._advance_watermark(key, acqs)
-        return report
 
-    def _runnable(
-        self,
-        acqs: list[Acquisition],
-        states: dict[str, str],
-        report: RunReport,
-        retry_failed: bool,
-    ) -> list[Acquisition]:
-        """Acquisitions to embed or apply now; those missing an asset fail here, at once."""
-        cfg = self.cfg
-        retry = {FAILED} if retry_failed else set()
-        work: list[Acquisition] = []
-        for a in acqs:
-            st = states[a.id]
-            if st not in {SEEN, EMBEDDED} | retry:
-                continue
-            try:
-                reason = a.missing_reason(required_assets(a, cfg.ingest, cfg.model))
-            except IngestError as err:
-                reason = str(err)
-            if reason:
-                if st != FAILED:
-                    self.ledger.set_state(a.id, FAILED, reason)
-                    report.failed.append((a.id, reason))
-                states[a.id] = FAILED
-                continue
-            if st == FAILED:
-                states[a.id] = SEEN
-            work.append(a)
-        return work
+    def _wait(self, futures: dict[Future, _Embedding]) -> set[Future]:
+        """The block futures done within ``pipeline.wait_seconds`` (maybe none)."""
+        try:
+            done, _ = wait(
+                list(futures), timeout=self.cfg.pipeline.wait_seconds,
+                return_when="FIRST_COMPLETED",
+            )  # fmt: skip
+        except TimeoutError:
+            # distributed's wait raises when nothing finished in time: an acquisition may take
+            # as long as it takes, the loop only wakes to check for a stop request.
+            return set()
+        return set(done)
+
+    def _record_discovery(
+        self, acqs: list[Acquisition], failures: list[SourceFailure], report: RunReport
+    ) -> None:
+        """Unreadable items as failed (once), every product as seen."""
+        known = self.ledger.states()
+        for f in failures:
+            if known.get(f.key) != State.FAILED:
+                self.ledger.record_failure_seen(f.key, "?", "", f.href, f.reason)
+                report.failed.append((f.key, f.reason))
+        report.new = self.ledger.record_seen(acqs)
+
+    def _record_decisions(self, plan: RunPlan, states: dict[str, State], report: RunReport) -> None:
+        for d in plan.decisions:
+            self.ledger.set_state(d.acquisition_id, d.state, d.reason)
+            states[d.acquisition_id] = d.state
+            (report.skipped if d.state == State.SKIPPED else report.failed).append(
+                (d.acquisition_id, d.reason)
+            )
+
+    def _missing_reason(self, a: Acquisition) -> str | None:
+        """Why ``a`` cannot be read at all (a band asset missing), or None."""
+        try:
+            return a.missing_reason(required_assets(a, self.cfg.ingest, self.cfg.model))
+        except IngestError as err:
+            return str(err)
 
     def _begin(
-        self, a: Acquisition, states: dict[str, str], report: RunReport, bar: Any
+        self, a: Acquisition, states: dict[str, State], report: RunReport, bar: Any
     ) -> _Embedding | None:
         """The acquisition's grid, its reserved time step and its blocks (driver side)."""
         try:
@@ -494,9 +496,10 @@ class Pipeline:
         report.block_bytes += result.bytes_in
         report.add_timings(result.timings)
 
-    def _embedded(
-        self, job: _Embedding, states: dict[str, str], report: RunReport, bar: Any
+    def _commit(
+        self, job: _Embedding, states: dict[str, State], report: RunReport, bar: Any
     ) -> None:
+        """Make a finished acquisition visible in the store and the ledger (or fail it)."""
         a = job.acq
         if job.failed is not None:
             # The reserved row stays pending: a retry writes it again, nothing is visible.
@@ -508,54 +511,19 @@ class Pipeline:
         report.stored += 1
         self._mark_embedded(a, states, report)
 
-    def _mark_embedded(self, a: Acquisition, states: dict[str, str], report: RunReport) -> None:
-        self.ledger.set_state(a.id, EMBEDDED)
-        states[a.id] = EMBEDDED
+    def _mark_embedded(self, a: Acquisition, states: dict[str, State], report: RunReport) -> None:
+        self.ledger.set_state(a.id, State.EMBEDDED)
+        states[a.id] = State.EMBEDDED
         report.embedded += 1
 
     def _fail(
-        self, a: Acquisition, reason: str, states: dict[str, str], report: RunReport, bar: Any
+        self, a: Acquisition, reason: str, states: dict[str, State], report: RunReport, bar: Any
     ) -> None:
         log.error("acquisition %s failed: %s", a.id, reason)
-        self.ledger.set_state(a.id, FAILED, reason)
-        states[a.id] = FAILED
+        self.ledger.set_state(a.id, State.FAILED, reason)
+        states[a.id] = State.FAILED
         report.failed.append((a.id, reason))
         bar.update(1)
-
-    def _one_baseline_each(
-        self, acqs: list[Acquisition], states: dict[str, str], report: RunReport
-    ) -> list[Acquisition]:
-        """The reprocessing rule (docs/operations.md): one product per acquisition.
-
-        Of products listed together, the newest processing baseline is processed and the
-        others are skipped. A newer baseline of an acquisition already embedded is skipped:
-        the statistics and the published anomalies keep the product they were built from.
-        """
-        kept, dropped = latest_baselines(acqs)
-        for old, new in dropped:
-            if states[old.id] == SEEN:
-                reason = (
-                    f"processing baseline {old.processing_baseline} superseded by "
-                    f"{new.id} (baseline {new.processing_baseline})"
-                )
-                self._skip(old.id, reason, states, report)
-        for a in kept:
-            if states[a.id] != SEEN:
-                continue
-            row = self.ledger.processed_at(a.tile, a.datetime)
-            if row is not None and row.id != a.id:
-                reason = (
-                    f"reprocessing (baseline {a.processing_baseline}) of {row.id}, already "
-                    f"{row.state}; the statistics keep the first product (rebuild the tile "
-                    "from a new --output to switch)"
-                )
-                self._skip(a.id, reason, states, report)
-        return [a for a in kept if states[a.id] != SKIPPED]
-
-    def _skip(self, acq_id: str, reason: str, states: dict[str, str], report: RunReport) -> None:
-        self.ledger.set_state(acq_id, SKIPPED, reason)
-        states[acq_id] = SKIPPED
-        report.skipped.append((acq_id, reason))
 
     def _advance_watermark(self, key: str, acqs: list[Acquisition]) -> None:
         """Move the source's watermark to where every discovered product is final."""
@@ -565,17 +533,15 @@ class Pipeline:
         open_ = [a.datetime for a in acqs if states.get(a.id) not in FINAL]
         self.ledger.set_watermark(key, min(open_) if open_ else max(a.datetime for a in acqs))
 
-    def _replay_plan(self, states: dict[str, str]) -> list[Acquisition]:
+    def _replay_plan(self, states: dict[str, State]) -> list[Acquisition]:
         """Applied acquisitions missing from a tile's state (a checkpoint older than the ledger).
 
         Taken from the ledger, not the source: an incremental poll does not list old products,
         and a replay reads the store only.
         """
-        import datetime as dt
-
         replay: list[Acquisition] = []
         by_tile: dict[str, list[Acquisition]] = {}
-        for r in self.ledger.rows(APPLIED):
+        for r in self.ledger.rows(State.APPLIED):
             when = dt.datetime.fromisoformat(r.datetime)
             a = Acquisition(r.id, r.tile, when, None, {}, item_href=r.item_href)
             by_tile.setdefault(r.tile, []).append(a)
@@ -589,58 +555,49 @@ class Pipeline:
                     len(missing),
                 )
                 for a in missing:
-                    states[a.id] = EMBEDDED
+                    states[a.id] = State.EMBEDDED
                 replay += missing
         return replay
 
     def _apply_ready(
         self,
-        by_tile: dict[str, deque[Acquisition]],
-        states: dict[str, str],
+        sequencer: TileSequencer,
+        states: dict[str, State],
         replay_ids: set[str],
         report: RunReport,
         bar: Any,
     ) -> None:
         """Apply each tile's next acquisitions while they are embedded (strict time order)."""
-        for tile, queue in by_tile.items():
-            while queue:
-                a = queue[0]
-                st = states[a.id]
-                if st == FAILED:
-                    queue.popleft()
-                    continue
-                if st != EMBEDDED:
-                    break
-                queue.popleft()
-                res = self._apply(tile, a.id, report)
-                report.add_timings(res.timings)
-                if a.id in replay_ids:
-                    report.replayed += 1
-                    states[a.id] = APPLIED
-                    continue
-                if res.status == LATE:
-                    reason = (
-                        f"acquired {a.datetime.isoformat()} before tile {tile}'s last applied "
-                        "acquisition: embedded and stored, not applied to the statistics"
-                    )
-                    self.ledger.set_state(a.id, LEDGER_LATE, reason)
-                    states[a.id] = LEDGER_LATE
-                    report.late += 1
-                else:
-                    self.ledger.set_state(
-                        a.id,
-                        APPLIED,
-                        n_anomalies=res.n_anomalies,
-                        snow_cells=res.snow_cells,
-                        masked_cells=res.masked_cells,
-                    )
-                    states[a.id] = APPLIED
-                    report.applied += 1
-                    if res.status != ALREADY:
-                        report.anomaly_rows += res.n_anomalies
-                        if res.path:
-                            report.files.append(res.path)
-                bar.update(1)
+        for a in sequencer.ready(states):
+            res = self._apply(a.tile, a.id, report)
+            report.add_timings(res.timings)
+            if a.id in replay_ids:
+                report.replayed += 1
+                states[a.id] = State.APPLIED
+                continue
+            if res.status == ApplyStatus.LATE:
+                reason = (
+                    f"acquired {a.datetime.isoformat()} before tile {a.tile}'s last applied "
+                    "acquisition: embedded and stored, not applied to the statistics"
+                )
+                self.ledger.set_state(a.id, State.LATE, reason)
+                states[a.id] = State.LATE
+                report.late += 1
+            else:
+                self.ledger.set_state(
+                    a.id,
+                    State.APPLIED,
+                    n_anomalies=res.n_anomalies,
+                    snow_cells=res.snow_cells,
+                    masked_cells=res.masked_cells,
+                )
+                states[a.id] = State.APPLIED
+                report.applied += 1
+                if res.status != ApplyStatus.ALREADY:
+                    report.anomaly_rows += res.n_anomalies
+                    if res.path:
+                        report.files.append(res.path)
+            bar.update(1)
 
 
 def _block_of(fut: Future) -> str:
@@ -664,22 +621,3 @@ def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     msg = text[0] if text else ""
     return msg if msg else type(err).__name__
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def set_postfix_str(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled or total == 0:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="acq", desc="backfill", dynamic_ncols=True)

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .acquisition import parse_item
+from .acquisition import Acquisition, parse_item
+from .grid import TileGrid
 from .ingest import open_bands, read_block
+from .layout import OutputLayout
 from .ledger import Ledger
 from .sink import read_anomalies
 from .sources.stac import load_item_document
@@ -22,6 +24,24 @@ LABEL_COLOURS = {
 }
 
 
+def _rgb(acq: Acquisition, grid: TileGrid, step: int) -> np.ndarray:
+    """Reflectance of B04, B03, B02 at every ``step``-th pixel, read one strip of rows at a time
+    (a full 10980 px tile is never in memory at 10 m)."""
+    bands = ("B04", "B03", "B02")
+    rows = list(range(0, grid.height, step))
+    out = np.zeros((3, len(rows), len(range(0, grid.width, step))), np.float32)
+    strip = max(step, (1024 // step) * step)
+    with open_bands(acq, bands, None) as opened:
+        for r0 in range(0, grid.height, strip):
+            r1 = min(grid.height, r0 + strip)
+            refl, _, _ = read_block(
+                acq, opened, grid, (r0, r1), (0, grid.width), bands, "nearest", None
+            )
+            part = refl[:, ::step, ::step]
+            out[:, r0 // step : r0 // step + part.shape[1]] = part
+    return out
+
+
 def render_map(
     output_dir: str | Path, tile: str, date: str, png: str | Path, max_px: int = 1024
 ) -> Path:
@@ -32,12 +52,12 @@ def render_map(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
-    out = Path(output_dir)
-    store = EmbeddingStore(out / "embeddings.zarr")
+    out = OutputLayout(Path(output_dir))
+    store = EmbeddingStore(out.store)
     grid = store.grid(tile)
     if grid is None:
-        raise ValueError(f"tile {tile} is not in {out}/embeddings.zarr; see `streamembed status`")
-    with Ledger(out / "ledger.sqlite") as ledger:
+        raise ValueError(f"tile {tile} is not in {out.store}; see `streamembed status`")
+    with Ledger(out.ledger) as ledger:
         rows = ledger.find(tile, date)
     if not rows:
         raise ValueError(
@@ -48,14 +68,9 @@ def render_map(
     if item.get("type") == "FeatureCollection":
         item = next(f for f in item["features"] if f.get("id") == row.id)
     acq = parse_item(item, row.item_href, "auto", ("B02", "B03", "B04"))
-    rgb_bands = ("B04", "B03", "B02")
-    with open_bands(acq, rgb_bands, None) as opened:
-        refl, _, _ = read_block(
-            acq, opened, grid, (0, grid.height), (0, grid.width), rgb_bands, "nearest", None
-        )
     step = max(1, int(np.ceil(max(grid.height, grid.width) / max_px)))
-    rgb = np.clip(refl[:, ::step, ::step].transpose(1, 2, 0) * 3.5, 0, 1)
-    anomalies = read_anomalies(out / "anomalies")
+    rgb = np.clip(_rgb(acq, grid, step).transpose(1, 2, 0) * 3.5, 0, 1)
+    anomalies = read_anomalies(out.anomalies)
     if len(anomalies):
         anomalies = anomalies[
             (anomalies["mgrs_tile"] == tile) & (anomalies["acquisition_id"] == row.id)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .grid import TileGrid
+from .layout import partition_path
 from .stats import ScoreResult
 
 # Partition keys live in the path; the files keep them too under other names, so a hive reader
@@ -73,10 +74,6 @@ def records_from_result(
         )
         for i, label in zip(cells, result.labels, strict=True)
     ]
-
-
-def partition_path(root: str | Path, tile: str, date: str, acquisition_id: str) -> Path:
-    return Path(root) / f"tile={tile}" / f"date={date}" / f"{acquisition_id}.parquet"
 
 
 def to_geodataframe(records: list[AnomalyRecord], grid: TileGrid) -> gpd.GeoDataFrame:
