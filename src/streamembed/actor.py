@@ -21,6 +21,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
+
+from distributed.actor import BaseActorFuture
 
 from .config import StatsConfig, StoreConfig
 from .layout import OutputLayout
@@ -52,9 +55,33 @@ class ApplyResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ShardMetrics:
+    """What one statistics shard has done so far (the benchmark reads it)."""
+
+    cell_updates: int
+    busy_seconds: float
+    resident_state_mib: float
+    resident_tiles: int
+    evictions: int
+
+
 def state_bytes(state: TileState) -> int:
     arrays = (state.n, state.mean, state.dist_mean, state.dist_var, state.idx_mean, state.last_day)
     return int(sum(a.nbytes for a in arrays))
+
+
+class StatsShard(Protocol):
+    """The driver's handle on a ``StatsActor`` (a ``distributed.Actor``): each call returns a
+    future of what the actor method returns, so mypy checks the contract across processes."""
+
+    def apply(self, tile: str, acquisition_id: str) -> BaseActorFuture[ApplyResult]: ...
+
+    def applied_ids(self, tile: str) -> BaseActorFuture[list[str]]: ...
+
+    def checkpoint(self, tile: str | None = None) -> BaseActorFuture[int]: ...
+
+    def metrics(self) -> BaseActorFuture[ShardMetrics]: ...
 
 
 def shard_of(tile: str, shards: int) -> int:
@@ -179,14 +206,14 @@ class StatsActor:
             self._dirty[t] = 0
         return len(tiles)
 
-    def metrics(self) -> dict[str, float]:
-        return {
-            "cell_updates": float(self.cell_updates),
-            "busy_seconds": self.busy_seconds,
-            "resident_state_mib": self.resident_bytes() / 2**20,
-            "resident_tiles": float(len(self.states)),
-            "evictions": float(self.evictions),
-        }
+    def metrics(self) -> ShardMetrics:
+        return ShardMetrics(
+            self.cell_updates,
+            self.busy_seconds,
+            self.resident_bytes() / 2**20,
+            len(self.states),
+            self.evictions,
+        )
 
 
 def _count_rows(path: Path) -> int:

@@ -278,8 +278,8 @@ def pipeline_run(cfg: Config, items: Path, n_workers: int, out: Path) -> dict[st
     grid_cells = report.cells
     n = report.applied + report.late
     tile_km2 = (run_cfg.bench.tile_px * 0.01) ** 2
-    busy = sum(m["busy_seconds"] for m in metrics)
-    updates = sum(m["cell_updates"] for m in metrics)
+    busy = sum(m.busy_seconds for m in metrics)
+    updates = sum(m.cell_updates for m in metrics)
     store_bytes = _tree_bytes(run_cfg.layout.store)
     state_bytes = _tree_bytes(run_cfg.layout.state_dir)
     return {
@@ -290,7 +290,7 @@ def pipeline_run(cfg: Config, items: Path, n_workers: int, out: Path) -> dict[st
         },
         "store_bytes_per_acquisition": store_bytes / max(1, report.stored),
         "state_bytes_per_tile": state_bytes / max(1, run_cfg.bench.tiles),
-        "actor_resident_state_mib": sum(m.get("resident_state_mib", 0.0) for m in metrics),
+        "actor_resident_state_mib": sum(m.resident_state_mib for m in metrics),
         "workers": n_actual,
         "acquisitions": n,
         "failed": len(report.failed),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,24 +213,31 @@ def cmd_synth(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _synth_fullsize(out: Path, cfg: Config, days: int | None, tile_px: int, tiles: int) -> Path:
-    from tqdm import tqdm
-
     from .sources.fullsize import generate_fullsize
 
     revisit = cfg.demo.revisit_days
     n = max(1, (days or 2 * revisit) // revisit)
     print(f"writing {n} product(s) x {tiles} tile(s) of {tile_px} px, strip by strip", flush=True)
-    bar = tqdm(desc="synthesising", unit="strip", dynamic_ncols=True)
+    with _synth_progress("strip") as step:
+        return generate_fullsize(
+            out, acquisitions=n, revisit_days=revisit, tile_px=tile_px, seed=cfg.demo.seed,
+            n_tiles=tiles, progress=step,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _synth_progress(unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for the synthetic writers, as the (done, total) callback they take."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc="synthesising", unit=unit, dynamic_ncols=True)
 
     def step(done: int, total: int) -> None:
         bar.total = total
         bar.update(done - bar.n)
 
     try:
-        return generate_fullsize(
-            out, acquisitions=n, revisit_days=revisit, tile_px=tile_px, seed=cfg.demo.seed,
-            n_tiles=tiles, progress=step,
-        )  # fmt: skip
+        yield step
     finally:
         bar.close()
 
@@ -240,17 +249,9 @@ def _synth(
     tile_px: int | None = None,
     tiles: int = 2,
 ) -> tuple[Path, Path]:
-    from tqdm import tqdm
-
     from .sources.synthetic import generate
 
-    bar = tqdm(desc="synthesising", unit="acq", dynamic_ncols=True)
-
-    def step(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    try:
+    with _synth_progress("acq") as step:
         return generate(
             out,
             days=days or cfg.demo.days,
@@ -261,8 +262,6 @@ def _synth(
             n_tiles=tiles,
             progress=step,
         )
-    finally:
-        bar.close()
 
 
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:

@@ -21,7 +21,7 @@ from distributed import Client, Future, KilledWorker, get_worker, wait
 from tqdm import tqdm
 
 from .acquisition import Acquisition
-from .actor import ApplyResult, ApplyStatus, StatsActor, shard_of
+from .actor import ApplyResult, ApplyStatus, StatsActor, StatsShard, shard_of
 from .config import Config
 from .encoder import EMBEDDING_DIM, EncoderPlugin, ModelIdentity, model_identity
 from .grid import TileGrid
@@ -240,7 +240,7 @@ class Pipeline:
         self.token = uuid.uuid4().hex[:8]
         self._generation = 0
         self._actor_futures = [self._submit_actor(k) for k in range(cfg.stats.shards)]
-        self.actors: list[Any] = [f.result() for f in self._actor_futures]
+        self.actors: list[StatsShard] = [f.result() for f in self._actor_futures]
 
     def _submit_actor(self, shard: int) -> Future:
         self._generation += 1
@@ -271,7 +271,7 @@ class Pipeline:
     def _shard(self, tile: str) -> int:
         return shard_of(tile, len(self.actors))
 
-    def _actor(self, tile: str) -> Any:
+    def _actor(self, tile: str) -> StatsShard:
         return self.actors[self._shard(tile)]
 
     def _actor_alive(self, shard: int) -> bool:

@@ -20,7 +20,18 @@ from pathlib import Path
 import numpy as np
 
 from ..acquisition import BANDS_L2A, NATIVE_RESOLUTION
-from .synthetic import CROP, FOREST, GRASS, SPECTRA, TILES, URBAN, WATER, _item, _season
+from .synthetic import (
+    CROP,
+    FOREST,
+    GRASS,
+    SPECTRA,
+    TILES,
+    URBAN,
+    WATER,
+    SyntheticTile,
+    _item,
+    _season,
+)
 
 FULL_TILE_PX = 10980
 # Past this size a scene is not built in memory (``synthetic.generate``) but written here.
@@ -150,6 +161,88 @@ def _to_cog(tmp: Path, dst: Path) -> None:
     tmp.unlink()
 
 
+def _band_rasters(
+    band: str, strip: tuple[np.ndarray, np.ndarray], b: int
+) -> tuple[np.ndarray, int]:
+    """One band of a 10 m strip at its native resolution, as written (DN or SCL), and the
+    resolution factor: block mean for reflectance, top-left pick for SCL."""
+    refl, scl = strip
+    f = NATIVE_RESOLUTION[band] // 10
+    a = scl if band == "SCL" else refl[b]
+    if f > 1:
+        h, w = a.shape
+        a = np.pad(a, ((0, -h % f), (0, -w % f)), mode="edge")
+        if band == "SCL":
+            a = a[::f, ::f]
+        else:
+            a = a.reshape(a.shape[0] // f, f, a.shape[1] // f, f).mean(axis=(1, 3))
+    if band == "SCL":
+        return a.astype(np.uint8), f
+    return np.clip(np.round(a * 10000 + 1000), 1, 65535).astype(np.uint16), f
+
+
+def _asset(
+    name: str, band: str, epsg: int, x0: float, y0: float, tile_px: int
+) -> dict[str, object]:
+    res = NATIVE_RESOLUTION[band]
+    n = -(-tile_px * 10 // res)
+    asset: dict[str, object] = {
+        "href": name,
+        "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "roles": ["data"],
+        "proj:code": f"EPSG:{epsg}",
+        "proj:shape": [n, n],
+        "proj:transform": [float(res), 0.0, x0, 0.0, -float(res), y0],
+        "gsd": res,
+        "nodata": 0,
+        "data_type": "uint8" if band == "SCL" else "uint16",
+    }
+    if band != "SCL":
+        asset.update({"raster:scale": 0.0001, "raster:offset": -0.1})
+    return asset
+
+
+def _write_product(
+    folder: Path,
+    names: dict[str, str],
+    tile: SyntheticTile,
+    tile_index: int,
+    tile_px: int,
+    seed: int,
+    doy: float,
+    scene: _Scene,
+    on_strip: Callable[[], None],
+) -> None:
+    """Stream one product's strips into tiled GeoTIFFs, then lay each out as a COG."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    bands = (*BANDS_L2A, "SCL")
+    files = {}
+    for band in bands:
+        res = NATIVE_RESOLUTION[band]
+        n = -(-tile_px * 10 // res)
+        files[band] = rasterio.open(
+            folder / (names[band] + ".partial"), "w", driver="GTiff", width=n, height=n,
+            count=1, dtype="uint8" if band == "SCL" else "uint16", crs=f"EPSG:{tile.epsg}",
+            transform=from_origin(tile.x0, tile.y0, res, res), nodata=0, tiled=True,
+            blockxsize=512, blockysize=512, compress="deflate",
+        )  # fmt: skip
+    try:
+        for r0 in range(0, tile_px, STRIP_PX):
+            strip = _strip(seed, tile_index, tile_px, r0, min(tile_px, r0 + STRIP_PX), doy, scene)
+            for b, band in enumerate(bands):
+                data, f = _band_rasters(band, strip, b)
+                win = rasterio.windows.Window(0, r0 // f, data.shape[1], data.shape[0])
+                files[band].write(data[None], window=win)
+            on_strip()
+    finally:
+        for ds in files.values():
+            ds.close()
+    for band in bands:
+        _to_cog(folder / (names[band] + ".partial"), folder / names[band])
+
+
 def generate_fullsize(
     out_dir: str | Path,
     acquisitions: int = 2,
@@ -161,14 +254,16 @@ def generate_fullsize(
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write ``acquisitions`` products per tile of ``tile_px`` px; returns the items folder."""
-    import rasterio
-    from rasterio.transform import from_origin
-
-    out = Path(out_dir)
-    items_dir = out / "items"
+    items_dir = Path(out_dir) / "items"
     items_dir.mkdir(parents=True, exist_ok=True)
-    strips = list(range(0, tile_px, STRIP_PX))
-    total, done = acquisitions * n_tiles * len(strips), 0
+    total, done = acquisitions * n_tiles * len(range(0, tile_px, STRIP_PX)), 0
+
+    def on_strip() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total)
+
     for ti, tile in enumerate(TILES[:n_tiles]):
         for k in range(acquisitions):
             date = start + dt.timedelta(days=k * revisit_days)
@@ -178,66 +273,18 @@ def generate_fullsize(
             folder = items_dir / tile.tile / item_id
             folder.mkdir(parents=True, exist_ok=True)
             scene = _scene_params(np.random.default_rng([seed, ti, k]))
+            names = {
+                b: f"T{tile.tile}_{stamp}_{b}_{NATIVE_RESOLUTION[b]}m.tif"
+                for b in (*BANDS_L2A, "SCL")
+            }
             doy = float(date.timetuple().tm_yday)
-            names, files = {}, {}
-            for band in (*BANDS_L2A, "SCL"):
-                res = NATIVE_RESOLUTION[band]
-                n = -(-tile_px * 10 // res)
-                names[band] = f"T{tile.tile}_{stamp}_{band}_{res}m.tif"
-                files[band] = rasterio.open(
-                    folder / (names[band] + ".partial"), "w", driver="GTiff", width=n, height=n,
-                    count=1, dtype="uint8" if band == "SCL" else "uint16", crs=f"EPSG:{tile.epsg}",
-                    transform=from_origin(tile.x0, tile.y0, res, res), nodata=0, tiled=True,
-                    blockxsize=512, blockysize=512, compress="deflate",
-                )  # fmt: skip
-            try:
-                for r0 in strips:
-                    r1 = min(tile_px, r0 + STRIP_PX)
-                    refl, scl = _strip(seed, ti, tile_px, r0, r1, doy, scene)
-                    for b, band in enumerate((*BANDS_L2A, "SCL")):
-                        f = NATIVE_RESOLUTION[band] // 10
-                        a = scl if band == "SCL" else refl[b]
-                        if f > 1:  # block mean (reflectance) or top-left pick (SCL)
-                            h, w = a.shape
-                            pad = ((0, -h % f), (0, -w % f))
-                            a = np.pad(a, pad, mode="edge")
-                            if band == "SCL":
-                                a = a[::f, ::f]
-                            else:
-                                a = a.reshape(a.shape[0] // f, f, a.shape[1] // f, f).mean(
-                                    axis=(1, 3)
-                                )
-                        if band == "SCL":
-                            data = a.astype(np.uint8)
-                        else:
-                            data = np.clip(np.round(a * 10000 + 1000), 1, 65535).astype(np.uint16)
-                        win = rasterio.windows.Window(0, r0 // f, data.shape[1], data.shape[0])
-                        files[band].write(data[None], window=win)
-                    done += 1
-                    if progress:
-                        progress(done, total)
-            finally:
-                for ds in files.values():
-                    ds.close()
-            assets: dict[str, dict[str, object]] = {}
-            for band in (*BANDS_L2A, "SCL"):
-                res = NATIVE_RESOLUTION[band]
-                _to_cog(folder / (names[band] + ".partial"), folder / names[band])
-                n = -(-tile_px * 10 // res)
-                asset: dict[str, object] = {
-                    "href": names[band],
-                    "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-                    "roles": ["data"],
-                    "proj:code": f"EPSG:{tile.epsg}",
-                    "proj:shape": [n, n],
-                    "proj:transform": [float(res), 0.0, tile.x0, 0.0, -float(res), tile.y0],
-                    "gsd": res,
-                    "nodata": 0,
-                    "data_type": "uint8" if band == "SCL" else "uint16",
-                }
-                if band != "SCL":
-                    asset.update({"raster:scale": 0.0001, "raster:offset": -0.1})
-                assets[f"{band}_{res}m"] = asset
+            _write_product(folder, names, tile, ti, tile_px, seed, doy, scene, on_strip)
+            assets = {
+                f"{b}_{NATIVE_RESOLUTION[b]}m": _asset(
+                    names[b], b, tile.epsg, tile.x0, tile.y0, tile_px
+                )
+                for b in names
+            }
             stats = {"cloud": scene.coverage, "snow": 0.0}
             item = _item(item_id, tile, when, when + dt.timedelta(hours=6), assets, stats, tile_px)
             (folder / f"{item_id}.json").write_text(json.dumps(item, indent=1))
