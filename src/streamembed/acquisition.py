@@ -118,10 +118,6 @@ class Acquisition:
         return scale, (-0.1 if baseline_has_offset(self.processing_baseline) else 0.0)
 
     @property
-    def date(self) -> str:
-        return self.datetime.strftime("%Y-%m-%d")
-
-    @property
     def sensing_key(self) -> str:
         """Same tile and sensing second: the same acquisition, whatever its processing baseline."""
         return f"{self.tile}_{self.datetime:%Y%m%dT%H%M%S}"

@@ -166,12 +166,6 @@ class Ledger:
             out.setdefault(tile, {})[state] = n
         return out
 
-    def last_applied_time(self, tile: str) -> str | None:
-        row = self._db.execute(
-            "SELECT MAX(datetime) FROM acquisitions WHERE tile=? AND state=?", (tile, State.APPLIED)
-        ).fetchone()
-        return None if row is None else row[0]
-
     def watermark(self, source: str) -> dt.datetime | None:
         """Sensing time up to which every product of ``source`` found so far reached a final state."""
         row = self._db.execute("SELECT sensed FROM watermarks WHERE source=?", (source,)).fetchone()
