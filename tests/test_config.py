@@ -44,3 +44,13 @@ def test_env_override_and_cli_override(tmp_path):
 def test_missing_file_names_path(tmp_path):
     with pytest.raises(ConfigError, match=r"nope\.yaml"):
         load_config(tmp_path / "nope.yaml", environ={})
+
+
+def test_tile_names_follow_the_same_mgrs_rule_as_item_parsing():
+    """Latitude bands and 100 km squares have no I or O: the config refuses what parsing would
+    never produce, so a filter cannot silently match nothing."""
+    cfg = Config().with_overrides(**{"source.tiles": ["T33UWP", "mgrs-32upc"]})
+    assert cfg.source.tiles == ("33UWP", "32UPC")
+    for bad in ("33UWO", "33IWP", "3UWP"):
+        with pytest.raises(ConfigError):
+            Config().with_overrides(**{"source.tiles": [bad]})

@@ -157,7 +157,9 @@ def baseline_has_offset(baseline: str | None) -> bool:
         return False
 
 
-_TILE_RE = re.compile(r"(?:^|[_T])(\d{2}[C-HJ-NP-X][A-HJ-NP-Z]{2})(?:_|$)")
+# An MGRS tile: UTM zone, latitude band (C-X without I and O), 100 km square (no I, O).
+MGRS_TILE = r"\d{2}[C-HJ-NP-X][A-HJ-NP-Z]{2}"
+_TILE_RE = re.compile(rf"(?:^|[_T])({MGRS_TILE})(?:_|$)")
 _BASELINE_RE = re.compile(r"_N(\d{2})(\d{2})_")
 
 
@@ -205,7 +207,8 @@ def _epsg_of(obj: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _parse_datetime(text: str) -> dt.datetime:
+def parse_datetime(text: str) -> dt.datetime:
+    """An ISO 8601 date or time as UTC (a trailing Z, or no zone at all, means UTC)."""
     value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
@@ -285,7 +288,7 @@ def parse_item(
     return Acquisition(
         id=str(item_id),
         tile=tile,
-        datetime=_parse_datetime(str(props["datetime"])),
+        datetime=parse_datetime(str(props["datetime"])),
         epsg=epsg,
         assets=assets,
         item_href=item_href,

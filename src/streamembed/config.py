@@ -7,6 +7,7 @@ Environment overrides use ``STREAMEMBED__SECTION__KEY=value`` (value parsed as Y
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .acquisition import BANDS_L1C, BANDS_L2A
+from .acquisition import BANDS_L1C, BANDS_L2A, MGRS_TILE
 from .layout import OutputLayout
 
 ENV_PREFIX = "STREAMEMBED__"
@@ -55,10 +56,8 @@ class SourceConfig(_Section):
     @field_validator("tiles")
     @classmethod
     def _mgrs(cls, tiles: tuple[str, ...]) -> tuple[str, ...]:
-        import re
-
-        out = tuple(t.upper().removeprefix("T").removeprefix("MGRS-") for t in tiles)
-        bad = [t for t in out if not re.fullmatch(r"\d{2}[C-X][A-Z]{2}", t)]
+        out = tuple(t.upper().removeprefix("MGRS-").removeprefix("T") for t in tiles)
+        bad = [t for t in out if not re.fullmatch(MGRS_TILE, t)]
         if bad:
             raise ValueError(f"not MGRS tile names: {bad}; write them like 33UWP")
         return out

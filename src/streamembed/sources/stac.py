@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..acquisition import Acquisition, SourceError, parse_item
+from ..acquisition import Acquisition, SourceError, parse_datetime, parse_item
 from ..config import SourceConfig
 from ..credentials import Credentials
 from .local import SourceFailure
@@ -48,12 +48,10 @@ class SearchWindow:
 def _parse_day(text: str | None, end_of_day: bool = False) -> dt.datetime | None:
     if not text:
         return None
-    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
+    value = parse_datetime(text)
     if end_of_day and len(text) <= 10:
         value += dt.timedelta(days=1) - dt.timedelta(seconds=1)
-    return value.astimezone(dt.timezone.utc)
+    return value
 
 
 def search_window(cfg: SourceConfig, watermark: dt.datetime | None = None) -> SearchWindow:
