@@ -29,8 +29,11 @@ from .synthetic import (
     URBAN,
     WATER,
     SyntheticTile,
+    _downsample,
     _item,
-    _season,
+    _Landscape,
+    _surface,
+    band_asset,
 )
 
 FULL_TILE_PX = 10980
@@ -97,15 +100,8 @@ def _strip(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reflectance (band, y, x) float32 and SCL (y, x) of rows [r0, r1) of one acquisition."""
     cover, phase = _cover_rows(seed, tile_index, size, r0, r1)
-    g = np.zeros(cover.shape, np.float32)
-    crop = cover == CROP
-    g[crop] = 0.05 + 0.85 * np.asarray(_season(doy - phase[crop]), np.float32)
-    g[cover == FOREST] = 0.55 + 0.35 * float(_season(doy))
-    g[cover == GRASS] = 0.3 + 0.5 * float(_season(doy))
-    veg, soil = SPECTRA["vegetation"][:, None, None], SPECTRA["soil"][:, None, None]
-    refl = g[None] * veg + (1 - g[None]) * soil
-    for klass, name in ((WATER, "water"), (URBAN, "urban")):
-        refl[:, cover == klass] = SPECTRA[name][:, None]
+    # The demo's surface model (unit texture); texture and illumination come next, together.
+    refl = _surface(_Landscape(cover, phase, np.ones(cover.shape, np.float32)), doy)
     texture = 1.0 + 0.08 * (_field_rows(scene.texture, size, r0, r1) - 0.5)
     refl *= texture[None] * np.float32(scene.illumination)
     scl = np.full(cover.shape, 4, np.uint8)
@@ -165,41 +161,18 @@ def _band_rasters(
     band: str, strip: tuple[np.ndarray, np.ndarray], b: int
 ) -> tuple[np.ndarray, int]:
     """One band of a 10 m strip at its native resolution, as written (DN or SCL), and the
-    resolution factor: block mean for reflectance, top-left pick for SCL."""
+    resolution factor."""
     refl, scl = strip
     f = NATIVE_RESOLUTION[band] // 10
-    a = scl if band == "SCL" else refl[b]
-    if f > 1:
-        h, w = a.shape
-        a = np.pad(a, ((0, -h % f), (0, -w % f)), mode="edge")
-        if band == "SCL":
-            a = a[::f, ::f]
-        else:
-            a = a.reshape(a.shape[0] // f, f, a.shape[1] // f, f).mean(axis=(1, 3))
     if band == "SCL":
-        return a.astype(np.uint8), f
+        return _downsample(scl, f, "pick").astype(np.uint8), f
+    a = refl[b] if f == 1 else _downsample(refl[b], f, "mean")
     return np.clip(np.round(a * 10000 + 1000), 1, 65535).astype(np.uint16), f
 
 
-def _asset(
-    name: str, band: str, epsg: int, x0: float, y0: float, tile_px: int
-) -> dict[str, object]:
-    res = NATIVE_RESOLUTION[band]
-    n = -(-tile_px * 10 // res)
-    asset: dict[str, object] = {
-        "href": name,
-        "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-        "roles": ["data"],
-        "proj:code": f"EPSG:{epsg}",
-        "proj:shape": [n, n],
-        "proj:transform": [float(res), 0.0, x0, 0.0, -float(res), y0],
-        "gsd": res,
-        "nodata": 0,
-        "data_type": "uint8" if band == "SCL" else "uint16",
-    }
-    if band != "SCL":
-        asset.update({"raster:scale": 0.0001, "raster:offset": -0.1})
-    return asset
+def _native_px(tile_px: int, band: str) -> int:
+    """A band's raster side at its native resolution for a tile of ``tile_px`` 10 m pixels."""
+    return -(-tile_px * 10 // NATIVE_RESOLUTION[band])
 
 
 def _write_product(
@@ -221,7 +194,7 @@ def _write_product(
     files = {}
     for band in bands:
         res = NATIVE_RESOLUTION[band]
-        n = -(-tile_px * 10 // res)
+        n = _native_px(tile_px, band)
         files[band] = rasterio.open(
             folder / (names[band] + ".partial"), "w", driver="GTiff", width=n, height=n,
             count=1, dtype="uint8" if band == "SCL" else "uint16", crs=f"EPSG:{tile.epsg}",
@@ -280,8 +253,12 @@ def generate_fullsize(
             doy = float(date.timetuple().tm_yday)
             _write_product(folder, names, tile, ti, tile_px, seed, doy, scene, on_strip)
             assets = {
-                f"{b}_{NATIVE_RESOLUTION[b]}m": _asset(
-                    names[b], b, tile.epsg, tile.x0, tile.y0, tile_px
+                f"{b}_{NATIVE_RESOLUTION[b]}m": band_asset(
+                    names[b],
+                    b,
+                    tile,
+                    (_native_px(tile_px, b),) * 2,
+                    "uint8" if b == "SCL" else "uint16",
                 )
                 for b in names
             }

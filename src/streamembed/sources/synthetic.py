@@ -218,6 +218,27 @@ def _downsample(a: np.ndarray, factor: int, mode: str) -> np.ndarray:
     return a.reshape(a.shape[0] // factor, factor, a.shape[1] // factor, factor).mean(axis=(1, 3))
 
 
+def band_asset(
+    href: str, band: str, tile: SyntheticTile, shape: tuple[int, ...], dtype: str
+) -> dict[str, object]:
+    """The STAC asset of one band COG at its native resolution (L2A DN convention >= 04.00)."""
+    res = NATIVE_RESOLUTION[band]
+    asset: dict[str, object] = {
+        "href": href,
+        "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "roles": ["data"],
+        "proj:code": f"EPSG:{tile.epsg}",
+        "proj:shape": [int(shape[0]), int(shape[1])],
+        "proj:transform": [float(res), 0.0, tile.x0, 0.0, -float(res), tile.y0],
+        "gsd": res,
+        "nodata": 0,
+        "data_type": dtype,
+    }
+    if band != "SCL":
+        asset.update({"raster:scale": 0.0001, "raster:offset": -0.1})
+    return asset
+
+
 def write_cog(path: Path, data: np.ndarray, epsg: int, x0: float, y0: float, res: float) -> None:
     """One single-band north-up COG (deflate, nodata 0) on a UTM grid."""
     import rasterio
@@ -332,20 +353,7 @@ def generate(
                 key = f"{band}_{res}m"
                 name = f"T{tile.tile}_{stamp}_{key}.tif"
                 write_cog(folder / name, data, tile.epsg, tile.x0, tile.y0, float(res))
-                asset: dict[str, object] = {
-                    "href": name,
-                    "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-                    "roles": ["data"],
-                    "proj:code": f"EPSG:{tile.epsg}",
-                    "proj:shape": [int(data.shape[0]), int(data.shape[1])],
-                    "proj:transform": [float(res), 0.0, tile.x0, 0.0, -float(res), tile.y0],
-                    "gsd": res,
-                    "nodata": 0,
-                    "data_type": str(data.dtype),
-                }
-                if band != "SCL":
-                    asset.update({"raster:scale": 0.0001, "raster:offset": -0.1})
-                assets[key] = asset
+                assets[key] = band_asset(name, band, tile, data.shape, str(data.dtype))
             published = when + dt.timedelta(hours=6)
             item = _item(item_id, tile, when, published, assets, stats, tile_px)
             (folder / f"{item_id}.json").write_text(json.dumps(item, indent=1))
