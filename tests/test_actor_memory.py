@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamembed.actor import ApplyStatus, StatsActor, state_bytes
+from streamembed.actor import ApplyStatus, StatsActor
 from streamembed.config import StatsConfig, StoreConfig
 from streamembed.grid import TileGrid
 from streamembed.sink import read_anomalies
@@ -50,7 +50,7 @@ def _apply_all(out: Path, order: list[tuple[str, str]], budget_mib: float) -> St
     for tile, acq_id in order:
         assert actor.apply(tile, acq_id).status == ApplyStatus.APPLIED
         assert actor.resident_bytes() <= max(
-            budget_mib * 2**20, max(state_bytes(s) for s in actor.states.values())
+            budget_mib * 2**20, max(s.nbytes for s in actor.states.values())
         )
     actor.checkpoint()
     return actor
@@ -61,7 +61,7 @@ def test_eviction_bounds_memory_and_changes_no_result(tmp_path):
 
     order = _fill_store(tmp_path / "a", 10)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    one_tile = state_bytes(TileState.empty(12, 12, 64)) / 2**20
+    one_tile = TileState.empty(12, 12, 64).nbytes / 2**20
     roomy = _apply_all(tmp_path / "a", order, 1024)
     tight = _apply_all(tmp_path / "b", order, 1.5 * one_tile)  # room for one tile only
     assert roomy.evictions == 0 and len(roomy.states) == 3

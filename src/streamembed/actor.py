@@ -14,7 +14,6 @@ from their checkpoint when their next acquisition comes (a full tile at 2048-d i
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 import zlib
 from collections import OrderedDict
@@ -40,9 +39,6 @@ class ApplyStatus(StrEnum):
     ALREADY = "already_applied"  # in the state already (a replay after a crash)
 
 
-log = logging.getLogger(__name__)
-
-
 @dataclass(frozen=True)
 class ApplyResult:
     """What applying one acquisition did (the actor's reply to the driver)."""
@@ -64,11 +60,6 @@ class ShardMetrics:
     resident_state_mib: float
     resident_tiles: int
     evictions: int
-
-
-def state_bytes(state: TileState) -> int:
-    arrays = (state.n, state.mean, state.dist_mean, state.dist_var, state.idx_mean, state.last_day)
-    return int(sum(a.nbytes for a in arrays))
 
 
 class StatsShard(Protocol):
@@ -125,7 +116,7 @@ class StatsActor:
         return self.states[tile]
 
     def resident_bytes(self) -> int:
-        return sum(state_bytes(s) for s in self.states.values())
+        return sum(s.nbytes for s in self.states.values())
 
     def _evict(self, keep: str) -> None:
         """Checkpoint and drop the least recently applied tiles while past the budget."""

@@ -207,7 +207,7 @@ class _Embedding:
     reservation: Reservation
     todo: deque[Block]
     n_blocks: int
-    running: set[Future] = field(default_factory=set)
+    running: dict[Future, int] = field(default_factory=dict)  # block task -> block index
     done: int = 0
     failed: str | None = None
 
@@ -297,14 +297,9 @@ class Pipeline:
         self._actor_futures[shard] = self._submit_actor(shard)
         self.actors[shard] = self._actor_futures[shard].result()
         report.actors_recreated += 1
-        applied = [r for r in self.ledger.rows(State.APPLIED) if self._shard(r.tile) == shard]
-        for tile in sorted({r.tile for r in applied}):
-            in_state = set(self.actors[shard].applied_ids(tile).result())
-            rows = sorted((r for r in applied if r.tile == tile), key=lambda r: r.datetime)
-            for r in rows:
-                if r.id not in in_state:
-                    self.actors[shard].apply(tile, r.id).result()
-                    report.replayed += 1
+        for a in self._missing_from_state(shard):
+            self.actors[shard].apply(a.tile, a.id).result()
+            report.replayed += 1
 
     def _apply(self, tile: str, acq_id: str, report: RunReport) -> ApplyResult:
         """One actor apply; a lost actor is recreated once and the apply repeated."""
@@ -379,8 +374,9 @@ class Pipeline:
                 # its time step is committed before the next one's blocks take the workers.
                 for job in active:
                     while job.todo and job.failed is None and len(futures) < max_blocks:
-                        fut = self._submit_block(job, job.todo.popleft())
-                        job.running.add(fut)
+                        block = job.todo.popleft()
+                        fut = self._submit_block(job, block)
+                        job.running[fut] = block.index
                         futures[fut] = job
                 self._apply_ready(sequencer, states, replay_ids, report, bar)
                 if not futures:
@@ -389,8 +385,7 @@ class Pipeline:
                     continue
                 for fut in self._wait(futures):
                     job = futures.pop(fut)
-                    job.running.discard(fut)
-                    self._block_done(fut, job, report)
+                    self._block_done(fut, job.running.pop(fut), job, report)
                     bar.set_postfix_str(f"block {job.done}/{job.n_blocks} of {job.acq.id}")
                     if job.failed is not None:
                         for other in job.running:
@@ -459,7 +454,6 @@ class Pipeline:
             return None
         if reservation is None:  # stored by an earlier run that stopped before the ledger
             self._mark_embedded(a, states, report)
-            bar.update(0)
             return None
         blocks = plan_blocks(grid, self.cfg.ingest)
         return _Embedding(a, grid, reservation, deque(blocks), len(blocks))
@@ -476,12 +470,12 @@ class Pipeline:
             resources=self.encode_resources,
         )  # fmt: skip
 
-    def _block_done(self, fut: Future, job: _Embedding, report: RunReport) -> None:
+    def _block_done(self, fut: Future, index: int, job: _Embedding, report: RunReport) -> None:
         try:
             result: BlockResult = fut.result()
         except KilledWorker as err:
             job.failed = (
-                f"block {_block_of(fut)} of {job.n_blocks}: the workers running it died "
+                f"block {index} of {job.n_blocks}: the workers running it died "
                 f"({_one_line(err)}); most often the worker memory limit: lower "
                 f"ingest.block_px (now {self.cfg.ingest.block_px}) or raise cluster.memory_limit"
             )
@@ -534,30 +528,36 @@ class Pipeline:
         self.ledger.set_watermark(key, min(open_) if open_ else max(a.datetime for a in acqs))
 
     def _replay_plan(self, states: dict[str, State]) -> list[Acquisition]:
-        """Applied acquisitions missing from a tile's state (a checkpoint older than the ledger).
+        """Applied acquisitions missing from a tile's state (a checkpoint older than the ledger),
+        marked embedded again so the sequencer applies them before anything newer."""
+        replay = self._missing_from_state()
+        for tile in sorted({a.tile for a in replay}):
+            n = sum(1 for a in replay if a.tile == tile)
+            log.warning("tile %s: replaying %d acquisitions the last checkpoint missed", tile, n)
+        for a in replay:
+            states[a.id] = State.EMBEDDED
+        return replay
+
+    def _missing_from_state(self, shard: int | None = None) -> list[Acquisition]:
+        """What the ledger has as applied but the actors' states (of one shard, or all) lack,
+        by tile and sensing time.
 
         Taken from the ledger, not the source: an incremental poll does not list old products,
         and a replay reads the store only.
         """
-        replay: list[Acquisition] = []
         by_tile: dict[str, list[Acquisition]] = {}
         for r in self.ledger.rows(State.APPLIED):
-            when = dt.datetime.fromisoformat(r.datetime)
-            a = Acquisition(r.id, r.tile, when, None, {}, item_href=r.item_href)
-            by_tile.setdefault(r.tile, []).append(a)
-        for tile, applied in by_tile.items():
+            if shard is None or self._shard(r.tile) == shard:
+                when = dt.datetime.fromisoformat(r.datetime)
+                a = Acquisition(r.id, r.tile, when, None, {}, item_href=r.item_href)
+                by_tile.setdefault(r.tile, []).append(a)
+        missing: list[Acquisition] = []
+        for tile in sorted(by_tile):
             in_state = set(self._actor(tile).applied_ids(tile).result())
-            missing = [a for a in applied if a.id not in in_state]
-            if missing:
-                log.warning(
-                    "tile %s: replaying %d acquisitions the last checkpoint missed",
-                    tile,
-                    len(missing),
-                )
-                for a in missing:
-                    states[a.id] = State.EMBEDDED
-                replay += missing
-        return replay
+            missing += sorted(
+                (a for a in by_tile[tile] if a.id not in in_state), key=lambda a: a.datetime
+            )
+        return missing
 
     def _apply_ready(
         self,
@@ -598,10 +598,6 @@ class Pipeline:
                     if res.path:
                         report.files.append(res.path)
             bar.update(1)
-
-
-def _block_of(fut: Future) -> str:
-    return str(fut.key).rsplit("-b", 1)[-1].split("-", 1)[0]
 
 
 def _check_block_chunks(cfg: Config, grid: TileGrid, reservation: Reservation) -> None:

@@ -66,6 +66,12 @@ class TileState:
     applied: int = 0
     applied_ids: list[str] = field(default_factory=list)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory the state's arrays hold (what an actor shard's budget counts)."""
+        arrays = (self.n, self.mean, self.dist_mean, self.dist_var, self.idx_mean, self.last_day)
+        return int(sum(a.nbytes for a in arrays))
+
     @classmethod
     def empty(cls, cells_y: int, cells_x: int, dim: int) -> TileState:
         c = cells_y * cells_x

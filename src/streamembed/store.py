@@ -59,6 +59,25 @@ def _ids(g: zarr.Group) -> list[str]:
     return [str(v) for v in np.asarray(_arr(g, "acquisition_id")[:])]
 
 
+def _repair(g: zarr.Group) -> tuple[int, list[str]]:
+    """Cut trailing rows that are neither committed nor reserved.
+
+    Returns how many rows were cut and the id of every remaining row.
+    """
+    arrays = {name: _arr(g, name) for name in _TIME_VARS}
+    ids, keep = _ids(g), set(_pending(g).values())
+    # Rows every variable has (a crash mid-resize leaves some longer); a pending row cut here
+    # is grown again by its acquisition's next begin.
+    n = min(a.shape[0] for a in arrays.values())
+    while n and not ids[n - 1] and (n - 1) not in keep:
+        n -= 1
+    longest = max(a.shape[0] for a in arrays.values())
+    for arr in arrays.values():
+        if arr.shape[0] != n:
+            arr.resize((n, *arr.shape[1:]))
+    return longest - n, ids[:n]
+
+
 def _pending(g: zarr.Group) -> dict[str, int]:
     return {str(k): int(v) for k, v in dict(g.attrs.get("pending", {})).items()}  # type: ignore[arg-type]
 
@@ -147,20 +166,7 @@ class EmbeddingStore:
     def repair(self, tile: str) -> int:
         """Cut trailing rows that are neither committed nor reserved; returns how many."""
         g = self._group(tile)
-        if g is None:
-            return 0
-        arrays = {name: _arr(g, name) for name in _TIME_VARS}
-        ids, keep = _ids(g), set(_pending(g).values())
-        # Rows every variable has (a crash mid-resize leaves some longer); a pending row cut
-        # here is grown again by its acquisition's next begin.
-        n = min(a.shape[0] for a in arrays.values())
-        while n and not ids[n - 1] and (n - 1) not in keep:
-            n -= 1
-        longest = max(a.shape[0] for a in arrays.values())
-        for arr in arrays.values():
-            if arr.shape[0] != n:
-                arr.resize((n, *arr.shape[1:]))
-        return longest - n
+        return 0 if g is None else _repair(g)[0]
 
     # ------------------------------------------------------------ the three-step write
 
@@ -179,8 +185,7 @@ class EmbeddingStore:
             g = self._group(tile)
             assert g is not None
         self._check_compatible(g, tile, acquisition_id, grid, dim, attrs)
-        self.repair(tile)
-        ids = _ids(g)
+        _, ids = _repair(g)
         if acquisition_id in ids:
             return None
         pending = _pending(g)
