@@ -14,10 +14,12 @@ from streamembed.config import StatsConfig, StoreConfig
 from streamembed.grid import TileGrid
 from streamembed.sink import read_anomalies
 from streamembed.stats import TileState
-from streamembed.store import EmbeddingBatch, EmbeddingStore
+from streamembed.store import EmbeddingBatch, EmbeddingStore, Provenance
 
 TILES = ("33UWP", "32UPC", "31UFT")
-ATTRS = {"model_id": "test-model"}
+PROVENANCE = Provenance(
+    "test-model", "seeded", True, "resnet18", ("B02",), "divide_10000", 256, 32, (0, 8, 9)
+)
 
 
 def _fill_store(root: Path, n_dates: int) -> list[tuple[str, str]]:
@@ -37,8 +39,7 @@ def _fill_store(root: Path, n_dates: int) -> list[tuple[str, str]]:
             when = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=5 * k)
             store.append(
                 EmbeddingBatch(acq_id, tile, when, grid, emb, np.ones((12, 12), np.float32),
-                               np.zeros((12, 12), np.float32), idx),
-                ATTRS,
+                               np.zeros((12, 12), np.float32), idx, PROVENANCE),
             )  # fmt: skip
             order.append((tile, acq_id))
     return order

@@ -4,6 +4,7 @@ not depend on the block size, and a statistics actor that survives the death of 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -68,8 +69,29 @@ def test_acquisitions_longer_than_the_driver_wait_run_through(series, cluster_cl
     cfg = _cfg(series, tmp_path, **{"pipeline.wait_seconds": 0.01, "pipeline.max_in_flight": 1})
     report = _run(cfg, cluster_client)
     assert report.applied == 20 and not report.failed
-    per_acq = sum(report.stage_seconds[s] for s in ("encode", "read_decode_resample")) / 20
+    per_acq = (report.stage_seconds.encode + report.stage_seconds.read_decode_resample) / 20
     assert per_acq > 0.01  # each one took longer than the wait interval
+
+
+def test_blocks_of_a_broken_acquisition_failing_together(series, cluster_client, tmp_path):
+    """Every block of two acquisitions fails at once (a band emptied): the loop skips the
+    blocks it cancelled, fails those two with their reason and applies the other 18."""
+    items = tmp_path / "items"
+    shutil.copytree(series, items)
+    broken = sorted(items.rglob("*.json"))[3:5]
+    for item in broken:
+        (b04,) = item.parent.glob("*B04*.tif")
+        b04.write_bytes(b"")
+    # all nine blocks of an acquisition in flight at once, so several fail in one wait
+    cfg = _cfg(
+        items, tmp_path / "out", **{"ingest.block_px": 256, "pipeline.max_blocks_in_flight": 18}
+    )
+    report = _run(cfg, cluster_client)
+    assert report.applied == 18 and len(report.failed) == 2
+    with Ledger(tmp_path / "out" / "ledger.sqlite") as ledger:
+        failed = ledger.rows(State.FAILED)
+    assert {r.id for r in failed} == {p.stem for p in broken}
+    assert all("B04" in r.reason for r in failed)
 
 
 def test_block_size_does_not_change_a_bit(series, cluster_client, whole_tile_blocks, tmp_path):

@@ -2,11 +2,35 @@ from pathlib import Path
 
 import pytest
 
-from streamembed.config import Config, ConfigError, load_config
+from streamembed.bench import BenchConfig
+from streamembed.config import Config, ConfigError, load_config, load_section
+from streamembed.demo import DemoConfig
+
+SHIPPED = Path(__file__).parents[1] / "config.yaml"
 
 
 def test_shipped_config_equals_defaults():
-    assert load_config(Path(__file__).parents[1] / "config.yaml", environ={}) == Config()
+    assert load_config(SHIPPED, environ={}) == Config()
+    assert load_section(SHIPPED, "demo", DemoConfig, environ={}) == DemoConfig()
+    assert load_section(SHIPPED, "bench", BenchConfig, environ={}) == BenchConfig()
+
+
+def test_harness_sections_are_apart_from_the_runtime(tmp_path):
+    """demo and bench share the file but not the runtime Config; their errors name them."""
+    assert "demo" not in Config.model_fields and "bench" not in Config.model_fields
+    p = tmp_path / "profile.yaml"
+    p.write_text("stats:\n  threshold: 4\nbench:\n  label: x\n  tile_px: 8\n")
+    assert load_config(p, environ={}).stats.threshold == 4
+    with pytest.raises(ConfigError, match=r"bench\.tile_px"):
+        load_section(p, "bench", BenchConfig, environ={})
+    p.write_text("bench:\n  lable: x\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'bench\.lable'.*label"):
+        load_section(p, "bench", BenchConfig, environ={})
+    env = {"STREAMEMBED__DEMO__TILE_PX": "256"}
+    assert load_section(None, "demo", DemoConfig, environ=env).tile_px == 256
+    p.write_text("dmeo:\n  seed: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'dmeo'; valid keys here: .*demo"):
+        load_config(p, environ={})
 
 
 def test_unknown_key_is_named(tmp_path):

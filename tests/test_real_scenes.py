@@ -14,8 +14,9 @@ from streamembed.acquisition import BANDS_L1C
 from streamembed.config import Config
 from streamembed.ledger import Ledger, State
 from streamembed.pipeline import Pipeline
-from streamembed.sources.arrays import load_eolearn_example, write_scene_items
 from streamembed.store import EmbeddingStore
+
+from .scene_items import load_eolearn_example, write_scene_items
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from streamembed.stats import LABELS, StatsParams, TileState, label_cells, update
+from streamembed.config import StatsConfig
+from streamembed.stats import LABELS, TileState, label_cells, update
 
 
 def naive_update(state, emb, clear, indices, day, p):
@@ -85,7 +86,7 @@ def _random_series(rng, steps, cy, cx, dim):
 
 def test_vectorised_matches_naive_loop():
     rng = np.random.default_rng(3)
-    p = StatsParams(min_obs=3, threshold=0.5, min_index_change=0.3)
+    p = StatsConfig(min_obs=3, threshold=0.5, min_index_change=0.3)
     cy, cx, dim = 4, 5, 16
     fast = TileState.empty(cy, cx, dim)
     slow = TileState.empty(cy, cx, dim)
@@ -116,7 +117,7 @@ def _steady(rng, state, p, steps=10, dim=32, shape=(6, 6), start_day=0.0):
 
 def test_planted_change_is_anomalous_and_tile_shift_is_not():
     rng = np.random.default_rng(5)
-    p = StatsParams()
+    p = StatsConfig()
     state = TileState.empty(6, 6, 32)
     base, clear, idx = _steady(rng, state, p)
     # A whole-tile shift (haze, low sun) is not an anomaly.
@@ -135,7 +136,7 @@ def test_planted_change_is_anomalous_and_tile_shift_is_not():
 
 def test_embedding_change_without_own_pixel_change_is_suppressed():
     rng = np.random.default_rng(6)
-    p = StatsParams()
+    p = StatsConfig()
     state = TileState.empty(6, 6, 32)
     base, clear, idx = _steady(rng, state, p)
     changed = base.copy()
@@ -146,7 +147,7 @@ def test_embedding_change_without_own_pixel_change_is_suppressed():
 
 def test_masked_cells_neither_update_nor_score():
     rng = np.random.default_rng(7)
-    p = StatsParams()
+    p = StatsConfig()
     state = TileState.empty(6, 6, 32)
     base, clear, idx = _steady(rng, state, p)
     before = state.mean.copy(), state.n.copy()
@@ -163,7 +164,7 @@ def test_masked_cells_neither_update_nor_score():
 def test_state_roundtrip(tmp_path):
     rng = np.random.default_rng(8)
     state = TileState.empty(3, 4, 8)
-    _steady(rng, state, StatsParams(), steps=3, dim=8, shape=(3, 4))
+    _steady(rng, state, StatsConfig(), steps=3, dim=8, shape=(3, 4))
     state.applied_ids = ["a", "b"]
     state.save(tmp_path / "s.npz")
     back = TileState.load(tmp_path / "s.npz")
@@ -216,7 +217,7 @@ def test_float16_decode_matches_numpy_for_every_code(native):
 
 def test_float16_embeddings_update_exactly_like_their_float32_values():
     rng = np.random.default_rng(11)
-    p = StatsParams(min_obs=3, threshold=0.5, min_index_change=0.3)
+    p = StatsConfig(min_obs=3, threshold=0.5, min_index_change=0.3)
     a, b = TileState.empty(20, 20, 24), TileState.empty(20, 20, 24)
     for emb, clear, idx, day in _random_series(rng, 8, 20, 20, 24):
         half = emb.astype(np.float16)
@@ -233,7 +234,7 @@ def test_large_tile_sampled_reference_keeps_shift_quiet_and_finds_change():
     from streamembed.stats import SPATIAL_SAMPLE
 
     rng = np.random.default_rng(12)
-    p = StatsParams()
+    p = StatsConfig()
     shape = (30, 30)
     assert shape[0] * shape[1] > 3 * SPATIAL_SAMPLE
     state = TileState.empty(*shape, 32)
@@ -252,7 +253,7 @@ def test_large_tile_sampled_reference_keeps_shift_quiet_and_finds_change():
 
 def test_non_finite_embedding_row_neither_updates_nor_scores():
     rng = np.random.default_rng(13)
-    p = StatsParams()
+    p = StatsConfig()
     state = TileState.empty(6, 6, 32)
     base, clear, idx = _steady(rng, state, p)
     before = state.mean[7].copy(), int(state.n[7])

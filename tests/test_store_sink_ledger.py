@@ -1,5 +1,6 @@
 """Real Zarr and GeoParquet files on disk: idempotent, crash-safe, readable by the ecosystem."""
 
+import dataclasses
 import datetime as dt
 import json
 
@@ -11,10 +12,12 @@ import xarray as xr
 from streamembed.grid import TileGrid
 from streamembed.ledger import Ledger, State
 from streamembed.sink import AnomalyRecord, read_anomalies, write_anomalies
-from streamembed.store import EmbeddingBatch, EmbeddingStore, StoreMismatchError
+from streamembed.store import EmbeddingBatch, EmbeddingStore, Provenance, StoreMismatchError
 
 GRID = TileGrid("33UWP", 32633, 499980.0, 5400000.0, 96, 128, 32)
-ATTRS = {"model_id": "resnet18-12b-seed0"}
+PROVENANCE = Provenance(
+    "resnet18-12b-seed0", "seeded", True, "resnet18", ("B02",), "divide_10000", 256, 32, (0, 8, 9)
+)
 
 
 def _batch(i: int, grid: TileGrid = GRID) -> EmbeddingBatch:
@@ -29,19 +32,20 @@ def _batch(i: int, grid: TileGrid = GRID) -> EmbeddingBatch:
         clear=rng.random(shape).astype(np.float32),
         snow=np.zeros(shape, np.float32),
         indices=rng.random((*shape, 4)).astype(np.float32),
+        provenance=PROVENANCE,
     )
 
 
 def test_store_append_is_idempotent_and_readable(tmp_path):
     store = EmbeddingStore(tmp_path / "embeddings.zarr")
-    assert store.append(_batch(0), ATTRS) and store.append(_batch(1), ATTRS)
-    assert not store.append(_batch(1), ATTRS)  # already there: a no-op
+    assert store.append(_batch(0)) and store.append(_batch(1))
+    assert not store.append(_batch(1))  # already there: a no-op
     assert store.acquisition_ids("33UWP") == ["acq0", "acq1"]
     ds = xr.open_zarr(tmp_path / "embeddings.zarr", group="33UWP", consolidated=False)
     assert ds.embedding.shape == (2, 3, 4, 8) and ds.embedding.dtype == np.float16
     # chunks never reach past the tile (64-cell chunks by default, the tile has 3 x 4 cells)
     assert ds.embedding.encoding["chunks"] == (1, 3, 4, 8)
-    assert ds.attrs["crs"] == "EPSG:32633" and ds.attrs["model_id"] == ATTRS["model_id"]
+    assert ds.attrs["crs"] == "EPSG:32633" and ds.attrs["model_id"] == PROVENANCE.model_id
     assert ds.time.values[1] == np.datetime64("2024-01-06T10:00:00")
     assert ds.y.values[0] == 5400000.0 - 160.0 and ds.x.values[0] == 499980.0 + 160.0
     back = store.read("33UWP", "acq1")
@@ -53,14 +57,14 @@ def test_store_repairs_an_interrupted_append(tmp_path):
     import zarr
 
     store = EmbeddingStore(tmp_path / "embeddings.zarr")
-    store.append(_batch(0), ATTRS)
-    store.append(_batch(1), ATTRS)
+    store.append(_batch(0))
+    store.append(_batch(1))
     # Simulate a crash mid-append of an old writer: one array grew, no id, no reservation.
     g = zarr.open_group(tmp_path / "embeddings.zarr", path="33UWP", mode="r+")
     g["embedding"].resize((3, 3, 4, 8))
     assert store.repair("33UWP") == 1
     assert g["embedding"].shape[0] == 2
-    assert store.append(_batch(2), ATTRS)
+    assert store.append(_batch(2))
     assert store.acquisition_ids("33UWP") == ["acq0", "acq1", "acq2"]
 
 
@@ -68,9 +72,9 @@ def test_an_acquisition_is_invisible_until_committed_and_a_restart_reuses_its_ro
     """Blocks written, then a crash before the commit: readers see nothing of it, a restart
     writes it into the same row, and the committed store reads back whole."""
     store = EmbeddingStore(tmp_path / "embeddings.zarr")
-    store.append(_batch(0), ATTRS)
+    store.append(_batch(0))
     b = _batch(1)
-    res = store.begin(b.acquisition_id, GRID, 8, ATTRS)
+    res = store.begin(b.acquisition_id, GRID, 8, PROVENANCE)
     assert res is not None and res.row == 1 and res.chunk_cells == (3, 4)
     store.write_block(res, (0, 3), (0, 2), b.embedding[:, :2], b.clear[:, :2], b.snow[:, :2],
                       b.indices[:, :2])  # fmt: skip
@@ -78,15 +82,15 @@ def test_an_acquisition_is_invisible_until_committed_and_a_restart_reuses_its_ro
     assert store.acquisition_ids("33UWP") == ["acq0"]
     assert store.open_dataset("33UWP").embedding.shape[0] == 1
     assert store.repair("33UWP") == 0 and store.pending("33UWP") == {"acq1": 1}
-    again = store.begin(b.acquisition_id, GRID, 8, ATTRS)
+    again = store.begin(b.acquisition_id, GRID, 8, PROVENANCE)
     assert again is not None and again.row == 1
-    other = store.begin("acq2", GRID, 8, ATTRS)
+    other = store.begin("acq2", GRID, 8, PROVENANCE)
     assert other is not None and other.row == 2
     store.write_block(again, (0, 3), (0, 4), b.embedding, b.clear, b.snow, b.indices)
     store.commit(again, b.time)
     assert store.acquisition_ids("33UWP") == ["acq0", "acq1"]
     assert store.pending("33UWP") == {"acq2": 2}
-    assert store.begin(b.acquisition_id, GRID, 8, ATTRS) is None  # committed: nothing to do
+    assert store.begin(b.acquisition_id, GRID, 8, PROVENANCE) is None  # committed: nothing to do
     back = store.read("33UWP", "acq1")
     assert np.array_equal(back.embedding, b.embedding.astype(np.float16))
     assert np.array_equal(back.clear, b.clear)
@@ -94,12 +98,11 @@ def test_an_acquisition_is_invisible_until_committed_and_a_restart_reuses_its_ro
 
 def test_store_keeps_sensing_seconds_and_the_stored_dtype(tmp_path):
     """Sentinel-2 times carry milliseconds; the store keeps the sensing second (the id's)."""
-    import dataclasses
 
     store = EmbeddingStore(tmp_path / "embeddings.zarr")
     for i, ms in ((0, 24), (1, 987), (2, 0)):
         b = _batch(i)
-        store.append(dataclasses.replace(b, time=b.time + dt.timedelta(milliseconds=ms)), ATTRS)
+        store.append(dataclasses.replace(b, time=b.time + dt.timedelta(milliseconds=ms)))
     ds = xr.open_zarr(tmp_path / "embeddings.zarr", group="33UWP", consolidated=False)
     assert [str(t)[:19] for t in ds.time.values] == [
         "2024-01-01T10:00:00",
@@ -123,15 +126,16 @@ def test_store_grid_is_unknown_while_a_first_write_is_under_way(tmp_path):
     zarr.open_group(tmp_path / "embeddings.zarr", mode="a").create_group("33UWP")
     assert store.grid("33UWP") is None
     store_b = EmbeddingStore(tmp_path / "b.zarr")
-    store_b.append(_batch(0), ATTRS)
+    store_b.append(_batch(0))
     assert store_b.grid("33UWP") == GRID
 
 
 def test_store_refuses_another_model(tmp_path):
     store = EmbeddingStore(tmp_path / "embeddings.zarr")
-    store.append(_batch(0), ATTRS)
+    store.append(_batch(0))
     with pytest.raises(StoreMismatchError, match="resnet50"):
-        store.append(_batch(1), {"model_id": "resnet50-12b-seed0"})
+        other_model = dataclasses.replace(PROVENANCE, model_id="resnet50-12b-seed0")
+        store.append(dataclasses.replace(_batch(1), provenance=other_model))
 
 
 def _record(cell_x: int, acq: str = "acq0") -> AnomalyRecord:
@@ -196,3 +200,27 @@ def test_ledger_states_and_summary(tmp_path):
         assert ledger.summary() == {"33UWP": {"applied": 1, "failed": 1, "seen": 1}}
         assert ledger.rows(State.FAILED)[0].reason.endswith("band B8A missing")
         assert ledger.rows(State.APPLIED)[0].n_anomalies == 4
+
+
+def test_unparseable_source_entries_are_filed_apart_from_acquisitions(tmp_path):
+    """An entry with no tile or time is a source failure, reported once and again only when
+    its reason changes; an old ledger's tile-"?" rows are moved over on open."""
+    import sqlite3
+
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        assert ledger.record_source_failure("a.json", "/x/a.json", "a.json: not readable JSON")
+        assert not ledger.record_source_failure("a.json", "/x/a.json", "a.json: not readable JSON")
+        assert ledger.record_source_failure("a.json", "/x/a.json", "a.json: no tile code")
+        assert ledger.source_failures() == [("a.json", "/x/a.json", "a.json: no tile code")]
+        assert ledger.count() == 0 and ledger.summary() == {}
+    db = sqlite3.connect(path)
+    db.execute(
+        "INSERT INTO acquisitions (id, tile, datetime, item_href, state, reason, first_seen,"
+        " updated) VALUES ('b.json', '?', '', '/x/b.json', 'failed', 'bad', 't', 't')"
+    )
+    db.commit()
+    db.close()
+    with Ledger(path) as ledger:
+        assert ledger.count() == 0
+        assert ("b.json", "/x/b.json", "bad") in ledger.source_failures()

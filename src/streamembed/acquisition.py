@@ -231,6 +231,27 @@ def _first(values: Any) -> Any:
     return values[0] if isinstance(values, list) and values else None
 
 
+def _band_asset(
+    band: str, key: str, a: Mapping[str, Any], item_href: str, item_epsg: int | None
+) -> BandAsset:
+    """One asset's href, scaling, nodata and projection (asset fields, then raster:bands)."""
+    raster_band = _first(a.get("raster:bands")) or {}
+    band_meta = _first(a.get("bands")) or {}
+    transform = a.get("proj:transform")
+    shape = a.get("proj:shape")
+    return BandAsset(
+        band=band,
+        key=key,
+        href=resolve_href(str(a["href"]), item_href),
+        scale=a.get("raster:scale", raster_band.get("scale")),
+        offset=a.get("raster:offset", raster_band.get("offset")),
+        nodata=a.get("nodata", raster_band.get("nodata", band_meta.get("nodata"))),
+        epsg=_epsg_of(a) or item_epsg,
+        transform=tuple(float(v) for v in transform[:6]) if transform else None,
+        shape=(int(shape[0]), int(shape[1])) if shape else None,
+    )
+
+
 def parse_item(
     item: Mapping[str, Any],
     item_href: str,
@@ -264,24 +285,8 @@ def parse_item(
     for band, keys in wanted:
         searched[band] = tuple(keys)
         key = next((k for k in keys if k in assets_json), None)
-        if key is None:
-            continue
-        a = assets_json[key]
-        raster_band = _first(a.get("raster:bands")) or {}
-        band_meta = _first(a.get("bands")) or {}
-        transform = a.get("proj:transform")
-        shape = a.get("proj:shape")
-        assets[band] = BandAsset(
-            band=band,
-            key=key,
-            href=resolve_href(str(a["href"]), item_href),
-            scale=a.get("raster:scale", raster_band.get("scale")),
-            offset=a.get("raster:offset", raster_band.get("offset")),
-            nodata=a.get("nodata", raster_band.get("nodata", band_meta.get("nodata"))),
-            epsg=_epsg_of(a) or item_epsg,
-            transform=tuple(float(v) for v in transform[:6]) if transform else None,
-            shape=(int(shape[0]), int(shape[1])) if shape else None,
-        )
+        if key is not None:
+            assets[band] = _band_asset(band, key, assets_json[key], item_href, item_epsg)
     epsg = next((a.epsg for a in assets.values() if a.epsg), item_epsg)
     level = "L1C" if "L1C" in str(item_id) or "L1C" in str(props.get("product:type", "")) else "L2A"
     cloud = props.get("eo:cloud_cover")

@@ -27,7 +27,8 @@ from distributed.actor import BaseActorFuture
 from .config import StatsConfig, StoreConfig
 from .layout import OutputLayout
 from .sink import records_from_result, write_anomalies
-from .stats import StatsParams, TileState, update
+from .stages import StageSeconds
+from .stats import TileState, update
 from .store import EmbeddingStore
 
 
@@ -48,7 +49,7 @@ class ApplyResult:
     path: str | None = None
     snow_cells: int | None = None
     masked_cells: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+    seconds: StageSeconds = field(default_factory=StageSeconds)
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,6 @@ class StatsActor:
     def __init__(self, output_dir: str, stats: StatsConfig, store: StoreConfig, model_id: str):
         self.layout = OutputLayout(Path(output_dir))
         self.cfg = stats
-        # StatsParams is the pure core's view of the same keys.
-        self.params = StatsParams(
-            **{k: getattr(stats, k) for k in StatsParams.__dataclass_fields__}
-        )
         self.store = EmbeddingStore(self.layout.store, store)
         self.model_id = model_id
         self.states: OrderedDict[str, TileState] = OrderedDict()  # least recently used first
@@ -152,10 +149,9 @@ class StatsActor:
         if state.applied_ids and day <= state.last_time_day:
             return ApplyResult(ApplyStatus.LATE)
         result = update(
-            state, stored.embedding, stored.clear, stored.snow, stored.indices, day, self.params
+            state, stored.embedding, stored.clear, stored.snow, stored.indices, day, self.cfg
         )
         t_stats = time.perf_counter()
-        state.last_acquisition_id = acquisition_id
         state.applied_ids.append(acquisition_id)
         records = records_from_result(
             result, grid, acquisition_id, stored.time, stored.clear, self.model_id
@@ -181,12 +177,12 @@ class StatsActor:
             str(written) if written else None,
             result.snow_cells,
             result.masked_cells,
-            {
-                "stats_read": t_read - t0,
-                "stats_apply": t_stats - t_read,
-                "sink_write": t_sink - t_stats,
-                "stats_checkpoint": t_end - t_sink,
-            },
+            StageSeconds(
+                stats_read=t_read - t0,
+                stats_apply=t_stats - t_read,
+                sink_write=t_sink - t_stats,
+                stats_checkpoint=t_end - t_sink,
+            ),
         )
 
     def checkpoint(self, tile: str | None = None) -> int:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .acquisition import SourceError
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, load_section
+
+if TYPE_CHECKING:
+    from .demo import DemoConfig
 
 log = logging.getLogger("streamembed")
 DEFAULT_CONFIG = "config.yaml"
@@ -26,7 +27,12 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("distributed", "tornado", "bokeh", "asyncio", "rasterio"):
+    # distributed sets its loggers' levels from the dask config when it is imported (later,
+    # by the commands that start a cluster): its routine INFO lines stay out of the CLI.
+    import dask
+
+    dask.config.set({"logging.distributed": "warning"})
+    for noisy in ("tornado", "bokeh", "asyncio", "rasterio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # pystac-client logs request headers at DEBUG: credentials in them are redacted.
     from .credentials import redact_logs
@@ -34,11 +40,21 @@ def _setup_logging(verbose: bool) -> None:
     redact_logs()
 
 
-def _config(args: argparse.Namespace) -> Config:
-    path = args.config
+def _config_path(args: argparse.Namespace) -> str | None:
+    path: str = args.config
     if path == DEFAULT_CONFIG and not Path(path).exists():
-        path = None  # built-in defaults; every key is documented in the shipped config.yaml
-    cfg = load_config(path)
+        return None  # built-in defaults; every key is documented in the shipped config.yaml
+    return path
+
+
+def _demo_config(args: argparse.Namespace) -> DemoConfig:
+    from .demo import DemoConfig
+
+    return load_section(_config_path(args), "demo", DemoConfig)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    cfg = load_config(_config_path(args))
     overrides: dict[str, Any] = {}
     if getattr(args, "source", None):
         # A folder or a URL on the command line says what it is, whatever the file's kind.
@@ -141,17 +157,23 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
             print(
                 f"{tile:<8}" + "".join(f"{counts.get(s, 0):>10}" for s in states) + f"{n_anom:>11}"
             )
-        failed = ledger.rows(State.FAILED)
-        if failed and args.failed:
-            for r in failed:
-                print(f"failed {r.id}: {r.reason}")
-        elif failed:
-            print(f"{len(failed)} failed; `streamembed status --failed` lists the reasons")
+        failed = [(r.id, r.reason) for r in ledger.rows(State.FAILED)]
+        unreadable = [(key, reason) for key, _, reason in ledger.source_failures()]
+        if unreadable:
+            print(f"{len(unreadable)} source entries could not be read as acquisitions")
+        if (failed or unreadable) and args.failed:
+            for key, reason in failed + unreadable:
+                print(f"failed {key}: {reason}")
+        elif failed or unreadable:
+            print(
+                f"{len(failed) + len(unreadable)} failed; `streamembed status --failed` lists "
+                "the reasons"
+            )
     return 0
 
 
 def cmd_map(args: argparse.Namespace, cfg: Config) -> int:
-    from .quicklook import render_map
+    from .anomaly_map import render_map
 
     png = render_map(cfg.output_dir, args.tile, args.date, args.o)
     print(f"wrote {png}")
@@ -159,17 +181,18 @@ def cmd_map(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, cfg: Config) -> int:
-    from .bench import plot, run_bench
+    from .bench import BenchConfig, plot, run_bench
 
-    results = Path(args.output_dir or cfg.bench.output)
+    bench = load_section(args.config, "bench", BenchConfig)
+    results = Path(args.output_dir or bench.output)
     if not args.plot_only:
-        record = run_bench(cfg, results)
-        print(f"record: {record['path']}")
-        print(f"summary row: {cfg.bench.results_md}")
-        if "pipeline_share_of_raw_encoder" in record:
-            print(f"pipeline_share_of_raw_encoder: {record['pipeline_share_of_raw_encoder']:.2f}")
+        record, path = run_bench(cfg, bench, results)
+        print(f"record: {path}")
+        print(f"summary row: {bench.results_md}")
+        if record.pipeline_share_of_raw_encoder is not None:
+            print(f"pipeline_share_of_raw_encoder: {record.pipeline_share_of_raw_encoder:.2f}")
         else:
-            print(record.get("gpu_note", "not measured"))
+            print(record.gpu_note or "not measured")
     if args.plot or args.plot_only:
         png = plot(results, results / "benchmarks.png")
         print(f"plot: {png}")
@@ -199,81 +222,35 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_synth(args: argparse.Namespace, cfg: Config) -> int:
-
+    from .demo import write_demo_archive, write_fullsize_archive
     from .sources.fullsize import IN_MEMORY_MAX_PX
 
-    tile_px = args.tile_px or cfg.demo.tile_px
+    demo = _demo_config(args)
+    tile_px = args.tile_px or demo.tile_px
+    out = Path(args.outdir)
     if tile_px > IN_MEMORY_MAX_PX:
-        items = _synth_fullsize(Path(args.outdir), cfg, args.days, tile_px, args.tiles or 1)
+        items = write_fullsize_archive(out, demo, args.days, tile_px, args.tiles or 1)
         print(f"items: {items}\n(full-size products plant no events: no truth file)")
         return 0
-    items, truth = _synth(Path(args.outdir), cfg, args.days, tile_px, args.tiles or 2)
+    cell = cfg.ingest.cell_size
+    items, truth = write_demo_archive(out, demo, cell, args.days, tile_px, args.tiles or 2)
     print(f"items: {items}\ntruth: {truth}")
     return 0
 
 
-def _synth_fullsize(out: Path, cfg: Config, days: int | None, tile_px: int, tiles: int) -> Path:
-    from .sources.fullsize import generate_fullsize
-
-    revisit = cfg.demo.revisit_days
-    n = max(1, (days or 2 * revisit) // revisit)
-    print(f"writing {n} product(s) x {tiles} tile(s) of {tile_px} px, strip by strip", flush=True)
-    with _synth_progress("strip") as step:
-        return generate_fullsize(
-            out, acquisitions=n, revisit_days=revisit, tile_px=tile_px, seed=cfg.demo.seed,
-            n_tiles=tiles, progress=step,
-        )  # fmt: skip
-
-
-@contextlib.contextmanager
-def _synth_progress(unit: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar for the synthetic writers, as the (done, total) callback they take."""
-    from tqdm import tqdm
-
-    bar = tqdm(desc="synthesising", unit=unit, dynamic_ncols=True)
-
-    def step(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    try:
-        yield step
-    finally:
-        bar.close()
-
-
-def _synth(
-    out: Path,
-    cfg: Config,
-    days: int | None = None,
-    tile_px: int | None = None,
-    tiles: int = 2,
-) -> tuple[Path, Path]:
-    from .sources.synthetic import generate
-
-    with _synth_progress("acq") as step:
-        return generate(
-            out,
-            days=days or cfg.demo.days,
-            revisit_days=cfg.demo.revisit_days,
-            tile_px=tile_px or cfg.demo.tile_px,
-            seed=cfg.demo.seed,
-            cell_size=cfg.ingest.cell_size,
-            n_tiles=tiles,
-            progress=step,
-        )
-
-
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     """The embedded default: synthetic archive -> local cluster backfill -> evaluation -> map."""
+    from .demo import write_demo_archive
+
     t0 = time.time()
-    data = Path(cfg.demo.data)
+    demo = _demo_config(args)
+    data = Path(demo.data)
     truth = data / "truth.parquet"
     if not truth.exists():
         print(
             f"Writing the synthetic demo archive to {data} (real COGs + STAC items) …", flush=True
         )
-        _synth(data, cfg)
+        write_demo_archive(data, demo, cfg.ingest.cell_size)
     else:
         print(f"Using the synthetic demo archive in {data}", flush=True)
     cfg = cfg.with_overrides(**{"source.path": str(data / "items")})
@@ -281,7 +258,7 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     cmd_backfill(args, cfg)
     print("\nEvaluation against the planted events (seeded encoder):", flush=True)
     cmd_evaluate(argparse.Namespace(truth=str(truth)), cfg)
-    from .quicklook import render_map
+    from .anomaly_map import render_map
     from .sink import read_anomalies
 
     anomalies = read_anomalies(cfg.layout.anomalies)

@@ -245,9 +245,6 @@ def security(cfg: ClusterConfig) -> Any:
 @contextlib.contextmanager
 def make_client(cfg: ClusterConfig) -> Iterator[Client]:
     """A connected Client for ``cluster.kind``; the cluster it started is closed on exit."""
-    # distributed sets its own loggers up at import; keep its routine INFO lines out of the CLI.
-    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     cluster: Any = None
     if cfg.kind == "address":
         if not cfg.address:

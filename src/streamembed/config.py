@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,17 +19,24 @@ from .acquisition import BANDS_L1C, BANDS_L2A, MGRS_TILE
 from .layout import OutputLayout
 
 ENV_PREFIX = "STREAMEMBED__"
+# Sections of config.yaml that belong to the harness commands (demo, bench), not the runtime.
+HARNESS_SECTIONS = ("demo", "bench")
 
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message names the key and the fix."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys are errors (a typo never silently means a default)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SourceConfig(_Section):
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+class SourceConfig(Section):
     kind: Literal["auto", "local", "stac"] = Field(
         "auto", description="auto: a URL is a STAC API, anything else a local folder"
     )
@@ -69,7 +76,7 @@ class SourceConfig(_Section):
         return self.kind == "stac"
 
 
-class IngestConfig(_Section):
+class IngestConfig(Section):
     cell_size: int = Field(32, description="pixels per embedding cell at 10 m (= encoder stride)")
     window: int = Field(256, description="core window in pixels, a multiple of cell_size")
     margin: int = Field(32, description="context pixels on each side, a multiple of cell_size")
@@ -102,7 +109,7 @@ class IngestConfig(_Section):
         return self
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     arch: Literal["resnet18", "resnet50"] = "resnet50"
     bands: tuple[str, ...] = BANDS_L2A
     checkpoint: str | None = None
@@ -125,12 +132,12 @@ class ModelConfig(_Section):
         return bands
 
 
-class StoreConfig(_Section):
+class StoreConfig(Section):
     dtype: Literal["float16", "float32"] = "float16"
     chunk_cells: int = 64
 
 
-class StatsConfig(_Section):
+class StatsConfig(Section):
     half_life_days: float = Field(45.0, gt=0)
     min_obs: int = Field(6, ge=2)
     min_clear: float = Field(0.9, ge=0, le=1)
@@ -148,7 +155,7 @@ class StatsConfig(_Section):
     )
 
 
-class WorkerGroup(_Section):
+class WorkerGroup(Section):
     """One kind of worker: a jobqueue job template or a Kubernetes worker group."""
 
     name: str = "cpu"
@@ -178,7 +185,7 @@ class WorkerGroup(_Section):
     env: dict[str, str] = Field(default_factory=dict, description="plain environment variables")
 
 
-class TLSConfig(_Section):
+class TLSConfig(Section):
     ca_file: str | None = None
     cert: str | None = None
     key: str | None = None
@@ -188,7 +195,7 @@ class TLSConfig(_Section):
         return bool(self.ca_file or self.cert or self.key)
 
 
-class ClusterConfig(_Section):
+class ClusterConfig(Section):
     kind: Literal["local", "slurm", "pbs", "kubernetes", "address"] = "local"
     # local
     n_workers: int | None = None
@@ -232,7 +239,7 @@ class ClusterConfig(_Section):
         return self.kind != "local" and any(g.gpus for g in self.groups)
 
 
-class PipelineConfig(_Section):
+class PipelineConfig(Section):
     max_in_flight: int = Field(4, ge=1, description="acquisitions being read/encoded at once")
     max_blocks_in_flight: int | None = Field(
         None, ge=1, description="block tasks submitted at once (null: 2 per worker thread)"
@@ -243,39 +250,7 @@ class PipelineConfig(_Section):
     )
 
 
-class DemoConfig(_Section):
-    data: str = "demo-data"
-    tile_px: int = 512
-    days: int = 365
-    revisit_days: int = 5
-    seed: int = 42
-
-
-class BenchConfig(_Section):
-    """``streamembed bench``: what the benchmark profile measures (benchmarks/*.yaml)."""
-
-    label: str = "cpu-local"
-    data: str = Field("benchmarks/data", description="cached synthetic archives")
-    tile_px: int = Field(512, ge=32)
-    tiles: int = Field(1, ge=1, le=2)
-    acquisitions: int = Field(24, ge=1, description="per tile, main throughput runs")
-    workers: tuple[int, ...] = Field((), description="scaling steps; empty: 1, 2, 4 … cores")
-    long_acquisitions: int = Field(200, ge=0, description="memory-flatness run (0: skip)")
-    long_tile_px: int = Field(256, ge=32)
-    stats_dims: tuple[int, ...] = (128, 2048)
-    stats_cells: int = Field(16384, ge=64)
-    memory_sample_seconds: float = Field(0.5, gt=0)
-    raw_blocks: int | None = Field(
-        None, ge=1, description="blocks the raw encoder is timed on (null: every block)"
-    )
-    require_gpu: bool = Field(
-        False, description="record 'not measured' instead of running where no GPU is present"
-    )
-    output: str = "benchmarks/results"
-    results_md: str = "benchmarks/RESULTS.md"
-
-
-class Config(_Section):
+class Config(Section):
     output: str = "output"
     source: SourceConfig = SourceConfig()
     ingest: IngestConfig = IngestConfig()
@@ -284,8 +259,6 @@ class Config(_Section):
     stats: StatsConfig = StatsConfig()
     cluster: ClusterConfig = ClusterConfig()
     pipeline: PipelineConfig = PipelineConfig()
-    demo: DemoConfig = DemoConfig()
-    bench: BenchConfig = BenchConfig()
 
     @model_validator(mode="after")
     def _blocks_on_chunks(self) -> Config:
@@ -324,21 +297,21 @@ def _set_dotted(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _format_error(err: ValidationError, origin: str) -> str:
+def _format_error(err: ValidationError, origin: str, root: type[BaseModel], prefix: str) -> str:
     lines = []
     for item in err.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        key = ".".join([prefix] * bool(prefix) + [str(p) for p in item["loc"]]) or "(top level)"
         if item["type"] == "extra_forbidden":
-            parent = item["loc"][:-1]
-            valid = _valid_keys(parent)
+            valid = _valid_keys(root, item["loc"][:-1])
+            if root is Config and len(item["loc"]) == 1:
+                valid = sorted([*valid, *HARNESS_SECTIONS])
             lines.append(f"{origin}: unknown key '{key}'; valid keys here: {', '.join(valid)}")
         else:
             lines.append(f"{origin}: {key}: {item['msg']}")
     return "\n".join(lines)
 
 
-def _valid_keys(parent: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = Config
+def _valid_keys(model: type[BaseModel], parent: tuple[Any, ...]) -> list[str]:
     for part in parent:
         field = model.model_fields.get(str(part))
         ann = field.annotation if field else None
@@ -352,7 +325,7 @@ def _validate(data: Mapping[str, Any], origin: str) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, origin)) from None
+        raise ConfigError(_format_error(err, origin, Config, "")) from None
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -365,8 +338,10 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Load and validate config.yaml; a missing default file means the built-in defaults."""
+def _read_document(
+    path: str | Path | None, environ: Mapping[str, str] | None
+) -> tuple[dict[str, Any], str]:
+    """The file's sections with the environment overrides applied, and where they came from."""
     data: dict[str, Any] = {}
     origin = "defaults"
     if path is not None:
@@ -386,4 +361,28 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         _set_dotted(data, key.split("."), value)
     if env:
         origin += " + STREAMEMBED__* environment"
-    return _validate(data, origin)
+    return data, origin
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load and validate config.yaml; a missing default file means the built-in defaults.
+
+    The harness sections (``demo``, ``bench``) may share the file; the runtime ignores them
+    and their commands read them with :func:`load_section`.
+    """
+    data, origin = _read_document(path, environ)
+    return _validate({k: v for k, v in data.items() if k not in HARNESS_SECTIONS}, origin)
+
+
+def load_section(
+    path: str | Path | None,
+    name: str,
+    model: type[SectionT],
+    environ: Mapping[str, str] | None = None,
+) -> SectionT:
+    """One harness section of the same file (and ``STREAMEMBED__<NAME>__*``), validated alone."""
+    data, origin = _read_document(path, environ)
+    try:
+        return model.model_validate(data.get(name) or {})
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, origin, model, name)) from None

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .cluster import kubernetes_specs
-from .config import Config
+from .config import ClusterConfig, Config
 
 DATA_MOUNT = "/data"
 CONFIG_MOUNT = "/etc/streamembed"
@@ -63,6 +63,26 @@ def kubernetes_manifests(cfg: Config) -> dict[str, list[dict[str, Any]]]:
             "resources": {"requests": {"storage": "500Gi"}},
         },
     }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": k.secret or f"{name}-credentials", **meta},
+        "type": "Opaque",
+        "stringData": {
+            "CDSE_S3_ACCESS_KEY": "<from https://eodata-s3keysmanager.dataspace.copernicus.eu>",
+            "CDSE_S3_SECRET_KEY": "<secret key>",
+        },
+    }
+    return {
+        "daskcluster.yaml": [cluster, *groups],
+        "daemon.yaml": [config_map, pvc, _daemon_deployment(k, claim, meta)],
+        "secret.example.yaml": [secret],
+    }
+
+
+def _daemon_deployment(k: ClusterConfig, claim: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The monitor daemon: one replica (the ledger has a single writer), config from the map."""
+    name = k.name
     daemon_container: dict[str, Any] = {
         "name": "monitor",
         "image": k.image,
@@ -82,12 +102,12 @@ def kubernetes_manifests(cfg: Config) -> dict[str, list[dict[str, Any]]]:
         "terminationGracePeriodSeconds": 300,
     }
     _mount_data(daemon_pod, claim)
-    deployment = {
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": f"{name}-monitor", **meta},
         "spec": {
-            "replicas": 1,  # one daemon per output: the ledger has a single writer
+            "replicas": 1,
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {"app": f"{name}-monitor"}},
             "template": {
@@ -95,21 +115,6 @@ def kubernetes_manifests(cfg: Config) -> dict[str, list[dict[str, Any]]]:
                 "spec": daemon_pod,
             },
         },
-    }
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": k.secret or f"{name}-credentials", **meta},
-        "type": "Opaque",
-        "stringData": {
-            "CDSE_S3_ACCESS_KEY": "<from https://eodata-s3keysmanager.dataspace.copernicus.eu>",
-            "CDSE_S3_SECRET_KEY": "<secret key>",
-        },
-    }
-    return {
-        "daskcluster.yaml": [cluster, *groups],
-        "daemon.yaml": [config_map, pvc, deployment],
-        "secret.example.yaml": [secret],
     }
 
 

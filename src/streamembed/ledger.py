@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS acquisitions (
     updated TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS by_tile_time ON acquisitions (tile, datetime);
+CREATE TABLE IF NOT EXISTS source_failures (
+    key TEXT PRIMARY KEY,
+    href TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS watermarks (
     source TEXT PRIMARY KEY,
     sensed TEXT NOT NULL,
@@ -83,6 +90,19 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        # Ledgers written before source_failures existed filed unparseable entries as
+        # acquisitions of tile "?" (a sentinel in a NOT NULL column): move them over.
+        self._db.executescript(
+            "BEGIN;"
+            " INSERT OR IGNORE INTO source_failures"
+            "  SELECT id, item_href, COALESCE(reason, ''), first_seen, updated FROM acquisitions"
+            "  WHERE tile = '?';"
+            " DELETE FROM acquisitions WHERE tile = '?';"
+            " COMMIT;"
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -107,15 +127,24 @@ class Ledger:
         )
         return self.count() - before
 
-    def record_failure_seen(self, key: str, tile: str, when: str, href: str, reason: str) -> None:
-        """A source entry that could not even be parsed into an acquisition."""
+    def record_source_failure(self, key: str, href: str, reason: str) -> bool:
+        """A source entry that could not even be parsed into an acquisition (it has no tile or
+        time to file it under); returns whether it is new or its reason changed."""
         now = _now()
+        known = self._db.execute(
+            "SELECT reason FROM source_failures WHERE key=?", (key,)
+        ).fetchone()
         self._db.execute(
-            "INSERT INTO acquisitions (id, tile, datetime, item_href, state, reason, attempts,"
-            " first_seen, updated) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)"
-            " ON CONFLICT(id) DO UPDATE SET reason=excluded.reason, updated=excluded.updated",
-            (key, tile, when, href, State.FAILED, reason, now, now),
+            "INSERT INTO source_failures (key, href, reason, first_seen, updated)"
+            " VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET reason=excluded.reason, updated=excluded.updated",
+            (key, href, reason, now, now),
         )
+        return known is None or known[0] != reason
+
+    def source_failures(self) -> list[tuple[str, str, str]]:
+        """(key, href, reason) of every source entry that could not be parsed."""
+        return list(self._db.execute("SELECT key, href, reason FROM source_failures ORDER BY key"))
 
     def set_state(
         self,

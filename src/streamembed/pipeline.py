@@ -38,7 +38,8 @@ from .ingest import (
 from .ledger import FINAL, Ledger, State
 from .plan import RunPlan, TileSequencer, plan_run
 from .sources import SourceFailure, discover_for, source_key
-from .store import EmbeddingStore, Reservation, StoreMismatchError
+from .stages import StageSeconds
+from .store import EmbeddingStore, Provenance, Reservation, StoreMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class BlockResult:
     block: int
     cells: int
     bytes_in: int  # what the read task handed to this one (DN, mask, cell summaries)
-    timings: dict[str, float]
+    seconds: StageSeconds
 
 
 def encode_task(pixels: BlockPixels, reservation: Reservation, cfg: Config) -> BlockResult:
@@ -74,31 +75,30 @@ def encode_task(pixels: BlockPixels, reservation: Reservation, cfg: Config) -> B
         reservation, block.cells_y, block.cells_x, embedding, pixels.clear, pixels.snow,
         pixels.indices,
     )  # fmt: skip
-    timings = {
-        "read_decode_resample": pixels.read_seconds,
-        "mask_normalise": pixels.mask_seconds,
-        "encode": t1 - t0,
-        "store_write": time.perf_counter() - t1,
-    }
+    seconds = StageSeconds(
+        read_decode_resample=pixels.read_seconds,
+        mask_normalise=pixels.mask_seconds,
+        encode=t1 - t0,
+        store_write=time.perf_counter() - t1,
+    )
     return BlockResult(
-        pixels.acquisition_id, block.index, block.shape[0] * block.shape[1], pixels.nbytes, timings
+        pixels.acquisition_id, block.index, block.shape[0] * block.shape[1], pixels.nbytes, seconds
     )
 
 
-def store_attrs(identity: ModelIdentity, cfg: Config) -> dict[str, Any]:
-    return {
-        "model_id": identity.model_id,
-        "model_weights": identity.weights,
-        "model_seeded": identity.seeded,
-        "model_arch": cfg.model.arch,
-        "bands": list(cfg.model.bands),
-        "normalisation": cfg.model.normalisation,
-        "window_px": cfg.ingest.window,
-        "margin_px": cfg.ingest.margin,
-        "scl_mask_classes": list(cfg.ingest.scl_mask_classes),
-        "Conventions": "CF-1.8",
-        "source_note": "Contains modified Copernicus Sentinel data where the input is real",
-    }
+def provenance(identity: ModelIdentity, cfg: Config) -> Provenance:
+    """What the store records about how this run's embeddings are made."""
+    return Provenance(
+        model_id=identity.model_id,
+        model_weights=identity.weights,
+        model_seeded=identity.seeded,
+        model_arch=cfg.model.arch,
+        bands=cfg.model.bands,
+        normalisation=cfg.model.normalisation,
+        window_px=cfg.ingest.window,
+        margin_px=cfg.ingest.margin,
+        scl_mask_classes=cfg.ingest.scl_mask_classes,
+    )
 
 
 # ---------------------------------------------------------------- driver
@@ -143,15 +143,14 @@ class RunReport:
     already_done: int = 0
     stopped_early: bool = False
     # seconds summed over blocks and acquisitions, per stage (worker-side timings)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_seconds: StageSeconds = field(default_factory=StageSeconds)
     cells: int = 0
     blocks: int = 0
     block_bytes: int = 0  # handed from read tasks to encode tasks (DN, mask, summaries)
     actors_recreated: int = 0
 
-    def add_timings(self, timings: dict[str, float]) -> None:
-        for stage, seconds in timings.items():
-            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + float(seconds)
+    def add_seconds(self, seconds: StageSeconds) -> None:
+        self.stage_seconds += seconds
 
     @property
     def nothing_new(self) -> bool:
@@ -177,8 +176,8 @@ class RunReport:
             + f", late {self.late}, failed {len(self.failed)}, skipped {len(self.skipped)}.",
             f"anomalies: {self.anomaly_rows} rows in {len(self.files)} new files.",
         ]
-        if self.stage_seconds:
-            stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.items())
+        if self.blocks:
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.as_dict().items())
             out.append(
                 f"worker seconds by stage: {stages}; {self.blocks} blocks, "
                 f"{self.block_bytes / 2**20:.0f} MiB handed from read to encode."
@@ -234,7 +233,7 @@ class Pipeline:
         self.ledger = Ledger(cfg.layout.ledger)
         self.encode_resources, self.ingest_resources = task_resources(cfg, client)
         self.store = EmbeddingStore(cfg.layout.store, cfg.store)
-        self.attrs = store_attrs(self.identity, cfg)
+        self.provenance = provenance(self.identity, cfg)
         # Unique keys (actors and tasks): several pipelines (outputs, configs) may share one
         # long-running cluster, and a task key seen before returns the old result.
         self.token = uuid.uuid4().hex[:8]
@@ -384,6 +383,8 @@ class Pipeline:
                         return
                     continue
                 for fut in self._wait(futures):
+                    if fut not in futures:
+                        continue  # cancelled with its acquisition, failed in this same wait
                     job = futures.pop(fut)
                     self._block_done(fut, job.running.pop(fut), job, report)
                     bar.set_postfix_str(f"block {job.done}/{job.n_blocks} of {job.acq.id}")
@@ -416,11 +417,9 @@ class Pipeline:
     def _record_discovery(
         self, acqs: list[Acquisition], failures: list[SourceFailure], report: RunReport
     ) -> None:
-        """Unreadable items as failed (once), every product as seen."""
-        known = self.ledger.states()
+        """Unreadable items as source failures (reported once), every product as seen."""
         for f in failures:
-            if known.get(f.key) != State.FAILED:
-                self.ledger.record_failure_seen(f.key, "?", "", f.href, f.reason)
+            if self.ledger.record_source_failure(f.key, f.href, f.reason):
                 report.failed.append((f.key, f.reason))
         report.new = self.ledger.record_seen(acqs)
 
@@ -446,7 +445,7 @@ class Pipeline:
         try:
             grid = self.store.grid(a.tile) or grid_for(a, self.cfg.ingest.cell_size)
             dim = EMBEDDING_DIM[self.cfg.model.arch]
-            reservation = self.store.begin(a.id, grid, dim, self.attrs)
+            reservation = self.store.begin(a.id, grid, dim, self.provenance)
             if reservation is not None:
                 _check_block_chunks(self.cfg, grid, reservation)
         except (IngestError, StoreMismatchError) as err:
@@ -488,7 +487,7 @@ class Pipeline:
         report.blocks += 1
         report.cells += result.cells
         report.block_bytes += result.bytes_in
-        report.add_timings(result.timings)
+        report.add_seconds(result.seconds)
 
     def _commit(
         self, job: _Embedding, states: dict[str, State], report: RunReport, bar: Any
@@ -501,7 +500,7 @@ class Pipeline:
             return
         t0 = time.perf_counter()
         self.store.commit(job.reservation, a.datetime)
-        report.add_timings({"store_commit": time.perf_counter() - t0})
+        report.add_seconds(StageSeconds(store_commit=time.perf_counter() - t0))
         report.stored += 1
         self._mark_embedded(a, states, report)
 
@@ -570,7 +569,7 @@ class Pipeline:
         """Apply each tile's next acquisitions while they are embedded (strict time order)."""
         for a in sequencer.ready(states):
             res = self._apply(a.tile, a.id, report)
-            report.add_timings(res.timings)
+            report.add_seconds(res.seconds)
             if a.id in replay_ids:
                 report.replayed += 1
                 states[a.id] = State.APPLIED

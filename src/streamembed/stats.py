@@ -31,23 +31,13 @@ import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
 
+from .config import StatsConfig
 from .ingest import INDEX_NAMES
 
 LABELS: tuple[str, ...] = ("water_gain", "burn", "vegetation_loss", "bare_gain", "unknown")
 MIN_CELLS_FOR_SPATIAL = 8
 CLIP_SIGMA = 3.0
 _I_NDVI, _I_NDWI, _I_NBR, _I_NDBI = range(len(INDEX_NAMES))
-
-
-@dataclass(frozen=True)
-class StatsParams:
-    half_life_days: float = 45.0
-    min_obs: int = 6
-    min_clear: float = 0.9
-    min_context_clear: float = 0.8
-    threshold: float = 3.5
-    min_index_change: float = 0.25
-    spatial_correction: bool = True
 
 
 @dataclass
@@ -62,8 +52,6 @@ class TileState:
     last_day: np.ndarray  # (C,) float64 day of the last update (NaN: never)
     shape: tuple[int, int]
     last_time_day: float = float("nan")
-    last_acquisition_id: str = ""
-    applied: int = 0
     applied_ids: list[str] = field(default_factory=list)
 
     @property
@@ -101,8 +89,6 @@ class TileState:
                 last_day=self.last_day,
                 shape=np.array(self.shape),
                 last_time_day=np.array(self.last_time_day),
-                last_acquisition_id=np.array(self.last_acquisition_id),
-                applied=np.array(self.applied),
                 applied_ids=np.array(self.applied_ids, dtype=str),
             )
         tmp.replace(p)
@@ -119,8 +105,6 @@ class TileState:
                 last_day=z["last_day"],
                 shape=(int(z["shape"][0]), int(z["shape"][1])),
                 last_time_day=float(z["last_time_day"]),
-                last_acquisition_id=str(z["last_acquisition_id"]),
-                applied=int(z["applied"]),
                 applied_ids=[str(s) for s in z["applied_ids"]],
             )
 
@@ -430,7 +414,7 @@ def _spatial_reference(
     e: np.ndarray,
     candidates: np.ndarray,
     day: float,
-    params: StatsParams,
+    params: StatsConfig,
 ) -> tuple[np.ndarray, float]:
     """(median residual, median z-score) over (a sample of) the scorable cells."""
     dim = state.mean.shape[1]
@@ -466,7 +450,7 @@ def update(
     snow: np.ndarray,
     indices: np.ndarray,
     day: float,
-    params: StatsParams,
+    params: StatsConfig,
 ) -> ScoreResult:
     """Score one acquisition against the state, then fold it in (state is updated in place).
 
@@ -501,7 +485,6 @@ def update(
         dist, score, valid, anomaly, delta,
     )  # fmt: skip
     state.last_time_day = day
-    state.applied += 1
 
     flagged = np.flatnonzero(anomaly)
     labels = label_cells(delta[flagged], idx[flagged]) if flagged.size else np.empty(0, object)

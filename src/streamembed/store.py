@@ -19,7 +19,7 @@ row, so a crash mid-acquisition leaves nothing visible and nothing twice.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +97,32 @@ class StoreMismatchError(ValueError):
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """How a tile's embeddings were made: written as the tile group's attributes on its first
+    acquisition and checked before every later one, so one tile never mixes two models."""
+
+    model_id: str
+    model_weights: str
+    model_seeded: bool
+    model_arch: str
+    bands: tuple[str, ...]
+    normalisation: str
+    window_px: int
+    margin_px: int
+    scl_mask_classes: tuple[int, ...]
+
+    def to_attrs(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+        }
+        attrs["Conventions"] = "CF-1.8"
+        attrs["source_note"] = "Contains modified Copernicus Sentinel data where the input is real"
+        return attrs
+
+
+@dataclass(frozen=True)
 class EmbeddingBatch:
-    """One acquisition's per-cell embeddings and what is kept beside them."""
+    """One acquisition's per-cell embeddings, what is kept beside them, and their provenance."""
 
     acquisition_id: str
     tile: str
@@ -108,6 +132,7 @@ class EmbeddingBatch:
     clear: np.ndarray  # (cells_y, cells_x)
     snow: np.ndarray  # (cells_y, cells_x)
     indices: np.ndarray  # (cells_y, cells_x, index)
+    provenance: Provenance
 
 
 @dataclass(frozen=True)
@@ -171,7 +196,7 @@ class EmbeddingStore:
     # ------------------------------------------------------------ the three-step write
 
     def begin(
-        self, acquisition_id: str, grid: TileGrid, dim: int, attrs: dict[str, Any]
+        self, acquisition_id: str, grid: TileGrid, dim: int, provenance: Provenance
     ) -> Reservation | None:
         """Reserve the acquisition's time step (driver side); None if it is already committed.
 
@@ -181,10 +206,10 @@ class EmbeddingStore:
         tile = grid.tile
         g = self._group(tile)
         if g is None:
-            self._create(grid, dim, attrs)
+            self._create(grid, dim, provenance)
             g = self._group(tile)
             assert g is not None
-        self._check_compatible(g, tile, acquisition_id, grid, dim, attrs)
+        self._check_compatible(g, tile, acquisition_id, grid, dim, provenance)
         _, ids = _repair(g)
         if acquisition_id in ids:
             return None
@@ -232,9 +257,10 @@ class EmbeddingStore:
         if pending.pop(reservation.acquisition_id, None) is not None:
             g.attrs["pending"] = pending
 
-    def append(self, batch: EmbeddingBatch, attrs: dict[str, Any]) -> bool:
+    def append(self, batch: EmbeddingBatch) -> bool:
         """A whole acquisition in one call (begin, one block, commit); False if already stored."""
-        res = self.begin(batch.acquisition_id, batch.grid, batch.embedding.shape[-1], attrs)
+        dim = batch.embedding.shape[-1]
+        res = self.begin(batch.acquisition_id, batch.grid, dim, batch.provenance)
         if res is None:
             return False
         ny, nx = batch.grid.n_cells_y, batch.grid.n_cells_x
@@ -244,34 +270,31 @@ class EmbeddingStore:
         self.commit(res, batch.time)
         return True
 
-    def _create(self, grid: TileGrid, dim: int, attrs: dict[str, Any]) -> None:
+    def _create(self, grid: TileGrid, dim: int, provenance: Provenance) -> None:
         """The tile's group with every variable at zero time steps (metadata and coords only)."""
         # Never larger than the tile: a chunk past the tile's edge is padding that every write
         # allocates and compresses.
         cy = min(self.cfg.chunk_cells, grid.n_cells_y)
         cx = min(self.cfg.chunk_cells, grid.n_cells_x)
-        encoding = {
-            "embedding": {"chunks": (1, cy, cx, dim)},
-            "clear": {"chunks": (1, cy, cx)},
-            "snow": {"chunks": (1, cy, cx)},
-            "indices": {"chunks": (1, cy, cx, len(INDEX_NAMES))},
-            # One chunk holds many ids and times: listing a tile's acquisitions (every
-            # begin does) reads one chunk, not one file per acquisition.
-            "time": {**TIME_ENCODING, "chunks": (TIME_CHUNK,)},
-            "acquisition_id": {"chunks": (TIME_CHUNK,)},
-        }
         import dask.array as da
 
         y, x = grid.cell_centres()
-        ny, nx = grid.n_cells_y, grid.n_cells_x
+        ny, nx, k = grid.n_cells_y, grid.n_cells_x, len(INDEX_NAMES)
         # A one-step template of lazy zeros written with compute=False: metadata, coordinates
         # and the (empty) id only, no data chunk; the step is then cut to zero rows.
         shapes = {
             "embedding": ((1, ny, nx, dim), (1, cy, cx, dim), self.cfg.dtype),
             "clear": ((1, ny, nx), (1, cy, cx), np.float32),
             "snow": ((1, ny, nx), (1, cy, cx), np.float32),
-            "indices": ((1, ny, nx, len(INDEX_NAMES)), (1, cy, cx, len(INDEX_NAMES)), np.float32),
+            "indices": ((1, ny, nx, k), (1, cy, cx, k), np.float32),
         }
+        encoding: dict[str, dict[str, Any]] = {
+            n: {"chunks": chunks} for n, (_, chunks, _) in shapes.items()
+        }
+        # One chunk holds many ids and times: listing a tile's acquisitions (every begin
+        # does) reads one chunk, not one file per acquisition.
+        encoding["time"] = {**TIME_ENCODING, "chunks": (TIME_CHUNK,)}
+        encoding["acquisition_id"] = {"chunks": (TIME_CHUNK,)}
         ds = xr.Dataset(
             {
                 **{
@@ -287,9 +310,8 @@ class EmbeddingStore:
                 "index": np.array(INDEX_NAMES, dtype=object),
             },
         )
-        ds.attrs.update(
-            {**attrs, "grid": grid.to_attrs(), "crs": f"EPSG:{grid.epsg}", "pending": {}}
-        )
+        ds.attrs.update(provenance.to_attrs())
+        ds.attrs.update({"grid": grid.to_attrs(), "crs": f"EPSG:{grid.epsg}", "pending": {}})
         ds["embedding"].attrs["description"] = (
             "encoder feature map at the output stride, one per cell"
         )
@@ -311,13 +333,13 @@ class EmbeddingStore:
         acquisition_id: str,
         grid: TileGrid,
         dim: int,
-        attrs: dict[str, Any],
+        provenance: Provenance,
     ) -> None:
         stored = g.attrs.get("model_id")
-        if stored != attrs["model_id"]:
+        if stored != provenance.model_id:
             raise StoreMismatchError(
                 f"{self.root}/{tile} holds embeddings of model {stored}, this run makes "
-                f"{attrs['model_id']}; use another --output or the same model config"
+                f"{provenance.model_id}; use another --output or the same model config"
             )
         stored_grid = _grid_attrs(g)
         if stored_grid != grid:

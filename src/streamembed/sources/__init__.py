@@ -10,7 +10,8 @@ import datetime as dt
 
 from ..acquisition import Acquisition
 from ..config import Config
-from .local import SourceFailure, discover
+from .items import SourceFailure
+from .local import discover
 
 
 def source_key(cfg: Config) -> str:

@@ -8,28 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ..acquisition import BANDS_L2A, Acquisition, SourceError, parse_item
-
-
-@dataclass(frozen=True)
-class SourceFailure:
-    """A source entry that could not become an Acquisition."""
-
-    key: str
-    href: str
-    reason: str
-
-
-def _features(doc: Any) -> list[Mapping[str, Any]]:
-    if isinstance(doc, dict) and doc.get("type") == "Feature" and "assets" in doc:
-        return [doc]
-    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-        return [f for f in doc.get("features", []) if isinstance(f, dict)]
-    return []
+from ..acquisition import BANDS_L2A, Acquisition, SourceError
+from .items import Discovery, SourceFailure, features
 
 
 def discover(
@@ -42,24 +24,15 @@ def discover(
     base = Path(root)
     if not base.exists():
         raise SourceError(f"source folder {base} does not exist; pass --source PATH")
-    acqs: dict[str, Acquisition] = {}
-    failures: list[SourceFailure] = []
-    paths = [base] if base.is_file() else sorted(base.rglob("*.json"))
-    for path in paths:
+    found = Discovery(mapping, bands, mask_asset)
+    for path in [base] if base.is_file() else sorted(base.rglob("*.json")):
         try:
             doc = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            failures.append(
-                SourceFailure(str(path), str(path), f"{path}: not readable JSON: {err}")
-            )
+            found.fail(str(path), f"{path}: not readable JSON: {err}")
             continue
-        for feature in _features(doc):
-            try:
-                acq = parse_item(feature, str(path.resolve()), mapping, bands, mask_asset)
-            except SourceError as err:
-                key = str(feature.get("id") or path)
-                failures.append(SourceFailure(key, str(path), str(err)))
-                continue
-            acqs.setdefault(acq.id, acq)
-    ordered = sorted(acqs.values(), key=lambda a: (a.tile, a.datetime, a.id))
-    return ordered, failures
+        for feature in features(doc):
+            acq = found.parse(feature, str(path.resolve()))
+            if acq is not None:
+                found.keep(acq)
+    return found.result()

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..acquisition import Acquisition, SourceError, parse_datetime, parse_item
+from ..acquisition import Acquisition, SourceError, parse_datetime
 from ..config import SourceConfig
 from ..credentials import Credentials
-from .local import SourceFailure
+from .items import Discovery, SourceFailure
 
 log = logging.getLogger(__name__)
 
@@ -198,32 +198,26 @@ def discover_stac(
 ) -> tuple[list[Acquisition], list[SourceFailure]]:
     """Acquisitions the API holds in ``window`` after the AOI, tile and cloud filters."""
     geom = aoi_geometry(cfg)
-    acqs: dict[str, Acquisition] = {}
-    failures: list[SourceFailure] = []
+    found = Discovery(cfg.band_mapping, bands, mask_asset)
     n_items = 0
     for item in search_items(cfg, window, geom, credentials):
         n_items += 1
-        href = _item_href(item, cfg)
-        try:
-            acq = parse_item(item, href, cfg.band_mapping, bands, mask_asset=mask_asset)
-        except SourceError as err:
-            failures.append(SourceFailure(str(item.get("id") or href), href, str(err)))
-            continue
-        if keep_item(item, acq, cfg, geom):
-            acqs.setdefault(acq.id, acq)
+        acq = found.parse(item, _item_href(item, cfg))
+        if acq is not None and keep_item(item, acq, cfg, geom):
+            found.keep(acq)
     log.info(
         "STAC %s %s %s: %d items, %d kept",
         cfg.path,
         cfg.collection,
         window.as_stac(),
         n_items,
-        len(acqs),
+        len(found.found),
     )
-    return sorted(acqs.values(), key=lambda a: (a.tile, a.datetime, a.id)), failures
+    return found.result()
 
 
 def load_item_document(href: str) -> dict[str, Any]:
-    """One item's JSON from a local path or an http(s) URL (for quicklooks and re-reads)."""
+    """One item's JSON from a local path or an http(s) URL (for the anomaly map and re-reads)."""
     if href.startswith(("http://", "https://")):
         import requests
 

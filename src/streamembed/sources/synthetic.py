@@ -145,6 +145,28 @@ def _surface(land: _Landscape, doy: float) -> np.ndarray:
     return refl * land.texture[None]
 
 
+def _clouds(
+    rng: np.random.Generator, refl: np.ndarray, scl: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Clouds (thin to opaque) and their offset shadows over a scene; SCL marked in place.
+    Returns the clouded reflectance and the cloud fraction."""
+    size = scl.shape[0]
+    coverage = rng.choice([rng.uniform(0.05, 0.4), rng.uniform(0.9, 1.0)], p=[0.85, 0.15])
+    field = _smooth_noise(rng, size, size, 5)
+    thresh = np.quantile(field, 1 - coverage)
+    opacity = np.clip((field - thresh) / 0.08, 0, 1).astype(np.float32)
+    cloudy = opacity > 0.02
+    dy, dx = int(rng.integers(10, 40)), int(rng.integers(10, 40))
+    shadow = np.zeros_like(cloudy)
+    shadow[dy:, dx:] = cloudy[:-dy, :-dx]
+    shadow &= ~cloudy
+    refl[:, shadow] *= 0.35
+    scl[shadow] = 3
+    refl = refl * (1 - opacity[None]) + SPECTRA["cloud"][:, None, None] * opacity[None]
+    scl[cloudy] = np.where(opacity[cloudy] > 0.6, 9, 8)
+    return refl, float(cloudy.mean())
+
+
 def _scene(
     rng: np.random.Generator,
     land: _Landscape,
@@ -181,21 +203,7 @@ def _scene(
         scl[snow] = 11
     stats = {"cloud": 0.0, "snow": float((scl == 11).mean())}
     if rng.random() < 0.55:
-        opacity = np.zeros((size, size), np.float32)
-        coverage = rng.choice([rng.uniform(0.05, 0.4), rng.uniform(0.9, 1.0)], p=[0.85, 0.15])
-        field = _smooth_noise(rng, size, size, 5)
-        thresh = np.quantile(field, 1 - coverage)
-        opacity = np.clip((field - thresh) / 0.08, 0, 1).astype(np.float32)
-        cloudy = opacity > 0.02
-        dy, dx = int(rng.integers(10, 40)), int(rng.integers(10, 40))
-        shadow = np.zeros_like(cloudy)
-        shadow[dy:, dx:] = cloudy[:-dy, :-dx]
-        shadow &= ~cloudy
-        refl[:, shadow] *= 0.35
-        scl[shadow] = 3
-        refl = refl * (1 - opacity[None]) + SPECTRA["cloud"][:, None, None] * opacity[None]
-        scl[cloudy] = np.where(opacity[cloudy] > 0.6, 9, 8)
-        stats["cloud"] = float(cloudy.mean())
+        refl, stats["cloud"] = _clouds(rng, refl, scl)
     if rng.random() < 0.15:
         cirrus = _smooth_noise(rng, size, size, 4) > 0.7
         refl[:, cirrus] += 0.04
@@ -218,25 +226,48 @@ def _downsample(a: np.ndarray, factor: int, mode: str) -> np.ndarray:
     return a.reshape(a.shape[0] // factor, factor, a.shape[1] // factor, factor).mean(axis=(1, 3))
 
 
+def cog_asset(
+    href: str, epsg: int, x0: float, y0: float, shape: tuple[int, ...], res: float
+) -> dict[str, object]:
+    """The STAC asset (projection fields, nodata 0) of one single-band COG on a UTM grid."""
+    return {
+        "href": href,
+        "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "roles": ["data"],
+        "proj:code": f"EPSG:{epsg}",
+        "proj:shape": [int(shape[0]), int(shape[1])],
+        "proj:transform": [float(res), 0.0, x0, 0.0, -float(res), y0],
+        "nodata": 0,
+    }
+
+
 def band_asset(
     href: str, band: str, tile: SyntheticTile, shape: tuple[int, ...], dtype: str
 ) -> dict[str, object]:
     """The STAC asset of one band COG at its native resolution (L2A DN convention >= 04.00)."""
     res = NATIVE_RESOLUTION[band]
-    asset: dict[str, object] = {
-        "href": href,
-        "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-        "roles": ["data"],
-        "proj:code": f"EPSG:{tile.epsg}",
-        "proj:shape": [int(shape[0]), int(shape[1])],
-        "proj:transform": [float(res), 0.0, tile.x0, 0.0, -float(res), tile.y0],
-        "gsd": res,
-        "nodata": 0,
-        "data_type": dtype,
-    }
+    asset = cog_asset(href, tile.epsg, tile.x0, tile.y0, shape, res)
+    asset.update({"gsd": res, "data_type": dtype})
     if band != "SCL":
         asset.update({"raster:scale": 0.0001, "raster:offset": -0.1})
     return asset
+
+
+def utm_footprint(
+    epsg: int, x0: float, y0: float, width_m: float, height_m: float
+) -> tuple[list[float], dict[str, object]]:
+    """The WGS84 bbox and polygon of a north-up UTM rectangle (upper-left corner x0, y0)."""
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(epsg, 4326, always_xy=True)
+    x1, y1 = x0 + width_m, y0 - height_m
+    corners = [tr.transform(x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
+    lons, lats = zip(*corners, strict=True)
+    geometry: dict[str, object] = {
+        "type": "Polygon",
+        "coordinates": [[*map(list, corners), list(corners[0])]],
+    }
+    return [min(lons), min(lats), max(lons), max(lats)], geometry
 
 
 def write_cog(path: Path, data: np.ndarray, epsg: int, x0: float, y0: float, res: float) -> None:
@@ -270,14 +301,7 @@ def _item(
     stats: dict[str, float],
     size_px: int,
 ) -> dict[str, object]:
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs(tile.epsg, 4326, always_xy=True)
-    x1, y1 = tile.x0 + size_px * 10.0, tile.y0 - size_px * 10.0
-    corners = [
-        tr.transform(x, y) for x, y in ((tile.x0, tile.y0), (x1, tile.y0), (x1, y1), (tile.x0, y1))
-    ]
-    lons, lats = zip(*corners, strict=True)
+    bbox, geometry = utm_footprint(tile.epsg, tile.x0, tile.y0, size_px * 10.0, size_px * 10.0)
     stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {
         "type": "Feature",
@@ -290,8 +314,8 @@ def _item(
         ],
         "id": item_id,
         "collection": "sentinel-2-l2a",
-        "bbox": [min(lons), min(lats), max(lons), max(lats)],
-        "geometry": {"type": "Polygon", "coordinates": [[*map(list, corners), list(corners[0])]]},
+        "bbox": bbox,
+        "geometry": geometry,
         "properties": {
             "datetime": stamp,
             "platform": "sentinel-2b",

@@ -12,6 +12,7 @@ from .ingest import open_bands, read_block
 from .layout import OutputLayout
 from .ledger import Ledger
 from .sink import read_anomalies
+from .sources.items import features
 from .sources.stac import load_item_document
 from .store import EmbeddingStore
 
@@ -46,12 +47,6 @@ def render_map(
     output_dir: str | Path, tile: str, date: str, png: str | Path, max_px: int = 1024
 ) -> Path:
     """Write a PNG of ``tile`` on ``date``; raises ValueError naming what is missing."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Rectangle
-
     out = OutputLayout(Path(output_dir))
     store = EmbeddingStore(out.store)
     grid = store.grid(tile)
@@ -64,10 +59,7 @@ def render_map(
             f"no acquisition of tile {tile} on {date} in the ledger; see `streamembed status`"
         )
     row = rows[0]
-    item = load_item_document(row.item_href)
-    if item.get("type") == "FeatureCollection":
-        item = next(f for f in item["features"] if f.get("id") == row.id)
-    acq = parse_item(item, row.item_href, "auto", ("B02", "B03", "B04"))
+    acq = _acquisition(row.item_href, row.id)
     step = max(1, int(np.ceil(max(grid.height, grid.width) / max_px)))
     rgb = np.clip(_rgb(acq, grid, step).transpose(1, 2, 0) * 3.5, 0, 1)
     anomalies = read_anomalies(out.anomalies)
@@ -75,32 +67,48 @@ def render_map(
         anomalies = anomalies[
             (anomalies["mgrs_tile"] == tile) & (anomalies["acquisition_id"] == row.id)
         ]
+    cells = [(int(a.cell_y), int(a.cell_x), str(a.label)) for a in anomalies.itertuples()]
+    title = f"{tile} {date}: {len(cells)} anomalous cells ({grid.cell_m:.0f} m)\n{row.id}"
+    return _draw(rgb, grid, cells, title, Path(png))
+
+
+def _draw(
+    rgb: np.ndarray, grid: TileGrid, cells: list[tuple[int, int, str]], title: str, png: Path
+) -> Path:
+    """The RGB picture with each anomalous cell outlined in its label's colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
     fig, ax = plt.subplots(figsize=(8, 8.6), dpi=110)
     ax.imshow(rgb, extent=(0, grid.width, grid.height, 0))
-    for _, a in anomalies.iterrows():
-        y0, x0 = a["cell_y"] * grid.cell_size, a["cell_x"] * grid.cell_size
-        colour = LABEL_COLOURS.get(a["label"], "#ffffff")
-        ax.add_patch(
-            Rectangle((x0, y0), grid.cell_size, grid.cell_size, fill=False, lw=1.6, ec=colour)
-        )
+    size = grid.cell_size
+    for cy, cx, label in cells:
+        colour = LABEL_COLOURS.get(label, "#ffffff")
+        ax.add_patch(Rectangle((cx * size, cy * size), size, size, fill=False, lw=1.6, ec=colour))
     ax.set_xlim(0, grid.width)
     ax.set_ylim(grid.height, 0)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(
-        f"{tile} {date}: {len(anomalies)} anomalous cells ({grid.cell_m:.0f} m)\n{row.id}",
-        fontsize=9,
-    )
+    ax.set_title(title, fontsize=9)
     handles = [Patch(fill=False, ec=c, label=name) for name, c in LABEL_COLOURS.items()]
     ax.legend(handles=handles, loc="lower left", fontsize=7, framealpha=0.6)
     fig.text(
-        0.01,
-        0.01,
-        "Contains modified Copernicus Sentinel data (or synthetic demo data)",
+        0.01, 0.01, "Contains modified Copernicus Sentinel data (or synthetic demo data)",
         fontsize=6,
-    )
-    png = Path(png)
+    )  # fmt: skip
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, bbox_inches="tight")
     plt.close(fig)
     return png
+
+
+def _acquisition(href: str, acquisition_id: str) -> Acquisition:
+    """The RGB bands of one acquisition, re-read from its item (or its ItemCollection)."""
+    for feature in features(load_item_document(href)):
+        acq = parse_item(feature, href, "auto", ("B02", "B03", "B04"))
+        if acq.id == acquisition_id:
+            return acq
+    raise ValueError(f"{href} no longer holds acquisition {acquisition_id}")

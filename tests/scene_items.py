@@ -1,5 +1,5 @@
-"""Arrays -> COGs + STAC items: bring scenes held as NumPy arrays (e.g. eo-learn patches) into
-the pipeline unchanged, as a local source.
+"""Test data: scenes held as NumPy arrays (eo-learn's example patch in ../shared) written as
+COGs + STAC items, so the real-scene tests run them through the same reader as any product.
 
 Each scene becomes one single-band COG per band (DN = reflectance x 10000, nodata 0) plus an
 optional cloud-mask COG (asset ``CLM``, for ``ingest.cloud_mask: asset``), and one STAC Item
@@ -17,33 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .synthetic import write_cog
-
-
-def _footprint(epsg: int, x0: float, y0: float, width_m: float, height_m: float) -> Any:
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs(epsg, 4326, always_xy=True)
-    x1, y1 = x0 + width_m, y0 - height_m
-    corners = [tr.transform(x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
-    lons, lats = zip(*corners, strict=True)
-    geometry = {"type": "Polygon", "coordinates": [[*map(list, corners), list(corners[0])]]}
-    return [min(lons), min(lats), max(lons), max(lats)], geometry
-
-
-def _cog_asset(
-    folder: Path, name: str, data: np.ndarray, epsg: int, x0: float, y0: float
-) -> dict[str, Any]:
-    write_cog(folder / name, data, epsg, x0, y0, 10.0)
-    return {
-        "href": name,
-        "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-        "roles": ["data"],
-        "proj:code": f"EPSG:{epsg}",
-        "proj:shape": list(data.shape),
-        "proj:transform": [10.0, 0.0, x0, 0.0, -10.0, y0],
-        "nodata": 0,
-    }
+from streamembed.sources.synthetic import cog_asset, utm_footprint, write_cog
 
 
 def write_scene_items(
@@ -73,7 +47,7 @@ def write_scene_items(
         raise ValueError(f"{len(times)} times for {scenes.shape[0]} scenes")
     out = Path(out_dir)
     height, width = scenes.shape[1:3]
-    bbox, geometry = _footprint(epsg, x0, y0, width * 10.0, height * 10.0)
+    bbox, geometry = utm_footprint(epsg, x0, y0, width * 10.0, height * 10.0)
     paths = []
     for t, when in enumerate(times):
         stamp = when.strftime("%Y%m%dT%H%M%S")
@@ -81,19 +55,19 @@ def write_scene_items(
         folder = out / tile / item_id
         folder.mkdir(parents=True, exist_ok=True)
         dn = np.clip(np.round(scenes[t] * 10000.0), 1, 65535).astype(np.uint16)
-        assets: dict[str, dict[str, Any]] = {}
-
-        for b, band in enumerate(bands):
-            key = f"{band}_10m"
-            assets[key] = _cog_asset(
-                folder, f"T{tile}_{stamp}_{key}.tif", dn[:, :, b], epsg, x0, y0
-            )
-            assets[key].update({"raster:scale": 0.0001, "raster:offset": 0.0})
+        layers = {f"{band}_10m": dn[:, :, b] for b, band in enumerate(bands)}
         if cloud_masks is not None:
             # 0 = clear, 1 = cloud (the s2cloudless / eo-learn CLM convention).
-            mask = (cloud_masks[t] != 0).astype(np.uint8)
-            assets["CLM"] = _cog_asset(folder, f"T{tile}_{stamp}_CLM.tif", mask, epsg, x0, y0)
-            assets["CLM"]["roles"] = ["cloud"]
+            layers["CLM"] = (cloud_masks[t] != 0).astype(np.uint8)
+        assets: dict[str, dict[str, Any]] = {}
+        for key, data in layers.items():
+            name = f"T{tile}_{stamp}_{key}.tif"
+            write_cog(folder / name, data, epsg, x0, y0, 10.0)
+            assets[key] = cog_asset(name, epsg, x0, y0, data.shape, 10.0)
+            if key == "CLM":
+                assets[key]["roles"] = ["cloud"]
+            else:
+                assets[key].update({"raster:scale": 0.0001, "raster:offset": 0.0})
         props: dict[str, Any] = {
             "datetime": when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "constellation": "sentinel-2",

@@ -1,0 +1,58 @@
+"""What every source shares: STAC documents to features, features to acquisitions (one per id,
+failures kept with their reason), and the order the pipeline processes them in."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..acquisition import Acquisition, SourceError, parse_item
+
+
+@dataclass(frozen=True)
+class SourceFailure:
+    """A source entry that could not become an Acquisition."""
+
+    key: str
+    href: str
+    reason: str
+
+
+def features(doc: Any) -> list[Mapping[str, Any]]:
+    """The STAC Items of a document: an Item, or the Items of an ItemCollection; else none."""
+    if isinstance(doc, dict) and doc.get("type") == "Feature" and "assets" in doc:
+        return [doc]
+    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
+        return [f for f in doc.get("features", []) if isinstance(f, dict)]
+    return []
+
+
+@dataclass
+class Discovery:
+    """Acquisitions found so far (the first of each id wins) and the entries that failed."""
+
+    mapping: str | Mapping[str, str]
+    bands: Sequence[str]
+    mask_asset: str | None = None
+    found: dict[str, Acquisition] = field(default_factory=dict)
+    failures: list[SourceFailure] = field(default_factory=list)
+
+    def parse(self, feature: Mapping[str, Any], href: str) -> Acquisition | None:
+        """The feature as an Acquisition, or None with its failure recorded."""
+        try:
+            return parse_item(feature, href, self.mapping, tuple(self.bands), self.mask_asset)
+        except SourceError as err:
+            self.failures.append(SourceFailure(str(feature.get("id") or href), href, str(err)))
+            return None
+
+    def fail(self, href: str, reason: str) -> None:
+        self.failures.append(SourceFailure(href, href, reason))
+
+    def keep(self, acq: Acquisition) -> None:
+        self.found.setdefault(acq.id, acq)
+
+    def result(self) -> tuple[list[Acquisition], list[SourceFailure]]:
+        """Acquisitions in processing order (tile, sensing time, id), and the failures."""
+        ordered = sorted(self.found.values(), key=lambda a: (a.tile, a.datetime, a.id))
+        return ordered, self.failures
