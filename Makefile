@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-faults lint bench clean
 
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest -q
+
+# The slow half of the fault suite: the real backfill SIGKILLed at every crash point, and
+# workers killed mid-block (~9 min).
+test-faults: $(STAMP)
+	$(BIN)/pytest -q -m faults
 
 bench: $(STAMP)
 	$(BIN)/streamembed bench --config benchmarks/cpu-local.yaml

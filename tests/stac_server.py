@@ -4,7 +4,8 @@ It implements what pystac-client and GDAL use: the landing page with conformance
 collections, ``/search`` (GET and POST, ``collections``/``bbox``/``datetime``/``limit``, paged
 with ``next`` links), single items, and the raster files under ``/files/`` with HTTP range
 requests (GDAL reads COGs by ranges). Items are published in batches, as an archive grows.
-Faults are injected per path prefix: an HTTP status (429 with ``Retry-After``, 5xx), or a delay
+Faults are injected per path prefix: an HTTP status (429 with ``Retry-After``, 5xx), a dropped
+connection, or a delay
 longer than the client's timeout. Raster reads can require a bearer token.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -96,6 +98,8 @@ class StacServer:
                 self.items.append(item)
 
     def fail(self, prefix: str, status: int, times: int = 1) -> None:
+        """The next ``times`` requests under ``prefix`` get ``status`` (0: the connection is
+        dropped without a response)."""
         self.faults.append(Fault(prefix, status, 0.0, times))
 
     def delay(self, prefix: str, seconds: float, times: int = 1) -> None:
@@ -231,6 +235,10 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.delay)
         if fault.status is None:
             return False
+        if fault.status == 0:  # a dropped connection: closed with no response at all
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return True
         self._send(
             fault.status,
             json.dumps({"code": fault.status, "description": "injected"}).encode(),

@@ -147,3 +147,39 @@ def test_losing_the_actor_worker_loses_nothing(series, whole_tile_blocks, tmp_pa
         state.applied_ids
     )
     pd.testing.assert_frame_equal(_rows(ref_out), _rows(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        pytest.param("read", marks=pytest.mark.faults),
+        "encode",
+        pytest.param("store.write_block", marks=pytest.mark.faults),
+    ],
+)
+def test_a_worker_killed_mid_block_loses_nothing(
+    series, whole_tile_blocks, tmp_path, monkeypatch, point
+):
+    """SIGKILL the worker running a block (not the driver, not the actor's) in the middle of
+    its task: distributed reruns the block on a live worker and the run ends with every
+    acquisition stored and applied once, the same rows as an uninterrupted run."""
+    from streamembed.cluster import make_client
+    from streamembed.config import ClusterConfig
+    from streamembed.faults import KILL_AT, KILL_COUNT, KILL_SCOPE
+
+    ref_out, _ = whole_tile_blocks
+    # the 7th arrival: well into the run, after the actor's worker is settled
+    monkeypatch.setenv(KILL_AT, f"{point}:7")
+    monkeypatch.setenv(KILL_COUNT, str(tmp_path / "arrivals"))
+    monkeypatch.setenv(KILL_SCOPE, "process")
+    out = tmp_path / "out"
+    cfg = _cfg(series, out, **{"ingest.block_px": 2048})
+    with make_client(ClusterConfig(n_workers=2, dashboard_address=":0")) as client:
+        report = _run(cfg, client)
+    assert (tmp_path / "arrivals").stat().st_size >= 7  # the kill point was reached
+    assert report.applied + report.replayed >= 20 and not report.failed
+    with Ledger(out / "ledger.sqlite") as ledger:
+        assert len(ledger.rows(State.APPLIED)) == 20
+    ids = EmbeddingStore(out / "embeddings.zarr").acquisition_ids("33UWP")
+    assert len(ids) == len(set(ids)) == 20
+    pd.testing.assert_frame_equal(_rows(ref_out), _rows(out))

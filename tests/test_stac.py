@@ -406,3 +406,47 @@ def test_monitor_daemon_over_http_two_batches_exactly_once(server, archive, tmp_
     assert all(states[i["id"]] == State.APPLIED for i in items if i is not late)
     stored = EmbeddingStore(out / "embeddings.zarr").acquisition_ids("33UWP")
     assert sorted(stored) == sorted(i["id"] for i in items)  # each embedded exactly once
+
+
+def test_monitor_survives_a_long_source_outage_and_catches_up(server, archive, tmp_path):
+    """The STAC API answers 503 to everything for many polls: the daemon keeps running, logs
+    one line per failed poll while backing off, and catches up once the API is back."""
+    items = [
+        i
+        for i in _served(archive / "items", server)
+        if i["properties"]["grid:code"] == "MGRS-33UWP"
+    ]
+    batch1, batch2 = items[:3], items[3:]
+    server.publish(batch1)
+    out = tmp_path / "out"
+    ledger_path = out / "ledger.sqlite"
+    env = {
+        "STREAMEMBED__SOURCE__MAX_RETRIES": "0",
+        "STREAMEMBED__SOURCE__TIMEOUT_SECONDS": "2",
+        "STREAMEMBED__PIPELINE__OUTAGE_MAX_WAIT_SECONDS": "2",
+    }
+
+    def done() -> int:
+        return count_states(ledger_path, "applied", "late")
+
+    with monitor_process(server.url, out, env) as proc:
+        wait_until(lambda: done() >= len(batch1), 180, proc)
+        server.fail("/", 503, times=10**6)  # landing page, search and rasters: all down
+        down_since = len(server.requests)
+        wait_until(
+            lambda: sum(s == 503 for _, _, s in server.requests[down_since:]) >= 6, 120, proc
+        )
+        server.publish(batch2)  # published during the outage
+        server.faults.clear()
+        wait_until(lambda: done() >= len(items), 180, proc)
+        output = stop(proc)
+    assert proc.returncode == 0, output
+    outage_lines = [ln for ln in output.splitlines() if "source unavailable" in ln]
+    assert len(outage_lines) >= 6, output
+    assert all("503" in ln for ln in outage_lines)
+    assert "next poll in 2 s" in outage_lines[-1]  # backed off to the configured ceiling
+    assert "source back after" in output
+    with Ledger(ledger_path) as ledger:
+        assert all(s == State.APPLIED for s in ledger.states().values())
+    stored = EmbeddingStore(out / "embeddings.zarr").acquisition_ids("33UWP")
+    assert sorted(stored) == sorted(i["id"] for i in items)

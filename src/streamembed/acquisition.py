@@ -70,6 +70,7 @@ class BandAsset:
     transform: tuple[float, ...] | None = None
     shape: tuple[int, int] | None = None
     index: int = 1  # the band in a multi-band file (1-based, GDAL order)
+    file_bands: int | None = None  # bands the item says the file holds (None: not checked)
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,8 @@ def _band_asset(
         epsg=_epsg_of(a) or item_epsg,
         transform=tuple(float(v) for v in transform[:6]) if transform else None,
         shape=(int(shape[0]), int(shape[1])) if shape else None,
+        # STAC band assets hold one band unless their raster:bands / bands list says more
+        file_bands=max(1, len(a.get("raster:bands") or a.get("bands") or [None])),
     )
 
 
@@ -269,6 +272,12 @@ def parse_item(
     props = item.get("properties") or {}
     if not props.get("datetime"):
         raise SourceError(f"{item_href}: item {item_id} has no properties.datetime")
+    sensed = parse_datetime(str(props["datetime"]))
+    if sensed > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1):
+        raise SourceError(
+            f"{item_href}: item {item_id} is sensed at {sensed:%Y-%m-%dT%H:%M}Z, in the future; "
+            "its properties.datetime is wrong"
+        )
     tile = _tile_of(item)
     if tile is None:
         raise SourceError(
@@ -293,7 +302,7 @@ def parse_item(
     return Acquisition(
         id=str(item_id),
         tile=tile,
-        datetime=parse_datetime(str(props["datetime"])),
+        datetime=sensed,
         epsg=epsg,
         assets=assets,
         item_href=item_href,

@@ -25,6 +25,7 @@ from typing import Protocol
 from distributed.actor import BaseActorFuture
 
 from .config import StatsConfig, StoreConfig
+from .faults import crash_point
 from .layout import OutputLayout
 from .sink import records_from_result, write_anomalies
 from .stages import StageSeconds
@@ -164,10 +165,12 @@ class StatsActor:
             acquisition_id,
         )
         t_sink = time.perf_counter()
+        crash_point("actor.sunk")
         self._dirty[tile] = self._dirty.get(tile, 0) + 1
         if self._dirty[tile] >= self.cfg.checkpoint_every:
             self.checkpoint(tile)
         self._evict(keep=tile)
+        crash_point("actor.checkpointed")
         t_end = time.perf_counter()
         self.cell_updates += int(result.valid.sum())
         self.busy_seconds += t_end - t0

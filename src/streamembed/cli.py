@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from .acquisition import SourceError
 from .config import Config, ConfigError, load_config, load_section
+from .layout import OutputFullError
 
 if TYPE_CHECKING:
     from .demo import DemoConfig
+    from .ledger import Ledger
 
 log = logging.getLogger("streamembed")
 DEFAULT_CONFIG = "config.yaml"
@@ -112,17 +114,25 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
         print(f"monitoring {cfg.source.path} every {poll:g} s; Ctrl-C stops cleanly", flush=True)
         pipe = Pipeline(cfg, client)
-        cycles = 0
+        cycles = outage = 0
         try:
             while not stop.is_set():
                 cycles += 1
+                wait = poll
                 try:
                     report = pipe.run(stop=stop.is_set, progress=False, incremental=True)
                 except SourceError as err:
-                    # The source is down or throttling past the retries: keep the daemon up,
-                    # the watermark unmoved, and try again at the next poll.
-                    log.error("poll %d: source unavailable, retrying next poll: %s", cycles, err)
+                    # The source is down or throttling past its retries: keep the daemon up and
+                    # the watermark unmoved, poll less often while it lasts, catch up after.
+                    outage += 1
+                    wait = min(poll * 2**outage, max(poll, cfg.pipeline.outage_max_wait_seconds))
+                    first_line = str(err).strip().splitlines()[0] if str(err).strip() else "?"
+                    log.error("poll %d: source unavailable (%d polls in a row), next poll in "
+                              "%.0f s: %s", cycles, outage, wait, first_line)  # fmt: skip
                 else:
+                    if outage:
+                        log.info("poll %d: source back after %d failed polls", cycles, outage)
+                    outage = 0
                     if not report.nothing_new:
                         _print(report.lines())
                     else:
@@ -133,7 +143,7 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
                         )
                 if args.cycles and cycles >= args.cycles:
                     break
-                stop.wait(poll)
+                stop.wait(wait)
         finally:
             pipe.close()
     print("monitor stopped; state checkpointed.", flush=True)
@@ -141,35 +151,58 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
-    from .ledger import Ledger, State
+    from .ledger import Ledger
 
     path = cfg.layout.ledger
     if not path.exists():
         print(f"no ledger at {path}; nothing has run with --output {cfg.output_dir}")
         return 1
     with Ledger(path) as ledger:
-        summary = ledger.summary()
-        states = tuple(State)
-        print(f"{'tile':<8}" + "".join(f"{s:>10}" for s in states) + f"{'anomalies':>11}")
-        rows = ledger.rows()
-        for tile, counts in summary.items():
-            n_anom = sum(r.n_anomalies or 0 for r in rows if r.tile == tile)
-            print(
-                f"{tile:<8}" + "".join(f"{counts.get(s, 0):>10}" for s in states) + f"{n_anom:>11}"
-            )
-        failed = [(r.id, r.reason) for r in ledger.rows(State.FAILED)]
-        unreadable = [(key, reason) for key, _, reason in ledger.source_failures()]
-        if unreadable:
-            print(f"{len(unreadable)} source entries could not be read as acquisitions")
-        if (failed or unreadable) and args.failed:
-            for key, reason in failed + unreadable:
-                print(f"failed {key}: {reason}")
-        elif failed or unreadable:
-            print(
-                f"{len(failed) + len(unreadable)} failed; `streamembed status --failed` lists "
-                "the reasons"
-            )
+        _print(_status_table(ledger))
+        _print(_failure_lines(ledger, args.failed))
     return 0
+
+
+def _status_table(ledger: Ledger) -> list[str]:
+    """Per tile: acquisitions by state, anomaly rows, newest sensed and applied, their lag."""
+    from .acquisition import parse_datetime
+    from .ledger import State
+
+    states = tuple(State)
+    lines = [
+        f"{'tile':<8}" + "".join(f"{s:>10}" for s in states) + f"{'anomalies':>11}"
+        + f"  {'newest sensed':<17}{'newest applied':<17}lag"
+    ]  # fmt: skip
+    rows = ledger.rows()
+    newest = ledger.newest()
+    for tile, counts in ledger.summary().items():
+        n_anom = sum(r.n_anomalies or 0 for r in rows if r.tile == tile)
+        sensed, applied = newest[tile]
+        lag = "-" if applied is None else (
+            f"{(parse_datetime(sensed) - parse_datetime(applied)).total_seconds() / 86400:.1f} d"
+        )  # fmt: skip
+        lines.append(
+            f"{tile:<8}" + "".join(f"{counts.get(s, 0):>10}" for s in states) + f"{n_anom:>11}"
+            + f"  {sensed[:16]:<17}{(applied or 'none')[:16]:<17}{lag}"
+        )  # fmt: skip
+    return lines
+
+
+def _failure_lines(ledger: Ledger, listing: bool) -> list[str]:
+    from .ledger import State
+
+    counts = ledger.failure_counts()
+    if not counts:
+        return []
+    by_class = ", ".join(f"{k} {v}" for k, v in counts.items())
+    lines = [f"failures by class: {by_class}"]
+    if not listing:
+        return [*lines, "`streamembed status --failed` lists them with their reasons"]
+    for r in ledger.rows(State.FAILED):
+        lines.append(f"failed {r.id}: {r.reason}")
+    for key, _, reason in ledger.source_failures():
+        lines.append(f"unreadable {key}: {reason}")
+    return lines
 
 
 def cmd_map(args: argparse.Namespace, cfg: Config) -> int:
@@ -344,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"configuration error:\n{err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, SourceError) as err:
+    except (ValueError, FileNotFoundError, SourceError, OutputFullError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

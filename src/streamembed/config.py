@@ -87,6 +87,18 @@ class IngestConfig(Section):
         "a multiple of store.chunk_cells x cell_size",
     )
     resampling: Literal["nearest", "bilinear"] = "nearest"
+    http_retries: int = Field(
+        5, ge=0, description="GDAL's retries of one HTTP request (429/5xx), with back-off"
+    )
+    read_attempts: int = Field(
+        3,
+        ge=1,
+        description="attempts at a block read while its error is transient (timeout, "
+        "throttling, 5xx, reset): then the acquisition is failed",
+    )
+    read_backoff_seconds: float = Field(
+        5.0, ge=0, description="wait before the second attempt, doubled before each next one"
+    )
     scl_mask_classes: tuple[int, ...] = (0, 1, 3, 8, 9, 10, 11)
     cloud_mask: Literal["scl", "asset", "none"] = Field(
         "scl",
@@ -245,6 +257,9 @@ class PipelineConfig(Section):
         None, ge=1, description="block tasks submitted at once (null: 2 per worker thread)"
     )
     poll_seconds: float = Field(300.0, gt=0)
+    outage_max_wait_seconds: float = Field(
+        3600.0, gt=0, description="while the source is down, polls back off up to this"
+    )
     wait_seconds: float = Field(
         5.0, gt=0, description="how often the driver loop wakes while tasks run (no time limit)"
     )

@@ -10,6 +10,8 @@ which cuts the windows (``window_inputs``). Pure NumPy cores (``scl_masks``,
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ import numpy as np
 from .acquisition import Acquisition, BandAsset
 from .config import IngestConfig, ModelConfig
 from .grid import PIXEL_M, TileGrid
+
+log = logging.getLogger(__name__)
 
 
 class IngestError(Exception):
@@ -32,6 +36,27 @@ class CorruptAssetError(IngestError):
 
 class GridMismatchError(IngestError):
     """An acquisition that does not fit its tile's fixed grid (other CRS, too small)."""
+
+
+class TransientReadError(IngestError):
+    """A read that failed for a reason that passes (timeout, throttling, HTTP 429/5xx, a reset
+    or refused connection): retried with back-off before the acquisition is failed."""
+
+
+# GDAL's messages for reads that may succeed when tried again (curl, HTTP, S3 throttling).
+_TRANSIENT = re.compile(
+    r"timed? ?out|timeout|HTTP response code: (429|5\d\d)|connection (was )?(reset|refused)"
+    r"|SlowDown|throttl|too many requests|could not resolve|temporar|empty reply|"
+    r"recv failure|send failure|operation too slow|connection closed",
+    re.IGNORECASE,
+)
+
+
+def raster_error(acq_id: str, what: str, err: Exception) -> IngestError:
+    """The typed error for a raster that could not be opened or read: transient or corrupt
+    (GDAL's message is kept in the text; the task raises it without the rasterio chain)."""
+    cls = TransientReadError if _TRANSIENT.search(str(err)) else CorruptAssetError
+    return cls(f"acquisition {acq_id}: {what}: {err}")
 
 
 # Scene classification (SCL) of Sentinel-2 L2A (ESA L2A product specification).
@@ -313,19 +338,22 @@ def window_inputs(
 # ---------------------------------------------------------------- I/O
 
 
-def gdal_options(hrefs: Sequence[str] = ()) -> dict[str, object]:
+def gdal_options(hrefs: Sequence[str] = (), http_retries: int = 5) -> dict[str, object]:
     """GDAL settings for reading COG/JP2 from disk, HTTPS or S3, set in this one place.
 
     Remote reads retry throttling (429) and server errors with back-off, time out instead of
     hanging a worker, and skip directory listings; credentials for ``hrefs`` come from the
-    worker's environment (``credentials.py``) and are never logged.
+    worker's environment (``credentials.py``) and are never logged. Nothing GDAL learnt of a
+    remote file outlives its handle: a worker runs for months, and a cached failure (a 503, a
+    file being replaced) would fail every later read of that file, retries included.
     """
     from .credentials import Credentials
 
     return {
+        "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/:/vsis3/:/vsigs/:/vsiaz/",
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
         "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.jp2,.TIF,.TIFF,.JP2",
-        "GDAL_HTTP_MAX_RETRY": 5,
+        "GDAL_HTTP_MAX_RETRY": http_retries,
         "GDAL_HTTP_RETRY_DELAY": 1,
         "GDAL_HTTP_RETRY_CODES": "429,500,502,503,504",
         "GDAL_HTTP_TIMEOUT": 60,
@@ -376,7 +404,7 @@ def grid_for(acq: Acquisition, cell_size: int) -> TileGrid:
                 shape = (src.height, src.width)
                 epsg = src.crs.to_epsg() if src.crs else None
         except rasterio.errors.RasterioError as err:
-            raise CorruptAssetError(f"acquisition {acq.id}: cannot open {ref.href}: {err}") from err
+            raise raster_error(acq.id, f"cannot open {ref.href}", err) from None
     if epsg is None:
         raise GridMismatchError(f"acquisition {acq.id}: {ref.href} has no EPSG code")
     res = float(transform[0])
@@ -400,27 +428,50 @@ class _OpenBands:
 
 @contextlib.contextmanager
 def open_bands(
-    acq: Acquisition, bands: Sequence[str], quality: str | None = "SCL"
+    acq: Acquisition,
+    bands: Sequence[str],
+    quality: str | None = "SCL",
+    http_retries: int = 5,
 ) -> Iterator[_OpenBands]:
     """Open every band raster (and the quality layer) once; CorruptAssetError names the file."""
     import rasterio
 
     opened: dict[str, object] = {}
     keys = [*bands, quality] if quality else list(bands)
-    with rasterio.Env(**gdal_options([acq.assets[b].href for b in keys if b in acq.assets])):
+    hrefs = [acq.assets[b].href for b in keys if b in acq.assets]
+    with rasterio.Env(**gdal_options(hrefs, http_retries)):
         try:
             for band in keys:
                 asset: BandAsset = acq.assets[band]
                 try:
                     opened[band] = rasterio.open(asset.href)
                 except rasterio.errors.RasterioError as err:
+                    raise raster_error(
+                        acq.id, f"cannot open band {band} {asset.href}", err
+                    ) from None
+                problem = _layout_problem(opened[band], asset)
+                if problem:
                     raise CorruptAssetError(
-                        f"acquisition {acq.id}: cannot open band {band} {asset.href}: {err}"
-                    ) from err
+                        f"acquisition {acq.id}: band {band} {asset.href} {problem}"
+                    )
             yield _OpenBands(opened)
         finally:
             for ds in opened.values():
                 ds.close()  # type: ignore[attr-defined]
+
+
+def _layout_problem(src: Any, asset: BandAsset) -> str | None:
+    """What makes an opened band raster unusable as the asset's Sentinel-2 band, or None."""
+    expected = asset.file_bands
+    if (expected is not None and src.count != expected) or src.count < asset.index:
+        return f"has {src.count} bands; its item describes {expected or asset.index}"
+    dtype = src.dtypes[asset.index - 1]
+    if dtype not in ("uint8", "uint16"):
+        return (
+            f"is {dtype}; Sentinel-2 bands are integer DN (uint16, SCL uint8): "
+            "reflectance stored as floats is not a Sentinel-2 product"
+        )
+    return None
 
 
 def _read_band(
@@ -480,9 +531,9 @@ def _read_band(
             )
         )  # fmt: skip
     except RasterioError as err:
-        raise CorruptAssetError(
-            f"acquisition {acq.id}: band {band} {acq.assets[band].href} is unreadable: {err}"
-        ) from err
+        raise raster_error(
+            acq.id, f"band {band} {acq.assets[band].href} is unreadable", err
+        ) from None
 
 
 def read_dn(
@@ -502,9 +553,7 @@ def read_dn(
     and lossless, which is what travels from a reading worker to an encoding one.
     """
     h, w = rows[1] - rows[0], cols[1] - cols[0]
-    dtypes = {opened.datasets[b].dtypes[acq.assets[b].index - 1] for b in bands}  # type: ignore[attr-defined]
-    small_ints = dtypes <= {"uint8", "uint16"}
-    dn = np.empty((len(bands), h, w), np.uint16 if small_ints else np.float32)
+    dn = np.empty((len(bands), h, w), np.uint16)  # open_bands let only uint8/uint16 through
     nodata = np.zeros((h, w), bool)
     for i, band in enumerate(bands):
         dn[i] = _read_band(acq, opened.datasets[band], band, grid, rows, cols, resampling)
@@ -567,6 +616,33 @@ class BlockPixels:
         return int(sum(a.nbytes for a in arrays))
 
 
+def _read_retrying(
+    acq: Acquisition,
+    grid: TileGrid,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    bands: Sequence[str],
+    quality: str | None,
+    ingest: IngestConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``read_dn`` of a block, tried again with back-off while the failure is transient."""
+    delay = ingest.read_backoff_seconds
+    for attempt in range(1, ingest.read_attempts + 1):
+        try:
+            with open_bands(acq, bands, quality, ingest.http_retries) as opened:
+                return read_dn(acq, opened, grid, rows, cols, bands, ingest.resampling, quality)
+        except TransientReadError as err:
+            if attempt == ingest.read_attempts:
+                raise TransientReadError(
+                    f"{err} (still failing after {attempt} attempts: ingest.read_attempts)"
+                ) from None
+            log.warning("%s; attempt %d of %d in %.0f s", err, attempt + 1,
+                        ingest.read_attempts, delay)  # fmt: skip
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable: read_attempts >= 1")
+
+
 def read_block_pixels(
     acq: Acquisition, grid: TileGrid, block: Block, ingest: IngestConfig, model: ModelConfig
 ) -> BlockPixels:
@@ -581,10 +657,7 @@ def read_block_pixels(
     cell = grid.cell_size
     rows, cols = block.read_rows(cell), block.read_cols(cell)
     t0 = time.perf_counter()
-    with open_bands(acq, bands, quality) as opened:
-        dn, layer, nodata = read_dn(
-            acq, opened, grid, rows, cols, bands, ingest.resampling, quality
-        )
+    dn, layer, nodata = _read_retrying(acq, grid, rows, cols, bands, quality, ingest)
     t1 = time.perf_counter()
     masked, is_snow = quality_masks(layer, nodata, ingest)
     del layer, nodata

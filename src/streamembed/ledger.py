@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from .acquisition import Acquisition
+from .layout import OutputFullError, is_disk_full
 
 
 class State(StrEnum):
@@ -27,6 +28,18 @@ class State(StrEnum):
     LATE = "late"
     SKIPPED = "skipped"
     FAILED = "failed"
+
+
+class Failure(StrEnum):
+    """Why an acquisition failed, in the classes an operator acts on differently."""
+
+    TRANSIENT = "transient"  # reads kept failing past their retries: try again later
+    CORRUPT = "corrupt"  # a raster that cannot be opened or decoded: the product is bad
+    MISSING = "missing"  # a band asset absent: the product, or source.band_mapping
+    GRID = "grid"  # off its tile's grid (another CRS, too small)
+    STORE = "store"  # the store holds another model or grid for the tile
+    WORKER = "worker"  # the workers running it died (most often their memory limit)
+    OTHER = "other"
 
 
 FINAL = frozenset({State.APPLIED, State.FAILED, State.LATE, State.SKIPPED})
@@ -87,12 +100,24 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._migrate()
+        except sqlite3.OperationalError as err:
+            self._db.close()
+            if is_disk_full(err, self.path.parent):
+                raise OutputFullError(
+                    f"the ledger {self.path} cannot be opened: its volume is full ({err}); "
+                    "free space and run again"
+                ) from None
+            raise
 
     def _migrate(self) -> None:
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(acquisitions)")}
+        if "failure_class" not in columns:
+            self._db.execute("ALTER TABLE acquisitions ADD COLUMN failure_class TEXT")
         # Ledgers written before source_failures existed filed unparseable entries as
         # acquisitions of tile "?" (a sentinel in a NOT NULL column): move them over.
         self._db.executescript(
@@ -154,15 +179,38 @@ class Ledger:
         n_anomalies: int | None = None,
         snow_cells: int | None = None,
         masked_cells: int | None = None,
+        failure: Failure | None = None,
     ) -> None:
         if state not in set(State):
             raise ValueError(f"unknown ledger state {state!r}")
+        if state == State.FAILED and failure is None:
+            failure = Failure.OTHER
         self._db.execute(
             "UPDATE acquisitions SET state=?, reason=?, n_anomalies=COALESCE(?, n_anomalies),"
             " snow_cells=COALESCE(?, snow_cells), masked_cells=COALESCE(?, masked_cells),"
-            " attempts=attempts + (? IN ('failed', 'embedded')), updated=? WHERE id=?",
-            (state, reason, n_anomalies, snow_cells, masked_cells, state, _now(), acq_id),
+            " attempts=attempts + (? IN ('failed', 'embedded')), failure_class=?, updated=?"
+            " WHERE id=?",
+            (state, reason, n_anomalies, snow_cells, masked_cells, state, failure, _now(), acq_id),
         )
+
+    def newest(self) -> dict[str, tuple[str, str | None]]:
+        """{tile: (newest sensing time seen, newest sensing time applied or None)}."""
+        rows = self._db.execute(
+            "SELECT tile, MAX(datetime), MAX(CASE WHEN state='applied' THEN datetime END)"
+            " FROM acquisitions GROUP BY tile ORDER BY tile"
+        )
+        return {tile: (sensed, applied) for tile, sensed, applied in rows}
+
+    def failure_counts(self) -> dict[str, int]:
+        """Failed acquisitions per failure class, and unparseable source entries as "source"."""
+        out = dict(
+            self._db.execute(
+                "SELECT COALESCE(failure_class, 'other'), COUNT(*) FROM acquisitions"
+                " WHERE state='failed' GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        )
+        n_source = self._db.execute("SELECT COUNT(*) FROM source_failures").fetchone()[0]
+        return {**out, "source": n_source} if n_source else out
 
     def state(self, acq_id: str) -> str | None:
         row = self._db.execute("SELECT state FROM acquisitions WHERE id=?", (acq_id,)).fetchone()

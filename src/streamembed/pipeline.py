@@ -24,18 +24,23 @@ from .acquisition import Acquisition
 from .actor import ApplyResult, ApplyStatus, StatsActor, StatsShard, shard_of
 from .config import Config
 from .encoder import EMBEDDING_DIM, EncoderPlugin, ModelIdentity, model_identity
+from .faults import crash_point
 from .grid import TileGrid
 from .ingest import (
     Block,
     BlockPixels,
+    CorruptAssetError,
+    GridMismatchError,
     IngestError,
+    TransientReadError,
     block_cells,
     grid_for,
     plan_blocks,
     read_block_pixels,
     required_assets,
 )
-from .ledger import FINAL, Ledger, State
+from .layout import OutputFullError, is_disk_full
+from .ledger import FINAL, Failure, Ledger, State
 from .plan import RunPlan, TileSequencer, plan_run
 from .sources import SourceFailure, discover_for, source_key
 from .stages import StageSeconds
@@ -49,7 +54,15 @@ log = logging.getLogger(__name__)
 
 def read_task(acq: Acquisition, grid: TileGrid, block: Block, cfg: Config) -> BlockPixels:
     """Read and mask one block of an acquisition (CPU work; compact DN + mask out)."""
-    return read_block_pixels(acq, grid, block, cfg.ingest, cfg.model)
+    crash_point("read")
+    try:
+        return read_block_pixels(acq, grid, block, cfg.ingest, cfg.model)
+    except IngestError as err:
+        error = type(err)(*err.args)
+    # Raised outside the handler, without the chain: distributed pickles a task's exception
+    # with its causes, and rasterio's errors do not unpickle, so a chained error reaches the
+    # driver as a bare Exception and its class (transient, corrupt, grid) is lost.
+    raise error
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,7 @@ def encode_task(pixels: BlockPixels, reservation: Reservation, cfg: Config) -> B
     t0 = time.perf_counter()
     embedding = encoder.embed_block(pixels, cfg.model.normalisation, cfg.ingest.cell_size)
     t1 = time.perf_counter()
+    crash_point("encode")
     block = pixels.block
     EmbeddingStore(cfg.layout.store, cfg.store).write_block(
         reservation, block.cells_y, block.cells_x, embedding, pixels.clear, pixels.snow,
@@ -208,7 +222,8 @@ class _Embedding:
     n_blocks: int
     running: dict[Future, int] = field(default_factory=dict)  # block task -> block index
     done: int = 0
-    failed: str | None = None
+    failed: str | None = None  # the first failing block's one-line reason
+    failure: Failure = Failure.OTHER
 
     @property
     def finished(self) -> bool:
@@ -321,8 +336,24 @@ class Pipeline:
         """Discover, embed what is new (block by block), apply in time order, write anomalies.
 
         ``incremental``: a STAC source searches only from its watermark minus the overlap (the
-        daemon's polls); otherwise the whole configured window (backfill).
+        daemon's polls); otherwise the whole configured window (backfill). A full output
+        volume stops the run with OutputFullError; every output written before is intact.
         """
+        try:
+            return self._run(retry_failed, stop, progress, incremental)
+        except Exception as err:
+            if not is_disk_full(err, self.cfg.output_dir):
+                raise
+            message = (
+                f"the output volume of {self.cfg.output} is full ({_one_line(err)}); every "
+                "output written before is intact: free space and run again, nothing is lost "
+                "or doubled"
+            )
+        raise OutputFullError(message)
+
+    def _run(
+        self, retry_failed: bool, stop: Callable[[], bool], progress: bool, incremental: bool
+    ) -> RunReport:
         key = source_key(self.cfg)
         watermark = self.ledger.watermark(key) if incremental else None
         acqs, failures = discover_for(self.cfg, watermark)
@@ -425,7 +456,9 @@ class Pipeline:
 
     def _record_decisions(self, plan: RunPlan, states: dict[str, State], report: RunReport) -> None:
         for d in plan.decisions:
-            self.ledger.set_state(d.acquisition_id, d.state, d.reason)
+            # the plan fails only products missing a band asset
+            failure = Failure.MISSING if d.state == State.FAILED else None
+            self.ledger.set_state(d.acquisition_id, d.state, d.reason, failure=failure)
             states[d.acquisition_id] = d.state
             (report.skipped if d.state == State.SKIPPED else report.failed).append(
                 (d.acquisition_id, d.reason)
@@ -449,7 +482,7 @@ class Pipeline:
             if reservation is not None:
                 _check_block_chunks(self.cfg, grid, reservation)
         except (IngestError, StoreMismatchError) as err:
-            self._fail(a, _one_line(err), states, report, bar)
+            self._fail(a, _one_line(err), failure_class(err), states, report, bar)
             return None
         if reservation is None:  # stored by an earlier run that stopped before the ledger
             self._mark_embedded(a, states, report)
@@ -478,10 +511,13 @@ class Pipeline:
                 f"({_one_line(err)}); most often the worker memory limit: lower "
                 f"ingest.block_px (now {self.cfg.ingest.block_px}) or raise cluster.memory_limit"
             )
+            job.failure = Failure.WORKER
             return
         except Exception as err:  # a task error names its input; keep the rest going
+            if is_disk_full(err, self.cfg.output_dir):
+                raise  # not the acquisition's fault: the run stops, the block is written later
             if job.failed is None:
-                job.failed = _one_line(err)
+                job.failed, job.failure = _one_line(err), failure_class(err)
             return
         job.done += 1
         report.blocks += 1
@@ -496,24 +532,32 @@ class Pipeline:
         a = job.acq
         if job.failed is not None:
             # The reserved row stays pending: a retry writes it again, nothing is visible.
-            self._fail(a, job.failed, states, report, bar)
+            self._fail(a, job.failed, job.failure, states, report, bar)
             return
         t0 = time.perf_counter()
         self.store.commit(job.reservation, a.datetime)
         report.add_seconds(StageSeconds(store_commit=time.perf_counter() - t0))
         report.stored += 1
+        crash_point("pipeline.committed")
         self._mark_embedded(a, states, report)
 
     def _mark_embedded(self, a: Acquisition, states: dict[str, State], report: RunReport) -> None:
         self.ledger.set_state(a.id, State.EMBEDDED)
+        crash_point("pipeline.embedded")
         states[a.id] = State.EMBEDDED
         report.embedded += 1
 
     def _fail(
-        self, a: Acquisition, reason: str, states: dict[str, State], report: RunReport, bar: Any
+        self,
+        a: Acquisition,
+        reason: str,
+        failure: Failure,
+        states: dict[str, State],
+        report: RunReport,
+        bar: Any,
     ) -> None:
-        log.error("acquisition %s failed: %s", a.id, reason)
-        self.ledger.set_state(a.id, State.FAILED, reason)
+        log.error("acquisition %s failed (%s): %s", a.id, failure, reason)
+        self.ledger.set_state(a.id, State.FAILED, reason, failure=failure)
         states[a.id] = State.FAILED
         report.failed.append((a.id, reason))
         bar.update(1)
@@ -610,6 +654,18 @@ def _check_block_chunks(cfg: Config, grid: TileGrid, reservation: Reservation) -
                 f"{cfg.ingest.block_px} makes blocks of {side} cells; set ingest.block_px to a "
                 f"multiple of {chunk * grid.cell_size} px for this store"
             )
+
+
+def failure_class(err: BaseException) -> Failure:
+    """The class of a task's or a step's error, as the ledger and ``status`` count it."""
+    classes: tuple[tuple[type[BaseException], Failure], ...] = (
+        (TransientReadError, Failure.TRANSIENT),
+        (CorruptAssetError, Failure.CORRUPT),
+        (GridMismatchError, Failure.GRID),
+        (StoreMismatchError, Failure.STORE),
+        (KilledWorker, Failure.WORKER),
+    )
+    return next((f for cls, f in classes if isinstance(err, cls)), Failure.OTHER)
 
 
 def _one_line(err: BaseException) -> str:

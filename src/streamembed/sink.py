@@ -16,6 +16,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
+from .faults import crash_point
 from .grid import TileGrid
 from .layout import partition_path
 from .stats import ScoreResult
@@ -110,6 +111,7 @@ def write_anomalies(
     gdf.to_parquet(
         tmp, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd"
     )
+    crash_point("sink.written")
     tmp.replace(path)
     return path
 

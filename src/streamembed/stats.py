@@ -32,6 +32,7 @@ from llvmlite import binding as llvm
 from llvmlite import ir
 
 from .config import StatsConfig
+from .faults import crash_point
 from .ingest import INDEX_NAMES
 
 LABELS: tuple[str, ...] = ("water_gain", "burn", "vegetation_loss", "bare_gain", "unknown")
@@ -91,6 +92,7 @@ class TileState:
                 last_time_day=np.array(self.last_time_day),
                 applied_ids=np.array(self.applied_ids, dtype=str),
             )
+        crash_point("state.written")
         tmp.replace(p)
 
     @classmethod

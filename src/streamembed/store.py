@@ -29,6 +29,7 @@ import xarray as xr
 import zarr
 
 from .config import StoreConfig
+from .faults import crash_point
 from .grid import TileGrid
 from .ingest import INDEX_NAMES
 
@@ -221,6 +222,7 @@ class EmbeddingStore:
             # The reservation is recorded before the arrays grow: a crash in between leaves a
             # pending row past the end, which the next begin grows into.
             g.attrs["pending"] = pending
+            crash_point("store.reserved")
         emb = _arr(g, "embedding")
         if row >= emb.shape[0]:
             for name in _TIME_VARS:
@@ -244,12 +246,15 @@ class EmbeddingStore:
         for name, value in values.items():
             arr = zarr.open_array(self.root, path=f"{reservation.tile}/{name}", mode="r+")
             arr[region] = value
+            if name == "embedding":
+                crash_point("store.write_block")
 
     def commit(self, reservation: Reservation, when: dt.datetime) -> None:
         """Make the acquisition visible: its time, then its id (the commit point)."""
         g = self._group(reservation.tile)
         assert g is not None
         _arr(g, "time")[reservation.row] = np.int64(_sensing_second(when))
+        crash_point("store.commit")
         _arr(g, "acquisition_id")[reservation.row] = np.asarray(
             reservation.acquisition_id, dtype=object
         )

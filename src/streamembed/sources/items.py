@@ -50,7 +50,12 @@ class Discovery:
         self.failures.append(SourceFailure(href, href, reason))
 
     def keep(self, acq: Acquisition) -> None:
-        self.found.setdefault(acq.id, acq)
+        first = self.found.setdefault(acq.id, acq)
+        if first.item_href != acq.item_href:
+            # The same id in two files: the first read is the acquisition, the copy a failure
+            # (filed under its own file, so the acquisition itself stays good).
+            reason = f"{acq.item_href}: item id {acq.id} already read from {first.item_href}"
+            self.fail(acq.item_href, reason + "; this copy is ignored")
 
     def result(self) -> tuple[list[Acquisition], list[SourceFailure]]:
         """Acquisitions in processing order (tile, sensing time, id), and the failures."""
