@@ -31,3 +31,27 @@ def cluster_client():
         ClusterConfig(n_workers=2, threads_per_worker=1, dashboard_address=":0")
     ) as client:
         yield client
+
+
+@pytest.fixture
+def server(archive):
+    """A STAC API on 127.0.0.1 serving the test module's ``archive`` (items and rasters)."""
+    from .stac_server import StacServer
+
+    srv = StacServer(archive).start()
+    yield srv
+    srv.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how many kill points/timings the kill suite ran (issue: the number is printed)."""
+    ran = [
+        r
+        for r in terminalreporter.getreports("passed") + terminalreporter.getreports("failed")
+        if "test_killed_at_a_crash_point_then_restarted" in r.nodeid and r.when == "call"
+    ]
+    if ran:
+        passed = sum(r.passed for r in ran)
+        terminalreporter.write_line(
+            f"kill suite: {passed} of {len(ran)} kill points/timings passed"
+        )

@@ -37,13 +37,6 @@ def archive(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def server(archive):
-    srv = StacServer(archive).start()
-    yield srv
-    srv.stop()
-
-
 def _cfg(url: str, out, **extra) -> Config:
     return Config().with_overrides(
         **{

@@ -81,13 +81,6 @@ def archive(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def server(archive):
-    srv = StacServer(archive).start()
-    yield srv
-    srv.stop()
-
-
 def _source(url: str, **kw) -> SourceConfig:
     return SourceConfig(kind="stac", path=url, band_mapping="auto", **kw)
 
