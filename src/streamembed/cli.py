@@ -99,7 +99,7 @@ def _where(cfg: Config) -> list[str]:
 
 def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
     from .cluster import make_client
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, one_line
 
     stop = threading.Event()
 
@@ -126,9 +126,8 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
                     # the watermark unmoved, poll less often while it lasts, catch up after.
                     outage += 1
                     wait = min(poll * 2**outage, max(poll, cfg.pipeline.outage_max_wait_seconds))
-                    first_line = str(err).strip().splitlines()[0] if str(err).strip() else "?"
                     log.error("poll %d: source unavailable (%d polls in a row), next poll in "
-                              "%.0f s: %s", cycles, outage, wait, first_line)  # fmt: skip
+                              "%.0f s: %s", cycles, outage, wait, one_line(err))  # fmt: skip
                 else:
                     if outage:
                         log.info("poll %d: source back after %d failed polls", cycles, outage)

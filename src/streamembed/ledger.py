@@ -87,6 +87,14 @@ class LedgerRow:
     snow_cells: int | None
     masked_cells: int | None
     attempts: int
+    failure_class: str | None = None  # a Failure value where state is failed
+
+
+# The columns of a LedgerRow, in its field order.
+_ROW = (
+    "SELECT id, tile, datetime, item_href, state, reason, n_anomalies, snow_cells, masked_cells,"
+    " attempts, failure_class FROM acquisitions"
+)
 
 
 def _now() -> str:
@@ -220,10 +228,7 @@ class Ledger:
         return {r[0]: State(r[1]) for r in self._db.execute("SELECT id, state FROM acquisitions")}
 
     def rows(self, state: str | None = None) -> list[LedgerRow]:
-        sql = (
-            "SELECT id, tile, datetime, item_href, state, reason, n_anomalies, snow_cells,"
-            " masked_cells, attempts FROM acquisitions"
-        )
+        sql = _ROW
         args: tuple[str, ...] = ()
         if state:
             sql += " WHERE state=?"
@@ -260,8 +265,7 @@ class Ledger:
         lo = when.replace(microsecond=0)
         hi = lo + dt.timedelta(seconds=1)
         for r in self._db.execute(
-            "SELECT id, tile, datetime, item_href, state, reason, n_anomalies, snow_cells,"
-            " masked_cells, attempts FROM acquisitions WHERE tile=? AND state IN (?, ?, ?)",
+            _ROW + " WHERE tile=? AND state IN (?, ?, ?)",
             (tile, State.EMBEDDED, State.APPLIED, State.LATE),
         ):
             t = dt.datetime.fromisoformat(r[2])

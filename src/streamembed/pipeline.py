@@ -272,7 +272,7 @@ class Pipeline:
         try:
             self.checkpoint()
         except Exception as err:  # the actor's worker is gone: its last checkpoint stands
-            log.warning("final checkpoint failed (%s); the last checkpoint stands", _one_line(err))
+            log.warning("final checkpoint failed (%s); the last checkpoint stands", one_line(err))
         self.ledger.close()
         self.actors = []
         for fut in self._actor_futures:
@@ -345,7 +345,7 @@ class Pipeline:
             if not is_disk_full(err, self.cfg.output_dir):
                 raise
             message = (
-                f"the output volume of {self.cfg.output} is full ({_one_line(err)}); every "
+                f"the output volume of {self.cfg.output} is full ({one_line(err)}); every "
                 "output written before is intact: free space and run again, nothing is lost "
                 "or doubled"
             )
@@ -482,7 +482,7 @@ class Pipeline:
             if reservation is not None:
                 _check_block_chunks(self.cfg, grid, reservation)
         except (IngestError, StoreMismatchError) as err:
-            self._fail(a, _one_line(err), failure_class(err), states, report, bar)
+            self._fail(a, one_line(err), failure_class(err), states, report, bar)
             return None
         if reservation is None:  # stored by an earlier run that stopped before the ledger
             self._mark_embedded(a, states, report)
@@ -508,7 +508,7 @@ class Pipeline:
         except KilledWorker as err:
             job.failed = (
                 f"block {index} of {job.n_blocks}: the workers running it died "
-                f"({_one_line(err)}); most often the worker memory limit: lower "
+                f"({one_line(err)}); most often the worker memory limit: lower "
                 f"ingest.block_px (now {self.cfg.ingest.block_px}) or raise cluster.memory_limit"
             )
             job.failure = Failure.WORKER
@@ -517,7 +517,7 @@ class Pipeline:
             if is_disk_full(err, self.cfg.output_dir):
                 raise  # not the acquisition's fault: the run stops, the block is written later
             if job.failed is None:
-                job.failed, job.failure = _one_line(err), failure_class(err)
+                job.failed, job.failure = one_line(err), failure_class(err)
             return
         job.done += 1
         report.blocks += 1
@@ -668,7 +668,8 @@ def failure_class(err: BaseException) -> Failure:
     return next((f for cls, f in classes if isinstance(err, cls)), Failure.OTHER)
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """The first line of an error (its type where it has no text): what the ledger and logs keep."""
     text = str(err).strip().splitlines()
     msg = text[0] if text else ""
     return msg if msg else type(err).__name__

@@ -41,7 +41,7 @@ class Discovery:
     def parse(self, feature: Mapping[str, Any], href: str) -> Acquisition | None:
         """The feature as an Acquisition, or None with its failure recorded."""
         try:
-            return parse_item(feature, href, self.mapping, tuple(self.bands), self.mask_asset)
+            return parse_item(feature, href, self.mapping, self.bands, self.mask_asset)
         except SourceError as err:
             self.failures.append(SourceFailure(str(feature.get("id") or href), href, str(err)))
             return None
