@@ -404,7 +404,7 @@ def grid_for(acq: Acquisition, cell_size: int) -> TileGrid:
                 shape = (src.height, src.width)
                 epsg = src.crs.to_epsg() if src.crs else None
         except rasterio.errors.RasterioError as err:
-            raise raster_error(acq.id, f"cannot open {ref.href}", err) from None
+            raise raster_error(acq.id, f"cannot open {ref.href}", err) from err
     if epsg is None:
         raise GridMismatchError(f"acquisition {acq.id}: {ref.href} has no EPSG code")
     res = float(transform[0])
@@ -448,7 +448,7 @@ def open_bands(
                 except rasterio.errors.RasterioError as err:
                     raise raster_error(
                         acq.id, f"cannot open band {band} {asset.href}", err
-                    ) from None
+                    ) from err
                 problem = _layout_problem(opened[band], asset)
                 if problem:
                     raise CorruptAssetError(
@@ -533,7 +533,7 @@ def _read_band(
     except RasterioError as err:
         raise raster_error(
             acq.id, f"band {band} {acq.assets[band].href} is unreadable", err
-        ) from None
+        ) from err
 
 
 def read_dn(
@@ -635,7 +635,7 @@ def _read_retrying(
             if attempt == ingest.read_attempts:
                 raise TransientReadError(
                     f"{err} (still failing after {attempt} attempts: ingest.read_attempts)"
-                ) from None
+                ) from err
             log.warning("%s; attempt %d of %d in %.0f s", err, attempt + 1,
                         ingest.read_attempts, delay)  # fmt: skip
             time.sleep(delay)
