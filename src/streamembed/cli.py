@@ -172,11 +172,10 @@ def _status_table(ledger: Ledger) -> list[str]:
         f"{'tile':<8}" + "".join(f"{s:>10}" for s in states) + f"{'anomalies':>11}"
         + f"  {'newest sensed':<17}{'newest applied':<17}lag"
     ]  # fmt: skip
-    rows = ledger.rows()
-    newest = ledger.newest()
+    progress = ledger.progress()
     for tile, counts in ledger.summary().items():
-        n_anom = sum(r.n_anomalies or 0 for r in rows if r.tile == tile)
-        sensed, applied = newest[tile]
+        p = progress[tile]
+        sensed, applied, n_anom = p.newest_sensed, p.newest_applied, p.anomaly_rows
         lag = "-" if applied is None else (
             f"{(parse_datetime(sensed) - parse_datetime(applied)).total_seconds() / 86400:.1f} d"
         )  # fmt: skip

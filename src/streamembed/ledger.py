@@ -97,6 +97,13 @@ _ROW = (
 )
 
 
+@dataclass(frozen=True)
+class TileProgress:
+    newest_sensed: str
+    newest_applied: str | None
+    anomaly_rows: int
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -201,13 +208,13 @@ class Ledger:
             (state, reason, n_anomalies, snow_cells, masked_cells, state, failure, _now(), acq_id),
         )
 
-    def newest(self) -> dict[str, tuple[str, str | None]]:
-        """{tile: (newest sensing time seen, newest sensing time applied or None)}."""
+    def progress(self) -> dict[str, TileProgress]:
+        """Per tile: the newest sensing time seen and applied, and the anomaly rows written."""
         rows = self._db.execute(
-            "SELECT tile, MAX(datetime), MAX(CASE WHEN state='applied' THEN datetime END)"
-            " FROM acquisitions GROUP BY tile ORDER BY tile"
+            "SELECT tile, MAX(datetime), MAX(CASE WHEN state='applied' THEN datetime END),"
+            " COALESCE(SUM(n_anomalies), 0) FROM acquisitions GROUP BY tile ORDER BY tile"
         )
-        return {tile: (sensed, applied) for tile, sensed, applied in rows}
+        return {tile: TileProgress(sensed, applied, int(n)) for tile, sensed, applied, n in rows}
 
     def failure_counts(self) -> dict[str, int]:
         """Failed acquisitions per failure class, and unparseable source entries as "source"."""
