@@ -12,6 +12,7 @@ import numpy as np
 from streamembed.actor import ApplyStatus, StatsActor
 from streamembed.config import StatsConfig, StoreConfig
 from streamembed.grid import TileGrid
+from streamembed.ingest import INDEX_NAMES
 from streamembed.sink import read_anomalies
 from streamembed.stats import TileState
 from streamembed.store import EmbeddingBatch, EmbeddingStore, Provenance
@@ -31,7 +32,7 @@ def _fill_store(root: Path, n_dates: int) -> list[tuple[str, str]]:
             grid = TileGrid(tile, 32633, 500000.0 + t, 5400000.0, 384, 384, 32)
             rng = np.random.default_rng([k, t])
             emb = rng.normal(0, 0.05, (12, 12, 64)).astype(np.float32) + 1.0
-            idx = np.full((12, 12, 4), 0.5, np.float32)
+            idx = np.full((12, 12, len(INDEX_NAMES)), 0.5, np.float32)
             if k >= n_dates - 2:
                 emb[4:8, 4:8] += 2.0
                 idx[4:8, 4:8] = -0.5

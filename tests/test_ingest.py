@@ -7,6 +7,7 @@ from streamembed.acquisition import Acquisition, BandAsset
 from streamembed.config import IngestConfig
 from streamembed.grid import TileGrid
 from streamembed.ingest import (
+    INDEX_NAMES,
     SCL_CLASSES,
     cell_summaries,
     fill_masked,
@@ -57,7 +58,7 @@ def test_cell_summaries_against_loop():
     masked[:4, :4] = True  # one cell fully masked
     snow = masked & (rng.random((8, 12)) < 0.5)
     clear, snow_f, idx = cell_summaries(refl, masked, snow, bands, 4)
-    assert clear.shape == (2, 3) and idx.shape == (2, 3, 4)
+    assert clear.shape == (2, 3) and idx.shape == (2, 3, len(INDEX_NAMES))
     b = {name: i for i, name in enumerate(bands)}
     for cy in range(2):
         for cx in range(3):
@@ -218,7 +219,7 @@ def test_block_reads_are_the_same_whatever_the_block_size(tmp_path, resampling):
     results = []
     for block_px in (256, 2048):
         cfg = IngestConfig(window=128, margin=32, resampling=resampling, block_px=block_px)
-        inputs, clear, indices = {}, np.zeros((22, 22)), np.zeros((22, 22, 4))
+        inputs, clear, indices = {}, np.zeros((22, 22)), np.zeros((22, 22, len(INDEX_NAMES)))
         for block in plan_blocks(grid, cfg):
             px = read_block_pixels(acq, grid, block, cfg, model)
             x = window_inputs(

@@ -5,7 +5,10 @@ import math
 import numpy as np
 import pytest
 
+from streamembed.acquisition import BANDS_L2A
 from streamembed.config import StatsConfig
+from streamembed.ingest import INDEX_NAMES, cell_summaries
+from streamembed.sources.synthetic import SPECTRA
 from streamembed.stats import LABELS, TileState, label_cells, update
 
 
@@ -80,7 +83,7 @@ def _random_series(rng, steps, cy, cx, dim):
     for t in range(steps):
         emb = rng.normal(0, 1, (cy, cx, dim)).astype(np.float32) + (t % 3)
         clear = np.where(rng.random((cy, cx)) < 0.25, 0.0, 1.0).astype(np.float32)
-        idx = rng.uniform(-0.5, 0.5, (cy, cx, 4)).astype(np.float32)
+        idx = rng.uniform(-0.5, 0.5, (cy, cx, len(INDEX_NAMES))).astype(np.float32)
         yield emb, clear, idx, 100.0 + 5 * t
 
 
@@ -108,7 +111,7 @@ def test_vectorised_matches_naive_loop():
 def _steady(rng, state, p, steps=10, dim=32, shape=(6, 6), start_day=0.0):
     base = rng.normal(0, 1, (*shape, dim)).astype(np.float32)
     clear = np.ones(shape, np.float32)
-    idx = np.full((*shape, 4), 0.1, np.float32)
+    idx = np.full((*shape, len(INDEX_NAMES)), 0.1, np.float32)
     for t in range(steps):
         emb = base + rng.normal(0, 0.05, base.shape).astype(np.float32)
         update(state, emb, clear, np.zeros(shape, np.float32), idx, start_day + 5 * t, p)
@@ -128,7 +131,7 @@ def test_planted_change_is_anomalous_and_tile_shift_is_not():
     changed = base + 2.0 + rng.normal(0, 0.05, base.shape).astype(np.float32)
     changed[2, 3] += rng.normal(0, 3.0, 32).astype(np.float32)
     idx2 = idx.copy()
-    idx2[2, 3] = [-0.3, 0.6, -0.2, -0.1]
+    idx2[2, 3] = surface_indices(SPECTRA["floodwater"])
     res = update(state, changed, clear, np.zeros((6, 6), np.float32), idx2, 55, p)
     assert np.flatnonzero(res.anomaly).tolist() == [2 * 6 + 3]
     assert res.labels.tolist() == ["water_gain"]
@@ -172,19 +175,69 @@ def test_state_roundtrip(tmp_path):
     assert np.array_equal(back.mean, state.mean) and np.array_equal(back.n, state.n)
 
 
+def surface_indices(reflectance: np.ndarray) -> np.ndarray:
+    """The per-cell indices ingest computes for a cell of one surface (12 L2A bands)."""
+    cell = np.broadcast_to(reflectance[:, None, None], (len(reflectance), 2, 2))
+    no = np.zeros((2, 2), bool)
+    return cell_summaries(np.ascontiguousarray(cell), no, no, BANDS_L2A, 2)[2][0, 0]
+
+
+def _vegetated(green: float) -> np.ndarray:
+    """Vegetation cover ``green`` (0..1) over soil, as the synthetic landscape mixes them."""
+    return green * SPECTRA["vegetation"] + (1 - green) * SPECTRA["soil"]
+
+
+# (before, after, label): each rule on the named surfaces, across the seasons of the cover it
+# replaces (the expected state is the cover before, at its green-up from winter to summer).
+SEASONS = (0.05, 0.3, 0.55, 0.75, 0.9)
+SURFACE_CHANGES = [
+    *[("grass", g, "floodwater", "water_gain") for g in SEASONS[1:]],
+    ("soil", None, "water", "water_gain"),
+    *[("forest", g, "char", "burn") for g in SEASONS[2:]],
+    *[("forest", g, "soil", "vegetation_loss") for g in SEASONS[2:]],
+    ("crop", 0.9, "soil", "vegetation_loss"),
+    *[("crop", g, "concrete", "bare_gain") for g in SEASONS],
+    ("soil", None, "concrete", "bare_gain"),
+    ("crop", 0.55, "crop-0.6", "unknown"),
+    ("urban", None, "urban-0.9", "unknown"),
+]
+
+
+def _spectrum(name: str, green: float | None) -> np.ndarray:
+    if name in ("grass", "forest", "crop"):
+        return _vegetated(green)
+    if name == "crop-0.6":
+        return _vegetated(0.6)
+    if name == "urban-0.9":
+        return SPECTRA["urban"] * 0.9
+    return SPECTRA[name]
+
+
+@pytest.mark.parametrize(("before", "green", "after", "label"), SURFACE_CHANGES)
 @pytest.mark.parametrize(
-    ("delta", "current", "label"),
-    [
-        ([-0.3, 0.6, -0.2, -0.1], [-0.2, 0.4, -0.1, -0.1], "water_gain"),
-        ([-0.6, 0.1, -0.7, 0.2], [0.1, -0.2, -0.25, 0.1], "burn"),
-        ([-0.5, 0.2, -0.5, 0.3], [0.2, -0.3, 0.0, 0.1], "vegetation_loss"),
-        ([-0.1, 0.0, -0.1, 0.2], [0.3, -0.3, 0.1, 0.0], "bare_gain"),
-        ([0.05, 0.0, 0.0, 0.0], [0.5, -0.5, 0.4, -0.2], "unknown"),
-    ],
+    "look",
+    ["clear", "low sun", "bright", "haze"],
 )
-def test_label_rules(delta, current, label):
-    out = label_cells(np.array([delta], np.float32), np.array([current], np.float32))
+def test_label_rule_on_surface_spectra(before, green, after, label, look):
+    expected = surface_indices(_spectrum(before, green))
+    now = _spectrum(after, green).copy()
+    # Whole-scene conditions the label must survive: illumination (x0.7 low winter sun,
+    # x1.06) and haze on the first three bands (B01, B02, B03).
+    if look == "low sun":
+        now *= 0.7
+    elif look == "bright":
+        now *= 1.06
+    elif look == "haze":
+        now[:3] += 0.03
+    current = surface_indices(now)
+    out = label_cells((current - expected)[None], current[None])
     assert out.tolist() == [label] and label in LABELS
+
+
+def test_label_rules_leave_no_expectation_unknown():
+    current = surface_indices(SPECTRA["floodwater"])[None]
+    out = label_cells(np.full_like(current, np.nan), current)
+    assert out.tolist() == ["unknown"]
 
 
 def _decode_all_codes(to_float32):
@@ -246,7 +299,7 @@ def test_large_tile_sampled_reference_keeps_shift_quiet_and_finds_change():
     changed = base + 2.0 + rng.normal(0, 0.05, base.shape).astype(np.float32)
     changed[17, 4] += rng.normal(0, 3.0, 32).astype(np.float32)
     idx2 = idx.copy()
-    idx2[17, 4] = [-0.3, 0.6, -0.2, -0.1]
+    idx2[17, 4] = surface_indices(SPECTRA["floodwater"])
     res = update(state, changed, clear, np.zeros(shape, np.float32), idx2, 55, p)
     assert np.flatnonzero(res.anomaly).tolist() == [17 * 30 + 4]
 

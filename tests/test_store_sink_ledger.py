@@ -10,6 +10,7 @@ import pytest
 import xarray as xr
 
 from streamembed.grid import TileGrid
+from streamembed.ingest import INDEX_NAMES
 from streamembed.ledger import Ledger, State
 from streamembed.sink import AnomalyRecord, read_anomalies, write_anomalies
 from streamembed.store import EmbeddingBatch, EmbeddingStore, Provenance, StoreMismatchError
@@ -31,7 +32,7 @@ def _batch(i: int, grid: TileGrid = GRID) -> EmbeddingBatch:
         embedding=rng.normal(size=(*shape, 8)).astype(np.float32),
         clear=rng.random(shape).astype(np.float32),
         snow=np.zeros(shape, np.float32),
-        indices=rng.random((*shape, 4)).astype(np.float32),
+        indices=rng.random((*shape, len(INDEX_NAMES))).astype(np.float32),
         provenance=PROVENANCE,
     )
 
@@ -136,6 +137,20 @@ def test_store_refuses_another_model(tmp_path):
     with pytest.raises(StoreMismatchError, match="resnet50"):
         other_model = dataclasses.replace(PROVENANCE, model_id="resnet50-12b-seed0")
         store.append(dataclasses.replace(_batch(1), provenance=other_model))
+
+
+def test_store_refuses_indices_of_an_older_version(tmp_path):
+    import zarr
+
+    store = EmbeddingStore(tmp_path / "embeddings.zarr")
+    store.append(_batch(0))
+    # What a store of the four-index version held: the index coordinate without MNDWI and
+    # brightness (its arrays then had 4 values per cell, which this version cannot append to).
+    g = zarr.open_group(tmp_path / "embeddings.zarr", mode="r+", path=GRID.tile)
+    old = np.array(["ndvi", "ndwi", "nbr", "ndbi"])
+    g.create_array("index", shape=old.shape, dtype=old.dtype, overwrite=True)[:] = old
+    with pytest.raises(StoreMismatchError, match="new --output"):
+        store.append(_batch(1))
 
 
 def _record(cell_x: int, acq: str = "acq0") -> AnomalyRecord:

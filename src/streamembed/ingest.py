@@ -66,7 +66,12 @@ SCL_CLASSES: dict[int, str] = {
     8: "cloud_medium_probability", 9: "cloud_high_probability", 10: "thin_cirrus", 11: "snow",
 }  # fmt: skip
 SNOW_CLASS = 11
-INDEX_NAMES: tuple[str, ...] = ("ndvi", "ndwi", "nbr", "ndbi")
+# Per-cell spectral summaries over clear pixels, for anomaly labels and the index detector:
+# NDVI (B08, B04), NDWI (B03, B08; McFeeters), NBR (B08, B12), NDBI (B11, B08), MNDWI (B03,
+# B11; Xu) and the visible brightness (mean of B02, B03, B04 reflectance), which separates
+# char (dark) from bare soil and concrete (bright) where the normalised differences agree.
+INDEX_NAMES: tuple[str, ...] = ("ndvi", "ndwi", "nbr", "ndbi", "mndwi", "brightness")
+INDEX_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B08", "B11", "B12")
 
 # SSL4EO-S12 L1C band statistics (DN) used by its MoCo/DINO pretraining: each band is scaled
 # from [mean - 2 std, mean + 2 std] to [0, 1] through uint8, exactly as the original loader.
@@ -167,19 +172,26 @@ def cell_summaries(
     clear = ~masked
     clear_frac = blocks(clear).mean(axis=(-3, -1)).astype(np.float32)
     snow_frac = blocks(snow).mean(axis=(-3, -1)).astype(np.float32)
-    want = ("B03", "B04", "B08", "B11", "B12")
-    idx = [list(bands).index(b) for b in want]
+    idx = [list(bands).index(b) for b in INDEX_BANDS]
     sel = blocks(reflectance[idx] * clear)
     n = blocks(clear).sum(axis=(-3, -1))
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sel.sum(axis=(-3, -1)) / n
-        green, red, nir, swir1, swir2 = mean
+        blue, green, red, nir, swir1, swir2 = mean
 
         def nd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return (a - b) / (a + b)
 
         indices = np.stack(
-            [nd(nir, red), nd(green, nir), nd(nir, swir2), nd(swir1, nir)], axis=-1
+            [
+                nd(nir, red),
+                nd(green, nir),
+                nd(nir, swir2),
+                nd(swir1, nir),
+                nd(green, swir1),
+                (blue + green + red) / 3.0,
+            ],
+            axis=-1,
         ).astype(np.float32)
     return clear_frac, snow_frac, indices
 
@@ -662,16 +674,18 @@ def read_block_pixels(
     masked, is_snow = quality_masks(layer, nodata, ingest)
     del layer, nodata
     scale_offset = np.array([acq.scale_offset(b) for b in bands], np.float64)
-    # Per-cell summaries over the block's own cells: five bands' reflectance is all they need.
-    want = ("B03", "B04", "B08", "B11", "B12")
+    # Per-cell summaries over the block's own cells: six bands' reflectance is all they need.
     core = (
         slice(block.cells_y[0] * cell - rows[0], block.cells_y[1] * cell - rows[0]),
         slice(block.cells_x[0] * cell - cols[0], block.cells_x[1] * cell - cols[0]),
     )
     refl = np.stack(
-        [to_reflectance(dn[bands.index(b)][core], *scale_offset[bands.index(b)]) for b in want]
+        [
+            to_reflectance(dn[bands.index(b)][core], *scale_offset[bands.index(b)])
+            for b in INDEX_BANDS
+        ]
     )
-    clear, snow, indices = cell_summaries(refl, masked[core], is_snow[core], want, cell)
+    clear, snow, indices = cell_summaries(refl, masked[core], is_snow[core], INDEX_BANDS, cell)
     del refl
     return BlockPixels(
         acq.id, acq.tile, block, (rows[0], cols[0]), dn, masked, scale_offset, tuple(bands),

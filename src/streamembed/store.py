@@ -352,6 +352,13 @@ class EmbeddingStore:
                 f"{self.root}/{tile}: acquisition {acquisition_id} is on grid "
                 f"{grid} but the tile's grid is {stored_grid}"
             )
+        stored_index = [str(v) for v in np.asarray(_arr(g, "index")[:])] if "index" in g else []
+        if stored_index != list(INDEX_NAMES):
+            raise StoreMismatchError(
+                f"{self.root}/{tile} holds the per-cell indices {stored_index}, this version "
+                f"writes {list(INDEX_NAMES)}; write to a new --output (the store was made by "
+                "an older streamembed)"
+            )
         stored_dim = _arr(g, "embedding").shape[-1]
         if stored_dim != dim:
             raise StoreMismatchError(

@@ -268,6 +268,7 @@ def stats_bandwidth(dim: int, cells: int, repeats: int = 15, dtype: str = "float
     actor's path) or float32.
     """
     from ..config import StatsConfig
+    from ..ingest import INDEX_NAMES
     from ..stats import TileState, update
 
     side = int(np.sqrt(cells))
@@ -277,7 +278,7 @@ def stats_bandwidth(dim: int, cells: int, repeats: int = 15, dtype: str = "float
     params = StatsConfig(min_obs=2)
     clear = np.ones((cy, cx), np.float32)
     snow = np.zeros((cy, cx), np.float32)
-    indices = rng.uniform(-0.2, 0.8, (cy, cx, 4)).astype(np.float32)
+    indices = rng.uniform(-0.2, 0.8, (cy, cx, len(INDEX_NAMES))).astype(np.float32)
     embeddings = _inputs(rng, (cy, cx, dim), dtype, repeats + 3)
     for k in range(3):  # warm state: scoring path active
         update(state, embeddings[k], clear, snow, indices, float(k * 5), params)

@@ -26,6 +26,19 @@ import numpy as np
 
 from ..acquisition import BANDS_L2A, NATIVE_RESOLUTION
 from ..grid import TileGrid
+from .scenarios import (
+    CROP,
+    DEMO,
+    DEMO_EVENTS,
+    FOREST,
+    GRASS,
+    URBAN,
+    WATER,
+    PlantedEvent,
+    Scenario,
+)
+
+__all__ = ["CROP", "FOREST", "GRASS", "URBAN", "WATER", "PlantedEvent", "generate"]
 
 # Reflectance spectra in BANDS_L2A order (B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12).
 SPECTRA: dict[str, np.ndarray] = {
@@ -42,7 +55,6 @@ SPECTRA: dict[str, np.ndarray] = {
         "cloud": [0.55, 0.55, 0.56, 0.57, 0.58, 0.58, 0.58, 0.58, 0.58, 0.55, 0.45, 0.38],
     }.items()
 }
-CROP, FOREST, GRASS, WATER, URBAN = range(5)
 
 
 @dataclass(frozen=True)
@@ -59,27 +71,7 @@ TILES = (
 )
 
 
-@dataclass(frozen=True)
-class PlantedEvent:
-    """A change planted on a block of cells from ``start`` (for ``duration_days``, or for good)."""
-
-    tile_index: int
-    name: str
-    label: str
-    cells_y: tuple[int, int]  # [start, stop) in cell units
-    cells_x: tuple[int, int]
-    start_day: int  # days after the archive's first acquisition
-    duration_days: int | None
-    cover: str  # spectrum while the event lasts
-    land_cover: int  # land cover forced under the event before it happens
-
-
-EVENTS = (
-    PlantedEvent(0, "flood", "water_gain", (3, 6), (9, 13), 110, 35, "floodwater", GRASS),
-    PlantedEvent(0, "clear-cut", "vegetation_loss", (10, 13), (2, 5), 175, None, "soil", FOREST),
-    PlantedEvent(1, "burn", "burn", (6, 10), (5, 9), 215, None, "char", FOREST),
-    PlantedEvent(1, "construction", "bare_gain", (12, 14), (11, 14), 250, None, "concrete", CROP),
-)
+EVENTS = DEMO_EVENTS
 TRUTH_WINDOW_DAYS = 45  # how long after an event's start (or end) a detection still counts
 
 
@@ -106,7 +98,13 @@ class _Landscape:
     texture: np.ndarray  # (h, w) multiplicative brightness texture
 
 
-def _landscape(rng: np.random.Generator, size: int, cell: int, tile_index: int) -> _Landscape:
+def _landscape(
+    rng: np.random.Generator,
+    size: int,
+    cell: int,
+    tile_index: int,
+    events: tuple[PlantedEvent, ...] = DEMO_EVENTS,
+) -> _Landscape:
     cover = np.full((size, size), GRASS, np.int8)
     phase = np.zeros((size, size), np.float32)
     # Parcels on a 64 px lattice, each crop, forest or grass with its own crop phase.
@@ -121,7 +119,7 @@ def _landscape(rng: np.random.Generator, size: int, cell: int, tile_index: int) 
     cover[(yy - lake_y) ** 2 + (xx - lake_x) ** 2 < (0.09 * size) ** 2] = WATER
     town = (slice(int(0.55 * size), int(0.68 * size)), slice(int(0.6 * size), int(0.75 * size)))
     cover[town] = URBAN
-    for ev in EVENTS:
+    for ev in events:
         if ev.tile_index == tile_index:
             cover[
                 ev.cells_y[0] * cell : ev.cells_y[1] * cell,
@@ -131,13 +129,16 @@ def _landscape(rng: np.random.Generator, size: int, cell: int, tile_index: int) 
     return _Landscape(cover, phase, texture.astype(np.float32))
 
 
-def _surface(land: _Landscape, doy: float) -> np.ndarray:
-    """Cloud-free reflectance (band, y, x) of the landscape on a day of year."""
+def _surface(land: _Landscape, doy: float, green: np.ndarray | None = None) -> np.ndarray:
+    """Cloud-free reflectance (band, y, x) of the landscape on a day of year; ``green``, if
+    given, multiplies the green fraction per pixel (a drought)."""
     g = np.zeros(land.cover.shape, np.float32)  # water and urban are set below
     crop = land.cover == CROP
     g[crop] = 0.05 + 0.85 * np.asarray(_season(doy - land.phase[crop]), np.float32)
     g[land.cover == FOREST] = 0.55 + 0.35 * float(_season(doy))
     g[land.cover == GRASS] = 0.3 + 0.5 * float(_season(doy))
+    if green is not None:
+        g *= green
     veg, soil = SPECTRA["vegetation"][:, None, None], SPECTRA["soil"][:, None, None]
     refl = g[None] * veg + (1 - g[None]) * soil
     for klass, name in ((WATER, "water"), (URBAN, "urban")):
@@ -146,12 +147,13 @@ def _surface(land: _Landscape, doy: float) -> np.ndarray:
 
 
 def _clouds(
-    rng: np.random.Generator, refl: np.ndarray, scl: np.ndarray
+    rng: np.random.Generator, refl: np.ndarray, scl: np.ndarray, coverage: float | None = None
 ) -> tuple[np.ndarray, float]:
     """Clouds (thin to opaque) and their offset shadows over a scene; SCL marked in place.
     Returns the clouded reflectance and the cloud fraction."""
     size = scl.shape[0]
-    coverage = rng.choice([rng.uniform(0.05, 0.4), rng.uniform(0.9, 1.0)], p=[0.85, 0.15])
+    if coverage is None:
+        coverage = rng.choice([rng.uniform(0.05, 0.4), rng.uniform(0.9, 1.0)], p=[0.85, 0.15])
     field = _smooth_noise(rng, size, size, 5)
     thresh = np.quantile(field, 1 - coverage)
     opacity = np.clip((field - thresh) / 0.08, 0, 1).astype(np.float32)
@@ -167,6 +169,12 @@ def _clouds(
     return refl, float(cloudy.mean())
 
 
+# Haze scatters most in the blue: reflectance added per band (B01 … B12) on a hazy date.
+HAZE = np.array(
+    [0.09, 0.08, 0.06, 0.045, 0.035, 0.025, 0.02, 0.02, 0.018, 0.015, 0.005, 0.003], np.float32
+)
+
+
 def _scene(
     rng: np.random.Generator,
     land: _Landscape,
@@ -174,14 +182,30 @@ def _scene(
     doy: float,
     tile_index: int,
     cell: int,
+    scenario: Scenario = DEMO,
+    weather: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """One acquisition: reflectance (band, y, x) and SCL (y, x) at 10 m, plus cover stats."""
+    """One acquisition: reflectance (band, y, x) and SCL (y, x) at 10 m, plus cover stats.
+
+    ``rng`` draws what every archive has (the demo's stream, unchanged by scenarios);
+    ``weather`` draws the scenario's own conditions.
+    """
     size = land.cover.shape[0]
-    refl = _surface(land, doy)
+    weather = weather if weather is not None else np.random.default_rng(0)
+    green = None
+    if scenario.droughts:
+        green = np.ones(land.cover.shape, np.float32)
+        for dr in scenario.droughts:
+            green[
+                dr.cells_y[0] * cell : dr.cells_y[1] * cell,
+                dr.cells_x[0] * cell : dr.cells_x[1] * cell,
+            ] *= dr.factor(day)
+    year2 = day >= 365
+    refl = _surface(land, doy + (scenario.phenology_shift_days if year2 else 0), green)
     scl = np.full((size, size), 4, np.uint8)  # vegetation
     scl[land.cover == WATER] = 6
     scl[land.cover == URBAN] = 5
-    for ev in EVENTS:
+    for ev in scenario.events:
         if ev.tile_index != tile_index or day < ev.start_day:
             continue
         if ev.duration_days is not None and day >= ev.start_day + ev.duration_days:
@@ -190,20 +214,34 @@ def _scene(
         xs = slice(ev.cells_x[0] * cell, ev.cells_x[1] * cell)
         refl[:, ys, xs] = SPECTRA[ev.cover][:, None, None] * land.texture[None, ys, xs]
         scl[ys, xs] = 6 if ev.cover == "floodwater" else 5
+    if scenario.sensor_switch_day is not None and day >= scenario.sensor_switch_day:
+        refl *= np.asarray(scenario.sensor_gains, np.float32)[:, None, None]
     # Whole-tile illumination and haze: a spatial-correction test, not an anomaly.
     refl *= np.float32(1.0 + rng.normal(0, 0.03))
     if rng.random() < 0.3:
         refl[:3] += np.float32(rng.uniform(0.005, 0.03))
     refl += rng.normal(0, 0.004, refl.shape).astype(np.float32)
+    if day in scenario.haze_days:
+        refl += (HAZE * weather.uniform(0.7, 1.0))[:, None, None]
 
     winter = doy < 60 or doy > 335
     if winter and rng.random() < 0.6:
         snow = _smooth_noise(rng, size, size, 6) < rng.uniform(0.3, 1.0)
         refl[:, snow] = SPECTRA["snow"][:, None] * rng.uniform(0.9, 1.0)
         scl[snow] = 11
+    if any(season.holds(day) for season in scenario.snow_seasons):
+        # A low sun darkens the whole scene; snow lies on most acquisitions.
+        refl *= np.float32(weather.uniform(0.65, 0.8))
+        if weather.random() < 0.85:
+            snow = _smooth_noise(weather, size, size, 6) < weather.uniform(0.5, 1.0)
+            refl[:, snow] = SPECTRA["snow"][:, None] * weather.uniform(0.6, 0.8)
+            scl[snow] = 11
     stats = {"cloud": 0.0, "snow": float((scl == 11).mean())}
     if rng.random() < 0.55:
         refl, stats["cloud"] = _clouds(rng, refl, scl)
+    if any(season.holds(day) for season in scenario.cloud_seasons) and weather.random() < 0.9:
+        refl, heavy = _clouds(weather, refl, scl, coverage=weather.uniform(0.7, 1.0))
+        stats["cloud"] = max(stats["cloud"], heavy)
     if rng.random() < 0.15:
         cirrus = _smooth_noise(rng, size, size, 4) > 0.7
         refl[:, cirrus] += 0.04
@@ -300,6 +338,7 @@ def _item(
     assets: dict[str, dict[str, object]],
     stats: dict[str, float],
     size_px: int,
+    platform: str = "sentinel-2b",
 ) -> dict[str, object]:
     bbox, geometry = utm_footprint(tile.epsg, tile.x0, tile.y0, size_px * 10.0, size_px * 10.0)
     stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -318,7 +357,7 @@ def _item(
         "geometry": geometry,
         "properties": {
             "datetime": stamp,
-            "platform": "sentinel-2b",
+            "platform": platform,
             "constellation": "sentinel-2",
             "instruments": ["msi"],
             "grid:code": f"MGRS-{tile.tile}",
@@ -338,31 +377,40 @@ def _item(
 
 def generate(
     out_dir: str | Path,
-    days: int = 365,
+    days: int | None = None,
     revisit_days: int = 5,
     tile_px: int = 512,
     seed: int = 42,
     cell_size: int = 32,
     start: dt.date = dt.date(2024, 1, 3),
-    n_tiles: int = 2,
+    n_tiles: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    scenario: Scenario = DEMO,
 ) -> tuple[Path, Path]:
-    """Write the archive under ``out_dir``; returns (items folder, truth GeoParquet path)."""
+    """Write the archive of ``scenario`` (the demo by default) under ``out_dir``; returns
+    (items folder, truth GeoParquet path). ``days`` and ``n_tiles`` default to the scenario's."""
     out = Path(out_dir)
     items_dir = out / "items"
     items_dir.mkdir(parents=True, exist_ok=True)
+    days = scenario.days if days is None else days
+    n_tiles = scenario.tiles if n_tiles is None else n_tiles
     dates = [start + dt.timedelta(days=d) for d in range(0, days, revisit_days)]
     total = len(dates) * n_tiles
     done = 0
     for ti, tile in enumerate(TILES[:n_tiles]):
         rng = np.random.default_rng([seed, ti])
-        land = _landscape(rng, tile_px, cell_size, ti)
+        weather = np.random.default_rng([seed, ti, 1])
+        land = _landscape(rng, tile_px, cell_size, ti, scenario.events)
         for date in dates:
             day = (date - start).days
             when = dt.datetime.combine(date, dt.time(10, 0, 31), tzinfo=dt.timezone.utc)
             stamp = when.strftime("%Y%m%dT%H%M%S")
-            item_id = f"S2B_MSIL2A_{stamp}_N0511_R122_T{tile.tile}_{stamp[:8]}T140000"
-            refl, scl, stats = _scene(rng, land, day, date.timetuple().tm_yday, ti, cell_size)
+            switched = scenario.sensor_switch_day is not None and day >= scenario.sensor_switch_day
+            unit = "A" if switched else "B"
+            item_id = f"S2{unit}_MSIL2A_{stamp}_N0511_R122_T{tile.tile}_{stamp[:8]}T140000"
+            refl, scl, stats = _scene(
+                rng, land, day, date.timetuple().tm_yday, ti, cell_size, scenario, weather
+            )
             folder = items_dir / tile.tile / item_id
             folder.mkdir(parents=True, exist_ok=True)
             assets: dict[str, dict[str, object]] = {}
@@ -379,44 +427,55 @@ def generate(
                 write_cog(folder / name, data, tile.epsg, tile.x0, tile.y0, float(res))
                 assets[key] = band_asset(name, band, tile, data.shape, str(data.dtype))
             published = when + dt.timedelta(hours=6)
-            item = _item(item_id, tile, when, published, assets, stats, tile_px)
+            platform = f"sentinel-2{unit.lower()}"
+            item = _item(item_id, tile, when, published, assets, stats, tile_px, platform)
             (folder / f"{item_id}.json").write_text(json.dumps(item, indent=1))
             done += 1
             if progress:
                 progress(done, total)
-    truth = write_truth(out / "truth.parquet", start, tile_px, cell_size, n_tiles)
+    truth = write_truth(out / "truth.parquet", start, tile_px, cell_size, n_tiles, scenario)
     return items_dir, truth
 
 
-def write_truth(path: Path, start: dt.date, tile_px: int, cell_size: int, n_tiles: int = 2) -> Path:
-    """Ground truth of the planted events: one GeoParquet row per event cell."""
+def write_truth(
+    path: Path,
+    start: dt.date,
+    tile_px: int,
+    cell_size: int,
+    n_tiles: int = 2,
+    scenario: Scenario = DEMO,
+) -> Path:
+    """Ground truth: one GeoParquet row per event cell (``kind`` sudden), and one per cell of a
+    gradual change (``kind`` gradual, label ``gradual``: no sudden alert belongs there)."""
     import geopandas as gpd
     import pandas as pd
 
     rows = []
     geoms = []
-    for ev in EVENTS:
+    origin = pd.Timestamp(start, tz="UTC")
+
+    def add(tile_index: int, cells_y: tuple[int, int], cells_x: tuple[int, int], **row: object):
+        tile = TILES[tile_index]
+        grid = TileGrid(tile.tile, tile.epsg, tile.x0, tile.y0, tile_px, tile_px, cell_size)
+        for cy in range(*cells_y):
+            for cx in range(*cells_x):
+                rows.append({"tile": tile.tile, "cell_y": cy, "cell_x": cx, **row})
+                geoms.extend(grid.cell_polygons_wgs84(np.array([cy]), np.array([cx])))
+
+    for ev in scenario.events:
         if ev.tile_index >= n_tiles:
             continue
-        tile = TILES[ev.tile_index]
-        grid = TileGrid(tile.tile, tile.epsg, tile.x0, tile.y0, tile_px, tile_px, cell_size)
-        first = pd.Timestamp(start, tz="UTC") + pd.Timedelta(days=ev.start_day)
+        first = origin + pd.Timedelta(days=ev.start_day)
         last = first + pd.Timedelta(days=(ev.duration_days or 0) + TRUTH_WINDOW_DAYS)
-        for cy in range(*ev.cells_y):
-            for cx in range(*ev.cells_x):
-                rows.append(
-                    {
-                        "tile": tile.tile,
-                        "cell_y": cy,
-                        "cell_x": cx,
-                        "event": ev.name,
-                        "label": ev.label,
-                        "start": first,
-                        "end": last,
-                    }
-                )
-                geoms.extend(grid.cell_polygons_wgs84(np.array([cy]), np.array([cx])))
+        add(ev.tile_index, ev.cells_y, ev.cells_x, event=ev.name, label=ev.label,
+            kind="sudden", start=first, end=last)  # fmt: skip
+    for dr in scenario.droughts:
+        first = origin + pd.Timedelta(days=dr.start_day)
+        last = origin + pd.Timedelta(days=dr.end_day + dr.ramp_days)
+        add(0, dr.cells_y, dr.cells_x, event="drought", label="gradual", kind="gradual",
+            start=first, end=last)  # fmt: skip
     gdf = gpd.GeoDataFrame(pd.DataFrame(rows), geometry=geoms, crs="EPSG:4326")
+    gdf["scenario"] = scenario.name
     path.parent.mkdir(parents=True, exist_ok=True)
     gdf.to_parquet(path, index=False, schema_version="1.1.0", write_covering_bbox=True)
     return path
