@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-faults lint bench clean
+.PHONY: demo test test-faults lint bench evaluate clean
 
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ test: lint
 test-faults: $(STAMP)
 	$(BIN)/pytest -q -m faults
 
+# Every detector on every synthetic scenario, side by side: docs/evaluation.md and its maps
+# (~15 min here; the archives in evaluation/ are reused on the next run).
+evaluate: $(STAMP)
+	$(BIN)/streamembed evaluate --scenarios all --work evaluation --doc docs/evaluation.md
+
 bench: $(STAMP)
 	$(BIN)/streamembed bench --config benchmarks/cpu-local.yaml
 
 clean:
-	rm -rf output demo-data
+	rm -rf output demo-data evaluation

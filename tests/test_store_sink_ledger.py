@@ -165,6 +165,7 @@ def _record(cell_x: int, acq: str = "acq0") -> AnomalyRecord:
         12,
         1.0,
         "water_gain",
+        "provisional",
         "resnet18-12b-seed0",
         32633,
     )

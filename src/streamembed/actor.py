@@ -27,7 +27,7 @@ from distributed.actor import BaseActorFuture
 from .config import StatsConfig, StoreConfig
 from .faults import crash_point
 from .layout import OutputLayout
-from .sink import records_from_result, write_anomalies
+from .sink import records_from_result, write_alert_table, write_anomalies
 from .stages import StageSeconds
 from .stats import TileState, update
 from .store import EmbeddingStore
@@ -164,6 +164,7 @@ class StatsActor:
             stored.time.strftime("%Y-%m-%d"),
             acquisition_id,
         )
+        write_alert_table(self.layout.alert_table(tile), state.alerts, grid, day, acquisition_id)
         t_sink = time.perf_counter()
         crash_point("actor.sunk")
         self._dirty[tile] = self._dirty.get(tile, 0) + 1

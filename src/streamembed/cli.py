@@ -247,8 +247,31 @@ def cmd_manifests(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from .evaluate import evaluate
 
+    if getattr(args, "scenarios", None):
+        return _evaluate_scenarios(args, cfg)
+    if not args.truth:
+        raise ValueError("give a truth GeoParquet, or --scenarios all (or names) to run the set")
     result = evaluate(cfg.layout.anomalies, args.truth)
     _print(result.lines())
+    return 0
+
+
+def _evaluate_scenarios(args: argparse.Namespace, cfg: Config) -> int:
+    from .evaluation import render_maps, render_markdown, run_scenarios
+    from .replay import DETECTORS
+    from .sources.scenarios import SCENARIOS
+
+    t0 = time.time()
+    names = list(SCENARIOS) if args.scenarios == "all" else args.scenarios.split(",")
+    detectors = DETECTORS if args.detector == "all" else (args.detector,)
+    work = Path(args.work)
+    runs = run_scenarios(cfg, work, names, detectors, progress=not args.no_progress)
+    if args.doc:
+        doc = Path(args.doc)
+        maps = render_maps(runs, work / "data", doc.parent / "evaluation")
+        doc.write_text(render_markdown(runs, time.time() - t0, "make evaluate"))
+        print(f"wrote {doc} and {len(maps)} map(s) in {doc.parent / 'evaluation'}")
+    print(f"evaluation finished in {time.time() - t0:.0f} s")
     return 0
 
 
@@ -347,8 +370,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = common(sub.add_parser("manifests", help="Kubernetes manifests (DaskCluster, daemon)"))
     p.add_argument("-o", default="cluster/kubernetes", help="output folder")
     p.set_defaults(func=cmd_manifests)
-    p = common(sub.add_parser("evaluate", help="precision/recall against a truth GeoParquet"))
-    p.add_argument("truth")
+    p = common(sub.add_parser(
+        "evaluate", help="precision/recall against a truth GeoParquet, or the scenario set"
+    ))  # fmt: skip
+    p.add_argument("truth", nargs="?", help="truth GeoParquet of the run in --output")
+    p.add_argument(
+        "--scenarios", default=None,
+        help="all, or comma-separated names: synthesise, backfill and score each scenario",
+    )  # fmt: skip
+    p.add_argument(
+        "--detector", default="all", choices=["all", "embedding+index", "embedding", "index"],
+        help="the detectors scored on the scenarios (default: all, side by side)",
+    )  # fmt: skip
+    p.add_argument("--work", default="evaluation", help="scenario archives and runs")
+    p.add_argument("--doc", default=None, help="write this Markdown table (and maps beside it)")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = common(sub.add_parser("synth", help="write the synthetic archive (COGs + STAC + truth)"))
     p.add_argument("outdir")

@@ -156,6 +156,15 @@ class StatsConfig(Section):
     min_context_clear: float = Field(0.8, ge=0, le=1)
     threshold: float = Field(3.5, gt=0)
     min_index_change: float = Field(0.25, ge=0)
+    confirm_looks: int = Field(
+        2, ge=1, description="anomalous clear looks that confirm an alert (the first included)"
+    )
+    recover_index_change: float = Field(
+        0.15,
+        gt=0,
+        description="a confirmed alert recovers when NDVI, MNDWI and NBR are back "
+        "within this of the expectation before it began",
+    )
     spatial_correction: bool = True
     shards: int = Field(1, ge=1)
     checkpoint_every: int = Field(1, ge=1)

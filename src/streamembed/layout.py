@@ -49,7 +49,8 @@ def is_disk_full(err: BaseException, where: Path | None = None) -> bool:
 
 @dataclass(frozen=True)
 class OutputLayout:
-    """The output folder: ``embeddings.zarr/``, ``anomalies/``, ``state/``, ``ledger.sqlite``."""
+    """The output folder: ``embeddings.zarr/``, ``anomalies/``, ``alerts/``, ``state/``,
+    ``ledger.sqlite``."""
 
     root: Path
 
@@ -62,6 +63,14 @@ class OutputLayout:
     def anomalies(self) -> Path:
         """Partitioned GeoParquet: ``tile=<tile>/date=<YYYY-MM-DD>/<acquisition>.parquet``."""
         return self.root / "anomalies"
+
+    @property
+    def alerts(self) -> Path:
+        """Each tile's current alert status per cell: ``tile=<tile>/alerts.parquet``."""
+        return self.root / "alerts"
+
+    def alert_table(self, tile: str) -> Path:
+        return self.alerts / f"tile={tile}" / "alerts.parquet"
 
     @property
     def state_dir(self) -> Path:

@@ -16,8 +16,10 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
+from .alerts import STATUS_NAMES, AlertState, AlertStatus
 from .faults import crash_point
 from .grid import TileGrid
+from .labels import LABELS
 from .layout import partition_path
 from .stats import ScoreResult
 
@@ -25,7 +27,7 @@ from .stats import ScoreResult
 # does not see the same column twice.
 COLUMNS = (
     "acquisition_id", "mgrs_tile", "datetime", "cell_y", "cell_x", "score", "distance",
-    "n_obs", "clear_fraction", "label", "model_id", "utm_epsg", "geometry",
+    "n_obs", "clear_fraction", "label", "status", "model_id", "utm_epsg", "geometry",
 )  # fmt: skip
 
 
@@ -43,6 +45,7 @@ class AnomalyRecord:
     n_obs: int
     clear_fraction: float
     label: str
+    status: str  # the cell's alert status after this look (alerts.AlertStatus)
     model_id: str
     utm_epsg: int
 
@@ -55,7 +58,6 @@ def records_from_result(
     clear: np.ndarray,
     model_id: str,
 ) -> list[AnomalyRecord]:
-    cells = np.flatnonzero(result.anomaly)
     nx = grid.n_cells_x
     flat_clear = clear.reshape(-1)
     return [
@@ -70,10 +72,11 @@ def records_from_result(
             n_obs=int(result.n_obs[i]),
             clear_fraction=float(flat_clear[i]),
             label=str(label),
+            status=str(status),
             model_id=model_id,
             utm_epsg=grid.epsg,
         )
-        for i, label in zip(cells, result.labels, strict=True)
+        for i, label, status in zip(result.rows, result.labels, result.status, strict=True)
     ]
 
 
@@ -90,6 +93,7 @@ def to_geodataframe(records: list[AnomalyRecord], grid: TileGrid) -> gpd.GeoData
             "n_obs": np.array([r.n_obs for r in records], np.int32),
             "clear_fraction": np.array([r.clear_fraction for r in records], np.float32),
             "label": [r.label for r in records],
+            "status": [r.status for r in records],
             "model_id": [r.model_id for r in records],
             "utm_epsg": np.array([r.utm_epsg for r in records], np.int32),
         }
@@ -114,6 +118,65 @@ def write_anomalies(
     crash_point("sink.written")
     tmp.replace(path)
     return path
+
+
+ALERT_COLUMNS = (
+    "mgrs_tile", "cell_y", "cell_x", "status", "label", "onset", "confirmed", "last_anomalous",
+    "looks", "updated", "acquisition_id", "geometry",
+)  # fmt: skip
+
+
+def _days_to_datetime(days: np.ndarray) -> pd.DatetimeIndex:
+    return pd.to_datetime(np.round(days * 86400.0), unit="s", utc=True)
+
+
+def alert_table(
+    alerts: AlertState, grid: TileGrid, day: float, acquisition_id: str
+) -> gpd.GeoDataFrame:
+    """The current alert status of every cell that has had one (one row per cell)."""
+    cells = np.flatnonzero(alerts.status != AlertStatus.NONE)
+    nx = grid.n_cells_x
+    cy, cx = (cells // nx).astype(np.int32), (cells % nx).astype(np.int32)
+    frame = pd.DataFrame(
+        {
+            "mgrs_tile": grid.tile,
+            "cell_y": cy,
+            "cell_x": cx,
+            "status": [STATUS_NAMES[s] for s in alerts.status[cells]],
+            "label": [LABELS[i] if i >= 0 else "unknown" for i in alerts.label[cells]],
+            "onset": _days_to_datetime(alerts.onset_day[cells]),
+            "confirmed": _days_to_datetime(alerts.confirmed_day[cells]),
+            "last_anomalous": _days_to_datetime(alerts.last_day[cells]),
+            "looks": alerts.looks[cells].astype(np.int16),
+            "updated": _days_to_datetime(np.full(cells.size, day)),
+            "acquisition_id": acquisition_id,
+        }
+    )
+    return gpd.GeoDataFrame(frame, geometry=grid.cell_polygons_wgs84(cy, cx), crs="EPSG:4326")
+
+
+def write_alert_table(
+    path: str | Path, alerts: AlertState, grid: TileGrid, day: float, acquisition_id: str
+) -> Path:
+    """Replace a tile's alert table atomically: readers see the old table or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    alert_table(alerts, grid, day, acquisition_id).to_parquet(
+        tmp, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd"
+    )
+    tmp.replace(path)
+    return path
+
+
+def read_alerts(root: str | Path) -> gpd.GeoDataFrame:
+    """Every tile's alert table under ``root`` (empty frame if none yet), with ``tile``."""
+    root = Path(root)
+    if not any(root.glob("tile=*/alerts.parquet")):
+        return gpd.GeoDataFrame(
+            {c: [] for c in ALERT_COLUMNS if c != "geometry"}, geometry=[], crs=4326
+        )
+    return gpd.read_parquet(root)
 
 
 def read_anomalies(root: str | Path) -> gpd.GeoDataFrame:

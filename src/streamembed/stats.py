@@ -31,9 +31,13 @@ import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
 
+from .alerts import ALERT_ARRAYS, STATUS_NAMES, AlertState, AlertStatus, advance
 from .config import StatsConfig
 from .faults import crash_point
 from .ingest import INDEX_NAMES
+from .labels import LABELS, UNKNOWN, label_cells, label_codes
+
+__all__ = ["LABELS", "ScoreResult", "TileState", "label_cells", "update"]
 
 MIN_CELLS_FOR_SPATIAL = 8
 CLIP_SIGMA = 3.0
@@ -50,6 +54,7 @@ class TileState:
     idx_mean: np.ndarray  # (C, K) float32 EW mean spectral indices
     last_day: np.ndarray  # (C,) float64 day of the last update (NaN: never)
     shape: tuple[int, int]
+    alerts: AlertState
     last_time_day: float = float("nan")
     applied_ids: list[str] = field(default_factory=list)
 
@@ -57,7 +62,7 @@ class TileState:
     def nbytes(self) -> int:
         """Memory the state's arrays hold (what an actor shard's budget counts)."""
         arrays = (self.n, self.mean, self.dist_mean, self.dist_var, self.idx_mean, self.last_day)
-        return int(sum(a.nbytes for a in arrays))
+        return int(sum(a.nbytes for a in arrays)) + self.alerts.nbytes
 
     @classmethod
     def empty(cls, cells_y: int, cells_x: int, dim: int) -> TileState:
@@ -70,7 +75,23 @@ class TileState:
             idx_mean=np.full((c, len(INDEX_NAMES)), np.nan, np.float32),
             last_day=np.full(c, np.nan),
             shape=(cells_y, cells_x),
+            alerts=AlertState.empty(c),
         )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything the state holds, as the arrays its checkpoint stores."""
+        return {
+            "n": self.n,
+            "mean": self.mean,
+            "dist_mean": self.dist_mean,
+            "dist_var": self.dist_var,
+            "idx_mean": self.idx_mean,
+            "last_day": self.last_day,
+            "shape": np.array(self.shape),
+            "last_time_day": np.array(self.last_time_day),
+            "applied_ids": np.array(self.applied_ids, dtype=str),
+            **{f"alert_{name}": getattr(self.alerts, name) for name in ALERT_ARRAYS},
+        }
 
     def save(self, path: str | Path) -> None:
         """Atomic checkpoint (temporary file then rename)."""
@@ -78,24 +99,19 @@ class TileState:
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp")
         with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                n=self.n,
-                mean=self.mean,
-                dist_mean=self.dist_mean,
-                dist_var=self.dist_var,
-                idx_mean=self.idx_mean,
-                last_day=self.last_day,
-                shape=np.array(self.shape),
-                last_time_day=np.array(self.last_time_day),
-                applied_ids=np.array(self.applied_ids, dtype=str),
-            )
+            np.savez(f, **self.arrays())  # type: ignore[arg-type]  # numpy stubs: allow_pickle
         crash_point("state.written")
         tmp.replace(p)
 
     @classmethod
     def load(cls, path: str | Path) -> TileState:
         with np.load(path) as z:
+            # A checkpoint from before the alert lifecycle starts its cells with no alert.
+            alerts = (
+                AlertState(**{name: z[f"alert_{name}"] for name in ALERT_ARRAYS})
+                if "alert_status" in z
+                else AlertState.empty(int(z["n"].size))
+            )
             return cls(
                 n=z["n"],
                 mean=z["mean"],
@@ -104,6 +120,7 @@ class TileState:
                 idx_mean=z["idx_mean"],
                 last_day=z["last_day"],
                 shape=(int(z["shape"][0]), int(z["shape"][1])),
+                alerts=alerts,
                 last_time_day=float(z["last_time_day"]),
                 applied_ids=[str(s) for s in z["applied_ids"]],
             )
@@ -119,56 +136,11 @@ class ScoreResult:
     valid: np.ndarray  # (C,) bool: clear enough to update
     n_obs: np.ndarray  # (C,) int32 observations before this one
     delta_indices: np.ndarray  # (C, K) current minus expected indices
-    labels: np.ndarray  # (A,) object: label of each anomalous cell, in cell order
+    rows: np.ndarray  # (R,) cells with an output row: anomalous, or their alert just ended
+    labels: np.ndarray  # (R,) object: label of each row's cell
+    status: np.ndarray  # (R,) object: alert status of each row's cell after this look
     snow_cells: int
     masked_cells: int
-
-
-# Label rules, first match wins; thresholds are on the cell's own clear pixels (current) and on
-# the change against its expected state (delta). Each separates the named surface from the
-# others it is confused with (tests/test_stats.py runs each rule on the spectra of the surfaces):
-# - water gain: open water has MNDWI > 0.3 (Xu 2006), land far below; snow, as bright as it is
-#   wet-looking, is excluded by brightness;
-# - burn: dNBR of 0.27 is the low/moderate severity break (Key & Benson 2006); char stays dark
-#   with a negative NBR, where bare soil after a clear-cut is brighter and NBR stays near 0;
-# - construction (bare gain): concrete and roofs have a flat spectrum, MNDWI near -0.15 where
-#   soil and vegetation are below -0.4, so MNDWI rising into (-0.3, 0.2) with little
-#   vegetation left is a built surface, not bare soil;
-# - vegetation loss: NDVI down by 0.2 or more (harvest-like loss to soil);
-# - anything else: unknown.
-LABEL_RULES: dict[str, dict[str, float]] = {
-    "water_gain": {"min_mndwi": 0.3, "min_d_mndwi": 0.4, "max_brightness": 0.3},
-    "burn": {"max_d_nbr": -0.27, "max_nbr": -0.12, "max_brightness": 0.1},
-    "bare_gain": {"min_mndwi": -0.3, "max_mndwi": 0.2, "min_d_mndwi": 0.15, "max_ndvi": 0.3},
-    "vegetation_loss": {"max_d_ndvi": -0.2},
-}
-LABELS: tuple[str, ...] = (*LABEL_RULES, "unknown")
-
-
-def label_cells(delta: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """Anomaly labels from spectral indices: ``delta`` (current minus expected) and ``current``,
-    both (cells, len(INDEX_NAMES)); the first matching rule of ``LABEL_RULES`` wins."""
-    d = {name: delta[:, i] for i, name in enumerate(INDEX_NAMES)}
-    c = {name: current[:, i] for i, name in enumerate(INDEX_NAMES)}
-    w, b, g = LABEL_RULES["water_gain"], LABEL_RULES["burn"], LABEL_RULES["bare_gain"]
-    with np.errstate(invalid="ignore"):  # NaN (no clear pixel, no expectation) matches nothing
-        rules = {
-            "water_gain": (c["mndwi"] >= w["min_mndwi"])
-            & (d["mndwi"] >= w["min_d_mndwi"])
-            & (c["brightness"] <= w["max_brightness"]),
-            "burn": (d["nbr"] <= b["max_d_nbr"])
-            & (c["nbr"] <= b["max_nbr"])
-            & (c["brightness"] <= b["max_brightness"]),
-            "bare_gain": (c["mndwi"] > g["min_mndwi"])
-            & (c["mndwi"] < g["max_mndwi"])
-            & (d["mndwi"] >= g["min_d_mndwi"])
-            & (c["ndvi"] <= g["max_ndvi"]),
-            "vegetation_loss": d["ndvi"] <= LABEL_RULES["vegetation_loss"]["max_d_ndvi"],
-        }
-    out = np.full(delta.shape[0], LABELS[-1], dtype=object)
-    for name in reversed(LABEL_RULES):  # the first rule in LABEL_RULES is written last: it wins
-        out[rules[name]] = name
-    return out
 
 
 # ------------------------------------------------------------------ the compiled core
@@ -422,6 +394,14 @@ def _update_cells(
         last_day[i] = day
 
 
+def usable_cells(clear: np.ndarray, params: StatsConfig) -> np.ndarray:
+    """(C,) cells clear enough to update or score: their own clear fraction and their 3x3
+    neighbourhood's (the encoder sees context) past the thresholds."""
+    clear32 = np.ascontiguousarray(clear, np.float32)
+    ctx = _context_mean(clear32).reshape(-1)
+    return (clear32.reshape(-1) >= params.min_clear) & (ctx >= params.min_context_clear)
+
+
 def _median_rows(x: np.ndarray) -> np.ndarray:
     """Median of each row (``x`` is reordered); one partition when the row length is odd."""
     n = x.shape[1]
@@ -517,7 +497,18 @@ def update(
     state.last_time_day = day
 
     flagged = np.flatnonzero(anomaly)
-    labels = label_cells(delta[flagged], idx[flagged]) if flagged.size else np.empty(0, object)
+    look_label = np.full(c, UNKNOWN, np.int8)
+    if flagged.size:
+        look_label[flagged] = label_codes(label_cells(delta[flagged], idx[flagged]))
+    scored = valid & (n_before >= params.min_obs)
+    emit, status = advance(
+        state.alerts, scored, anomaly, look_label, idx, idx - delta, day,
+        params.confirm_looks, params.recover_index_change,
+    )  # fmt: skip
+    rows = np.flatnonzero(emit)
+    # An anomalous look is labelled by itself; an alert that just ended by the alert's label.
+    ended = (status[rows] == AlertStatus.RECOVERED) | (status[rows] == AlertStatus.RETRACTED)
+    row_label = np.where(ended, state.alerts.label[rows], look_label[rows])
     return ScoreResult(
         score=score,
         distance=dist,
@@ -525,7 +516,9 @@ def update(
         valid=valid,
         n_obs=n_before,
         delta_indices=delta,
-        labels=labels,
+        rows=rows,
+        labels=np.array([LABELS[i] for i in row_label], dtype=object),
+        status=np.array([STATUS_NAMES[i] for i in status[rows]], dtype=object),
         snow_cells=int(np.count_nonzero(snow.reshape(c) > 0.5)),
         masked_cells=c - int(np.count_nonzero(valid)),
     )

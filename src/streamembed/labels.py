@@ -1,0 +1,66 @@
+"""Anomaly labels from each cell's own spectral indices: what kind of change an anomaly is.
+
+Pure NumPy; ``stats.update`` labels every anomalous cell and the alert lifecycle keeps the
+first named label of each alert.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .ingest import INDEX_NAMES
+
+# Label rules, first match wins; thresholds are on the cell's own clear pixels (current) and on
+# the change against its expected state (delta). Each separates the named surface from the
+# others it is confused with (tests/test_stats.py runs each rule on the spectra of the surfaces):
+# - water gain: open water has MNDWI > 0.3 (Xu 2006), land far below; snow, as bright as it is
+#   wet-looking, is excluded by brightness;
+# - burn: dNBR of 0.27 is the low/moderate severity break (Key & Benson 2006); char stays dark
+#   with a negative NBR, where bare soil after a clear-cut is brighter and NBR stays near 0;
+# - construction (bare gain): concrete and roofs have a flat spectrum, MNDWI near -0.15 where
+#   soil and vegetation are below -0.4, so MNDWI rising into (-0.3, 0.2) with little
+#   vegetation left is a built surface, not bare soil;
+# - vegetation loss: NDVI down by 0.2 or more (harvest-like loss to soil);
+# - anything else: unknown.
+LABEL_RULES: dict[str, dict[str, float]] = {
+    "water_gain": {"min_mndwi": 0.3, "min_d_mndwi": 0.4, "max_brightness": 0.3},
+    "burn": {"max_d_nbr": -0.27, "max_nbr": -0.12, "max_brightness": 0.1},
+    "bare_gain": {"min_mndwi": -0.3, "max_mndwi": 0.2, "min_d_mndwi": 0.15, "max_ndvi": 0.3},
+    "vegetation_loss": {"max_d_ndvi": -0.2},
+}
+LABELS: tuple[str, ...] = (*LABEL_RULES, "unknown")
+
+
+def label_cells(delta: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Anomaly labels from spectral indices: ``delta`` (current minus expected) and ``current``,
+    both (cells, len(INDEX_NAMES)); the first matching rule of ``LABEL_RULES`` wins."""
+    d = {name: delta[:, i] for i, name in enumerate(INDEX_NAMES)}
+    c = {name: current[:, i] for i, name in enumerate(INDEX_NAMES)}
+    w, b, g = LABEL_RULES["water_gain"], LABEL_RULES["burn"], LABEL_RULES["bare_gain"]
+    with np.errstate(invalid="ignore"):  # NaN (no clear pixel, no expectation) matches nothing
+        rules = {
+            "water_gain": (c["mndwi"] >= w["min_mndwi"])
+            & (d["mndwi"] >= w["min_d_mndwi"])
+            & (c["brightness"] <= w["max_brightness"]),
+            "burn": (d["nbr"] <= b["max_d_nbr"])
+            & (c["nbr"] <= b["max_nbr"])
+            & (c["brightness"] <= b["max_brightness"]),
+            "bare_gain": (c["mndwi"] > g["min_mndwi"])
+            & (c["mndwi"] < g["max_mndwi"])
+            & (d["mndwi"] >= g["min_d_mndwi"])
+            & (c["ndvi"] <= g["max_ndvi"]),
+            "vegetation_loss": d["ndvi"] <= LABEL_RULES["vegetation_loss"]["max_d_ndvi"],
+        }
+    out = np.full(delta.shape[0], LABELS[-1], dtype=object)
+    for name in reversed(LABEL_RULES):  # the first rule in LABEL_RULES is written last: it wins
+        out[rules[name]] = name
+    return out
+
+
+UNKNOWN = LABELS.index("unknown")
+
+
+def label_codes(labels: np.ndarray) -> np.ndarray:
+    """int8 positions in ``LABELS`` of an array of label names."""
+    lookup = {name: i for i, name in enumerate(LABELS)}
+    return np.array([lookup[str(v)] for v in labels], np.int8)
