@@ -28,7 +28,9 @@ def main() -> None:
     from streamembed.config import ClusterConfig, Config
     from streamembed.pipeline import Pipeline
     from streamembed.sink import read_anomalies
-    from streamembed.sources.arrays import load_eolearn_example, write_scene_items
+    # The eo-learn export's reader and item writer are the tests' (tests/scene_items.py).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.scene_items import load_eolearn_example, write_scene_items
     from streamembed.store import EmbeddingStore
 
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/s2/eolearn_slovenia_2015_2017")

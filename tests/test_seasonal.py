@@ -75,6 +75,7 @@ def test_second_year_expectation_follows_the_season_and_a_change_is_flagged():
         values = series[t].copy()
         if day >= 600:
             values[3, ndvi] -= 0.5  # cell 3 loses its vegetation
+            values[5, ndvi] += 0.3  # cell 5 greens up far beyond its cycle: not a loss
         z, expected = index_scores(model, values.astype(np.float32), np.ones(cells, bool),
                                    day, 45.0, 6)  # fmt: skip
         hit = index_anomalies(z, 4.0)

@@ -1,5 +1,6 @@
 """The vectorised statistics core against a per-cell NumPy loop, and its behaviour."""
 
+import copy
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from streamembed.acquisition import BANDS_L2A
 from streamembed.config import StatsConfig
 from streamembed.ingest import INDEX_NAMES, cell_summaries
+from streamembed.seasonal import index_scores
 from streamembed.sources.synthetic import SPECTRA
 from streamembed.stats import LABELS, TileState, label_cells, update
 
@@ -44,21 +46,25 @@ def naive_update(state, emb, clear, indices, day, p):
     if k >= 8:
         med = float(np.median([z[i] for i in range(c) if scorable[i]]))
         z = [zi - med for zi in z]
+    # The gate's expectation is the seasonal index model's (tested in test_seasonal.py).
+    model = copy.deepcopy(state.index_model)
+    usable = np.array(valid) & np.isfinite(idx).all(axis=1)
+    _, expected = index_scores(model, idx, usable, day, p.half_life_days, p.min_obs)
     anomaly = []
     for i in range(c):
-        delta = idx[i] - state.idx_mean[i]
+        delta = idx[i] - expected[i]
         own = np.nanmax(np.abs(delta)) >= p.min_index_change if np.isfinite(delta).any() else False
         anomaly.append(scorable[i] and z[i] >= p.threshold and bool(own))
     new = TileState.empty(cy, cx, dim)
-    for name in ("n", "mean", "dist_mean", "dist_var", "idx_mean", "last_day"):
+    for name in ("n", "mean", "dist_mean", "dist_var", "last_day"):
         getattr(new, name)[...] = getattr(state, name)
+    new.index_model = model
     for i in range(c):
         if not valid[i]:
             continue
         n = state.n[i]
         if n == 0:
             new.mean[i] = e[i]
-            new.idx_mean[i] = idx[i]
         else:
             decay = 1 - 0.5 ** ((day - state.last_day[i]) / p.half_life_days)
             alpha = max(1 / (n + 1), decay)
@@ -68,12 +74,11 @@ def naive_update(state, emb, clear, indices, day, p):
             d_eff = min(dist[i], cap) if warm[i] else dist[i]
             if n == 1:
                 new.dist_mean[i], new.dist_var[i] = d_eff, 0.0
-            else:
+            elif not anomaly[i]:
                 beta = max(1 / n, decay)
                 dd = d_eff - state.dist_mean[i]
                 new.dist_mean[i] = state.dist_mean[i] + beta * dd
                 new.dist_var[i] = (1 - beta) * (state.dist_var[i] + beta * dd * dd)
-            new.idx_mean[i] = state.idx_mean[i] + alpha * scale * (idx[i] - state.idx_mean[i])
         new.n[i] = n + 1
         new.last_day[i] = day
     return new, np.array(anomaly), np.array(z)
@@ -100,7 +105,7 @@ def test_vectorised_matches_naive_loop():
         assert np.array_equal(res.anomaly, anomaly)
         scored = ~np.isnan(res.score)
         assert np.allclose(res.score[scored], z[scored], rtol=1e-4, atol=1e-4)
-        for name in ("n", "mean", "dist_mean", "dist_var", "idx_mean"):
+        for name in ("n", "mean", "dist_mean", "dist_var"):
             assert np.allclose(
                 getattr(fast, name), getattr(slow, name), rtol=1e-4, atol=1e-5, equal_nan=True
             ), name
@@ -278,7 +283,7 @@ def test_float16_embeddings_update_exactly_like_their_float32_values():
         rb = update(b, half.astype(np.float32), clear, np.zeros_like(clear), idx, day, p)
         assert np.array_equal(ra.score, rb.score, equal_nan=True)
         assert np.array_equal(ra.anomaly, rb.anomaly)
-    for name in ("n", "mean", "dist_mean", "dist_var", "idx_mean"):
+    for name in ("n", "mean", "dist_mean", "dist_var"):
         assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
 
 

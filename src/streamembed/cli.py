@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .acquisition import SourceError
-from .config import Config, ConfigError, load_config, load_section
+from .config import DETECTORS, Config, ConfigError, load_config, load_section
 from .layout import OutputFullError
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ def _config(args: argparse.Namespace) -> Config:
         overrides["source.kind"] = "auto"
     if getattr(args, "output", None):
         overrides["output"] = args.output
+    if getattr(args, "detector", None) not in (None, "all"):
+        overrides["stats.detector"] = args.detector
     return cfg.with_overrides(**overrides) if overrides else cfg
 
 
@@ -158,8 +160,24 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         return 1
     with Ledger(path) as ledger:
         _print(_status_table(ledger))
+        _print(_warm_up_lines(cfg))
         _print(_failure_lines(ledger, args.failed))
     return 0
+
+
+def _warm_up_lines(cfg: Config) -> list[str]:
+    """Per tile with a checkpoint: cells still warming up, cells with the seasonal model."""
+    from .stats import warm_up
+
+    lines = []
+    for path in sorted(cfg.layout.state_dir.glob("*.npz")):
+        w = warm_up(path, cfg.stats.min_obs)
+        lines.append(
+            f"{path.stem:<8}cells {w.cells}: {w.cells - w.scored} warming up (under "
+            f"{cfg.stats.min_obs} clear looks), {w.seasonal} with the seasonal expectation "
+            "(a year of clear looks)"
+        )
+    return lines
 
 
 def _status_table(ledger: Ledger) -> list[str]:
@@ -257,8 +275,13 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _evaluate_scenarios(args: argparse.Namespace, cfg: Config) -> int:
-    from .evaluation import render_maps, render_markdown, run_scenarios
-    from .replay import DETECTORS
+    from .evaluation import (
+        render_maps,
+        render_markdown,
+        render_real_series,
+        run_real_series,
+        run_scenarios,
+    )
     from .sources.scenarios import SCENARIOS
 
     t0 = time.time()
@@ -267,9 +290,19 @@ def _evaluate_scenarios(args: argparse.Namespace, cfg: Config) -> int:
     work = Path(args.work)
     runs = run_scenarios(cfg, work, names, detectors, progress=not args.no_progress)
     if args.doc:
+        import os
+
         doc = Path(args.doc)
         maps = render_maps(runs, work / "data", doc.parent / "evaluation")
-        doc.write_text(render_markdown(runs, time.time() - t0, "make evaluate"))
+        shared = Path(os.environ.get("STREAMEMBED_SHARED", "../shared"))
+        folder = shared / "data" / "s2" / "eolearn_slovenia_2015_2017"
+        real, real_png = None, None
+        if folder.is_dir():
+            real = run_real_series(folder, cfg)
+            render_real_series(real, doc.parent / "evaluation" / "real-ndvi-series.png")
+            real_png = "evaluation/real-ndvi-series.png"
+        text = render_markdown(runs, time.time() - t0, "make evaluate", real, real_png)
+        doc.write_text(text)
         print(f"wrote {doc} and {len(maps)} map(s) in {doc.parent / 'evaluation'}")
     print(f"evaluation finished in {time.time() - t0:.0f} s")
     return 0
@@ -341,11 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output", help="output folder (overrides output; default ./output)")
         return p
 
+    def detector(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--detector", choices=list(DETECTORS), default=None,
+            help="anomaly detector (overrides stats.detector; default embedding+index)",
+        )  # fmt: skip
+
     p = common(sub.add_parser("backfill", help="process everything the source has (resumable)"))
     p.add_argument("--retry-failed", action="store_true", help="try failed acquisitions again")
     p.add_argument("--no-progress", action="store_true")
+    detector(p)
     p.set_defaults(func=cmd_backfill)
     p = common(sub.add_parser("monitor", help="poll the source and process what is new"))
+    detector(p)
     p.add_argument("--poll-seconds", type=float, default=None)
     p.add_argument(
         "--cycles", type=int, default=0, help="stop after N polls (0: run until signalled)"
@@ -379,8 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="all, or comma-separated names: synthesise, backfill and score each scenario",
     )  # fmt: skip
     p.add_argument(
-        "--detector", default="all", choices=["all", "embedding+index", "embedding", "index"],
-        help="the detectors scored on the scenarios (default: all, side by side)",
+        "--detector", default="all", choices=["all", *DETECTORS],
+        help="the detectors scored on the scenarios (default: all, side by side; one of them "
+        "also runs the backfill)",
     )  # fmt: skip
     p.add_argument("--work", default="evaluation", help="scenario archives and runs")
     p.add_argument("--doc", default=None, help="write this Markdown table (and maps beside it)")

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -149,13 +149,23 @@ class StoreConfig(Section):
     chunk_cells: int = 64
 
 
+Detector = Literal["embedding+index", "embedding", "index"]
+DETECTORS: tuple[str, ...] = get_args(Detector)
+
+
 class StatsConfig(Section):
-    half_life_days: float = Field(45.0, gt=0)
+    half_life_days: float = Field(20.0, gt=0)
     min_obs: int = Field(6, ge=2)
     min_clear: float = Field(0.9, ge=0, le=1)
     min_context_clear: float = Field(0.8, ge=0, le=1)
-    threshold: float = Field(3.5, gt=0)
+    threshold: float = Field(2.5, gt=0)
     min_index_change: float = Field(0.25, ge=0)
+    detector: Detector = Field(
+        "embedding+index",
+        description="embedding+index: embedding z-score gated by the cell's own index change; "
+        "embedding: the z-score alone; index: per-cell seasonal index z-scores (the baseline)",
+    )
+    index_threshold: float = Field(4.0, gt=0, description="z of the index detector")
     confirm_looks: int = Field(
         2, ge=1, description="anomalous clear looks that confirm an alert (the first included)"
     )

@@ -86,13 +86,18 @@ def evaluate(anomalies_dir: str | Path, truth_path: str | Path) -> Evaluation:
 # ------------------------------------------------------------------ scenario metrics
 #
 # On the scenario set (sources/scenarios.py) a detector is scored by its *confirmed* alerts:
-# - an event cell is found when its alert is confirmed inside the event's truth window;
+# - an event cell is found when its alert is confirmed inside the event's truth window, which
+#   for a cell under a cloudy season reaches at least to its WINDOW_CLEAR_LOOKS-th clear look
+#   after the event (a detector cannot confirm what it has not seen; the delay reports it);
 # - a false cell is a clean cell (no event, no gradual change) whose alert is ever confirmed;
 # - per event type, precision = found / (found + false cells), recall = found / event cells;
 # - delay: the clear looks of the cell from the event's start to the confirming look;
 # - false looks: anomalous looks on clean cells per scored clean cell-look (the per-acquisition
 #   false-positive rate, whether or not the alert is later confirmed);
 # - gradual cells alerted: cells of a slow change (a drought) with a confirmed sudden alert.
+
+
+WINDOW_CLEAR_LOOKS = 4
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,11 @@ def score_replay(replay: Replay, truth: pd.DataFrame, scenario: str) -> Detector
     gradual = rows["kind"].to_numpy() == "gradual" if "kind" in rows else np.zeros(len(rows), bool)
     gradual_alerted = 0
     for i, cell in enumerate(flat):
-        inside = (replay.days >= start[i]) & (replay.days <= end[i])
+        after = np.flatnonzero(replay.scored[:, cell] & (replay.days >= start[i]))
+        until = end[i]
+        if after.size >= WINDOW_CLEAR_LOOKS:
+            until = max(until, replay.days[after[WINDOW_CLEAR_LOOKS - 1]])
+        inside = (replay.days >= start[i]) & (replay.days <= until)
         hits = np.flatnonzero(newly[:, cell] & inside)
         if gradual[i]:
             gradual_alerted += int(newly[:, cell].any())

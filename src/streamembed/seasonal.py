@@ -10,8 +10,9 @@ embedding detector (same half-life). Scoring one acquisition:
    skipped: no update, no score;
 2. residual = index - expectation; the tile-wide median residual is removed (haze, a sensor
    offset, a tile-wide green-up);
-3. z = residual / the cell's own residual spread; a cell is anomalous when any of the three
-   indices is past ``threshold`` after ``min_obs`` looks;
+3. z = residual / the cell's own residual spread; a cell is anomalous when NDVI or NBR fell,
+   or MNDWI rose, past ``threshold`` after ``min_obs`` looks (the changes of interest: loss
+   of vegetation, burns, water and built surfaces; a faster green-up is not an alert);
 4. an anomalous cell's update is clipped to 3 spreads, as in the embedding detector; the
    tile-wide shift is removed from the score only, not from what the cell learns.
 
@@ -28,11 +29,15 @@ from .ingest import INDEX_NAMES
 
 SEASONAL_INDICES: tuple[str, ...] = ("ndvi", "nbr", "mndwi")  # the ones scored
 _COLS = [INDEX_NAMES.index(n) for n in SEASONAL_INDICES]
+# The direction that is a change of interest: vegetation and burn-ratio loss, water (or built
+# surface) gain. A cell greening up faster than last year is not an alert (as DIST-ALERT).
+_SIGN = np.array([-1.0, -1.0, 1.0])
 OMEGA = 2.0 * np.pi / 365.25
 YEAR_DAYS = 365.0
 HARMONIC_HALF_LIFE_DAYS = 730.0  # how fast the harmonic fit forgets: two years
 SPREAD_FLOOR = 0.02  # index units: calm cells are not scored on noise alone
 RIDGE = 1e-3
+INDEX_MODEL_ARRAYS = ("n", "first_day", "last_day", "level", "gram", "moment", "var")
 
 
 def _design(day: float) -> np.ndarray:
@@ -64,6 +69,23 @@ class IndexModel:
             moment=np.zeros((cells, 3, k)),
             var=np.zeros((cells, k)),
         )
+
+    @classmethod
+    def from_rolling_mean(
+        cls, level: np.ndarray, n: np.ndarray, last_day: np.ndarray
+    ) -> IndexModel:
+        """A model that knows only a rolling mean (a checkpoint of an older version): the
+        harmonic fit starts empty and takes over after a year of looks from now."""
+        model = cls.empty(int(n.size))
+        model.level[:] = np.nan_to_num(level)
+        model.n[:] = n
+        model.first_day[:] = last_day
+        model.last_day[:] = last_day
+        return model
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(getattr(self, name).nbytes for name in INDEX_MODEL_ARRAYS))
 
     def seasonal(self) -> np.ndarray:
         """(C,) cells whose expectation is the harmonic fit: a year of clear looks and more."""
@@ -153,6 +175,6 @@ def index_scores(
 
 
 def index_anomalies(z: np.ndarray, threshold: float) -> np.ndarray:
-    """(C,) cells where any of the ``SEASONAL_INDICES`` is ``threshold`` spreads from its
+    """(C,) cells where NDVI or NBR fell, or MNDWI rose, ``threshold`` spreads past their
     expectation (NaN, not scored, is never anomalous)."""
-    return np.nan_to_num(np.abs(z[:, _COLS]), nan=0.0).max(axis=1) >= threshold
+    return np.nan_to_num(z[:, _COLS] * _SIGN, nan=0.0).max(axis=1) >= threshold

@@ -3,7 +3,8 @@
 For each embedding cell the state holds the observation count, an exponentially weighted mean
 embedding (Welford weights 1/n while warming up, then a half-life in days, so the expected state
 follows the seasons), the cell's own distribution of distances to that mean (EW mean and
-variance), and EW means of spectral indices (for labels).
+variance), the seasonal model of its own spectral indices (``seasonal.IndexModel``: the index
+gate, the index detector and the labels) and its alert lifecycle (``alerts.AlertState``).
 
 Scoring one acquisition:
 1. cells under cloud, shadow, snow or nodata (clear fraction below ``min_clear``, or a 3x3
@@ -13,9 +14,12 @@ Scoring one acquisition:
    shift such as haze, low sun or a tile-wide green-up is not an anomaly); on tiles with more
    than SPATIAL_SAMPLE scorable cells the tile-wide medians come from an evenly spaced sample;
 3. the distance is a z-score against the cell's own distance history, again centred by the
-   tile median; cells past ``threshold`` after ``min_obs`` observations are anomalies;
-4. updates are robust: an anomalous cell moves its mean and distance history only by a
-   clipped step, so a permanent change is learnt gradually and a passing one barely at all.
+   tile median; cells past ``threshold`` after ``min_obs`` observations whose own indices also
+   moved from their seasonal expectation (the ``detector``'s gate) are anomalies;
+4. updates are robust: an anomalous cell moves its mean only by a clipped step and leaves its
+   distance history alone, so a permanent change is learnt gradually (and stays anomalous
+   while it is), and a passing one barely moves the state at all;
+5. the alert lifecycle advances: provisional, confirmed, retracted, recovered (alerts.py).
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from llvmlite import ir
 from .alerts import ALERT_ARRAYS, STATUS_NAMES, AlertState, AlertStatus, advance
 from .config import StatsConfig
 from .faults import crash_point
-from .ingest import INDEX_NAMES
 from .labels import LABELS, UNKNOWN, label_cells, label_codes
+from .seasonal import INDEX_MODEL_ARRAYS, IndexModel, index_anomalies, index_scores
 
 __all__ = ["LABELS", "ScoreResult", "TileState", "label_cells", "update"]
 
@@ -51,9 +55,9 @@ class TileState:
     mean: np.ndarray  # (C, D) float32 expected embedding
     dist_mean: np.ndarray  # (C,) float32 EW mean of the cell's own distances
     dist_var: np.ndarray  # (C,) float32 EW variance of those distances
-    idx_mean: np.ndarray  # (C, K) float32 EW mean spectral indices
     last_day: np.ndarray  # (C,) float64 day of the last update (NaN: never)
     shape: tuple[int, int]
+    index_model: IndexModel  # the cell's own spectral indices: their seasonal expectation
     alerts: AlertState
     last_time_day: float = float("nan")
     applied_ids: list[str] = field(default_factory=list)
@@ -61,8 +65,8 @@ class TileState:
     @property
     def nbytes(self) -> int:
         """Memory the state's arrays hold (what an actor shard's budget counts)."""
-        arrays = (self.n, self.mean, self.dist_mean, self.dist_var, self.idx_mean, self.last_day)
-        return int(sum(a.nbytes for a in arrays)) + self.alerts.nbytes
+        arrays = (self.n, self.mean, self.dist_mean, self.dist_var, self.last_day)
+        return int(sum(a.nbytes for a in arrays)) + self.index_model.nbytes + self.alerts.nbytes
 
     @classmethod
     def empty(cls, cells_y: int, cells_x: int, dim: int) -> TileState:
@@ -72,9 +76,9 @@ class TileState:
             mean=np.zeros((c, dim), np.float32),
             dist_mean=np.zeros(c, np.float32),
             dist_var=np.zeros(c, np.float32),
-            idx_mean=np.full((c, len(INDEX_NAMES)), np.nan, np.float32),
             last_day=np.full(c, np.nan),
             shape=(cells_y, cells_x),
+            index_model=IndexModel.empty(c),
             alerts=AlertState.empty(c),
         )
 
@@ -85,11 +89,11 @@ class TileState:
             "mean": self.mean,
             "dist_mean": self.dist_mean,
             "dist_var": self.dist_var,
-            "idx_mean": self.idx_mean,
             "last_day": self.last_day,
             "shape": np.array(self.shape),
             "last_time_day": np.array(self.last_time_day),
             "applied_ids": np.array(self.applied_ids, dtype=str),
+            **{f"index_{name}": getattr(self.index_model, name) for name in INDEX_MODEL_ARRAYS},
             **{f"alert_{name}": getattr(self.alerts, name) for name in ALERT_ARRAYS},
         }
 
@@ -112,18 +116,50 @@ class TileState:
                 if "alert_status" in z
                 else AlertState.empty(int(z["n"].size))
             )
+            # One from before the seasonal index model starts it from the rolling index mean.
+            index_model = (
+                IndexModel(**{name: z[f"index_{name}"] for name in INDEX_MODEL_ARRAYS})
+                if "index_level" in z
+                else IndexModel.from_rolling_mean(z["idx_mean"], z["n"], z["last_day"])
+            )
             return cls(
                 n=z["n"],
                 mean=z["mean"],
                 dist_mean=z["dist_mean"],
                 dist_var=z["dist_var"],
-                idx_mean=z["idx_mean"],
                 last_day=z["last_day"],
                 shape=(int(z["shape"][0]), int(z["shape"][1])),
+                index_model=index_model,
                 alerts=alerts,
                 last_time_day=float(z["last_time_day"]),
                 applied_ids=[str(s) for s in z["applied_ids"]],
             )
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """How far a tile's cells are through their warm-up (``streamembed status``)."""
+
+    cells: int
+    scored: int  # cells with min_obs clear looks: scored
+    seasonal: int  # cells with a year of clear looks: the seasonal index expectation in use
+
+
+def warm_up(path: str | Path, min_obs: int) -> WarmUp:
+    """Read a tile checkpoint's counts only (its embedding means stay on disk)."""
+    with np.load(path) as z:
+        n = z["n"]
+        if "index_n" in z:
+            model = IndexModel.empty(0)
+            model.n, model.first_day, model.last_day = (
+                z["index_n"],
+                z["index_first_day"],
+                z["index_last_day"],
+            )
+            seasonal = int(model.seasonal().sum())
+        else:
+            seasonal = 0
+    return WarmUp(int(n.size), int((n >= min_obs).sum()), seasonal)
 
 
 @dataclass(frozen=True)
@@ -279,11 +315,11 @@ def _update_cells(
     n: np.ndarray,
     dist_mean: np.ndarray,
     dist_var: np.ndarray,
-    idx_mean: np.ndarray,
     last_day: np.ndarray,
     clear: np.ndarray,
     ctx: np.ndarray,
-    idx: np.ndarray,
+    gate: np.ndarray,
+    use_embedding: bool,
     day: float,
     shift: np.ndarray,
     z_median: float,
@@ -291,17 +327,14 @@ def _update_cells(
     min_clear: float,
     min_context_clear: float,
     threshold: float,
-    min_index_change: float,
     half_life: float,
     dist_out: np.ndarray,
     score_out: np.ndarray,
     valid_out: np.ndarray,
     anomaly_out: np.ndarray,
-    delta_out: np.ndarray,
 ) -> None:
     """Score every cell against its state, then fold the acquisition in (in place)."""
     cells, dim = mean.shape
-    n_idx = idx.shape[1]
     norm = np.float32(np.sqrt(dim))
     shift_sq = np.float32(0.0)
     for j in range(dim):
@@ -328,19 +361,6 @@ def _update_cells(
         sd = _distance_sd(dist_var[i], dist_mean[i])
         z_scale = sd * gap_factor
 
-        # The encoder's receptive field spans several cells: a cell whose embedding moved only
-        # because a neighbour changed shows no change in its own pixels' indices.
-        own = np.float32(0.0)
-        idx_finite = True
-        idx_mean_finite = True
-        for k in range(n_idx):
-            dk = idx[i, k] - idx_mean[i, k]
-            delta_out[i, k] = dk
-            if abs(dk) > own:  # NaN (no expected index yet) never counts
-                own = abs(dk)
-            idx_finite = idx_finite and np.isfinite(idx[i, k])
-            idx_mean_finite = idx_mean_finite and np.isfinite(idx_mean[i, k])
-
         alpha = max(1.0 / (ni + 1.0), decay)
         cap = dist_mean[i] + CLIP_SIGMA * sd
 
@@ -355,7 +375,10 @@ def _update_cells(
         finite = np.isfinite(sq)
         d = np.float32(np.sqrt(max(sq, np.float32(0.0))) / norm) if finite else np.float32(0.0)
         z = (d - dist_mean[i]) / z_scale - z_median
-        anomaly = clear_ok and warm and own >= min_index_change and finite and z >= threshold
+        # ``gate``: the cell's own indices changed (embedding+index), every cell (embedding), or
+        # the index detector's verdict (then the embedding only updates).
+        flagged = z >= threshold if use_embedding else True
+        anomaly = clear_ok and warm and gate[i] and finite and flagged
         # Robust update: an anomalous cell moves by a clipped step, so a permanent change is
         # learnt gradually and a passing one barely at all.
         step = min(1.0, cap / max(d, 1e-12)) if anomaly else 1.0
@@ -375,7 +398,9 @@ def _update_cells(
             if ni == 1:  # the first distance
                 dist_mean[i] = d_eff
                 dist_var[i] = 0.0
-            else:
+            elif not anomaly:
+                # An alerted look is not evidence of the cell's usual spread: folding it in
+                # would widen the history until the change's second look no longer counts.
                 beta = np.float32(max(1.0 / ni, decay))
                 dd = d_eff - dist_mean[i]
                 dist_mean[i] += beta * dd
@@ -383,23 +408,8 @@ def _update_cells(
         else:
             for j in range(dim):
                 m[j] = _to_float32(ev[j])
-        if idx_finite:
-            if not idx_mean_finite:
-                idx_mean[i] = idx[i]
-            else:
-                gain = np.float32(alpha * step)
-                for k in range(n_idx):
-                    idx_mean[i, k] += gain * (idx[i, k] - idx_mean[i, k])
         n[i] = ni + 1
         last_day[i] = day
-
-
-def usable_cells(clear: np.ndarray, params: StatsConfig) -> np.ndarray:
-    """(C,) cells clear enough to update or score: their own clear fraction and their 3x3
-    neighbourhood's (the encoder sees context) past the thresholds."""
-    clear32 = np.ascontiguousarray(clear, np.float32)
-    ctx = _context_mean(clear32).reshape(-1)
-    return (clear32.reshape(-1) >= params.min_clear) & (ctx >= params.min_context_clear)
 
 
 def _median_rows(x: np.ndarray) -> np.ndarray:
@@ -475,24 +485,40 @@ def update(
     ctx = _context_mean(clear32).reshape(c)
     idx = np.ascontiguousarray(indices, np.float32).reshape(c, -1)
     n_before = state.n.copy()
+    usable = (f >= params.min_clear) & (ctx >= params.min_context_clear)
+
+    # The cell's own spectral indices against their seasonal expectation (seasonal.py), folded
+    # in here for every detector: the index gate, the index detector and the labels use it.
+    z_idx, expected_idx = index_scores(
+        state.index_model, idx, usable & np.isfinite(idx).all(axis=1), day,
+        params.half_life_days, params.min_obs,
+    )  # fmt: skip
+    delta = (idx - expected_idx).astype(np.float32)
+    if params.detector == "index":
+        gate = index_anomalies(z_idx, params.index_threshold)
+    elif params.detector == "embedding":
+        gate = np.ones(c, bool)
+    else:
+        # The encoder's receptive field spans several cells: a cell whose embedding moved only
+        # because a neighbour changed shows no change in its own pixels' indices.
+        own = np.nan_to_num(np.abs(delta), nan=0.0).max(axis=1)
+        gate = own >= params.min_index_change
 
     shift, z_median = np.zeros(state.mean.shape[1], np.float32), 0.0
     if params.spatial_correction:
-        scorable = (f >= params.min_clear) & (ctx >= params.min_context_clear)
-        scorable &= state.n >= params.min_obs
+        scorable = usable & (state.n >= params.min_obs)
         shift, z_median = _spatial_reference(state, e, np.flatnonzero(scorable), day, params)
 
     dist = np.empty(c, np.float32)
     score = np.empty(c, np.float32)
     valid = np.empty(c, bool)
     anomaly = np.empty(c, bool)
-    delta = np.empty(idx.shape, np.float32)
     _update_cells(
-        e, state.mean, state.n, state.dist_mean, state.dist_var, state.idx_mean,
-        state.last_day, f, ctx, idx, float(day), shift, float(z_median), int(params.min_obs),
-        float(params.min_clear), float(params.min_context_clear), float(params.threshold),
-        float(params.min_index_change), float(params.half_life_days),
-        dist, score, valid, anomaly, delta,
+        e, state.mean, state.n, state.dist_mean, state.dist_var, state.last_day, f, ctx,
+        np.ascontiguousarray(gate), params.detector != "index", float(day), shift,
+        float(z_median), int(params.min_obs), float(params.min_clear),
+        float(params.min_context_clear), float(params.threshold), float(params.half_life_days),
+        dist, score, valid, anomaly,
     )  # fmt: skip
     state.last_time_day = day
 
@@ -502,7 +528,7 @@ def update(
         look_label[flagged] = label_codes(label_cells(delta[flagged], idx[flagged]))
     scored = valid & (n_before >= params.min_obs)
     emit, status = advance(
-        state.alerts, scored, anomaly, look_label, idx, idx - delta, day,
+        state.alerts, scored, anomaly, look_label, idx, expected_idx.astype(np.float32), day,
         params.confirm_looks, params.recover_index_change,
     )  # fmt: skip
     rows = np.flatnonzero(emit)
