@@ -2,6 +2,7 @@
 was planted (no archive is written: the scene builder is called directly)."""
 
 import datetime as dt
+import itertools
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_drought_browns_its_block_gradually_and_the_truth_marks_it_gradual(tmp_p
     dr = sc.droughts[0]
     factors = [dr.factor(d) for d in range(dr.start_day, dr.end_day, 5)]
     assert factors[0] == 1.0 and min(factors) == pytest.approx(1 - dr.depth)
-    assert max(abs(a - b) for a, b in zip(factors, factors[1:], strict=False)) < 0.05
+    assert max(abs(a - b) for a, b in itertools.pairwise(factors)) < 0.05
     import geopandas as gpd
 
     truth = gpd.read_parquet(
