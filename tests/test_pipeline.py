@@ -114,6 +114,26 @@ def test_replay_from_the_store_reproduces_the_pipeline_rows_and_alert_tables(fir
         ) == sorted((int(i), STATUS_NAMES[final[i]]) for i in cells)
 
 
+def test_status_shows_the_warm_up_of_each_tile(first_run):
+    import subprocess
+    import sys
+
+    from streamembed.stats import TileState
+
+    out, _ = first_run
+    status = subprocess.run(
+        [sys.executable, "-m", "streamembed.cli", "status", "--output", str(out)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    for tile in ("32UPC", "33UWP"):
+        state = TileState.load(out / "state" / f"{tile}.npz")
+        warming = int((state.n < 6).sum())
+        seasonal = int(state.index_model.seasonal().sum())
+        line = next(x for x in status.stdout.splitlines() if x.startswith(tile) and "warming" in x)
+        assert f"cells 256: {warming} warming up" in line
+        assert f"{seasonal} with the seasonal expectation" in line
+
+
 def test_failures_are_recorded_with_the_file_and_the_rest_proceeds(archive, first_run):
     items, truth, broken = archive
     out, _ = first_run

@@ -44,18 +44,24 @@ def replay_tile(store: EmbeddingStore, tile: str, detector: str, params: StatsCo
     grid = store.grid(tile)
     if grid is None:
         raise KeyError(f"tile {tile} has no embeddings in {store.root}")
-    stored = [store.read(tile, a) for a in store.acquisition_ids(tile)]
-    stored.sort(key=lambda s: s.time)
+    # Times first (the coordinate alone), then one acquisition in memory at a time: a full
+    # tile's embeddings are ~0.5 GB per acquisition.
+    ds = store.open_dataset(tile)
+    order = sorted(
+        zip(ds["time"].values.astype("datetime64[s]").astype(np.int64),
+            [str(a) for a in ds["acquisition_id"].values], strict=True)
+    )  # fmt: skip
     shape = (grid.n_cells_y, grid.n_cells_x)
     c = shape[0] * shape[1]
     p = params.model_copy(update={"detector": detector})
-    t = len(stored)
+    t = len(order)
     scored = np.zeros((t, c), bool)
     anomaly = np.zeros((t, c), bool)
     status = np.zeros((t, c), np.int8)
     label = np.zeros((t, c), np.int8)
     state: TileState | None = None
-    for k, acq in enumerate(stored):
+    for k, (_, acquisition_id) in enumerate(order):
+        acq = store.read(tile, acquisition_id)
         if state is None:
             state = TileState.empty(*shape, acq.embedding.shape[-1])
         n_before = state.n.copy()
@@ -66,6 +72,6 @@ def replay_tile(store: EmbeddingStore, tile: str, detector: str, params: StatsCo
         anomaly[k] = res.anomaly
         status[k], label[k] = state.alerts.status, state.alerts.label
     return Replay(
-        tile, detector, shape, [a.acquisition_id for a in stored],
-        np.array([day_number(a.time) for a in stored]), scored, anomaly, status, label,
+        tile, detector, shape, [a for _, a in order],
+        np.array([seconds / 86400.0 for seconds, _ in order]), scored, anomaly, status, label,
     )  # fmt: skip
