@@ -19,7 +19,7 @@ def _ts(day: float) -> pd.Timestamp:
 def _replay(status, anomaly, scored, label) -> Replay:
     t = status.shape[0]
     return Replay("33UWP", "embedding+index", (2, 3), [f"a{i}" for i in range(t)],
-                  DAY0 + 5.0 * np.arange(t), scored, anomaly, status, label)  # fmt: skip
+                  DAY0 + 5.0 * np.arange(t), scored, anomaly, anomaly, status, label)  # fmt: skip
 
 
 def test_found_missed_false_and_gradual_cells_are_counted():

@@ -99,13 +99,19 @@ def test_replay_from_the_store_reproduces_the_pipeline_rows_and_alert_tables(fir
     for tile in store.tiles():
         rep = replay_tile(store, tile, "embedding+index", cfg.stats)
         ny, nx = rep.shape
-        t, c = np.nonzero(rep.anomaly)
+        t, c = np.nonzero(rep.row)
         replayed = {
-            (rep.acquisition_ids[i], int(j // nx), int(j % nx)) for i, j in zip(t, c, strict=True)
+            (rep.acquisition_ids[i], int(j // nx), int(j % nx), STATUS_NAMES[rep.status[i, j]])
+            for i, j in zip(t, c, strict=True)
         }
-        mine = rows[(rows["mgrs_tile"] == tile) & rows["status"].isin(["provisional", "confirmed"])]
-        written = set(zip(mine["acquisition_id"], mine["cell_y"], mine["cell_x"], strict=True))
+        mine = rows[rows["mgrs_tile"] == tile]
+        written = set(
+            zip(mine["acquisition_id"], mine["cell_y"], mine["cell_x"], mine["status"],
+                strict=True)
+        )  # fmt: skip
         assert replayed == written and written
+        anomalous = mine["status"].isin(["provisional", "confirmed"])
+        assert int(rep.anomaly.sum()) >= int(anomalous.sum())
         final = rep.status[-1]
         table = tables[tables["mgrs_tile"] == tile]
         cells = np.flatnonzero(final != AlertStatus.NONE)

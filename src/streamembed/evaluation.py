@@ -117,10 +117,26 @@ def _score(
         replays[det] = replay_tile(store, tiles[0], det, cfg.stats)
         scores[det] = score_replay(replays[det], truth, name)
     rows = read_anomalies(cfg.layout.anomalies)
-    anomalous = int(rows["status"].isin(["provisional", "confirmed"]).sum()) if len(rows) else 0
     default = replays.get(cfg.stats.detector)
-    same = default is not None and int(default.anomaly.sum()) == anomalous
+    same = default is not None and _same_rows(default, rows)
     return ScenarioRun(name, replays, scores, same, seconds, written)
+
+
+def _same_rows(replay: Replay, rows: gpd.GeoDataFrame) -> bool:
+    """Whether the replay has exactly the backfill's rows: (acquisition, cell, status)."""
+    from .alerts import STATUS_NAMES
+
+    nx = replay.shape[1]
+    t, c = np.nonzero(replay.row)
+    mine = {
+        (replay.acquisition_ids[i], int(j // nx), int(j % nx), STATUS_NAMES[replay.status[i, j]])
+        for i, j in zip(t, c, strict=True)
+    }
+    written = set(
+        zip(rows["acquisition_id"], rows["cell_y"].astype(int), rows["cell_x"].astype(int),
+            rows["status"], strict=True)
+    )  # fmt: skip
+    return mine == written
 
 
 def _summary(run: ScenarioRun) -> str:

@@ -33,6 +33,7 @@ class Replay:
     days: np.ndarray  # (T,) float64 day numbers (days since 1970-01-01)
     scored: np.ndarray  # (T, C) bool: a clear look after warm-up
     anomaly: np.ndarray  # (T, C) bool
+    row: np.ndarray  # (T, C) bool: an output row (anomalous, or its alert ended on this look)
     status: np.ndarray  # (T, C) int8 AlertStatus after the look
     label: np.ndarray  # (T, C) int8 the alert's label after the look (labels.LABELS)
 
@@ -57,6 +58,7 @@ def replay_tile(store: EmbeddingStore, tile: str, detector: str, params: StatsCo
     t = len(order)
     scored = np.zeros((t, c), bool)
     anomaly = np.zeros((t, c), bool)
+    row = np.zeros((t, c), bool)
     status = np.zeros((t, c), np.int8)
     label = np.zeros((t, c), np.int8)
     state: TileState | None = None
@@ -70,8 +72,9 @@ def replay_tile(store: EmbeddingStore, tile: str, detector: str, params: StatsCo
         )
         scored[k] = res.valid & (n_before >= p.min_obs)
         anomaly[k] = res.anomaly
+        row[k, res.rows] = True
         status[k], label[k] = state.alerts.status, state.alerts.label
     return Replay(
         tile, detector, shape, [a for _, a in order],
-        np.array([seconds / 86400.0 for seconds, _ in order]), scored, anomaly, status, label,
+        np.array([seconds / 86400.0 for seconds, _ in order]), scored, anomaly, row, status, label,
     )  # fmt: skip
