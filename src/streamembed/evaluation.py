@@ -13,7 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import geopandas as gpd
 import numpy as np
 
 from .config import Config
-from .evaluate import DetectorScore, score_replay
+from .evaluate import DetectorScore, EventScore, score_replay
 from .replay import DETECTORS, Replay, replay_tile
 from .sink import read_anomalies
 from .sources.scenarios import SCENARIOS, scenario
@@ -154,6 +154,11 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "-" if np.isnan(x) else f"{x:.{digits}f}"
 
 
+def _event_cells(score: DetectorScore, cell: Callable[[EventScore], str]) -> list[str]:
+    """One table cell per event type of ``EVENT_ORDER`` ("-" where the scenario has none)."""
+    return [cell(score.events[e]) if e in score.events else "-" for e in EVENT_ORDER]
+
+
 def render_markdown(
     runs: Sequence[ScenarioRun],
     seconds: float,
@@ -187,12 +192,7 @@ def render_markdown(
     for run in runs:
         for det in detectors:
             s = run.scores[det]
-            cells = []
-            for e in EVENT_ORDER:
-                ev = s.events.get(e)
-                cells.append(
-                    "-" if ev is None else f"{ev.f1:.2f} ({ev.precision:.2f}/{ev.recall:.2f})"
-                )
+            cells = _event_cells(s, lambda ev: f"{ev.f1:.2f} ({ev.precision:.2f}/{ev.recall:.2f})")
             delays = [s.events[e].delay_looks for e in EVENT_ORDER if e in s.events]
             delay = float(np.nanmedian(delays)) if np.isfinite(delays).any() else float("nan")
             gradual = f"{s.gradual_alerted}/{s.gradual_cells}" if s.gradual_cells else "-"
@@ -212,12 +212,9 @@ def render_markdown(
     for run in runs:
         for det in detectors:
             s = run.scores[det]
-            cells = []
-            for e in EVENT_ORDER:
-                ev = s.events.get(e)
-                cells.append(
-                    "-" if ev is None else f"{_fmt(ev.delay_looks, 1)} / {ev.label_agreement:.2f}"
-                )
+            cells = _event_cells(
+                s, lambda ev: f"{_fmt(ev.delay_looks, 1)} / {ev.label_agreement:.2f}"
+            )
             lines.append(f"| {run.name} | {det} | " + " | ".join(cells) + " |")
     lines += [
         "",
