@@ -80,3 +80,25 @@ def test_a_cloudy_window_reaches_to_the_cells_clear_looks():
     s = score_replay(_replay(status, np.zeros((t, c), bool), scored, label), truth, "test")
     assert s.events["burn"].found == 1 and s.events["burn"].delay_looks == 2.0
     assert WINDOW_CLEAR_LOOKS >= 2
+
+
+def test_the_document_tables_carry_the_scores():
+    from streamembed.evaluation import ScenarioRun, render_markdown
+
+    t, c = 10, 6
+    status = np.zeros((t, c), np.int8)
+    status[3:, 0] = AlertStatus.CONFIRMED
+    scored = np.ones((t, c), bool)
+    label = np.full((t, c), LABELS.index("water_gain"), np.int8)
+    rep = _replay(status, np.zeros((t, c), bool), scored, label)
+    truth = pd.DataFrame(
+        {"tile": ["33UWP"] * 2, "cell_y": [0, 0], "cell_x": [0, 1], "event": ["flood"] * 2,
+         "label": ["water_gain"] * 2, "kind": ["sudden"] * 2, "start": [_ts(DAY0)] * 2,
+         "end": [_ts(DAY0 + 30)] * 2}
+    )  # fmt: skip
+    score = score_replay(rep, truth, "haze")
+    run = ScenarioRun("haze", {"embedding+index": rep}, {"embedding+index": score}, True, 1.0, True)
+    md = render_markdown([run], 60.0, "make evaluate")
+    assert "| haze | embedding+index | 0.67 (1.00/0.50) | - | - | - | 4.0 | 1.00 | 0 |" in md
+    assert "| haze | embedding+index | 4.0 / 1.00 | - | - | - |" in md
+    assert "haze yes" in md and "reusing" not in md
