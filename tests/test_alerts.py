@@ -135,3 +135,22 @@ def test_update_rows_carry_the_lifecycle_and_survive_a_checkpoint(tmp_path):
     assert 2 * 6 + 3 not in res.rows.tolist()
     res = update(state, changed, clear, snow, flooded, day + 15, p)
     assert res.status[res.rows.tolist().index(2 * 6 + 3)] == "confirmed"
+
+
+def test_a_checkpoint_from_before_the_lifecycle_loads_with_no_alerts(tmp_path):
+    """What the previous version wrote: no alert_* or index_* arrays, an EW index mean."""
+    state = TileState.empty(2, 3, 4)
+    state.n[:] = 7
+    state.last_day[:] = 100.0
+    old = {k: v for k, v in state.arrays().items() if not k.startswith(("alert_", "index_"))}
+    old["idx_mean"] = np.full((6, K), 0.4, np.float32)
+    np.savez(tmp_path / "old.npz", **old)
+    back = TileState.load(tmp_path / "old.npz")
+    assert (back.alerts.status == 0).all() and back.alerts.status.size == 6
+    assert np.allclose(back.index_model.level, 0.4) and (back.index_model.n == 7).all()
+    assert not back.index_model.seasonal().any()  # the harmonic starts from this checkpoint on
+    # and it goes on working
+    update(back, np.zeros((2, 3, 4), np.float32), np.ones((2, 3), np.float32),
+           np.zeros((2, 3), np.float32), np.full((2, 3, K), 0.4, np.float32), 105.0,
+           StatsConfig())  # fmt: skip
+    assert (back.n == 8).all()
