@@ -33,7 +33,7 @@ class Cell:
         label: np.int8 = WATER_GAIN,
     ) -> tuple[bool, str]:
         self.day += 5.0
-        row, status = advance(
+        row = advance(
             self.alerts,
             np.array([clear]),
             np.array([anomalous]),
@@ -44,7 +44,7 @@ class Cell:
             self.confirm_looks,
             self.recover,
         )
-        return bool(row[0]), AlertStatus(int(status[0])).label
+        return bool(row[0]), AlertStatus(int(self.alerts.status[0])).label
 
 
 def test_two_agreeing_looks_confirm_and_the_return_recovers():

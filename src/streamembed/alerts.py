@@ -84,13 +84,14 @@ def advance(
     day: float,
     confirm_looks: int,
     recover_index_change: float,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> np.ndarray:
     """Move every scored cell's alert on by one look (in place).
 
     ``scored`` (C,) cells with a clear look after warm-up; ``anomaly`` (C,) anomalous looks;
     ``labels`` (C,) int8 label index of each cell's look; ``current`` and ``expected`` (C, K)
-    indices of this look and the expectation before it. Returns (cells with an output row this
-    look: anomalous, or just recovered or retracted; the status each cell has after it).
+    indices of this look and the expectation before it. Returns the cells with an output row
+    this look: anomalous, or just recovered or retracted (``alerts.status`` has each cell's
+    status after it).
     """
     status = alerts.status
     active = (status == AlertStatus.PROVISIONAL) | (status == AlertStatus.CONFIRMED)
@@ -122,4 +123,4 @@ def advance(
     confirm = touched & (status == AlertStatus.PROVISIONAL) & (alerts.looks >= confirm_looks)
     status[confirm] = AlertStatus.CONFIRMED
     alerts.confirmed_day[confirm] = day
-    return touched | ended, status.copy()
+    return touched | ended

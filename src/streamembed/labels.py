@@ -31,9 +31,13 @@ LABEL_RULES: dict[str, dict[str, float]] = {
 LABELS: tuple[str, ...] = (*LABEL_RULES, "unknown")
 
 
-def label_cells(delta: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """Anomaly labels from spectral indices: ``delta`` (current minus expected) and ``current``,
-    both (cells, len(INDEX_NAMES)); the first matching rule of ``LABEL_RULES`` wins."""
+UNKNOWN = LABELS.index("unknown")
+
+
+def label_index(delta: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Anomaly labels as int8 positions in ``LABELS``, from spectral indices: ``delta``
+    (current minus expected) and ``current``, both (cells, len(INDEX_NAMES)); the first
+    matching rule of ``LABEL_RULES`` wins."""
     d = {name: delta[:, i] for i, name in enumerate(INDEX_NAMES)}
     c = {name: current[:, i] for i, name in enumerate(INDEX_NAMES)}
     w, b, g = LABEL_RULES["water_gain"], LABEL_RULES["burn"], LABEL_RULES["bare_gain"]
@@ -51,16 +55,12 @@ def label_cells(delta: np.ndarray, current: np.ndarray) -> np.ndarray:
             & (c["ndvi"] <= g["max_ndvi"]),
             "vegetation_loss": d["ndvi"] <= LABEL_RULES["vegetation_loss"]["max_d_ndvi"],
         }
-    out = np.full(delta.shape[0], LABELS[-1], dtype=object)
+    out = np.full(delta.shape[0], UNKNOWN, np.int8)
     for name in reversed(LABEL_RULES):  # the first rule in LABEL_RULES is written last: it wins
-        out[rules[name]] = name
+        out[rules[name]] = LABELS.index(name)
     return out
 
 
-UNKNOWN = LABELS.index("unknown")
-
-
-def label_codes(labels: np.ndarray) -> np.ndarray:
-    """int8 positions in ``LABELS`` of an array of label names."""
-    lookup = {name: i for i, name in enumerate(LABELS)}
-    return np.array([lookup[str(v)] for v in labels], np.int8)
+def label_cells(delta: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """The same labels by name (object array)."""
+    return np.array(LABELS, dtype=object)[label_index(delta, current)]

@@ -66,11 +66,10 @@ def replay_tile(store: EmbeddingStore, tile: str, detector: str, params: StatsCo
         acq = store.read(tile, acquisition_id)
         if state is None:
             state = TileState.empty(*shape, acq.embedding.shape[-1])
-        n_before = state.n.copy()
         res = update(
             state, acq.embedding, acq.clear, acq.snow, acq.indices, day_number(acq.time), p
         )
-        scored[k] = res.valid & (n_before >= p.min_obs)
+        scored[k] = res.scored
         anomaly[k] = res.anomaly
         row[k, res.rows] = True
         status[k], label[k] = state.alerts.status, state.alerts.label

@@ -89,8 +89,7 @@ class IndexModel:
 
     def seasonal(self) -> np.ndarray:
         """(C,) cells whose expectation is the harmonic fit: a year of clear looks and more."""
-        with np.errstate(invalid="ignore"):
-            return (self.last_day - self.first_day >= YEAR_DAYS) & (self.n >= 12)
+        return seasonal_cells(self.n, self.first_day, self.last_day)
 
     def expected(self, day: float) -> np.ndarray:
         """(C, K) expectation on ``day``: harmonic where seasonal, else the rolling mean."""
@@ -99,6 +98,13 @@ class IndexModel:
         if s.size:
             out[s] = harmonic_predict(self.gram[s], self.moment[s], day)
         return out
+
+
+def seasonal_cells(n: np.ndarray, first_day: np.ndarray, last_day: np.ndarray) -> np.ndarray:
+    """(C,) cells with a year of clear looks (and 12 of them): the harmonic is their
+    expectation. Takes the model's counts alone, so a checkpoint's can be read without the rest."""
+    with np.errstate(invalid="ignore"):
+        return (last_day - first_day >= YEAR_DAYS) & (n >= 12)
 
 
 def harmonic_predict(gram: np.ndarray, moment: np.ndarray, day: float) -> np.ndarray:
@@ -162,12 +168,9 @@ def index_scores(
     model.level[i] += alpha[:, None] * (target[i] - model.level[i])
     beta = np.where(seen, alpha, 0.0)[:, None]  # the first look has no residual yet
     model.var[i] = (1.0 - beta) * (model.var[i] + beta * clip[i] ** 2)
-    forget = 0.5 ** (gap / HARMONIC_HALF_LIFE_DAYS)
-    x = _design(day)
-    model.gram[i] = forget[:, None, None] * model.gram[i] + np.outer(x, x)
-    model.moment[i] = (
-        forget[:, None, None] * model.moment[i] + x[None, :, None] * target[i][:, None, :]
-    )
+    gram, moment = model.gram[i], model.moment[i]  # copies (fancy indexing): written back
+    harmonic_fold(gram, moment, gap, day, target[i])
+    model.gram[i], model.moment[i] = gram, moment
     model.first_day[i] = np.where(seen, model.first_day[i], day)
     model.last_day[i] = day
     model.n[i] += 1

@@ -38,8 +38,14 @@ from llvmlite import ir
 from .alerts import ALERT_ARRAYS, STATUS_NAMES, AlertState, AlertStatus, advance
 from .config import StatsConfig
 from .faults import crash_point
-from .labels import LABELS, UNKNOWN, label_cells, label_codes
-from .seasonal import INDEX_MODEL_ARRAYS, IndexModel, index_anomalies, index_scores
+from .labels import LABELS, UNKNOWN, label_cells, label_index
+from .seasonal import (
+    INDEX_MODEL_ARRAYS,
+    IndexModel,
+    index_anomalies,
+    index_scores,
+    seasonal_cells,
+)
 
 __all__ = ["LABELS", "ScoreResult", "TileState", "label_cells", "update"]
 
@@ -149,16 +155,11 @@ def warm_up(path: str | Path, min_obs: int) -> WarmUp:
     """Read a tile checkpoint's counts only (its embedding means stay on disk)."""
     with np.load(path) as z:
         n = z["n"]
-        if "index_n" in z:
-            model = IndexModel.empty(0)
-            model.n, model.first_day, model.last_day = (
-                z["index_n"],
-                z["index_first_day"],
-                z["index_last_day"],
-            )
-            seasonal = int(model.seasonal().sum())
-        else:
-            seasonal = 0
+        seasonal = (
+            int(seasonal_cells(z["index_n"], z["index_first_day"], z["index_last_day"]).sum())
+            if "index_n" in z
+            else 0
+        )
     return WarmUp(int(n.size), int((n >= min_obs).sum()), seasonal)
 
 
@@ -171,7 +172,7 @@ class ScoreResult:
     anomaly: np.ndarray  # (C,) bool
     valid: np.ndarray  # (C,) bool: clear enough to update
     n_obs: np.ndarray  # (C,) int32 observations before this one
-    delta_indices: np.ndarray  # (C, K) current minus expected indices
+    scored: np.ndarray  # (C,) bool: valid and past min_obs (what the alert lifecycle saw)
     rows: np.ndarray  # (R,) cells with an output row: anomalous, or their alert just ended
     labels: np.ndarray  # (R,) object: label of each row's cell
     status: np.ndarray  # (R,) object: alert status of each row's cell after this look
@@ -490,9 +491,8 @@ def update(
     # The cell's own spectral indices against their seasonal expectation (seasonal.py), folded
     # in here for every detector: the index gate, the index detector and the labels use it.
     z_idx, expected_idx = index_scores(
-        state.index_model, idx, usable & np.isfinite(idx).all(axis=1), day,
-        params.half_life_days, params.min_obs,
-    )  # fmt: skip
+        state.index_model, idx, usable, day, params.half_life_days, params.min_obs
+    )
     delta = (idx - expected_idx).astype(np.float32)
     if params.detector == "index":
         gate = index_anomalies(z_idx, params.index_threshold)
@@ -525,13 +525,14 @@ def update(
     flagged = np.flatnonzero(anomaly)
     look_label = np.full(c, UNKNOWN, np.int8)
     if flagged.size:
-        look_label[flagged] = label_codes(label_cells(delta[flagged], idx[flagged]))
+        look_label[flagged] = label_index(delta[flagged], idx[flagged])
     scored = valid & (n_before >= params.min_obs)
-    emit, status = advance(
+    emit = advance(
         state.alerts, scored, anomaly, look_label, idx, expected_idx.astype(np.float32), day,
         params.confirm_looks, params.recover_index_change,
     )  # fmt: skip
     rows = np.flatnonzero(emit)
+    status = state.alerts.status
     # An anomalous look is labelled by itself; an alert that just ended by the alert's label.
     ended = (status[rows] == AlertStatus.RECOVERED) | (status[rows] == AlertStatus.RETRACTED)
     row_label = np.where(ended, state.alerts.label[rows], look_label[rows])
@@ -541,7 +542,7 @@ def update(
         anomaly=anomaly,
         valid=valid,
         n_obs=n_before,
-        delta_indices=delta,
+        scored=scored,
         rows=rows,
         labels=np.array([LABELS[i] for i in row_label], dtype=object),
         status=np.array([STATUS_NAMES[i] for i in status[rows]], dtype=object),
