@@ -51,18 +51,18 @@ def _write_archive(args: tuple[str, str, int, int, int]) -> str:
 
 def write_archives(
     names: Sequence[str], data: Path, tile_px: int, revisit: int, seed: int, workers: int
-) -> int:
+) -> list[str]:
     """The scenarios' archives that are missing, written side by side (one process each);
-    returns how many were written."""
+    returns the names written."""
     todo = [n for n in names if not (data / n / "complete").exists()]
     if not todo:
-        return 0
+        return []
     print(f"writing {len(todo)} scenario archive(s) to {data} …", flush=True)
     jobs = [(n, str(data / n), tile_px, revisit, seed) for n in todo]
     with concurrent.futures.ProcessPoolExecutor(max(1, min(workers, len(jobs)))) as pool:
         for name in pool.map(_write_archive, jobs):
             print(f"  {name}: written", flush=True)
-    return len(todo)
+    return todo
 
 
 def run_scenarios(
@@ -82,8 +82,7 @@ def run_scenarios(
     for n in names:
         scenario(n)  # an unknown name fails here, before anything runs
     data, runs = work / "data", work / "runs"
-    fresh = {n for n in names if not (data / n / "complete").exists()}
-    write_archives(names, data, tile_px, revisit, seed, workers=2)
+    fresh = set(write_archives(names, data, tile_px, revisit, seed, workers=2))
     out: list[ScenarioRun] = []
     with make_client(cfg.cluster) as client:
         for name in names:
@@ -108,14 +107,11 @@ def _score(
 ) -> ScenarioRun:
     truth = gpd.read_parquet(data / "truth.parquet")
     store = EmbeddingStore(cfg.layout.store, cfg.store)
-    replays: dict[str, Replay] = {}
-    scores: dict[str, DetectorScore] = {}
     tiles = store.tiles()
     if len(tiles) != 1:  # the scenario set is one tile each (sources/scenarios.py)
         raise ValueError(f"scenario {name}: expected one tile in {store.root}, found {tiles}")
-    for det in detectors:
-        replays[det] = replay_tile(store, tiles[0], det, cfg.stats)
-        scores[det] = score_replay(replays[det], truth, name)
+    replays = replay_tile(store, tiles[0], detectors, cfg.stats)
+    scores = {det: score_replay(rep, truth, name) for det, rep in replays.items()}
     rows = read_anomalies(cfg.layout.anomalies)
     default = replays.get(cfg.stats.detector)
     same = default is not None and _same_rows(default, rows)

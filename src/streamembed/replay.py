@@ -10,6 +10,7 @@ runtime's default (``stats.detector``), ``embedding`` the z-score without the in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,10 +39,14 @@ class Replay:
     label: np.ndarray  # (T, C) int8 the alert's label after the look (labels.LABELS)
 
 
-def replay_tile(store: EmbeddingStore, tile: str, detector: str, params: StatsConfig) -> Replay:
-    """Every committed acquisition of ``tile``, in time order, through ``detector``."""
-    if detector not in DETECTORS:
-        raise ValueError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+def replay_tile(
+    store: EmbeddingStore, tile: str, detectors: Sequence[str], params: StatsConfig
+) -> dict[str, Replay]:
+    """Every committed acquisition of ``tile``, in time order, through each of ``detectors``:
+    each acquisition is read once and folded into one state per detector."""
+    for detector in detectors:
+        if detector not in DETECTORS:
+            raise ValueError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
     grid = store.grid(tile)
     if grid is None:
         raise KeyError(f"tile {tile} has no embeddings in {store.root}")
@@ -53,27 +58,26 @@ def replay_tile(store: EmbeddingStore, tile: str, detector: str, params: StatsCo
             [str(a) for a in ds["acquisition_id"].values], strict=True)
     )  # fmt: skip
     shape = (grid.n_cells_y, grid.n_cells_x)
-    c = shape[0] * shape[1]
-    p = params.model_copy(update={"detector": detector})
-    t = len(order)
-    scored = np.zeros((t, c), bool)
-    anomaly = np.zeros((t, c), bool)
-    row = np.zeros((t, c), bool)
-    status = np.zeros((t, c), np.int8)
-    label = np.zeros((t, c), np.int8)
-    state: TileState | None = None
-    for k, (_, acquisition_id) in enumerate(order):
+    t, c = len(order), shape[0] * shape[1]
+    days = np.array([seconds / 86400.0 for seconds, _ in order])
+    ids = [a for _, a in order]
+    out = {
+        d: Replay(tile, d, shape, ids, days, np.zeros((t, c), bool), np.zeros((t, c), bool),
+                  np.zeros((t, c), bool), np.zeros((t, c), np.int8), np.zeros((t, c), np.int8))
+        for d in detectors
+    }  # fmt: skip
+    runs = {d: params.model_copy(update={"detector": d}) for d in detectors}
+    states: dict[str, TileState] = {}
+    for k, acquisition_id in enumerate(ids):
         acq = store.read(tile, acquisition_id)
-        if state is None:
-            state = TileState.empty(*shape, acq.embedding.shape[-1])
-        res = update(
-            state, acq.embedding, acq.clear, acq.snow, acq.indices, day_number(acq.time), p
-        )
-        scored[k] = res.scored
-        anomaly[k] = res.anomaly
-        row[k, res.rows] = True
-        status[k], label[k] = state.alerts.status, state.alerts.label
-    return Replay(
-        tile, detector, shape, [a for _, a in order],
-        np.array([seconds / 86400.0 for seconds, _ in order]), scored, anomaly, row, status, label,
-    )  # fmt: skip
+        for d, p in runs.items():
+            state = states.get(d) or TileState.empty(*shape, acq.embedding.shape[-1])
+            states[d] = state
+            res = update(
+                state, acq.embedding, acq.clear, acq.snow, acq.indices, day_number(acq.time), p
+            )
+            r = out[d]
+            r.scored[k], r.anomaly[k] = res.scored, res.anomaly
+            r.row[k, res.rows] = True
+            r.status[k], r.label[k] = state.alerts.status, state.alerts.label
+    return out
