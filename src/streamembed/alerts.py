@@ -53,7 +53,7 @@ class AlertState:
     onset_day: np.ndarray  # (C,) float64 day of the first anomalous look (NaN: none)
     confirmed_day: np.ndarray  # (C,) float64 day the alert was confirmed (NaN: not yet)
     last_day: np.ndarray  # (C,) float64 day of the last anomalous look
-    label: np.ndarray  # (C,) int8 index into labels.LABELS (-1: none)
+    label: np.ndarray  # (C,) int8 index into labels.LABELS (unknown until an alert names it)
     reference: np.ndarray  # (C, K) float32 expected indices when the alert began
 
     @classmethod
@@ -65,7 +65,7 @@ class AlertState:
             onset_day=nan.copy(),
             confirmed_day=nan.copy(),
             last_day=nan.copy(),
-            label=np.full(cells, -1, np.int8),
+            label=np.full(cells, UNKNOWN, np.int8),
             reference=np.full((cells, len(INDEX_NAMES)), np.nan, np.float32),
         )
 

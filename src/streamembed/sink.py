@@ -109,15 +109,30 @@ def write_anomalies(
     if not records:
         return None
     path = partition_path(root, grid.tile, date, acquisition_id)
+    return _publish(to_geodataframe(records, grid), path, crash="sink.written")
+
+
+def _publish(gdf: gpd.GeoDataFrame, path: Path, crash: str | None = None) -> Path:
+    """GeoParquet 1.1 written to a hidden temporary name, then renamed over ``path``: readers
+    see the old file or the new one (hive readers skip dot files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    gdf = to_geodataframe(records, grid)
     gdf.to_parquet(
         tmp, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd"
     )
-    crash_point("sink.written")
+    if crash:
+        crash_point(crash)
     tmp.replace(path)
     return path
+
+
+def _read_partitioned(root: str | Path, pattern: str, columns: tuple[str, ...]) -> gpd.GeoDataFrame:
+    """Every file under ``root`` matching ``pattern``, partitions as columns; an empty frame
+    with ``columns`` when there is none yet."""
+    root = Path(root)
+    if not any(root.glob(pattern)):
+        return gpd.GeoDataFrame({c: [] for c in columns if c != "geometry"}, geometry=[], crs=4326)
+    return gpd.read_parquet(root)
 
 
 ALERT_COLUMNS = (
@@ -143,7 +158,7 @@ def alert_table(
             "cell_y": cy,
             "cell_x": cx,
             "status": [STATUS_NAMES[s] for s in alerts.status[cells]],
-            "label": [LABELS[i] if i >= 0 else "unknown" for i in alerts.label[cells]],
+            "label": [LABELS[i] for i in alerts.label[cells]],
             "onset": _days_to_datetime(alerts.onset_day[cells]),
             "confirmed": _days_to_datetime(alerts.confirmed_day[cells]),
             "last_anomalous": _days_to_datetime(alerts.last_day[cells]),
@@ -159,29 +174,14 @@ def write_alert_table(
     path: str | Path, alerts: AlertState, grid: TileGrid, day: float, acquisition_id: str
 ) -> Path:
     """Replace a tile's alert table atomically: readers see the old table or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    alert_table(alerts, grid, day, acquisition_id).to_parquet(
-        tmp, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd"
-    )
-    tmp.replace(path)
-    return path
+    return _publish(alert_table(alerts, grid, day, acquisition_id), Path(path))
 
 
 def read_alerts(root: str | Path) -> gpd.GeoDataFrame:
     """Every tile's alert table under ``root`` (empty frame if none yet), with ``tile``."""
-    root = Path(root)
-    if not any(root.glob("tile=*/alerts.parquet")):
-        return gpd.GeoDataFrame(
-            {c: [] for c in ALERT_COLUMNS if c != "geometry"}, geometry=[], crs=4326
-        )
-    return gpd.read_parquet(root)
+    return _read_partitioned(root, "tile=*/alerts.parquet", ALERT_COLUMNS)
 
 
 def read_anomalies(root: str | Path) -> gpd.GeoDataFrame:
     """Every anomaly under ``root`` (empty frame if none yet), with ``tile``/``date`` partitions."""
-    root = Path(root)
-    if not any(root.glob("tile=*/date=*/*.parquet")):
-        return gpd.GeoDataFrame({c: [] for c in COLUMNS if c != "geometry"}, geometry=[], crs=4326)
-    return gpd.read_parquet(root)
+    return _read_partitioned(root, "tile=*/date=*/*.parquet", COLUMNS)
