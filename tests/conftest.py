@@ -43,6 +43,62 @@ def server(archive):
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 API on 127.0.0.1 (moto's server) with this process's AWS_* environment pointing
+    at it; ``.env`` for subprocesses."""
+    from .s3_server import S3Server, set_environ
+
+    srv = S3Server().start()
+    old = set_environ(dict(srv.env))
+    yield srv
+    set_environ(old)
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server):
+    """The S3 server, and dask's threads for what a test module reads back from the bucket:
+    the session's LocalCluster workers were started before the keys were set."""
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        yield s3_server
+
+
+@pytest.fixture(scope="session")
+def kill_series(tmp_path_factory) -> Path:
+    """Nine acquisitions of one 512 px tile through the demo's planted flood (anomaly rows)."""
+    import datetime as dt
+
+    from streamembed.sources.synthetic import generate
+
+    from .kill_series import N_ACQUISITIONS
+
+    items, _ = generate(
+        tmp_path_factory.mktemp("kill-series"), days=45, revisit_days=5, tile_px=512,
+        n_tiles=1, start=dt.date(2024, 4, 1),
+    )  # fmt: skip
+    assert len(list(items.rglob("*.json"))) == N_ACQUISITIONS
+    return items
+
+
+@pytest.fixture(scope="session")
+def kill_reference(kill_series, tmp_path_factory):
+    """The uninterrupted CLI backfill of ``kill_series`` to a local folder: (folder, sorted ids,
+    embeddings in id order, anomaly rows)."""
+    from streamembed.ledger import State
+
+    from .kill_series import N_ACQUISITIONS, backfill, outputs
+
+    out = tmp_path_factory.mktemp("uninterrupted") / "out"
+    backfill(kill_series, out)
+    ids, embedding, rows, states = outputs(out)
+    assert len(ids) == N_ACQUISITIONS and len(rows) > 0
+    assert set(states.values()) == {State.APPLIED}
+    return out, ids, embedding, rows
+
+
 def pytest_terminal_summary(terminalreporter):
     """Say how many kill points/timings the kill suite ran (issue: the number is printed)."""
     ran = [

@@ -61,7 +61,8 @@ def test_kubernetes_manifests_validate_against_the_operator_and_api():
     assert gpu["image"].endswith("-cuda") and not cpu["image"].endswith("-cuda")
     for container in (cpu, gpu):
         assert {"secretRef": {"name": "cdse-credentials", "optional": True}} in container["envFrom"]
-        assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+        # Bucket mode: the workers write to the bucket and mount no volume.
+        assert not container.get("volumeMounts")
         # Worker pods are plain Kubernetes pod specs too.
     _k8s_model(cluster["spec"]["worker"]["spec"], "V1PodSpec")
     _k8s_model(groups[0]["spec"]["worker"]["spec"], "V1PodSpec")
@@ -82,7 +83,35 @@ def test_kubernetes_manifests_validate_against_the_operator_and_api():
     daemon_cfg = Config.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
     assert daemon_cfg.cluster.kind == "address"
     assert daemon_cfg.cluster.address == "tcp://streamembed-scheduler:8786"
-    assert daemon_cfg.cluster.has_gpu_groups and daemon_cfg.output == "/data/output"
+    assert daemon_cfg.cluster.has_gpu_groups and daemon_cfg.output.startswith("s3://")
+    # Only the ledger needs a disk: a small claim one pod mounts.
+    assert (
+        pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+        and daemon_cfg.ledger == "/data/ledger.sqlite"
+    )
+    mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {"name": "data", "mountPath": "/data"} in mounts
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= set(
+        secret["stringData"]
+    )
+
+
+def test_kubernetes_volume_mode_shares_one_read_write_many_claim():
+    cfg = load_config(K8S / "config.yaml", {}).with_overrides(output="/data/output")
+    manifests = kubernetes_manifests(cfg)
+    cluster, *groups = manifests["daskcluster.yaml"]
+    config_map, pvc, deployment = manifests["daemon.yaml"]
+    _k8s_model(pvc, "V1PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    for spec in (cluster["spec"]["worker"]["spec"], groups[0]["spec"]["worker"]["spec"]):
+        assert {"name": "data", "mountPath": "/data"} in spec["containers"][0]["volumeMounts"]
+        assert spec["volumes"] == [
+            {"name": "data", "persistentVolumeClaim": {"claimName": "streamembed-data"}}
+        ]
+    daemon_cfg = Config.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
+    assert daemon_cfg.output == "/data/output" and daemon_cfg.ledger is None
+    assert daemon_cfg.layout.ledger == Path("/data/output/ledger.sqlite")
+    assert "AWS_ACCESS_KEY_ID" not in manifests["secret.example.yaml"][0]["stringData"]
 
 
 def test_committed_kubernetes_manifests_are_generated_from_config(tmp_path):

@@ -58,9 +58,9 @@ def test_real_l1c_scenes_end_to_end(real_items, cluster_client, tmp_path):
         pipe.close()
     assert not report.failed, report.failed
     assert report.applied == len(times) == 5
-    with Ledger(cfg.output_dir / "ledger.sqlite") as ledger:
+    with Ledger(cfg.layout.ledger) as ledger:
         assert {r.state for r in ledger.rows()} == {State.APPLIED}
-    ds = EmbeddingStore(cfg.output_dir / "embeddings.zarr").open_dataset("33TVL").sortby("time")
+    ds = EmbeddingStore(cfg.layout.store).open_dataset("33TVL").sortby("time")
     assert ds["embedding"].shape == (5, 3, 3, 512)  # 101 x 100 px: 3 x 3 cells of 320 m
     assert ds.attrs["bands"] == list(BANDS_L1C)
     assert np.isfinite(ds["embedding"].values.astype(np.float32)).all()

@@ -97,6 +97,36 @@ def test_an_acquisition_is_invisible_until_committed_and_a_restart_reuses_its_ro
     assert np.array_equal(back.clear, b.clear)
 
 
+def test_plain_readers_see_committed_acquisitions_only(tmp_path):
+    """The readers' view (``xarray.open_zarr`` of the tile, consolidated) ends at the last
+    commit: reserved rows, half-written blocks and later commits behind an acquisition still
+    in flight are not in it; a failed acquisition's released row becomes a gap with no id."""
+    store = EmbeddingStore(tmp_path / "embeddings.zarr")
+    store.append(_batch(0))
+
+    def readers() -> list[str]:
+        ds = xr.open_zarr(tmp_path / "embeddings.zarr" / "33UWP")  # no options: as anyone
+        assert ds.embedding.shape[0] == ds.clear.shape[0] == ds.time.shape[0]
+        return [str(v) for v in ds.acquisition_id.values]
+
+    b1, b2, b3 = _batch(1), _batch(2), _batch(3)
+    r1 = store.begin(b1.acquisition_id, GRID, 8, PROVENANCE)
+    r2 = store.begin(b2.acquisition_id, GRID, 8, PROVENANCE)
+    assert r1 is not None and r2 is not None
+    store.write_block(r1, (0, 3), (0, 2), b1.embedding[:, :2], b1.clear[:, :2], b1.snow[:, :2],
+                      b1.indices[:, :2])  # fmt: skip
+    assert readers() == ["acq0"]  # two rows reserved, one half written: neither visible
+    store.write_block(r2, (0, 3), (0, 4), b2.embedding, b2.clear, b2.snow, b2.indices)
+    store.commit(r2, b2.time)
+    assert readers() == ["acq0"]  # acq2 is committed behind acq1, still in flight
+    store.release(r1)  # acq1 failed
+    assert readers() == ["acq0", "", "acq2"]
+    assert store.open_dataset("33UWP").acquisition_id.values.tolist() == ["acq0", "acq2"]
+    assert store.append(b3) and readers() == ["acq0", "", "acq2", "acq3"]
+    ds = xr.open_zarr(tmp_path / "embeddings.zarr" / "33UWP")
+    assert np.array_equal(ds.embedding.values[3], b3.embedding.astype(np.float16))
+
+
 def test_store_keeps_sensing_seconds_and_the_stored_dtype(tmp_path):
     """Sentinel-2 times carry milliseconds; the store keeps the sensing second (the id's)."""
 
@@ -174,7 +204,7 @@ def _record(cell_x: int, acq: str = "acq0") -> AnomalyRecord:
 def test_geoparquet_partitioned_and_readable(tmp_path):
     root = tmp_path / "anomalies"
     path = write_anomalies(root, [_record(0), _record(2)], GRID, "2024-05-01", "acq0")
-    assert path == root / "tile=33UWP" / "date=2024-05-01" / "acq0.parquet"
+    assert path == str(root / "tile=33UWP" / "date=2024-05-01" / "acq0.parquet")
     again = write_anomalies(root, [_record(0), _record(2)], GRID, "2024-05-01", "acq0")
     assert again == path and len(list(root.rglob("*.parquet"))) == 1  # rewrite, not a second file
     assert not list(root.rglob("*.tmp"))
@@ -240,3 +270,45 @@ def test_unparseable_source_entries_are_filed_apart_from_acquisitions(tmp_path):
     with Ledger(path) as ledger:
         assert ledger.count() == 0
         assert ("b.json", "/x/b.json", "bad") in ledger.source_failures()
+
+
+def test_int8_quantisation_is_within_half_a_level_of_each_cell():
+    from streamembed.store import dequantise, quantise
+
+    rng = np.random.default_rng(3)
+    # ReLU-like features (non-negative, a few large), one constant cell, one NaN cell
+    e = np.maximum(rng.normal(0.2, 1.0, size=(5, 7, 64)), 0).astype(np.float32)
+    e[0, 0] = 0.5
+    e[1, 1] = np.nan
+    q, scale, offset = quantise(e)
+    assert q.dtype == np.int8 and scale.shape == offset.shape == (5, 7)
+    back = dequantise(q, scale, offset, np.float32)
+    ok = np.isfinite(e)
+    err = np.abs(back - e)[ok].reshape(-1)
+    bound = np.broadcast_to(scale[..., None] / 2 + 1e-6, e.shape)[ok].reshape(-1)
+    assert (err <= bound).all()
+    assert np.all(back[0, 0] == 0.5) and np.isnan(back[1, 1]).all()
+    # both ends of a cell's range are levels: -128 and 127 are used
+    assert q[2, 2].min() == -128 and q[2, 2].max() == 127
+
+
+def test_an_int8_store_reads_back_decoded_and_refuses_another_dtype(tmp_path):
+    from streamembed.config import StoreConfig
+
+    root = tmp_path / "embeddings.zarr"
+    store = EmbeddingStore(root, StoreConfig(dtype="int8", compression="blosc-zstd-shuffle"))
+    b = _batch(0)
+    assert store.append(b) and store.append(_batch(1))
+    raw = xr.open_zarr(root / "33UWP")
+    assert raw.embedding.dtype == np.int8 and "embedding_scale" in raw
+    back = store.read("33UWP", "acq0")
+    assert back.embedding.dtype == np.float16
+    level = (b.embedding.max(-1) - b.embedding.min(-1)) / 255
+    assert (
+        np.abs(back.embedding.astype(np.float32) - b.embedding) <= level[..., None] * 0.51 + 2e-3
+    ).all()
+    ds = store.open_dataset("33UWP")
+    assert ds.embedding.dtype == np.float32 and "embedding_scale" not in ds
+    assert np.allclose(ds.embedding.values[0], back.embedding, atol=2e-3)
+    with pytest.raises(StoreMismatchError, match=r"store\.dtype"):
+        EmbeddingStore(root).append(_batch(2))

@@ -19,11 +19,11 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Protocol
 
 from distributed.actor import BaseActorFuture
 
+from . import storage
 from .config import StatsConfig, StoreConfig
 from .faults import crash_point
 from .layout import OutputLayout
@@ -90,7 +90,7 @@ class StatsActor:
     """Per-shard statistics; every public method is one actor call."""
 
     def __init__(self, output_dir: str, stats: StatsConfig, store: StoreConfig, model_id: str):
-        self.layout = OutputLayout(Path(output_dir))
+        self.layout = OutputLayout(output_dir)
         self.cfg = stats
         self.store = EmbeddingStore(self.layout.store, store)
         self.model_id = model_id
@@ -101,14 +101,14 @@ class StatsActor:
         self.cell_updates = 0
         self.busy_seconds = 0.0
 
-    def _state_path(self, tile: str) -> Path:
+    def _state_path(self, tile: str) -> str:
         return self.layout.state(tile)
 
     def _state(self, tile: str, shape: tuple[int, int], dim: int) -> TileState:
         if tile not in self.states:
             path = self._state_path(tile)
             self.states[tile] = (
-                TileState.load(path) if path.exists() else TileState.empty(*shape, dim)
+                TileState.load(path) if storage.exists(path) else TileState.empty(*shape, dim)
             )
         self.states.move_to_end(tile)
         return self.states[tile]
@@ -131,7 +131,7 @@ class StatsActor:
         if tile in self.states:
             return list(self.states[tile].applied_ids)
         path = self._state_path(tile)
-        return list(TileState.load(path).applied_ids) if path.exists() else []
+        return list(TileState.load(path).applied_ids) if storage.exists(path) else []
 
     def apply(self, tile: str, acquisition_id: str) -> ApplyResult:
         """Fold one stored acquisition into its tile's state and write its anomalies."""
@@ -207,9 +207,11 @@ class StatsActor:
         )
 
 
-def _count_rows(path: Path) -> int:
-    if not path.exists():
+def _count_rows(path: str) -> int:
+    if not storage.exists(path):
         return 0
     import pyarrow.parquet as pq
 
-    return int(pq.ParquetFile(path).metadata.num_rows)
+    fs, on_fs = storage.filesystem(path)
+    with fs.open(on_fs, "rb") as f:
+        return int(pq.ParquetFile(f).metadata.num_rows)

@@ -44,10 +44,10 @@ def _rgb(acq: Acquisition, grid: TileGrid, step: int) -> np.ndarray:
 
 
 def render_map(
-    output_dir: str | Path, tile: str, date: str, png: str | Path, max_px: int = 1024
+    out: OutputLayout, tile: str, date: str, png: str | Path, max_px: int = 1024
 ) -> Path:
-    """Write a PNG of ``tile`` on ``date``; raises ValueError naming what is missing."""
-    out = OutputLayout(Path(output_dir))
+    """Write a PNG of ``tile`` on ``date`` (outputs in ``out``, local or at a URL); raises
+    ValueError naming what is missing."""
     store = EmbeddingStore(out.store)
     grid = store.grid(tile)
     if grid is None:

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import storage
 from .acquisition import SourceError
 from .config import DETECTORS, Config, ConfigError, load_config, load_section
 from .layout import OutputFullError
+from .storage import StorageError
 
 if TYPE_CHECKING:
     from .demo import DemoConfig
@@ -64,6 +66,8 @@ def _config(args: argparse.Namespace) -> Config:
         overrides["source.kind"] = "auto"
     if getattr(args, "output", None):
         overrides["output"] = args.output
+    if getattr(args, "ledger", None):
+        overrides["ledger"] = args.ledger
     if getattr(args, "detector", None) not in (None, "all"):
         overrides["stats.detector"] = args.detector
     return cfg.with_overrides(**overrides) if overrides else cfg
@@ -93,9 +97,10 @@ def cmd_backfill(args: argparse.Namespace, cfg: Config) -> int:
 def _where(cfg: Config) -> list[str]:
     out = cfg.layout
     return [
-        f"embeddings: {out.store}  (xarray.open_zarr(path, group=TILE))",
+        f"embeddings: {out.store}  (xarray.open_zarr('{out.store}/TILE'))",
         f"anomalies:  {out.anomalies}  (geopandas.read_parquet(path))",
-        f"ledger:     {out.ledger}  (streamembed status --output {out.root})",
+        f"ledger:     {out.ledger}  (streamembed status --output {out.root}"
+        + (f" --ledger {out.ledger})" if out.remote else ")"),
     ]
 
 
@@ -156,7 +161,7 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
 
     path = cfg.layout.ledger
     if not path.exists():
-        print(f"no ledger at {path}; nothing has run with --output {cfg.output_dir}")
+        print(f"no ledger at {path}; nothing has run with --output {cfg.output}")
         return 1
     with Ledger(path) as ledger:
         _print(_status_table(ledger))
@@ -170,10 +175,11 @@ def _warm_up_lines(cfg: Config) -> list[str]:
     from .stats import warm_up
 
     lines = []
-    for path in sorted(cfg.layout.state_dir.glob("*.npz")):
+    for path in storage.glob(cfg.layout.state_dir, "*.npz"):
         w = warm_up(path, cfg.stats.min_obs)
+        tile = path.rsplit("/", 1)[-1].removesuffix(".npz")
         lines.append(
-            f"{path.stem:<8}cells {w.cells}: {w.cells - w.scored} warming up (under "
+            f"{tile:<8}cells {w.cells}: {w.cells - w.scored} warming up (under "
             f"{cfg.stats.min_obs} clear looks), {w.seasonal} with the seasonal expectation "
             "(a year of clear looks)"
         )
@@ -224,7 +230,7 @@ def _failure_lines(ledger: Ledger, listing: bool) -> list[str]:
 def cmd_map(args: argparse.Namespace, cfg: Config) -> int:
     from .anomaly_map import render_map
 
-    png = render_map(cfg.output_dir, args.tile, args.date, args.o)
+    png = render_map(cfg.layout, args.tile, args.date, args.o)
     print(f"wrote {png}")
     return 0
 
@@ -353,9 +359,8 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
         # The acquisition with the most anomalous cells makes the most telling picture.
         top = anomalies.groupby(["mgrs_tile", "acquisition_id"]).size().idxmax()
         when = anomalies.loc[anomalies["acquisition_id"] == top[1], "datetime"].iloc[0]
-        png = render_map(
-            cfg.output_dir, str(top[0]), when.strftime("%Y-%m-%d"), cfg.output_dir / "demo-map.png"
-        )
+        local = cfg.layout.local_root or Path()
+        png = render_map(cfg.layout, str(top[0]), when.strftime("%Y-%m-%d"), local / "demo-map.png")
         print(f"map: {png}  (streamembed map {top[0]} {when:%Y-%m-%d} -o {png})")
     print(f"demo finished in {time.time() - t0:.0f} s", flush=True)
     return 0
@@ -371,7 +376,16 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", default=DEFAULT_CONFIG, help="config file (default ./config.yaml)"
         )
         p.add_argument("--source", help="source folder or URL (overrides source.path)")
-        p.add_argument("--output", help="output folder (overrides output; default ./output)")
+        p.add_argument(
+            "--output",
+            help="output folder or object-store URL, e.g. s3://bucket/run (overrides output; "
+            "default ./output)",
+        )
+        p.add_argument(
+            "--ledger",
+            help="local path of the SQLite ledger (default OUTPUT/ledger.sqlite; required when "
+            "--output is a URL)",
+        )
         return p
 
     def detector(p: argparse.ArgumentParser) -> None:
@@ -453,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"configuration error:\n{err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, SourceError, OutputFullError) as err:
+    except (ValueError, FileNotFoundError, SourceError, OutputFullError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .acquisition import BANDS_L1C, BANDS_L2A, MGRS_TILE
 from .layout import OutputLayout
+from .storage import is_remote
 
 ENV_PREFIX = "STREAMEMBED__"
 # Sections of config.yaml that belong to the harness commands (demo, bench), not the runtime.
@@ -144,8 +145,19 @@ class ModelConfig(Section):
         return bands
 
 
+StoreDtype = Literal["float16", "float32", "int8"]
+Compression = Literal["zstd", "blosc-zstd-shuffle", "none"]
+
+
 class StoreConfig(Section):
-    dtype: Literal["float16", "float32"] = "float16"
+    dtype: StoreDtype = Field(
+        "float16",
+        description="embedding dtype; int8: per-cell affine quantisation (a scale and an offset "
+        "per cell, embedding_scale / embedding_offset)",
+    )
+    compression: Compression = Field(
+        "zstd", description="codec of the embedding chunks (benchmarks/RESULTS.md, storage budget)"
+    )
     chunk_cells: int = 64
 
 
@@ -285,7 +297,16 @@ class PipelineConfig(Section):
 
 
 class Config(Section):
-    output: str = "output"
+    output: str = Field(
+        "output",
+        description="folder or object-store URL (s3://bucket/prefix, gs://, az://) of the "
+        "embedding store, tile state and anomalies",
+    )
+    ledger: str | None = Field(
+        None,
+        description="local path of the SQLite ledger; default ledger.sqlite inside a local "
+        "output (required when output is a URL)",
+    )
     source: SourceConfig = SourceConfig()
     ingest: IngestConfig = IngestConfig()
     model: ModelConfig = ModelConfig()
@@ -305,14 +326,19 @@ class Config(Section):
             )
         return self
 
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.output)
+    @model_validator(mode="after")
+    def _ledger_is_local(self) -> Config:
+        if self.ledger is not None and is_remote(self.ledger):
+            raise ValueError(
+                f"ledger={self.ledger}: the ledger is SQLite and must be a local path "
+                "(the outputs may be a URL, the ledger may not)"
+            )
+        return self
 
     @property
     def layout(self) -> OutputLayout:
-        """Where each output lives under ``output``."""
-        return OutputLayout(Path(self.output))
+        """Where each output lives under ``output`` (and the ledger)."""
+        return OutputLayout(self.output, self.ledger)
 
     def with_overrides(self, **dotted: Any) -> Config:
         """A copy with ``{"source.path": ...}``-style overrides applied and re-validated."""

@@ -3,9 +3,11 @@
 - ``daskcluster.yaml``: the dask-kubernetes operator's ``DaskCluster`` (scheduler + the first
   worker group) and one ``DaskWorkerGroup`` per further group (GPU groups ask for
   ``nvidia.com/gpu`` and start with ``--resources GPU=<n>``);
-- ``daemon.yaml``: a ConfigMap with the config, a ReadWriteMany volume claim shared by the
-  workers and the daemon (the Zarr store is appended by workers), and the Deployment that runs
-  ``streamembed monitor`` against the DaskCluster's scheduler service;
+- ``daemon.yaml``: a ConfigMap with the config, the volume claims, and the Deployment that runs
+  ``streamembed monitor`` against the DaskCluster's scheduler service. Two modes, from
+  ``output``: a bucket URL (``s3://…``: the outputs go to object storage, workers mount
+  nothing, the daemon's ledger lives on a small ReadWriteOnce claim), or a path (one
+  ReadWriteMany claim shared by the workers and the daemon: workers append the Zarr store);
 - ``secret.example.yaml``: the shape of the credentials secret (values are placeholders; create
   the real one with ``kubectl create secret``, never commit it).
 """
@@ -19,6 +21,7 @@ import yaml
 
 from .cluster import kubernetes_specs
 from .config import ClusterConfig, Config
+from .storage import is_remote
 
 DATA_MOUNT = "/data"
 CONFIG_MOUNT = "/etc/streamembed"
@@ -32,35 +35,45 @@ def _mount_data(pod_spec: dict[str, Any], claim: str) -> None:
         container.setdefault("volumeMounts", []).append({"name": "data", "mountPath": DATA_MOUNT})
 
 
+def _claim(name: str, mode: str, size: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, **meta},
+        "spec": {"accessModes": [mode], "resources": {"requests": {"storage": size}}},
+    }
+
+
 def kubernetes_manifests(cfg: Config) -> dict[str, list[dict[str, Any]]]:
     """{file name: [resources]} for a Kubernetes deployment of this config."""
     k = cfg.cluster
     name = k.name
-    claim = f"{name}-data"
     meta: dict[str, Any] = {"namespace": k.namespace} if k.namespace else {}
-    # Everything the pods write goes to the shared volume.
-    daemon_cfg = cfg.with_overrides(
-        **{"output": f"{DATA_MOUNT}/output", "cluster.kind": "address"}
-    ).with_overrides(**{"cluster.address": f"tcp://{name}-scheduler:8786"})
+    bucket = is_remote(cfg.output)
     cluster, groups = kubernetes_specs(k)
-    _mount_data(cluster["spec"]["worker"]["spec"], claim)
-    for group in groups:
-        _mount_data(group["spec"]["worker"]["spec"], claim)
+    if bucket:
+        # Outputs in the bucket (workers write blocks there with the secret's keys); only the
+        # daemon's SQLite ledger needs a disk, and one pod mounts it.
+        claim = f"{name}-ledger"
+        overrides: dict[str, str | None] = {"ledger": f"{DATA_MOUNT}/ledger.sqlite"}
+        claims = [_claim(claim, "ReadWriteOnce", "1Gi", meta)]
+    else:
+        # Everything the pods write goes to the shared volume.
+        claim = f"{name}-data"
+        overrides = {"output": f"{DATA_MOUNT}/output", "ledger": None}
+        claims = [_claim(claim, "ReadWriteMany", "500Gi", meta)]
+        _mount_data(cluster["spec"]["worker"]["spec"], claim)
+        for group in groups:
+            _mount_data(group["spec"]["worker"]["spec"], claim)
+    daemon_cfg = cfg.with_overrides(**overrides, **{"cluster.kind": "address"}).with_overrides(
+        **{"cluster.address": f"tcp://{name}-scheduler:8786"}
+    )
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": f"{name}-config", **meta},
         "data": {
             "config.yaml": yaml.safe_dump(daemon_cfg.model_dump(mode="json"), sort_keys=False)
-        },
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": claim, **meta},
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "resources": {"requests": {"storage": "500Gi"}},
         },
     }
     secret = {
@@ -71,11 +84,20 @@ def kubernetes_manifests(cfg: Config) -> dict[str, list[dict[str, Any]]]:
         "stringData": {
             "CDSE_S3_ACCESS_KEY": "<from https://eodata-s3keysmanager.dataspace.copernicus.eu>",
             "CDSE_S3_SECRET_KEY": "<secret key>",
+            **(
+                {
+                    "AWS_ACCESS_KEY_ID": "<the output bucket's access key>",
+                    "AWS_SECRET_ACCESS_KEY": "<its secret key>",
+                    "AWS_ENDPOINT_URL": "<https://… for a non-AWS S3 (CDSE, MinIO, Ceph)>",
+                }
+                if bucket
+                else {}
+            ),
         },
     }
     return {
         "daskcluster.yaml": [cluster, *groups],
-        "daemon.yaml": [config_map, pvc, _daemon_deployment(k, claim, meta)],
+        "daemon.yaml": [config_map, *claims, _daemon_deployment(k, claim, meta)],
         "secret.example.yaml": [secret],
     }
 

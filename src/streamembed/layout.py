@@ -8,6 +8,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from .storage import is_remote, join, normalise
+
 
 class OutputFullError(RuntimeError):
     """The output volume is full: the run stops (nothing is marked failed) and a restart after
@@ -49,45 +51,67 @@ def is_disk_full(err: BaseException, where: Path | None = None) -> bool:
 
 @dataclass(frozen=True)
 class OutputLayout:
-    """The output folder: ``embeddings.zarr/``, ``anomalies/``, ``alerts/``, ``state/``,
-    ``ledger.sqlite``."""
+    """The outputs under ``root`` (a folder or an object-store URL): ``embeddings.zarr/``,
+    ``anomalies/``, ``alerts/``, ``state/``; and the ledger, which is SQLite and so always on
+    local disk: ``ledger_path``, by default ``ledger.sqlite`` inside a local ``root``."""
 
-    root: Path
+    root: str
+    ledger_path: str | None = None
 
     @property
-    def store(self) -> Path:
+    def remote(self) -> bool:
+        return is_remote(self.root)
+
+    @property
+    def store(self) -> str:
         """The Zarr embedding store (one group per tile)."""
-        return self.root / "embeddings.zarr"
+        return join(self.root, "embeddings.zarr")
 
     @property
-    def anomalies(self) -> Path:
+    def anomalies(self) -> str:
         """Partitioned GeoParquet: ``tile=<tile>/date=<YYYY-MM-DD>/<acquisition>.parquet``."""
-        return self.root / "anomalies"
+        return join(self.root, "anomalies")
 
     @property
-    def alerts(self) -> Path:
+    def alerts(self) -> str:
         """Each tile's current alert status per cell: ``tile=<tile>/alerts.parquet``."""
-        return self.root / "alerts"
+        return join(self.root, "alerts")
 
-    def alert_table(self, tile: str) -> Path:
-        return self.alerts / f"tile={tile}" / "alerts.parquet"
+    def alert_table(self, tile: str) -> str:
+        return join(self.alerts, f"tile={tile}", "alerts.parquet")
 
     @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
+    def state_dir(self) -> str:
+        return join(self.root, "state")
 
     @property
     def ledger(self) -> Path:
-        return self.root / "ledger.sqlite"
+        if self.ledger_path:
+            return Path(normalise(self.ledger_path))
+        if self.remote:
+            raise LedgerLocationError(
+                f"output {self.root} is on an object store, and the ledger (SQLite) must be on "
+                "local disk: give it a path with --ledger (or ledger: in config.yaml)"
+            )
+        return Path(normalise(self.root)) / "ledger.sqlite"
 
-    def state(self, tile: str) -> Path:
+    @property
+    def local_root(self) -> Path | None:
+        """The output folder when it is local (the full-disk checks look at its volume)."""
+        return None if self.remote else Path(normalise(self.root))
+
+    def state(self, tile: str) -> str:
         """A tile's statistics checkpoint."""
-        return self.state_dir / f"{tile}.npz"
+        return join(self.state_dir, f"{tile}.npz")
 
-    def anomaly_file(self, tile: str, date: str, acquisition_id: str) -> Path:
+    def anomaly_file(self, tile: str, date: str, acquisition_id: str) -> str:
         return partition_path(self.anomalies, tile, date, acquisition_id)
 
 
-def partition_path(root: str | Path, tile: str, date: str, acquisition_id: str) -> Path:
+class LedgerLocationError(ValueError):
+    """The output is remote and no local ledger path was given."""
+
+
+def partition_path(root: str | Path, tile: str, date: str, acquisition_id: str) -> str:
     """The hive-partitioned file of one acquisition's anomalies under ``root``."""
-    return Path(root) / f"tile={tile}" / f"date={date}" / f"{acquisition_id}.parquet"
+    return join(root, f"tile={tile}", f"date={date}", f"{acquisition_id}.parquet")

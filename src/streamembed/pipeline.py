@@ -44,6 +44,7 @@ from .ledger import FINAL, Failure, Ledger, State
 from .plan import RunPlan, TileSequencer, plan_run
 from .sources import SourceFailure, discover_for, source_key
 from .stages import StageSeconds
+from .storage import ensure_writable
 from .store import EmbeddingStore, Provenance, Reservation, StoreMismatchError
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,11 @@ class Pipeline:
     def __init__(self, cfg: Config, client: Client):
         self.cfg = cfg
         self.client = client
-        cfg.layout.root.mkdir(parents=True, exist_ok=True)
+        ensure_writable(cfg.layout.root)
+        cfg.layout.ledger.parent.mkdir(parents=True, exist_ok=True)
+        # The volume whose filling stops the run: the output folder, or (outputs at a URL) the
+        # ledger's disk.
+        self.volume = cfg.layout.local_root or cfg.layout.ledger.parent
         self.identity = model_identity(cfg.model)
         if self.identity.seeded:
             log.warning(
@@ -260,7 +265,7 @@ class Pipeline:
         self._generation += 1
         return self.client.submit(
             StatsActor,
-            str(self.cfg.layout.root),
+            self.cfg.layout.root,
             self.cfg.stats,
             self.cfg.store,
             self.identity.model_id,
@@ -342,7 +347,7 @@ class Pipeline:
         try:
             return self._run(retry_failed, stop, progress, incremental)
         except Exception as err:
-            if not is_disk_full(err, self.cfg.output_dir):
+            if not is_disk_full(err, self.volume):
                 raise
             message = (
                 f"the output volume of {self.cfg.output} is full ({one_line(err)}); every "
@@ -514,7 +519,7 @@ class Pipeline:
             job.failure = Failure.WORKER
             return
         except Exception as err:  # a task error names its input; keep the rest going
-            if is_disk_full(err, self.cfg.output_dir):
+            if is_disk_full(err, self.volume):
                 raise  # not the acquisition's fault: the run stops, the block is written later
             if job.failed is None:
                 job.failed, job.failure = one_line(err), failure_class(err)
@@ -531,7 +536,8 @@ class Pipeline:
         """Make a finished acquisition visible in the store and the ledger (or fail it)."""
         a = job.acq
         if job.failed is not None:
-            # The reserved row stays pending: a retry writes it again, nothing is visible.
+            # The row is given up: later commits become visible past it, a retry takes a new one.
+            self.store.release(job.reservation)
             self._fail(a, job.failed, job.failure, states, report, bar)
             return
         t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """Anomalies -> partitioned GeoParquet 1.1: ``anomalies/tile=<tile>/date=<YYYY-MM-DD>/<id>.parquet``.
 
-Each file is written to a temporary name and renamed, so readers never see half a file and a
+Each file is published whole (``storage.atomic_writer``: a temporary name renamed, or an
+object-store upload completed last), so readers never see half a file and a
 rewrite after a crash replaces the same file instead of adding a second one. Readable by
 geopandas, dask-geopandas, DuckDB and anything that reads hive-partitioned Parquet.
 """
@@ -8,7 +9,6 @@ geopandas, dask-geopandas, DuckDB and anything that reads hive-partitioned Parqu
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +16,8 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
+from . import storage
 from .alerts import STATUS_NAMES, AlertState, AlertStatus
-from .faults import crash_point
 from .grid import TileGrid
 from .labels import LABELS
 from .layout import partition_path
@@ -104,7 +104,7 @@ def to_geodataframe(records: list[AnomalyRecord], grid: TileGrid) -> gpd.GeoData
 
 def write_anomalies(
     root: str | Path, records: list[AnomalyRecord], grid: TileGrid, date: str, acquisition_id: str
-) -> Path | None:
+) -> str | None:
     """Write one acquisition's anomalies atomically; None (and no file) when there are none."""
     if not records:
         return None
@@ -112,27 +112,25 @@ def write_anomalies(
     return _publish(to_geodataframe(records, grid), path, crash="sink.written")
 
 
-def _publish(gdf: gpd.GeoDataFrame, path: Path, crash: str | None = None) -> Path:
-    """GeoParquet 1.1 written to a hidden temporary name, then renamed over ``path``: readers
-    see the old file or the new one (hive readers skip dot files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    gdf.to_parquet(
-        tmp, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd"
-    )
-    if crash:
-        crash_point(crash)
-    tmp.replace(path)
+def _publish(gdf: gpd.GeoDataFrame, path: str, crash: str | None = None) -> str:
+    """GeoParquet 1.1 published whole at ``path`` (a local path or a URL): readers see the old
+    file or the new one, never half of one (hive readers skip the hidden local temporary)."""
+    with storage.atomic_writer(path, crash) as f:
+        gdf.to_parquet(
+            f, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd"
+        )
     return path
 
 
 def _read_partitioned(root: str | Path, pattern: str, columns: tuple[str, ...]) -> gpd.GeoDataFrame:
     """Every file under ``root`` matching ``pattern``, partitions as columns; an empty frame
     with ``columns`` when there is none yet."""
-    root = Path(root)
-    if not any(root.glob(pattern)):
+    if not storage.glob(root, pattern):
         return gpd.GeoDataFrame({c: [] for c in columns if c != "geometry"}, geometry=[], crs=4326)
-    return gpd.read_parquet(root)
+    if not storage.is_remote(root):
+        return gpd.read_parquet(storage.normalise(root))
+    fs, path = storage.filesystem(root)
+    return gpd.read_parquet(path, filesystem=fs)
 
 
 ALERT_COLUMNS = (
@@ -172,9 +170,9 @@ def alert_table(
 
 def write_alert_table(
     path: str | Path, alerts: AlertState, grid: TileGrid, day: float, acquisition_id: str
-) -> Path:
+) -> str:
     """Replace a tile's alert table atomically: readers see the old table or the new one."""
-    return _publish(alert_table(alerts, grid, day, acquisition_id), Path(path))
+    return _publish(alert_table(alerts, grid, day, acquisition_id), str(path))
 
 
 def read_alerts(root: str | Path) -> gpd.GeoDataFrame:

@@ -37,7 +37,6 @@ from llvmlite import ir
 
 from .alerts import ALERT_ARRAYS, STATUS_NAMES, AlertState, AlertStatus, advance
 from .config import StatsConfig
-from .faults import crash_point
 from .labels import LABELS, UNKNOWN, label_cells, label_index
 from .seasonal import (
     INDEX_MODEL_ARRAYS,
@@ -46,6 +45,7 @@ from .seasonal import (
     index_scores,
     seasonal_cells,
 )
+from .storage import atomic_writer, open_input
 
 __all__ = ["LABELS", "ScoreResult", "TileState", "label_cells", "update"]
 
@@ -104,18 +104,13 @@ class TileState:
         }
 
     def save(self, path: str | Path) -> None:
-        """Atomic checkpoint (temporary file then rename)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        with open(tmp, "wb") as f:
+        """Atomic checkpoint to a local path or a URL (written whole, then published)."""
+        with atomic_writer(path, crash="state.written") as f:
             np.savez(f, **self.arrays())  # type: ignore[arg-type]  # numpy stubs: allow_pickle
-        crash_point("state.written")
-        tmp.replace(p)
 
     @classmethod
     def load(cls, path: str | Path) -> TileState:
-        with np.load(path) as z:
+        with open_input(path) as f, np.load(f) as z:
             # A checkpoint from before the alert lifecycle starts its cells with no alert.
             alerts = (
                 AlertState(**{name: z[f"alert_{name}"] for name in ALERT_ARRAYS})
@@ -153,7 +148,7 @@ class WarmUp:
 
 def warm_up(path: str | Path, min_obs: int) -> WarmUp:
     """Read a tile checkpoint's counts only (its embedding means stay on disk)."""
-    with np.load(path) as z:
+    with open_input(path) as f, np.load(f) as z:
         n = z["n"]
         seasonal = (
             int(seasonal_cells(z["index_n"], z["index_first_day"], z["index_last_day"]).sum())

@@ -4,6 +4,7 @@ Variables: ``embedding(time, y, x, dim)`` (float16 by default), ``clear(time, y,
 fraction per cell, ``snow(time, y, x)`` snow fraction, ``indices(time, y, x, index)`` spectral
 indices over clear pixels (for anomaly labels), ``acquisition_id(time)``; coords ``time``, ``y``,
 ``x`` (UTM metres of cell centres). Attributes: CRS, transform, bands, model id, normalisation.
+The store is a folder or an object-store URL (``s3://bucket/run/embeddings.zarr``).
 
 An acquisition is written in three steps, so that it can arrive as many block tasks on many
 workers (a full tile is 117,649 cells, ~480 MB of float16 at 2048-d):
@@ -11,14 +12,21 @@ workers (a full tile is 117,649 cells, ~480 MB of float16 at 2048-d):
    still empty, recorded in the group's ``pending`` attribute so a restart reuses it;
 2. ``write_block`` (any worker, no lock) writes one block of cells into that row by region;
    block edges fall on chunk edges, so no two writers ever touch the same chunk;
-3. ``commit`` (the driver, once every block is stored) writes the time and, last, the id.
-A row with an empty id is not an acquisition: readers skip it, a restart redoes it in the same
-row, so a crash mid-acquisition leaves nothing visible and nothing twice.
+3. ``commit`` (the driver, once every block is stored) writes the time, the id, and last the
+   tile's reader view.
+
+Two views of a tile: the arrays' own metadata (the writers' view) grows when a row is reserved;
+the tile group's consolidated metadata (the readers' view: ``xarray.open_zarr`` of the tile)
+ends at the last committed row and is replaced, in one object write, only by a commit. So a
+reader never sees a reserved row, a half-written block or arrays caught mid-resize, on a local
+disk or a bucket; a crash mid-acquisition leaves the reader's view as it was, and a restart
+redoes the acquisition in the same row, so nothing is visible twice.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +36,7 @@ import pandas as pd
 import xarray as xr
 import zarr
 
+from . import storage
 from .config import StoreConfig
 from .faults import crash_point
 from .grid import TileGrid
@@ -41,11 +50,62 @@ TIME_ENCODING = {
 TIME_CHUNK = 4096
 _DIMS = {
     "embedding": ("time", "y", "x", "dim"),
+    "embedding_scale": ("time", "y", "x"),
+    "embedding_offset": ("time", "y", "x"),
     "clear": ("time", "y", "x"),
     "snow": ("time", "y", "x"),
     "indices": ("time", "y", "x", "index"),
 }
 _TIME_VARS = ("embedding", "clear", "snow", "indices", "acquisition_id", "time")
+_QUANT_VARS = ("embedding_scale", "embedding_offset")  # int8 stores only
+# Decoding an int8 store in row slabs bounds the float32 temporaries (a full tile's embedding
+# is 241 M values).
+_DECODE_ROWS = 16
+
+
+def _time_vars(g: zarr.Group) -> tuple[str, ...]:
+    return _TIME_VARS + tuple(n for n in _QUANT_VARS if n in g)
+
+
+def quantise(embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-cell affine int8: ``value ~ (q + 128) * scale + offset`` with the cell's own range.
+
+    Each cell's vector keeps 256 levels over its own [min, max] (encoder features are mostly
+    non-negative, so a symmetric range would waste half the levels); the error is at most half
+    a level, ``scale / 2``. NaN cells stay NaN (scale NaN).
+    """
+    e = embedding.astype(np.float32, copy=False)
+    lo = np.min(e, axis=-1)
+    hi = np.max(e, axis=-1)
+    scale = (hi - lo) / np.float32(255.0)
+    safe = np.where(scale > 0, scale, np.float32(1.0))
+    q = np.rint((e - lo[..., None]) / safe[..., None]) - np.float32(128.0)
+    q = np.nan_to_num(q, nan=0.0)
+    return np.clip(q, -128, 127).astype(np.int8), scale.astype(np.float32), lo.astype(np.float32)
+
+
+def dequantise(
+    q: np.ndarray, scale: np.ndarray, offset: np.ndarray, dtype: Any = np.float16
+) -> np.ndarray:
+    """The embedding back from ``quantise``'s parts, in ``dtype``, a slab of rows at a time."""
+    out = np.empty(q.shape, dtype)
+    for r in range(0, q.shape[0], _DECODE_ROWS):
+        sl = slice(r, r + _DECODE_ROWS)
+        out[sl] = (q[sl].astype(np.float32) + np.float32(128.0)) * scale[sl][..., None] + offset[
+            sl
+        ][..., None]
+    return out
+
+
+def _compressors(name: str) -> Any:
+    """The zarr v3 codec chain of ``store.compression``."""
+    from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+
+    if name == "none":
+        return None
+    if name == "blosc-zstd-shuffle":
+        return (BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle),)
+    return (ZstdCodec(level=3),)
 
 
 def _arr(g: zarr.Group, name: str) -> zarr.Array:
@@ -65,7 +125,7 @@ def _repair(g: zarr.Group) -> tuple[int, list[str]]:
 
     Returns how many rows were cut and the id of every remaining row.
     """
-    arrays = {name: _arr(g, name) for name in _TIME_VARS}
+    arrays = {name: _arr(g, name) for name in _time_vars(g)}
     ids, keep = _ids(g), set(_pending(g).values())
     # Rows every variable has (a crash mid-resize leaves some longer); a pending row cut here
     # is grown again by its acquisition's next begin.
@@ -79,8 +139,20 @@ def _repair(g: zarr.Group) -> tuple[int, list[str]]:
     return longest - n, ids[:n]
 
 
+def _visible_rows(ids: list[str], pending: dict[str, int]) -> int:
+    """The readers' time dimension: rows up to the last committed one, but never as far as a
+    row still reserved (an acquisition in flight). A released row (a failed acquisition) before
+    a later commit stays visible as a gap with an empty id."""
+    committed = max((i + 1 for i, v in enumerate(ids) if v), default=0)
+    return min([committed, *pending.values()])
+
+
 def _pending(g: zarr.Group) -> dict[str, int]:
-    return {str(k): int(v) for k, v in dict(g.attrs.get("pending", {})).items()}  # type: ignore[arg-type]
+    return _pending_of(dict(g.attrs))
+
+
+def _pending_of(attrs: dict[str, Any]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in dict(attrs.get("pending", {})).items()}
 
 
 def _sensing_second(when: dt.datetime) -> int:
@@ -160,19 +232,54 @@ class EmbeddingStore:
     """The store at ``root``; one Zarr group per MGRS tile."""
 
     def __init__(self, root: str | Path, cfg: StoreConfig | None = None):
-        self.root = Path(root)
+        # A folder or an object-store URL: zarr opens both from the string (fsspec for URLs,
+        # credentials from the environment).
+        self.root = storage.normalise(root)
         self.cfg = cfg or StoreConfig()
 
     def tiles(self) -> list[str]:
-        if not (self.root / "zarr.json").exists():
+        if not storage.exists(storage.join(self.root, "zarr.json")):
             return []
         return sorted(zarr.open_group(self.root, mode="r").group_keys())
 
     def _group(self, tile: str) -> zarr.Group | None:
-        path = self.root / tile
-        if not (path / "zarr.json").exists():
+        """The writers' view of the tile (its arrays' own metadata, reserved rows included)."""
+        if not storage.exists(storage.join(self.root, tile, "zarr.json")):
             return None
-        return zarr.open_group(self.root, mode="r+", path=tile)
+        return zarr.open_group(self.root, mode="r+", path=tile, use_consolidated=False)
+
+    def _publish_view(self, tile: str, pending: dict[str, int] | None = None) -> None:
+        """Write the tile group's metadata with the readers' view consolidated into it.
+
+        Every array's own metadata, its time dimension cut at the last committed row; and the
+        group's attributes (``pending`` replaced when given). One object, published whole:
+        this write is what makes a commit visible. Group attributes are only ever written here,
+        so no other write can drop the view.
+        """
+        g = self._group(tile)
+        assert g is not None
+        doc = json.loads(storage.read_bytes(storage.join(self.root, tile, "zarr.json")))
+        attrs = dict(doc.get("attributes", {}))
+        ids = _ids(g)
+        # An acquisition committed before a crash took its view with it is no longer pending.
+        attrs["pending"] = {
+            k: v
+            for k, v in (_pending_of(attrs) if pending is None else pending).items()
+            if not (v < len(ids) and ids[v] == k)
+        }
+        visible = _visible_rows(ids, attrs["pending"])
+        arrays: dict[str, Any] = {}
+        for name in sorted(g.array_keys()):
+            meta = json.loads(storage.read_bytes(storage.join(self.root, tile, name, "zarr.json")))
+            dims = meta.get("dimension_names") or []
+            if dims and dims[0] == "time":
+                meta["shape"] = [visible, *meta["shape"][1:]]
+            arrays[name] = meta
+        doc.update(
+            attributes=attrs,
+            consolidated_metadata={"kind": "inline", "must_understand": False, "metadata": arrays},
+        )
+        storage.publish(storage.join(self.root, tile, "zarr.json"), json.dumps(doc).encode())
 
     def grid(self, tile: str) -> TileGrid | None:
         """The tile's stored grid; None for a new tile."""
@@ -213,6 +320,8 @@ class EmbeddingStore:
         self._check_compatible(g, tile, acquisition_id, grid, dim, provenance)
         _, ids = _repair(g)
         if acquisition_id in ids:
+            if acquisition_id in _pending(g):  # a crash between its id and its view
+                self._publish_view(tile)
             return None
         pending = _pending(g)
         row = pending.get(acquisition_id)
@@ -221,11 +330,11 @@ class EmbeddingStore:
             pending[acquisition_id] = row
             # The reservation is recorded before the arrays grow: a crash in between leaves a
             # pending row past the end, which the next begin grows into.
-            g.attrs["pending"] = pending
+            self._publish_view(tile, pending)
             crash_point("store.reserved")
         emb = _arr(g, "embedding")
         if row >= emb.shape[0]:
-            for name in _TIME_VARS:
+            for name in _time_vars(g):
                 arr = _arr(g, name)
                 arr.resize((row + 1, *arr.shape[1:]))
         return Reservation(tile, acquisition_id, row, (emb.chunks[1], emb.chunks[2]))
@@ -259,8 +368,17 @@ class EmbeddingStore:
             reservation.acquisition_id, dtype=object
         )
         pending = _pending(g)
+        pending.pop(reservation.acquisition_id, None)
+        self._publish_view(reservation.tile, pending)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give up a reserved row (its acquisition failed): a retry takes a new row, and the
+        commits after it become visible (this row a gap with an empty id, cut if it is last)."""
+        g = self._group(reservation.tile)
+        assert g is not None
+        pending = _pending(g)
         if pending.pop(reservation.acquisition_id, None) is not None:
-            g.attrs["pending"] = pending
+            self._publish_view(reservation.tile, pending)
 
     def append(self, batch: EmbeddingBatch) -> bool:
         """A whole acquisition in one call (begin, one block, commit); False if already stored."""
@@ -293,9 +411,13 @@ class EmbeddingStore:
             "snow": ((1, ny, nx), (1, cy, cx), np.float32),
             "indices": ((1, ny, nx, k), (1, cy, cx, k), np.float32),
         }
+        if self.cfg.dtype == "int8":
+            for name in _QUANT_VARS:
+                shapes[name] = ((1, ny, nx), (1, cy, cx), np.float32)
         encoding: dict[str, dict[str, Any]] = {
             n: {"chunks": chunks} for n, (_, chunks, _) in shapes.items()
         }
+        encoding["embedding"]["compressors"] = _compressors(self.cfg.compression)
         # One chunk holds many ids and times: listing a tile's acquisitions (every begin
         # does) reads one chunk, not one file per acquisition.
         encoding["time"] = {**TIME_ENCODING, "chunks": (TIME_CHUNK,)}
@@ -321,6 +443,11 @@ class EmbeddingStore:
             "encoder feature map at the output stride, one per cell"
         )
         ds["clear"].attrs["description"] = "fraction of the cell's pixels not masked by SCL"
+        if self.cfg.dtype == "int8":
+            ds["embedding"].attrs["quantisation"] = (
+                "per-cell affine int8: embedding = (q + 128) * embedding_scale + embedding_offset "
+                "(EmbeddingStore.open_dataset(decode=True) applies it)"
+            )
         ds.to_zarr(
             self.root,
             group=grid.tile,
@@ -330,6 +457,7 @@ class EmbeddingStore:
             compute=False,
         )
         self.repair(grid.tile)
+        self._publish_view(grid.tile)
 
     def _check_compatible(
         self,
@@ -359,6 +487,12 @@ class EmbeddingStore:
                 f"writes {list(INDEX_NAMES)}; write to a new --output (the store was made by "
                 "an older streamembed)"
             )
+        stored_dtype = str(_arr(g, "embedding").dtype)
+        if stored_dtype != self.cfg.dtype:
+            raise StoreMismatchError(
+                f"{self.root}/{tile} stores {stored_dtype} embeddings, this run's store.dtype is "
+                f"{self.cfg.dtype}; write to a new --output or set store.dtype: {stored_dtype}"
+            )
         stored_dim = _arr(g, "embedding").shape[-1]
         if stored_dim != dim:
             raise StoreMismatchError(
@@ -369,12 +503,15 @@ class EmbeddingStore:
         self, embedding: np.ndarray, clear: np.ndarray, snow: np.ndarray, indices: np.ndarray
     ) -> dict[str, np.ndarray]:
         """One acquisition's (or block's) data variables in their stored dtypes."""
-        return {
-            "embedding": embedding.astype(self.cfg.dtype),
+        values = {
             "clear": clear.astype(np.float32),
             "snow": snow.astype(np.float32),
             "indices": indices.astype(np.float32),
         }
+        if self.cfg.dtype == "int8":
+            q, scale, offset = quantise(embedding)
+            return {"embedding": q, "embedding_scale": scale, "embedding_offset": offset, **values}
+        return {"embedding": embedding.astype(self.cfg.dtype), **values}
 
     def read(self, tile: str, acquisition_id: str) -> StoredAcquisition:
         """One committed acquisition back from the store, embedding in the stored dtype.
@@ -388,17 +525,40 @@ class EmbeddingStore:
             raise KeyError(f"acquisition {acquisition_id} is not in {self.root}/{tile}")
         i = ids.index(acquisition_id)
         seconds = int(_arr(g, "time")[i])  # type: ignore[arg-type]
+        embedding = np.asarray(_arr(g, "embedding")[i])
+        if "embedding_scale" in g:  # int8: decoded to float16, as a float16 store reads
+            embedding = dequantise(
+                embedding,
+                np.asarray(_arr(g, "embedding_scale")[i]),
+                np.asarray(_arr(g, "embedding_offset")[i]),
+            )
         return StoredAcquisition(
             acquisition_id=acquisition_id,
             time=dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc),
-            embedding=np.asarray(_arr(g, "embedding")[i]),
+            embedding=embedding,
             clear=np.asarray(_arr(g, "clear")[i]),
             snow=np.asarray(_arr(g, "snow")[i]),
             indices=np.asarray(_arr(g, "indices")[i]),
         )
 
-    def open_dataset(self, tile: str) -> xr.Dataset:
-        """The tile's committed acquisitions as an xarray Dataset (lazy, dask-backed)."""
-        ds = xr.open_zarr(self.root, group=tile, consolidated=False)
+    def open_dataset(self, tile: str, decode: bool = True) -> xr.Dataset:
+        """The tile's committed acquisitions as an xarray Dataset (lazy, dask-backed): the
+        readers' view, as ``xarray.open_zarr(f"{store}/{tile}")`` opens it anywhere.
+
+        ``decode``: an int8 store's ``embedding`` comes back as float32 values (lazily).
+        """
+        try:
+            ds = xr.open_zarr(storage.join(self.root, tile), consolidated=True)
+        except ValueError:  # written before the readers' view existed: the writers' arrays
+            ds = xr.open_zarr(self.root, group=tile, consolidated=False)
+        # a failed acquisition's row before the last commit has no id: not an acquisition
         committed = np.asarray(ds["acquisition_id"].values != "")
-        return ds if committed.all() else ds.isel(time=np.flatnonzero(committed))
+        ds = ds if committed.all() else ds.isel(time=np.flatnonzero(committed))
+        if decode and "embedding_scale" in ds:
+            attrs = ds["embedding"].attrs
+            ds["embedding"] = (ds["embedding"].astype(np.float32) + 128.0) * ds[
+                "embedding_scale"
+            ] + ds["embedding_offset"]
+            ds["embedding"].attrs.update(attrs)
+            ds = ds.drop_vars(list(_QUANT_VARS))
+        return ds

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import ClusterConfig, Config
+from ..storage import tree_bytes
 from .machine import last_level_cache_bytes
 from .records import PipelineRun, RawEncoder, ReadPaths, StatsCore
 
@@ -190,8 +191,8 @@ def pipeline_run(
         stage_seconds_per_acquisition={
             k: v / per_acquisition for k, v in report.stage_seconds.as_dict().items()
         },
-        store_bytes_per_acquisition=_tree_bytes(run_cfg.layout.store) / max(1, report.stored),
-        state_bytes_per_tile=_tree_bytes(run_cfg.layout.state_dir) / tiles,
+        store_bytes_per_acquisition=tree_bytes(run_cfg.layout.store) / max(1, report.stored),
+        state_bytes_per_tile=tree_bytes(run_cfg.layout.state_dir) / tiles,
         actor_resident_state_mib=sum(m.resident_state_mib for m in run.metrics),
     )
 
@@ -245,10 +246,6 @@ def _compute_seconds(tasks: list[dict[str, Any]]) -> dict[str, float]:
             if part.get("action") == "compute":
                 spans[name] = spans.get(name, 0.0) + part["stop"] - part["start"]
     return spans
-
-
-def _tree_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 # ---------------------------------------------------------------- the statistics core

@@ -1,0 +1,185 @@
+"""Where outputs are written: a local folder or an object-store URL, behind one small surface.
+
+A location is a path (``output``, ``/data/run``, ``file:///data/run``) or a URL of any fsspec
+filesystem (``s3://bucket/prefix``, ``gs://…``, ``az://…``). Credentials and endpoints come
+from the environment only (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``, …): nothing here takes a key, so none
+can reach config.yaml or a log line.
+
+Every file an output reader may see is published whole: locally written to a hidden temporary
+name and renamed, on an object store uploaded with the object made visible only when the upload
+completes (a single PUT, or a multipart upload completed last), so a crash never leaves half a
+file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from .faults import crash_point
+
+
+class StorageError(RuntimeError):
+    """An output location cannot be used (no such bucket, no credentials, no driver)."""
+
+
+def normalise(location: str | Path) -> str:
+    """``file://`` URLs become plain paths; trailing slashes go."""
+    text = str(location)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    return text.rstrip("/") or "/"
+
+
+def is_remote(location: str | Path) -> bool:
+    """Whether ``location`` is on an object store (a URL other than ``file://``)."""
+    return "://" in normalise(location)
+
+
+def join(location: str | Path, *parts: str) -> str:
+    """``location`` with ``parts`` appended, in the location's own spelling."""
+    base = normalise(location)
+    if is_remote(base):
+        return "/".join([base, *parts])
+    return str(Path(base, *parts))
+
+
+def filesystem(location: str | Path) -> tuple[Any, str]:
+    """The fsspec filesystem holding ``location`` and the path on it."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(normalise(location))
+    except (ImportError, ValueError) as err:
+        raise StorageError(
+            f"cannot open {location}: {err}; install the filesystem's package "
+            "(s3fs for s3://, gcsfs for gs://, adlfs for az://)"
+        ) from err
+
+
+def exists(location: str | Path) -> bool:
+    if not is_remote(location):
+        return Path(normalise(location)).exists()
+    fs, path = filesystem(location)
+    return bool(fs.exists(path))
+
+
+def read_bytes(location: str | Path) -> bytes:
+    if not is_remote(location):
+        return Path(normalise(location)).read_bytes()
+    fs, path = filesystem(location)
+    return bytes(fs.cat_file(path))
+
+
+def glob(location: str | Path, pattern: str) -> list[str]:
+    """Files under ``location`` matching ``pattern`` (``*``, ``tile=*/x.parquet``), sorted, as
+    locations in ``location``'s spelling; hidden (dot) temporaries are never matched."""
+    base = normalise(location)
+    if not is_remote(base):
+        return sorted(str(p) for p in Path(base).glob(pattern))
+    fs, path = filesystem(base)
+    scheme = base.split("://", 1)[0]
+    found = fs.glob(f"{path.rstrip('/')}/{pattern}")
+    return sorted(f"{scheme}://{p}" for p in found)
+
+
+def tree_bytes(location: str | Path) -> int:
+    """Bytes of every file under ``location`` (0 when there is none)."""
+    if not exists(location):
+        return 0
+    if not is_remote(location):
+        return sum(p.stat().st_size for p in Path(normalise(location)).rglob("*") if p.is_file())
+    fs, path = filesystem(location)
+    return int(fs.du(path, total=True))
+
+
+def remove_tree(location: str | Path) -> None:
+    if not exists(location):
+        return
+    fs, path = filesystem(location)
+    fs.rm(path, recursive=True)
+
+
+def ensure_writable(location: str | Path) -> None:
+    """Create ``location`` (a local folder) or check that its bucket answers, before a run
+    spends an hour embedding into a place it cannot write."""
+    if not is_remote(location):
+        Path(normalise(location)).mkdir(parents=True, exist_ok=True)
+        return
+    fs, path = filesystem(location)
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.invalidate_cache(bucket)
+        fs.info(bucket)
+    except FileNotFoundError as err:
+        raise StorageError(
+            f"output {location}: the bucket {bucket} does not exist; create it first "
+            "(or point --output at one you can write)"
+        ) from err
+    except PermissionError as err:
+        raise StorageError(
+            f"output {location}: access to bucket {bucket} was refused; check the credentials "
+            "in the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the provider's)"
+        ) from err
+    except OSError as err:
+        raise StorageError(
+            f"output {location}: the object store did not answer ({err}); check "
+            "AWS_ENDPOINT_URL (or the provider's endpoint variable) and the network"
+        ) from err
+
+
+@contextmanager
+def atomic_writer(location: str | Path, crash: str | None = None) -> Iterator[IO[bytes]]:
+    """A binary file that appears under ``location`` only when the block ends without error.
+
+    ``crash`` names the fault point between writing and publishing (the kill tests).
+    """
+    if not is_remote(location):
+        path = Path(normalise(location))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+            if crash:
+                crash_point(crash)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    fs, path_str = filesystem(location)
+    # autocommit off: the parts upload as they fill, the object exists only after commit().
+    remote = fs.open(path_str, "wb", autocommit=False)
+    try:
+        yield remote
+        remote.close()
+        if crash:
+            crash_point(crash)
+        remote.commit()
+    except BaseException:
+        remote.discard()
+        raise
+    finally:
+        fs.invalidate_cache(path_str)
+
+
+@contextmanager
+def open_input(location: str | Path) -> Iterator[IO[bytes]]:
+    """``location`` opened for reading (seekable: NumPy archives and Parquet footers)."""
+    if not is_remote(location):
+        with open(normalise(location), "rb") as f:
+            yield f
+        return
+    fs, path = filesystem(location)
+    with fs.open(path, "rb") as f:
+        yield f
+
+
+def publish(location: str | Path, data: bytes, crash: str | None = None) -> None:
+    """Write ``data`` whole under ``location`` (see ``atomic_writer``)."""
+    with atomic_writer(location, crash) as f:
+        f.write(data)

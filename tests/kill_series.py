@@ -1,0 +1,95 @@
+"""The kill suite's series and its runs of the real `streamembed backfill` CLI (its own
+process group, SIGKILLable), shared by tests/test_kill.py and tests/test_object_storage.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from streamembed.faults import KILL_AT, KILL_COUNT
+from streamembed.ledger import Ledger
+from streamembed.sink import read_anomalies
+from streamembed.store import EmbeddingStore
+
+N_ACQUISITIONS = 9
+
+
+def backfill(
+    items: Path,
+    out: Path,
+    kill: str | None = None,
+    timeout: float = 300,
+    url: str | None = None,
+    s3_env: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    """`streamembed backfill` in its own process group; its exit code (-9: killed), its log.
+
+    With ``url`` the outputs go to the object store there and the ledger to ``out``.
+    """
+    env = {
+        **os.environ,
+        **(s3_env or {}),
+        "STREAMEMBED__MODEL__ARCH": "resnet18",
+        "STREAMEMBED__CLUSTER__N_WORKERS": "2",
+        "STREAMEMBED__CLUSTER__DASHBOARD_ADDRESS": ":0",
+        "STREAMEMBED__STATS__MIN_OBS": "3",
+        # a low threshold without the index gate: noise gives anomaly rows to compare
+        "STREAMEMBED__STATS__THRESHOLD": "1.5",
+        "STREAMEMBED__STATS__MIN_INDEX_CHANGE": "0",
+        "STREAMEMBED__STORE__CHUNK_CELLS": "4",
+        "STREAMEMBED__INGEST__BLOCK_PX": "256",  # four blocks per acquisition
+    }
+    env.pop(KILL_AT, None)
+    if kill:
+        env[KILL_AT] = kill
+        env[KILL_COUNT] = str(out.parent / f"{out.name}.arrivals")
+    cmd = [sys.executable, "-m", "streamembed.cli", "backfill", "--source", str(items)]
+    if url:
+        out.mkdir(parents=True, exist_ok=True)
+        cmd += ["--output", url, "--ledger", str(out / "ledger.sqlite"), "--no-progress"]
+    else:
+        cmd += ["--output", str(out), "--no-progress"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        reap(proc.pid)
+    if kill is None:
+        assert proc.returncode == 0, log
+    return proc.returncode, log
+
+
+def reap(pgid: int) -> None:
+    """No process of a killed run may outlive it (a worker still writing would race the
+    restart)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def outputs(
+    out: Path, url: str | None = None
+) -> tuple[list[str], np.ndarray, pd.DataFrame, dict[str, str]]:
+    root = url or str(out)
+    store = EmbeddingStore(f"{root}/embeddings.zarr")
+    (tile,) = store.tiles()
+    ds = store.open_dataset(tile)
+    ids = [str(i) for i in ds.acquisition_id.values]
+    order = np.argsort(ids)
+    embedding = ds.embedding.values[order]
+    rows = pd.DataFrame(read_anomalies(f"{root}/anomalies").drop(columns="geometry"))
+    rows = rows.sort_values(["acquisition_id", "cell_y", "cell_x"]).reset_index(drop=True)
+    with Ledger(out / "ledger.sqlite") as ledger:
+        states = {k: str(v) for k, v in ledger.states().items()}
+    return sorted(ids), embedding, rows, states
