@@ -119,7 +119,13 @@ class IcechunkEngine:
         else:
             storage = ic.local_filesystem_storage(root)
         self.repo = ic.Repository.open_or_create(storage)
-        if "embedding" not in zarr.open_group(self.repo.readonly_session("main").store, mode="r"):
+        try:
+            made = "embedding" in zarr.open_group(
+                self.repo.readonly_session("main").store, mode="r"
+            )
+        except zarr.errors.GroupNotFoundError:  # a new repository has no root group yet
+            made = False
+        if not made:
             s = self.repo.writable_session("main")
             g = zarr.group(store=s.store)
             g.create_array("embedding", shape=(0, CELLS, CELLS, DIM), chunks=(1, CHUNK, CHUNK, DIM),
@@ -181,6 +187,16 @@ ENGINES = {"zarr": ZarrEngine, "icechunk": IcechunkEngine}
 
 
 def _bytes(root: str) -> int:
+    if root.startswith("s3://"):  # listed afresh: Icechunk writes behind s3fs's cache
+        import boto3
+
+        bucket, prefix = root[5:].split("/", 1)
+        pages = (
+            boto3.client("s3")
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=bucket, Prefix=prefix + "/")
+        )
+        return sum(o["Size"] for page in pages for o in page.get("Contents", []))
     from streamembed.storage import tree_bytes
 
     return tree_bytes(root)
@@ -296,6 +312,7 @@ def main() -> int:
     parser.add_argument("--acquisitions", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the records here")
     parser.add_argument("--backends", default="local,s3")
+    parser.add_argument("--engines", default=",".join(ENGINES))
     args = parser.parse_args()
     records = []
     moto = None
@@ -303,7 +320,7 @@ def main() -> int:
         for backend in args.backends.split(","):
             if backend == "s3" and moto is None:
                 moto, _ = _moto()
-            for engine in ENGINES:
+            for engine in args.engines.split(","):
                 root = (
                     f"{tmp}/{engine}/embeddings" if backend == "local" else f"s3://bench/{engine}"
                 )

@@ -94,6 +94,7 @@ def tree_bytes(location: str | Path) -> int:
     if not is_remote(location):
         return sum(p.stat().st_size for p in Path(normalise(location)).rglob("*") if p.is_file())
     fs, path = filesystem(location)
+    fs.invalidate_cache(path)  # another writer may have added objects since the last listing
     return int(fs.du(path, total=True))
 
 
