@@ -212,6 +212,5 @@ def _count_rows(path: str) -> int:
         return 0
     import pyarrow.parquet as pq
 
-    fs, on_fs = storage.filesystem(path)
-    with fs.open(on_fs, "rb") as f:
+    with storage.open_input(path) as f:
         return int(pq.ParquetFile(f).metadata.num_rows)

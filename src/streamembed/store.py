@@ -248,7 +248,9 @@ class EmbeddingStore:
             return None
         return zarr.open_group(self.root, mode="r+", path=tile, use_consolidated=False)
 
-    def _publish_view(self, tile: str, pending: dict[str, int] | None = None) -> None:
+    def _publish_view(
+        self, g: zarr.Group, tile: str, pending: dict[str, int] | None = None
+    ) -> None:
         """Write the tile group's metadata with the readers' view consolidated into it.
 
         Every array's own metadata, its time dimension cut at the last committed row; and the
@@ -256,8 +258,6 @@ class EmbeddingStore:
         this write is what makes a commit visible. Group attributes are only ever written here,
         so no other write can drop the view.
         """
-        g = self._group(tile)
-        assert g is not None
         doc = json.loads(storage.read_bytes(storage.join(self.root, tile, "zarr.json")))
         attrs = dict(doc.get("attributes", {}))
         ids = _ids(g)
@@ -321,7 +321,7 @@ class EmbeddingStore:
         _, ids = _repair(g)
         if acquisition_id in ids:
             if acquisition_id in _pending(g):  # a crash between its id and its view
-                self._publish_view(tile)
+                self._publish_view(g, tile)
             return None
         pending = _pending(g)
         row = pending.get(acquisition_id)
@@ -330,7 +330,7 @@ class EmbeddingStore:
             pending[acquisition_id] = row
             # The reservation is recorded before the arrays grow: a crash in between leaves a
             # pending row past the end, which the next begin grows into.
-            self._publish_view(tile, pending)
+            self._publish_view(g, tile, pending)
             crash_point("store.reserved")
         emb = _arr(g, "embedding")
         if row >= emb.shape[0]:
@@ -369,7 +369,7 @@ class EmbeddingStore:
         )
         pending = _pending(g)
         pending.pop(reservation.acquisition_id, None)
-        self._publish_view(reservation.tile, pending)
+        self._publish_view(g, reservation.tile, pending)
 
     def release(self, reservation: Reservation) -> None:
         """Give up a reserved row (its acquisition failed): a retry takes a new row, and the
@@ -378,7 +378,7 @@ class EmbeddingStore:
         assert g is not None
         pending = _pending(g)
         if pending.pop(reservation.acquisition_id, None) is not None:
-            self._publish_view(reservation.tile, pending)
+            self._publish_view(g, reservation.tile, pending)
 
     def append(self, batch: EmbeddingBatch) -> bool:
         """A whole acquisition in one call (begin, one block, commit); False if already stored."""
@@ -456,8 +456,10 @@ class EmbeddingStore:
             consolidated=False,
             compute=False,
         )
-        self.repair(grid.tile)
-        self._publish_view(grid.tile)
+        g = self._group(grid.tile)
+        assert g is not None
+        _repair(g)
+        self._publish_view(g, grid.tile)
 
     def _check_compatible(
         self,
