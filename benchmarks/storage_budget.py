@@ -1,6 +1,6 @@
 """Bytes per full-tile acquisition for each embedding dtype and codec, from a real store.
 
-    python benchmarks/storage_budget.py STORE [--tile T] [--json results/storage-budget.json]
+    python benchmarks/storage_budget.py STORE [--tile T] [--json results/storage/storage-budget.json]
 
 Takes one committed acquisition of ``STORE`` (e.g. the full-size backfill's
 ``out-full/embeddings.zarr``: a seeded ResNet-50's 2048-d features of a 10980 px product) and

@@ -1,6 +1,6 @@
 """Icechunk against the plain-Zarr store, at full tile size, on local disk and on an S3 API.
 
-    python benchmarks/store_engines.py [--acquisitions 2] [--json results/store-engines.json]
+    python benchmarks/store_engines.py [--acquisitions 2] [--json results/storage/store-engines.json]
 
 One full MGRS tile per acquisition: 343 x 343 embedding cells x 2048 dims float16 (482 MB) and
 the per-cell clear fraction, written as the pipeline writes it (36 blocks of 64 x 64 cells, the
