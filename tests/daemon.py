@@ -34,6 +34,7 @@ def monitor_process(
         "STREAMEMBED__MODEL__ARCH": "resnet18",
         "STREAMEMBED__CLUSTER__N_WORKERS": "1",
         "STREAMEMBED__CLUSTER__DASHBOARD_ADDRESS": ":0",
+        "STREAMEMBED__DAEMON__METRICS_PORT": "0",  # tests run side by side
         **(extra_env or {}),
     }
     cmd = [sys.executable, "-m", "streamembed.cli", "monitor", "--source", source]

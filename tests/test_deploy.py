@@ -67,11 +67,24 @@ def test_kubernetes_manifests_validate_against_the_operator_and_api():
     _k8s_model(cluster["spec"]["worker"]["spec"], "V1PodSpec")
     _k8s_model(groups[0]["spec"]["worker"]["spec"], "V1PodSpec")
 
-    config_map, pvc, deployment = manifests["daemon.yaml"]
+    config_map, pvc, deployment, service = manifests["daemon.yaml"]
     _k8s_model(config_map, "V1ConfigMap")
     _k8s_model(pvc, "V1PersistentVolumeClaim")
     dep = _k8s_model(deployment, "V1Deployment")
-    assert dep.spec.template.spec.containers[0].args[:2] == ["streamembed", "monitor"]
+    monitor = dep.spec.template.spec.containers[0]
+    assert monitor.args[:2] == ["streamembed", "monitor"]
+    # Probes and a scrape target on the daemon's metrics port (daemon.metrics_port).
+    port = cfg.daemon.metrics_port
+    assert [(p.name, p.container_port) for p in monitor.ports] == [("metrics", port)]
+    assert monitor.liveness_probe.http_get.path == "/healthz"
+    assert monitor.readiness_probe.http_get.path == "/readyz"
+    assert monitor.startup_probe.http_get.path == "/healthz"
+    annotations = dep.spec.template.metadata.annotations
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(port)
+    svc = _k8s_model(service, "V1Service")
+    assert svc.spec.selector == dep.spec.template.metadata.labels
+    assert svc.spec.ports[0].target_port == "metrics"
     (secret,) = manifests["secret.example.yaml"]
     _k8s_model(secret, "V1Secret")
     assert secret["metadata"]["name"] == "cdse-credentials"
@@ -100,7 +113,7 @@ def test_kubernetes_volume_mode_shares_one_read_write_many_claim():
     cfg = load_config(K8S / "config.yaml", {}).with_overrides(output="/data/output")
     manifests = kubernetes_manifests(cfg)
     cluster, *groups = manifests["daskcluster.yaml"]
-    config_map, pvc, deployment = manifests["daemon.yaml"]
+    config_map, pvc, deployment, _service = manifests["daemon.yaml"]
     _k8s_model(pvc, "V1PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     for spec in (cluster["spec"]["worker"]["spec"], groups[0]["spec"]["worker"]["spec"]):

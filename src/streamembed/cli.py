@@ -25,12 +25,15 @@ log = logging.getLogger("streamembed")
 DEFAULT_CONFIG = "config.yaml"
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+def _setup_logging(verbose: bool, fmt: str = "text", quiet_events: bool = False) -> None:
+    from .logs import JsonFormatter, text_formatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else text_formatter())
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    if quiet_events and fmt == "text" and not verbose:
+        # a line per acquisition would break the progress bar; json logs keep them
+        logging.getLogger("streamembed.events").setLevel(logging.WARNING)
     # distributed sets its loggers' levels from the dask config when it is imported (later,
     # by the commands that start a cluster): its routine INFO lines stay out of the CLI.
     import dask
@@ -106,7 +109,8 @@ def _where(cfg: Config) -> list[str]:
 
 def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
     from .cluster import make_client
-    from .pipeline import Pipeline, one_line
+    from .daemon import Daemon
+    from .pipeline import RunReport
 
     stop = threading.Event()
 
@@ -114,44 +118,21 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
         log.info("signal %s: finishing in-flight acquisitions, then checkpointing", signum)
         stop.set()
 
+    def _report(report: RunReport) -> None:
+        if not report.nothing_new:
+            _print(report.lines())
+
     signal.signal(signal.SIGINT, _handle)
     signal.signal(signal.SIGTERM, _handle)
     poll = args.poll_seconds or cfg.pipeline.poll_seconds
     with make_client(cfg.cluster) as client:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
         print(f"monitoring {cfg.source.path} every {poll:g} s; Ctrl-C stops cleanly", flush=True)
-        pipe = Pipeline(cfg, client)
-        cycles = outage = 0
+        daemon = Daemon(cfg, client, poll, stop)
         try:
-            while not stop.is_set():
-                cycles += 1
-                wait = poll
-                try:
-                    report = pipe.run(stop=stop.is_set, progress=False, incremental=True)
-                except SourceError as err:
-                    # The source is down or throttling past its retries: keep the daemon up and
-                    # the watermark unmoved, poll less often while it lasts, catch up after.
-                    outage += 1
-                    wait = min(poll * 2**outage, max(poll, cfg.pipeline.outage_max_wait_seconds))
-                    log.error("poll %d: source unavailable (%d polls in a row), next poll in "
-                              "%.0f s: %s", cycles, outage, wait, one_line(err))  # fmt: skip
-                else:
-                    if outage:
-                        log.info("poll %d: source back after %d failed polls", cycles, outage)
-                    outage = 0
-                    if not report.nothing_new:
-                        _print(report.lines())
-                    else:
-                        log.info(
-                            "poll %d: nothing new (%d acquisitions known)",
-                            cycles,
-                            report.discovered,
-                        )
-                if args.cycles and cycles >= args.cycles:
-                    break
-                stop.wait(wait)
+            daemon.run(args.cycles, _report)
         finally:
-            pipe.close()
+            daemon.close()
     print("monitor stopped; state checkpointed.", flush=True)
     return 0
 
@@ -164,6 +145,14 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         print(f"no ledger at {path}; nothing has run with --output {cfg.output}")
         return 1
     with Ledger(path) as ledger:
+        if args.json:
+            import dataclasses
+            import json
+
+            from .metrics import ledger_numbers
+
+            print(json.dumps(dataclasses.asdict(ledger_numbers(ledger)), indent=1))
+            return 0
         _print(_status_table(ledger))
         _print(_warm_up_lines(cfg))
         _print(_failure_lines(ledger, args.failed))
@@ -375,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--config", default=DEFAULT_CONFIG, help="config file (default ./config.yaml)"
         )
+        p.add_argument(
+            "--log-format", choices=["text", "json"], default="text",
+            help="json: one JSON object per line (acquisition id, tile, stage, seconds)",
+        )  # fmt: skip
         p.add_argument("--source", help="source folder or URL (overrides source.path)")
         p.add_argument(
             "--output",
@@ -408,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_monitor)
     p = common(sub.add_parser("status", help="ledger summary per tile"))
     p.add_argument("--failed", action="store_true", help="list failed acquisitions and reasons")
+    p.add_argument(
+        "--json", action="store_true", help="the numbers of the daemon's /metrics, as JSON"
+    )
     p.set_defaults(func=cmd_status)
     p = common(sub.add_parser("map", help="anomaly cells over an RGB quicklook (PNG)"))
     p.add_argument("tile")
@@ -460,7 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(
+        args.verbose,
+        getattr(args, "log_format", "text"),
+        quiet_events=args.command != "monitor" and not getattr(args, "no_progress", False),
+    )
     try:
         cfg = _config(args)
         return int(args.func(args, cfg))

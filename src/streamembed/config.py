@@ -296,6 +296,33 @@ class PipelineConfig(Section):
     )
 
 
+class WebhookConfig(Section):
+    url: str | None = Field(
+        None,
+        description="POST a GeoJSON summary of each new anomaly file here (null: off); a token "
+        "belongs in the URL's query only if the receiver needs one: it is never logged",
+    )
+    attempts: int = Field(8, ge=1, description="tries per file before it is counted as failed")
+    backoff_seconds: float = Field(2.0, gt=0, description="first wait between tries, doubling")
+    max_backoff_seconds: float = Field(300.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
+class DaemonConfig(Section):
+    metrics_port: int | None = Field(
+        9464,
+        ge=0,
+        le=65535,
+        description="`streamembed monitor` serves /metrics, /healthz and /readyz here "
+        "(0: any free port, null: off)",
+    )
+    metrics_host: str = Field("0.0.0.0", description="address the metrics server binds")
+    stale_polls: float = Field(
+        3.0, gt=0, description="/healthz fails when the loop has not turned for this many polls"
+    )
+    webhook: WebhookConfig = WebhookConfig()
+
+
 class Config(Section):
     output: str = Field(
         "output",
@@ -314,6 +341,7 @@ class Config(Section):
     stats: StatsConfig = StatsConfig()
     cluster: ClusterConfig = ClusterConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    daemon: DaemonConfig = DaemonConfig()
 
     @model_validator(mode="after")
     def _blocks_on_chunks(self) -> Config:

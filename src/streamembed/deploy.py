@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .cluster import kubernetes_specs
-from .config import ClusterConfig, Config
+from .config import Config
 from .storage import is_remote
 
 DATA_MOUNT = "/data"
@@ -97,13 +97,62 @@ def kubernetes_manifests(cfg: Config) -> dict[str, list[dict[str, Any]]]:
     }
     return {
         "daskcluster.yaml": [cluster, *groups],
-        "daemon.yaml": [config_map, *claims, _daemon_deployment(k, claim, meta)],
+        "daemon.yaml": [
+            config_map,
+            *claims,
+            _daemon_deployment(cfg, claim, meta),
+            *_metrics_service(cfg, meta),
+        ],
         "secret.example.yaml": [secret],
     }
 
 
-def _daemon_deployment(k: ClusterConfig, claim: str, meta: dict[str, Any]) -> dict[str, Any]:
+def _probes(port: int) -> dict[str, Any]:
+    """Liveness on /healthz (the loop turns), readiness on /readyz (scheduler, workers, source);
+    the startup probe covers the minutes a cold cluster takes to place the statistics actors."""
+
+    def probe(path: str, period: int, failures: int) -> dict[str, Any]:
+        return {
+            "httpGet": {"path": path, "port": "metrics"},
+            "periodSeconds": period,
+            "timeoutSeconds": 10,
+            "failureThreshold": failures,
+        }
+
+    return {
+        "ports": [{"name": "metrics", "containerPort": port}],
+        "startupProbe": probe("/healthz", 10, 60),
+        "livenessProbe": probe("/healthz", 30, 3),
+        "readinessProbe": probe("/readyz", 15, 2),
+    }
+
+
+def _metrics_service(cfg: Config, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Service in front of the daemon's metrics port (what a ServiceMonitor selects)."""
+    port = cfg.daemon.metrics_port
+    if not port:
+        return []
+    name = cfg.cluster.name
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": f"{name}-monitor-metrics",
+                "labels": {"app": f"{name}-monitor"},
+                **meta,
+            },
+            "spec": {
+                "selector": {"app": f"{name}-monitor"},
+                "ports": [{"name": "metrics", "port": port, "targetPort": "metrics"}],
+            },
+        }
+    ]
+
+
+def _daemon_deployment(cfg: Config, claim: str, meta: dict[str, Any]) -> dict[str, Any]:
     """The monitor daemon: one replica (the ledger has a single writer), config from the map."""
+    k = cfg.cluster
     name = k.name
     daemon_container: dict[str, Any] = {
         "name": "monitor",
@@ -115,6 +164,15 @@ def _daemon_deployment(k: ClusterConfig, claim: str, meta: dict[str, Any]) -> di
         },
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
     }
+    port = cfg.daemon.metrics_port
+    template_meta: dict[str, Any] = {"labels": {"app": f"{name}-monitor"}}
+    if port:  # 0 (any free port) cannot be probed: the manifests need a fixed one
+        daemon_container.update(_probes(port))
+        template_meta["annotations"] = {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port),
+            "prometheus.io/path": "/metrics",
+        }
     if k.secret:
         daemon_container["envFrom"] = [{"secretRef": {"name": k.secret, "optional": True}}]
     daemon_pod: dict[str, Any] = {
@@ -133,7 +191,7 @@ def _daemon_deployment(k: ClusterConfig, claim: str, meta: dict[str, Any]) -> di
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {"app": f"{name}-monitor"}},
             "template": {
-                "metadata": {"labels": {"app": f"{name}-monitor"}},
+                "metadata": template_meta,
                 "spec": daemon_pod,
             },
         },

@@ -67,6 +67,18 @@ CREATE TABLE IF NOT EXISTS source_failures (
     first_seen TEXT NOT NULL,
     updated TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS webhooks (
+    url_key TEXT PRIMARY KEY,
+    started TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS announcements (
+    acquisition_id TEXT NOT NULL,
+    url_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (acquisition_id, url_key)
+);
 CREATE TABLE IF NOT EXISTS watermarks (
     source TEXT PRIMARY KEY,
     sensed TEXT NOT NULL,
@@ -279,6 +291,45 @@ class Ledger:
             if lo <= t < hi:
                 return LedgerRow(*r)
         return None
+
+    def start_announcing(self, url_key: str) -> None:
+        """First start of a webhook: files applied before it are not news (marked "before")."""
+        self._db.executescript("BEGIN")
+        try:
+            new = self._db.execute(
+                "INSERT OR IGNORE INTO webhooks VALUES (?, ?)", (url_key, _now())
+            ).rowcount
+            if new:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO announcements SELECT id, ?, 'before', 0, ?"
+                    " FROM acquisitions WHERE state='applied' AND n_anomalies > 0",
+                    (url_key, _now()),
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def unannounced(self, url_key: str) -> list[LedgerRow]:
+        """Applied acquisitions with an anomaly file that ``url_key`` has not been told of."""
+        sql = (
+            _ROW + " WHERE state='applied' AND n_anomalies > 0 AND id NOT IN"
+            " (SELECT acquisition_id FROM announcements WHERE url_key=?) ORDER BY updated, id"
+        )
+        return [LedgerRow(*r) for r in self._db.execute(sql, (url_key,))]
+
+    def record_announcement(self, acq_id: str, url_key: str, status: str, attempts: int) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO announcements VALUES (?, ?, ?, ?, ?)",
+            (acq_id, url_key, status, attempts, _now()),
+        )
+
+    def announcements(self, url_key: str) -> dict[str, str]:
+        """{acquisition id: sent | given_up | before} for ``url_key``."""
+        rows = self._db.execute(
+            "SELECT acquisition_id, status FROM announcements WHERE url_key=?", (url_key,)
+        )
+        return dict(rows.fetchall())
 
     def find(self, tile: str, date: str) -> list[LedgerRow]:
         return [r for r in self.rows() if r.tile == tile and r.datetime.startswith(date)]

@@ -48,6 +48,9 @@ from .storage import ensure_writable
 from .store import EmbeddingStore, Provenance, Reservation, StoreMismatchError
 
 log = logging.getLogger(__name__)
+# One line per acquisition and stage (stored, applied), with its fields as `extra` for
+# --log-format json; the CLI quiets it under a progress bar.
+events = logging.getLogger("streamembed.events")
 
 
 # ---------------------------------------------------------------- worker tasks
@@ -163,9 +166,18 @@ class RunReport:
     blocks: int = 0
     block_bytes: int = 0  # handed from read tasks to encode tasks (DN, mask, summaries)
     actors_recreated: int = 0
+    failed_by_class: dict[str, int] = field(default_factory=dict)
+    # each task's own seconds as they arrive (the daemon's histograms); not part of the report
+    observe: Callable[[StageSeconds], None] | None = field(default=None, repr=False)
 
     def add_seconds(self, seconds: StageSeconds) -> None:
         self.stage_seconds += seconds
+        if self.observe is not None:
+            self.observe(seconds)
+
+    def add_failure(self, key: str, reason: str, failure: str) -> None:
+        self.failed.append((key, reason))
+        self.failed_by_class[failure] = self.failed_by_class.get(failure, 0) + 1
 
     @property
     def nothing_new(self) -> bool:
@@ -258,6 +270,8 @@ class Pipeline:
         # long-running cluster, and a task key seen before returns the old result.
         self.token = uuid.uuid4().hex[:8]
         self._generation = 0
+        # each task's seconds as they arrive (the daemon's metrics); None: summed only
+        self.observe: Callable[[StageSeconds], None] | None = None
         self._actor_futures = [self._submit_actor(k) for k in range(cfg.stats.shards)]
         self.actors: list[StatsShard] = [f.result() for f in self._actor_futures]
 
@@ -362,7 +376,7 @@ class Pipeline:
         key = source_key(self.cfg)
         watermark = self.ledger.watermark(key) if incremental else None
         acqs, failures = discover_for(self.cfg, watermark)
-        report = RunReport(discovered=len(acqs) + len(failures))
+        report = RunReport(discovered=len(acqs) + len(failures), observe=self.observe)
         self._record_discovery(acqs, failures, report)
         states = self.ledger.states()
         plan = plan_run(acqs, states, self.ledger.processed_at, self._missing_reason, retry_failed)
@@ -456,7 +470,7 @@ class Pipeline:
         """Unreadable items as source failures (reported once), every product as seen."""
         for f in failures:
             if self.ledger.record_source_failure(f.key, f.href, f.reason):
-                report.failed.append((f.key, f.reason))
+                report.add_failure(f.key, f.reason, "source")
         report.new = self.ledger.record_seen(acqs)
 
     def _record_decisions(self, plan: RunPlan, states: dict[str, State], report: RunReport) -> None:
@@ -542,7 +556,13 @@ class Pipeline:
             return
         t0 = time.perf_counter()
         self.store.commit(job.reservation, a.datetime)
-        report.add_seconds(StageSeconds(store_commit=time.perf_counter() - t0))
+        seconds = time.perf_counter() - t0
+        report.add_seconds(StageSeconds(store_commit=seconds))
+        events.info(
+            "stored %s (%d blocks)", a.id, job.n_blocks,
+            extra={"acquisition_id": a.id, "tile": a.tile, "stage": "store_commit",
+                   "seconds": round(seconds, 3)},
+        )  # fmt: skip
         report.stored += 1
         crash_point("pipeline.committed")
         self._mark_embedded(a, states, report)
@@ -562,10 +582,13 @@ class Pipeline:
         report: RunReport,
         bar: Any,
     ) -> None:
-        log.error("acquisition %s failed (%s): %s", a.id, failure, reason)
+        log.error(
+            "acquisition %s failed (%s): %s", a.id, failure, reason,
+            extra={"acquisition_id": a.id, "tile": a.tile, "failure_class": str(failure)},
+        )  # fmt: skip
         self.ledger.set_state(a.id, State.FAILED, reason, failure=failure)
         states[a.id] = State.FAILED
-        report.failed.append((a.id, reason))
+        report.add_failure(a.id, reason, str(failure))
         bar.update(1)
 
     def _advance_watermark(self, key: str, acqs: list[Acquisition]) -> None:
@@ -642,6 +665,12 @@ class Pipeline:
                 )
                 states[a.id] = State.APPLIED
                 report.applied += 1
+                events.info(
+                    "applied %s: %d anomaly rows", a.id, res.n_anomalies,
+                    extra={"acquisition_id": a.id, "tile": a.tile, "stage": "stats_apply",
+                           "seconds": round(res.seconds.stats_apply, 3),
+                           "anomaly_rows": res.n_anomalies},
+                )  # fmt: skip
                 if res.status != ApplyStatus.ALREADY:
                     report.anomaly_rows += res.n_anomalies
                     if res.path:

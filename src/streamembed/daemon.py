@@ -1,0 +1,143 @@
+"""`streamembed monitor`: the poll loop, its metrics and probes, and the alerts it pushes out.
+
+The loop is the pipeline's incremental run, repeated: a poll discovers, embeds and applies
+what is new; a source outage stretches the wait between polls (doubling up to
+``pipeline.outage_max_wait_seconds``) and the daemon catches up when the source is back.
+Around it: /metrics, /healthz and /readyz (``daemon.metrics_port``), and a webhook announcer
+(``daemon.webhook.url``) fed from the ledger, neither of which can stop or slow the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from distributed import Client
+
+from .acquisition import SourceError
+from .config import Config
+from .health import DaemonHealth, MetricsServer, Readiness, workers_seen
+from .metrics import DaemonMetrics
+from .pipeline import Pipeline, RunReport, one_line
+from .webhook import Announcer
+
+log = logging.getLogger("streamembed")
+
+
+class Daemon:
+    """One output directory monitored on one Client, until ``stop`` is set."""
+
+    def __init__(self, cfg: Config, client: Client, poll_seconds: float, stop: threading.Event):
+        self.cfg = cfg
+        self.client = client
+        self.poll = poll_seconds
+        self.stop = stop
+        self.metrics = DaemonMetrics()
+        self.health = DaemonHealth(poll_seconds, cfg.daemon.stale_polls)
+        self.server: MetricsServer | None = None
+        self.readiness: Readiness | None = None
+        if cfg.daemon.metrics_port is not None:
+            # Up before the pipeline: /healthz answers while the actors are being placed.
+            self.readiness = Readiness(
+                self.health, client.scheduler.address, lambda: workers_seen(client), self.metrics
+            )
+            try:
+                self.server = MetricsServer(
+                    self.metrics, self.health, self.readiness,
+                    cfg.daemon.metrics_host, cfg.daemon.metrics_port,
+                )  # fmt: skip
+            except OSError as err:
+                raise ValueError(
+                    f"daemon.metrics_port {cfg.daemon.metrics_port} on {cfg.daemon.metrics_host}:"
+                    f" {err.strerror}; set another port (0: any free one) or null to serve none"
+                ) from None
+            log.info("metrics and probes on port %d: /metrics /healthz /readyz", self.server.port)
+        try:
+            self.pipe = Pipeline(cfg, client)
+        except BaseException:
+            self._close_server()
+            raise
+        self.pipe.observe = self.metrics.observe_stage
+        self.metrics.read_ledger(self.pipe.ledger)
+        self.announcer: Announcer | None = None
+        if cfg.daemon.webhook.url:
+            self.announcer = Announcer(cfg.daemon.webhook, cfg.layout, self.metrics)
+            self.announcer.wake()  # what a crash left unannounced goes out now
+            log.info("announcing new anomaly files to the configured webhook")
+
+    def run(self, cycles: int = 0, on_report: Callable[[RunReport], None] | None = None) -> None:
+        """Poll until stopped (or ``cycles`` polls); each poll's report goes to ``on_report``."""
+        cycle = outage = 0
+        while not self.stop.is_set():
+            cycle += 1
+            wait = self.poll
+            t0 = time.perf_counter()
+            try:
+                report = self.pipe.run(stop=self._turning, progress=False, incremental=True)
+            except SourceError as err:
+                # The source is down or throttling past its retries: keep the daemon up and
+                # the watermark unmoved, poll less often while it lasts, catch up after.
+                outage += 1
+                wait = min(self.poll * 2**outage, max(self.poll, self.cfg.pipeline.outage_max_wait_seconds))  # fmt: skip
+                self.metrics.source_errors.inc()
+                log.error("poll %d: source unavailable (%d polls in a row), next poll in "
+                          "%.0f s: %s", cycle, outage, wait, one_line(err),
+                          extra={"poll": cycle})  # fmt: skip
+                self.health.polled(source_ok=False, next_wait=wait)
+            else:
+                if outage:
+                    log.info("poll %d: source back after %d failed polls", cycle, outage)
+                outage = 0
+                self._count(report, time.perf_counter() - t0)
+                self.health.polled(source_ok=True, next_wait=wait)
+                if report.nothing_new:
+                    log.info("poll %d: nothing new (%d acquisitions known)", cycle,
+                             report.discovered, extra={"poll": cycle})  # fmt: skip
+                if on_report is not None:
+                    on_report(report)
+            if cycles and cycle >= cycles:
+                break
+            self.stop.wait(wait)
+            self.health.beat()
+
+    def _turning(self) -> bool:
+        """The pipeline's stop check, called every few seconds while tasks run: a heartbeat."""
+        self.health.beat()
+        return self.stop.is_set()
+
+    def _count(self, report: RunReport, seconds: float) -> None:
+        m = self.metrics
+        m.poll_seconds.observe(seconds)
+        m.last_poll.set_to_current_time()
+        m.discovered.inc(report.discovered)
+        m.new.inc(report.new)
+        m.embedded.inc(report.embedded)
+        m.applied.inc(report.applied)
+        for reason_class, n in report.failed_by_class.items():
+            m.failed.labels(reason_class).inc(n)
+        m.anomaly_rows.inc(report.anomaly_rows)
+        m.anomaly_files.inc(len(report.files))
+        m.read_ledger(self.pipe.ledger)
+        try:
+            m.observe_workers(workers_seen(self.client))
+        except OSError as err:
+            log.warning("could not list the workers: %s", err)
+        if self.announcer is not None and report.files:
+            self.announcer.wake()
+
+    def close(self) -> None:
+        """Checkpoint the statistics, then stop the announcer and the metrics server."""
+        try:
+            self.pipe.close()
+        finally:
+            if self.announcer is not None:
+                self.announcer.close()
+            self._close_server()
+
+    def _close_server(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self.readiness is not None:
+            self.readiness.close()

@@ -1,0 +1,276 @@
+"""The daemon as operators run it: a real `streamembed monitor` process on a real scheduler and
+workers (their own processes), scraped over HTTP; a real HTTP receiver for its webhook.
+
+The numbers /metrics serves are checked against the ledger the daemon wrote; /readyz must flip
+when the scheduler process is killed; the webhook receiver answers 500 twice to every file
+and must still get each new anomaly file exactly once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamembed.acquisition import Acquisition
+from streamembed.ledger import Ledger, State
+from streamembed.logs import JsonFormatter
+from streamembed.webhook import url_key
+
+from .daemon import wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that fails each file's first ``failures`` POSTs (500)."""
+
+    def __init__(self, failures: int = 2):
+        self.posts: list[tuple[str, int, dict]] = []  # (Idempotency-Key, answered code, body)
+        self.failures = failures
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                key = self.headers["Idempotency-Key"]
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                seen = sum(1 for k, _, _ in receiver.posts if k == key)
+                code = 500 if seen < receiver.failures else 200
+                receiver.posts.append((key, code, body))
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook?token=s3cret"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def delivered(self) -> Counter[str]:
+        return Counter(k for k, code, _ in self.posts if code == 200)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.fixture
+def scheduler_and_workers(tmp_path):
+    """`dask scheduler` and `dask worker` (two processes, one thread each) on 127.0.0.1."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    sched = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+         "--port", str(port), "--no-dashboard"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    workers = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "2",
+         "--nthreads", "1", "--no-dashboard", "--local-directory", str(tmp_path / "dask")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield address, sched
+    finally:
+        for p in (workers, sched):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_monitor_metrics_probes_and_webhook(
+    kill_series, kill_reference, scheduler_and_workers, tmp_path
+):
+    address, sched = scheduler_and_workers
+    receiver = Receiver(failures=2)
+    port = free_port()
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "STREAMEMBED__MODEL__ARCH": "resnet18",
+        # the kill suite's settings, so its reference run says which files there must be
+        "STREAMEMBED__STATS__MIN_OBS": "3",
+        "STREAMEMBED__STATS__THRESHOLD": "1.5",
+        "STREAMEMBED__STATS__MIN_INDEX_CHANGE": "0",
+        "STREAMEMBED__STORE__CHUNK_CELLS": "4",
+        "STREAMEMBED__INGEST__BLOCK_PX": "256",
+        "STREAMEMBED__CLUSTER__KIND": "address",
+        "STREAMEMBED__CLUSTER__ADDRESS": address,
+        "STREAMEMBED__DAEMON__METRICS_PORT": str(port),
+        "STREAMEMBED__DAEMON__METRICS_HOST": "127.0.0.1",
+        "STREAMEMBED__DAEMON__WEBHOOK__URL": receiver.url,
+        "STREAMEMBED__DAEMON__WEBHOOK__BACKOFF_SECONDS": "0.2",
+    }
+    cmd = [sys.executable, "-m", "streamembed.cli", "monitor", "--source", str(kill_series),
+           "--output", str(out), "--poll-seconds", "2", "--log-format", "json"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    ledger = out / "ledger.sqlite"
+    ref_files = kill_reference[3].groupby("acquisition_id").size()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: get_or_none(f"{base}/healthz") == 200, 120, proc)
+
+        def applied() -> int:
+            with sqlite3.connect(ledger) as db:
+                return db.execute(
+                    "SELECT COUNT(*) FROM acquisitions WHERE state='applied'"
+                ).fetchone()[0]
+
+        wait_until(lambda: ledger.exists() and applied() == 9, 300, proc)
+        wait_until(lambda: len(receiver.delivered()) == len(ref_files), 60, proc)
+        time.sleep(3)  # a poll after the last apply: counters and gauges settled
+
+        # /metrics against the ledger the daemon wrote.
+        code, text = get(f"{base}/metrics")
+        assert code == 200
+        m = samples(text)
+        with Ledger(ledger) as led:
+            rows = led.rows()
+            by_state = Counter(r.state for r in rows)
+            n_rows = sum(r.n_anomalies or 0 for r in rows)
+        assert by_state[State.APPLIED] == 9
+        assert m[("streamembed_ledger_acquisitions", (("state", "applied"),))] == 9
+        assert m[("streamembed_ledger_acquisitions", (("state", "failed"),))] == 0
+        assert m[("streamembed_acquisitions_applied_total", ())] == 9
+        assert m[("streamembed_acquisitions_embedded_total", ())] == 9
+        assert m[("streamembed_anomaly_rows_written_total", ())] == n_rows == ref_files.sum()
+        assert m[("streamembed_anomaly_files_written_total", ())] == len(ref_files)
+        (tile,) = {r.tile for r in rows}
+        assert m[("streamembed_ledger_anomaly_rows", (("tile", tile),))] == n_rows
+        assert m[("streamembed_tile_lag_seconds", (("tile", tile),))] == 0
+        # 9 acquisitions x 4 blocks encoded, each an observation of its encode seconds
+        assert m[("streamembed_stage_seconds_count", (("stage", "encode"),))] == 36
+        assert m[("streamembed_stage_seconds_count", (("stage", "stats_apply"),))] == 9
+        assert m[("streamembed_workers", ())] == 2
+        assert m[("streamembed_gpu_workers", ())] == 0
+        assert m[("streamembed_poll_duration_seconds_count", ())] >= 1
+        assert m[("streamembed_webhook_sent_total", ())] == len(ref_files)
+        assert m[("streamembed_webhook_errors_total", ())] == 2 * len(ref_files)
+
+        # `streamembed status --json`: the same numbers, once.
+        status = subprocess.run(
+            [sys.executable, "-m", "streamembed.cli", "status", "--output", str(out), "--json"],
+            capture_output=True, text=True, check=True, env=env,
+        )  # fmt: skip
+        numbers = json.loads(status.stdout)
+        assert numbers["acquisitions"]["applied"] == 9
+        assert numbers["tiles"][tile]["anomaly_rows"] == n_rows
+
+        # The webhook: every new file once (after two 500s each), a GeoJSON summary of it.
+        assert receiver.delivered() == Counter({k: 1 for k in ref_files.index})
+        assert len(receiver.posts) == 3 * len(ref_files)
+        for key, code, body in receiver.posts:
+            if code != 200:
+                continue
+            (feature,) = body["features"]
+            props = feature["properties"]
+            assert body["type"] == "FeatureCollection" and props["acquisition_id"] == key
+            assert props["rows"] == ref_files[key] == sum(props["labels"].values())
+            assert props["href"].endswith(f"{key}.parquet") and Path(props["href"]).exists()
+            west, south, east, north = body["bbox"]
+            assert -180 <= west < east <= 180 and -90 <= south < north <= 90
+
+        # /readyz answers while the scheduler does; it flips when the scheduler goes away,
+        # while /healthz (the loop still turns) stays up.
+        code, body = get(f"{base}/readyz")
+        assert code == 200, body
+        sched.kill()
+        sched.wait()
+        wait_until(lambda: get_or_none(f"{base}/readyz") == 503, 60, proc)
+        code, body = get(f"{base}/readyz")
+        assert "does not answer" in json.loads(body)["scheduler"]
+        assert get_or_none(f"{base}/healthz") == 200
+    finally:
+        proc.kill()
+        output, _ = proc.communicate(timeout=60)
+        receiver.close()
+    # --log-format json: every line the loggers wrote is one JSON object; applies carry
+    # their acquisition, tile, stage and seconds. The URL's token is in no line.
+    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    applies = [r for r in records if r.get("stage") == "stats_apply"]
+    assert len(applies) == 9 and all({"acquisition_id", "tile", "seconds"} <= r.keys()
+                                      for r in applies)  # fmt: skip
+    assert "s3cret" not in output
+
+
+def get_or_none(url: str) -> int | None:
+    try:
+        return get(url)[0]
+    except OSError:
+        return None
+
+
+def _acq(i: int) -> Acquisition:
+    return Acquisition(
+        id=f"S2A_T{i}", tile="32UPC", datetime=dt.datetime(2024, 5, i + 1, tzinfo=dt.timezone.utc),
+        epsg=32632, assets={},
+    )  # fmt: skip
+
+
+def test_a_new_webhook_announces_only_what_comes_after_it(tmp_path):
+    """Files applied before the webhook was configured are not news; later ones are due until
+    recorded, and a restart (a second start_announcing) changes nothing."""
+    key = url_key("http://example.invalid/hook")
+    with Ledger(tmp_path / "ledger.sqlite") as led:
+        led.record_seen([_acq(1), _acq(2), _acq(3)])
+        led.set_state("S2A_T1", State.APPLIED, n_anomalies=4)
+        led.set_state("S2A_T2", State.APPLIED, n_anomalies=0)
+        led.start_announcing(key)
+        assert led.unannounced(key) == []
+        led.set_state("S2A_T3", State.APPLIED, n_anomalies=2)
+        led.start_announcing(key)
+        assert [r.id for r in led.unannounced(key)] == ["S2A_T3"]
+        led.record_announcement("S2A_T3", key, "sent", 3)
+        assert led.unannounced(key) == []
+        assert led.announcements(key) == {"S2A_T1": "before", "S2A_T3": "sent"}
+        other = url_key("http://example.invalid/other")
+        led.start_announcing(other)
+        assert led.unannounced(other) == []
+
+
+def test_json_log_lines_carry_the_event_fields():
+    record = logging.LogRecord("streamembed.events", logging.INFO, __file__, 1,
+                               "applied %s", ("S2A_X",), None)  # fmt: skip
+    record.acquisition_id, record.tile, record.stage, record.seconds = "S2A_X", "32UPC", "x", 1.5
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "applied S2A_X" and line["level"] == "info"
+    assert (line["acquisition_id"], line["tile"], line["stage"], line["seconds"]) == (
+        "S2A_X", "32UPC", "x", 1.5,
+    )  # fmt: skip
