@@ -43,6 +43,12 @@ def _rgb(acq: Acquisition, grid: TileGrid, step: int) -> np.ndarray:
     return out
 
 
+def acquisition_rgb(href: str, acquisition_id: str, grid: TileGrid, step: int) -> np.ndarray:
+    """(3, rows, cols) reflectance of B04, B03, B02 of the acquisition in ``href``, every
+    ``step``-th pixel (the map's and the web map's quicklook)."""
+    return _rgb(_acquisition(href, acquisition_id), grid, step)
+
+
 def render_map(
     out: OutputLayout, tile: str, date: str, png: str | Path, max_px: int = 1024
 ) -> Path:
@@ -59,9 +65,8 @@ def render_map(
             f"no acquisition of tile {tile} on {date} in the ledger; see `streamembed status`"
         )
     row = rows[0]
-    acq = _acquisition(row.item_href, row.id)
     step = max(1, int(np.ceil(max(grid.height, grid.width) / max_px)))
-    rgb = np.clip(_rgb(acq, grid, step).transpose(1, 2, 0) * 3.5, 0, 1)
+    rgb = np.clip(acquisition_rgb(row.item_href, row.id, grid, step).transpose(1, 2, 0) * 3.5, 0, 1)
     anomalies = read_anomalies(out.anomalies)
     if len(anomalies):
         anomalies = anomalies[

@@ -224,6 +224,19 @@ def cmd_map(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
+    from .web import serve
+
+    sc = cfg.serve
+    host, port = args.host or sc.host, sc.port if args.port is None else args.port
+    basemap = args.basemap or sc.basemap
+    print(
+        f"streamembed map of {cfg.layout.root}: http://{host}:{port}/  (Ctrl-C stops)", flush=True
+    )
+    serve(cfg.layout, host, port, basemap, sc.refresh_seconds)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, cfg: Config) -> int:
     from .bench import BenchConfig, plot, run_bench
 
@@ -410,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("date", help="YYYY-MM-DD")
     p.add_argument("-o", default="map.png", help="output PNG")
     p.set_defaults(func=cmd_map)
+    p = common(sub.add_parser("serve", help="web map of the anomalies (follows a running daemon)"))
+    p.add_argument("--host", default=None, help="address to bind (default serve.host)")
+    p.add_argument("--port", type=int, default=None, help="port (default serve.port, 8000)")
+    p.add_argument("--basemap", default=None, help="XYZ tile URL template (default: none)")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("bench", help="throughput benchmark (benchmarks/*.yaml profiles)")
     p.add_argument("--config", default="benchmarks/cpu-local.yaml", help="benchmark profile")
     p.add_argument(

@@ -323,6 +323,17 @@ class DaemonConfig(Section):
     webhook: WebhookConfig = WebhookConfig()
 
 
+class ServeConfig(Section):
+    host: str = Field("127.0.0.1", description="`streamembed serve` binds here")
+    port: int = Field(8000, ge=0, le=65535)
+    basemap: str | None = Field(
+        None,
+        description="XYZ tile URL template under the anomalies, e.g. "
+        "https://tile.openstreetmap.org/{z}/{x}/{y}.png (null: none; a basemap needs internet)",
+    )
+    refresh_seconds: float = Field(10.0, gt=0, description="how often the page looks for news")
+
+
 class Config(Section):
     output: str = Field(
         "output",
@@ -342,6 +353,7 @@ class Config(Section):
     cluster: ClusterConfig = ClusterConfig()
     pipeline: PipelineConfig = PipelineConfig()
     daemon: DaemonConfig = DaemonConfig()
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _blocks_on_chunks(self) -> Config:

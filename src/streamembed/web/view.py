@@ -1,0 +1,238 @@
+"""What the web map shows, read from an output folder (or bucket) as the daemon leaves it.
+
+Pure reads, no web framework: anomaly rows as GeoJSON, a cell's history from the store and the
+anomaly rows, an RGB quicklook warped to Web Mercator. The anomaly rows are re-read when the
+set of anomaly files changes, so a page following a running daemon sees new dates without a
+restart of the server.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from .. import storage
+from ..layout import OutputLayout
+from ..ledger import Ledger
+from ..sink import read_anomalies
+from ..store import EmbeddingStore
+
+FEATURE_COLUMNS = (
+    "acquisition_id", "tile", "date", "cell_y", "cell_x", "label", "status", "score",
+    "distance", "clear_fraction", "n_obs",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Quicklook:
+    """An RGB PNG in EPSG:3857 and its corners in degrees, as Leaflet's imageOverlay takes them."""
+
+    png: bytes
+    bounds: tuple[tuple[float, float], tuple[float, float]]  # ((south, west), (north, east))
+    acquisition_id: str
+    date: str
+
+
+class OutputView:
+    """The outputs under ``layout`` as the map reads them; safe to share between requests."""
+
+    def __init__(self, layout: OutputLayout):
+        self.layout = layout
+        self.store = EmbeddingStore(layout.store)
+        self._lock = threading.Lock()
+        self._files: tuple[str, ...] = ()
+        self._rows = _empty()
+        self._quicklooks: dict[tuple[str, str], Quicklook] = {}
+
+    def rows(self) -> gpd.GeoDataFrame:
+        """Every anomaly row, re-read when an anomaly file appeared or went."""
+        files = tuple(storage.glob(self.layout.anomalies, "tile=*/date=*/*.parquet"))
+        with self._lock:
+            if files != self._files:
+                rows = read_anomalies(self.layout.anomalies) if files else _empty()
+                rows["tile"] = rows["tile"].astype(str)
+                rows["date"] = rows["date"].astype(str)
+                self._rows, self._files = rows, files
+            return self._rows
+
+    def summary(self) -> dict[str, Any]:
+        """Tiles, dates with anomalies, counts by label and status, and the bounds of it all."""
+        rows = self.rows()
+        tiles = sorted(set(self.store.tiles()) | set(rows["tile"]))
+        tile_bounds = {t: b for t in tiles if (b := self._tile_bounds(t)) is not None}
+        bounds = [float(v) for v in rows.total_bounds] if len(rows) else None
+        if bounds is None and tile_bounds:
+            boxes = np.array(list(tile_bounds.values()))
+            bounds = [float(v) for v in (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))]
+        return {
+            "tiles": tiles,
+            "dates": sorted(set(rows["date"])),
+            "labels": {str(k): int(v) for k, v in rows["label"].value_counts().items()},
+            "statuses": {str(k): int(v) for k, v in rows["status"].value_counts().items()},
+            "rows": len(rows),
+            "bounds": bounds,
+            "tile_bounds": tile_bounds,
+        }
+
+    def select(
+        self, date: str | None = None, tile: str | None = None, until: bool = False
+    ) -> gpd.GeoDataFrame:
+        """Rows of ``date`` and ``tile`` (None: all). ``until``: each cell's newest row up to
+        ``date``, i.e. the cells' alerts as they stood that day."""
+        rows = self.rows()
+        keep = np.ones(len(rows), bool)
+        if date:
+            keep &= (
+                (rows["date"] <= date).to_numpy() if until else (rows["date"] == date).to_numpy()
+            )
+        if tile:
+            keep &= (rows["tile"] == tile).to_numpy()
+        rows = rows[keep]
+        if until:
+            rows = rows.sort_values("datetime").drop_duplicates(
+                ["tile", "cell_y", "cell_x"], keep="last"
+            )
+        return rows
+
+    def geojson(self, rows: gpd.GeoDataFrame) -> dict[str, Any]:
+        """The rows as a GeoJSON FeatureCollection (cell polygons, the map's properties)."""
+        features = []
+        for rec, geom in zip(
+            rows[list(FEATURE_COLUMNS)].to_dict("records"), rows.geometry, strict=True
+        ):
+            props = {k: _plain(v) for k, v in rec.items()}
+            features.append({
+                "type": "Feature",
+                "id": f"{props['acquisition_id']}/{props['cell_y']}/{props['cell_x']}",
+                "geometry": geom.__geo_interface__,
+                "properties": props,
+            })  # fmt: skip
+        return {"type": "FeatureCollection", "features": features}
+
+    def geoparquet(self, rows: gpd.GeoDataFrame) -> bytes:
+        buf = io.BytesIO()
+        rows.to_parquet(buf, index=False, schema_version="1.1.0", write_covering_bbox=True)
+        return buf.getvalue()
+
+    def history(self, tile: str, cell_y: int, cell_x: int) -> dict[str, Any]:
+        """One cell over time: clear fraction and NDVI at every stored acquisition (the store),
+        score, distance, label and status where it was anomalous (the anomaly rows)."""
+        grid = self.store.grid(tile)
+        if grid is None:
+            raise KeyError(f"tile {tile} is not in {self.layout.store}")
+        if not (0 <= cell_y < grid.n_cells_y and 0 <= cell_x < grid.n_cells_x):
+            raise KeyError(f"cell ({cell_y}, {cell_x}) is outside tile {tile}")
+        ds = self.store.open_dataset(tile, decode=False)
+        cell = ds[["clear", "indices"]].isel(y=cell_y, x=cell_x).load()
+        ndvi = cell["indices"].sel(index="ndvi").values
+        times = pd.DatetimeIndex(ds["time"].values).strftime("%Y-%m-%dT%H:%M:%S")
+        rows = self.rows()
+        mine = rows[
+            (rows["tile"] == tile) & (rows["cell_y"] == cell_y) & (rows["cell_x"] == cell_x)
+        ].sort_values("datetime")
+        return {
+            "tile": tile,
+            "cell_y": cell_y,
+            "cell_x": cell_x,
+            "cell_m": grid.cell_m,
+            "looks": [
+                {"time": t, "clear": _plain(c), "ndvi": _plain(n)}
+                for t, c, n in zip(times, cell["clear"].values, ndvi, strict=True)
+            ],
+            "anomalies": [_anomaly(r) for r in mine.itertuples()],
+        }
+
+    def quicklook(self, tile: str, date: str | None = None, max_px: int = 1024) -> Quicklook:
+        """The RGB of ``tile`` on ``date`` (None: its latest applied acquisition)."""
+        with Ledger(self.layout.ledger) as ledger:
+            rows = [r for r in ledger.rows("applied") if r.tile == tile]
+        if date:
+            rows = [r for r in rows if r.datetime[:10] == date]
+        if not rows:
+            raise KeyError(f"no applied acquisition of tile {tile}" + (f" on {date}" * bool(date)))
+        row = rows[-1]
+        key = (tile, row.id)
+        if key not in self._quicklooks:
+            self._quicklooks[key] = _render_quicklook(self.store, tile, row.id, row.item_href,
+                                                      row.datetime[:10], max_px)  # fmt: skip
+        return self._quicklooks[key]
+
+    def _tile_bounds(self, tile: str) -> list[float] | None:
+        """[west, south, east, north] of a stored tile's cells, in degrees."""
+        grid = self.store.grid(tile)
+        if grid is None:
+            return None
+        corners = grid.cell_polygons_wgs84(
+            np.array([0, 0, grid.n_cells_y - 1, grid.n_cells_y - 1]),
+            np.array([0, grid.n_cells_x - 1, 0, grid.n_cells_x - 1]),
+        )
+        return [float(v) for v in gpd.GeoSeries(corners).total_bounds]
+
+
+def _render_quicklook(
+    store: EmbeddingStore, tile: str, acq_id: str, href: str, date: str, max_px: int
+) -> Quicklook:
+    from PIL import Image
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine, array_bounds
+    from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
+
+    from ..anomaly_map import acquisition_rgb
+
+    grid = store.grid(tile)
+    assert grid is not None
+    step = max(1, int(np.ceil(max(grid.height, grid.width) / max_px)))
+    rgb = np.clip(acquisition_rgb(href, acq_id, grid, step) * 3.5, 0, 1)
+    a, b, c, d, e, f = grid.transform
+    src_transform = Affine(a * step, b, c, d, e * step, f)
+    src_crs, dst_crs = CRS.from_epsg(grid.epsg), CRS.from_epsg(3857)
+    h, w = rgb.shape[1:]
+    left, bottom, right, top = array_bounds(h, w, src_transform)
+    dst_transform, dw, dh = calculate_default_transform(src_crs, dst_crs, w, h, left, bottom,
+                                                        right, top)  # fmt: skip
+    assert dw is not None and dh is not None
+    out = np.zeros((4, dh, dw), np.float32)
+    reproject(np.concatenate([rgb, np.ones((1, h, w), np.float32)]), out,
+              src_transform=src_transform, src_crs=src_crs, dst_transform=dst_transform,
+              dst_crs=dst_crs, resampling=Resampling.nearest, dst_nodata=0)  # fmt: skip
+    pixels = (out.transpose(1, 2, 0) * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buf, "PNG")
+    west, south, east, north = transform_bounds(
+        dst_crs, CRS.from_epsg(4326), *array_bounds(dh, dw, dst_transform)
+    )
+    return Quicklook(buf.getvalue(), ((south, west), (north, east)), acq_id, date)
+
+
+def _anomaly(r: Any) -> dict[str, Any]:
+    """One anomaly row of a cell's history."""
+    return {
+        "time": pd.Timestamp(r.datetime).strftime("%Y-%m-%dT%H:%M:%S"),
+        "score": _plain(r.score),
+        "distance": _plain(r.distance),
+        "clear": _plain(r.clear_fraction),
+        "label": r.label,
+        "status": r.status,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: NumPy scalars to Python, NaN to None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _empty() -> gpd.GeoDataFrame:
+    frame = read_anomalies("/nonexistent-streamembed-output")
+    frame["tile"] = pd.Series([], dtype=str)
+    frame["date"] = pd.Series([], dtype=str)
+    return frame

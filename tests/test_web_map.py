@@ -1,0 +1,184 @@
+"""`streamembed serve` in a real headless Chromium (Debian's chromium + chromium-driver, driven
+by Selenium): the map shows the run's anomaly cells, the date slider moves through the dates,
+a click on a cell opens its history, the view downloads, and a file the daemon publishes later
+appears on the open page without a reload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from streamembed.sink import read_anomalies
+from streamembed.store import EmbeddingStore
+
+from .test_operations import free_port
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def why_no_browser() -> str | None:
+    missing = [str(p) for p in (CHROMIUM, DRIVER) if not p.exists()]
+    if missing:
+        return (
+            f"{', '.join(missing)} missing: apt-get install chromium chromium-driver (.ci/run does)"
+        )
+    return None
+
+
+@pytest.fixture
+def browser():
+    reason = why_no_browser()
+    if reason:
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    # Headless, and no background calls out: this machine's network is closed.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1280,900"):  # fmt: skip
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=opts)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def served(kill_reference, tmp_path):
+    """A copy of a real backfill's outputs, its newest anomaly file held back, served."""
+    out = tmp_path / "out"
+    shutil.copytree(kill_reference[0], out)
+    files = sorted((out / "anomalies").glob("tile=*/date=*/*.parquet"))
+    held = files[-1]
+    aside = tmp_path / held.name
+    held.rename(aside)
+    port = free_port()
+    env = {**os.environ, "STREAMEMBED__SERVE__REFRESH_SECONDS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamembed.cli", "serve", "--output", str(out), "--port",
+         str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(60):
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.5)
+    yield url, out, held, aside
+    proc.kill()
+    proc.wait()
+
+
+def wait_for(driver, script: str, timeout: float = 30):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def test_the_map_shows_the_anomalies_and_follows_new_files(browser, served):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    url, out, held, aside = served
+    rows = read_anomalies(out / "anomalies")
+    rows["date"] = rows["date"].astype(str)
+    per_date = rows.groupby("date").size()
+    browser.get(url)
+    wait_for(browser, "return window.streamembed && window.streamembed.ready")
+
+    # The slider holds every date with anomalies; the page opens on the newest.
+    assert browser.execute_script("return window.streamembed.dates") == list(per_date.index)
+    cells = browser.find_elements(By.CSS_SELECTOR, "path.anomaly-cell")
+    assert len(cells) == per_date.iloc[-1]
+    assert browser.find_element(By.ID, "date-label").text == per_date.index[-1]
+
+    # Move the slider (keyboard, as a user would) to the date with the most cells.
+    busiest = int(per_date.to_numpy().argmax())
+    slider = browser.find_element(By.ID, "date")
+    slider.send_keys(Keys.HOME)
+    for _ in range(busiest):
+        slider.send_keys(Keys.ARROW_RIGHT)
+    date = per_date.index[busiest]
+    wait_for(browser, f"return document.getElementById('date-label').textContent == '{date}'")
+    wait_for(browser, f"return window.streamembed.features == {per_date.iloc[busiest]}")
+    cells = browser.find_elements(By.CSS_SELECTOR, "path.anomaly-cell")
+    assert len(cells) == per_date.iloc[busiest]
+    statuses = set(rows.loc[rows["date"] == date, "status"])
+    shown = {
+        token.removeprefix("status-")
+        for c in cells
+        for token in c.get_attribute("class").split()
+        if token.startswith("status-")
+    }
+    assert shown == statuses
+
+    # A click on a cell opens its history: every stored look, every anomalous one listed.
+    cells[0].click()
+    wait_for(browser, "return window.streamembed.historyOpen")
+    title = browser.find_element(By.ID, "history-title").text
+    cy, cx = (int(v) for v in title.split()[1].split("/"))
+    tile = title.split(" of ")[1].split()[0]
+    mine = rows[(rows["cell_y"] == cy) & (rows["cell_x"] == cx) & (rows["tile"] == tile)]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr.anomaly-row")) == len(mine) > 0
+    n_looks = len(EmbeddingStore(out / "embeddings.zarr").acquisition_ids(tile))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "circle.look-clear")) == n_looks
+
+    # The RGB quicklook is drawn under the cells.
+    wait_for(browser, "const i = document.querySelector('img.quicklook');"
+                      " return i && i.complete && i.naturalWidth > 0")  # fmt: skip
+
+    # The view downloads as GeoJSON with the cells shown.
+    href = browser.find_element(By.ID, "dl-geojson").get_attribute("href")
+    with urllib.request.urlopen(href, timeout=10) as resp:
+        assert len(json.load(resp)["features"]) == per_date.iloc[busiest]
+
+    # The daemon publishes the held-back file (a rename, as the sink does): the open page gains
+    # its date without a reload; the slider stays where the user left it unless that was the
+    # newest date ("follow new dates").
+    os.replace(aside, held)
+    new_date = held.parent.name.removeprefix("date=")
+    assert new_date > per_date.index[-1]
+    wait_for(browser, f"return window.streamembed.dates.includes('{new_date}')")
+    expected = new_date if busiest == len(per_date) - 1 else date
+    wait_for(browser, f"return document.getElementById('date-label').textContent == '{expected}'")
+
+
+def test_the_web_api_answers_bad_requests_clearly(kill_reference):
+    """The app's API in-process (Starlette's test client over the real ASGI app)."""
+    import io
+
+    import geopandas as gpd
+    from starlette.testclient import TestClient
+
+    from streamembed.layout import OutputLayout
+    from streamembed.web import create_app
+
+    out = kill_reference[0]
+    client = TestClient(create_app(OutputLayout(str(out))))
+    rows = read_anomalies(out / "anomalies")
+    assert client.get("/api/summary").json()["rows"] == len(rows)
+    got = gpd.read_parquet(io.BytesIO(client.get("/api/download?format=parquet").content))
+    assert len(got) == len(rows) and got.crs.to_epsg() == 4326
+    assert client.get("/api/download?format=shp").status_code == 400
+    bad = client.get("/api/history?tile=32UPC&y=a&x=1")
+    assert bad.status_code == 400 and "tile, y and x" in bad.json()["error"]
+    outside = client.get(f"/api/history?tile={rows['tile'].iloc[0]}&y=999&x=0")
+    assert outside.status_code == 404 and "outside tile" in outside.json()["error"]
+    assert client.get("/api/quicklook/99XXX.json").status_code == 404
