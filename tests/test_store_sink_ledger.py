@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import xarray as xr
 
+from streamembed.config import StoreConfig
 from streamembed.grid import TileGrid
 from streamembed.ingest import INDEX_NAMES
 from streamembed.ledger import Ledger, State
@@ -16,6 +17,8 @@ from streamembed.sink import AnomalyRecord, read_anomalies, write_anomalies
 from streamembed.store import EmbeddingBatch, EmbeddingStore, Provenance, StoreMismatchError
 
 GRID = TileGrid("33UWP", 32633, 499980.0, 5400000.0, 96, 128, 32)
+# A float16 store: what the exact round-trip tests compare against (the default is int8)
+FLOAT16 = StoreConfig(dtype="float16")
 PROVENANCE = Provenance(
     "resnet18-12b-seed0", "seeded", True, "resnet18", ("B02",), "divide_10000", 256, 32, (0, 8, 9)
 )
@@ -43,7 +46,9 @@ def test_store_append_is_idempotent_and_readable(tmp_path):
     assert not store.append(_batch(1))  # already there: a no-op
     assert store.acquisition_ids("33UWP") == ["acq0", "acq1"]
     ds = xr.open_zarr(tmp_path / "embeddings.zarr", group="33UWP", consolidated=False)
-    assert ds.embedding.shape == (2, 3, 4, 8) and ds.embedding.dtype == np.float16
+    # the default store: int8 codes with a per-cell scale and offset
+    assert ds.embedding.shape == (2, 3, 4, 8) and ds.embedding.dtype == np.int8
+    assert ds.embedding_scale.shape == ds.embedding_offset.shape == (2, 3, 4)
     # chunks never reach past the tile (64-cell chunks by default, the tile has 3 x 4 cells)
     assert ds.embedding.encoding["chunks"] == (1, 3, 4, 8)
     assert ds.attrs["crs"] == "EPSG:32633" and ds.attrs["model_id"] == PROVENANCE.model_id
@@ -72,7 +77,7 @@ def test_store_repairs_an_interrupted_append(tmp_path):
 def test_an_acquisition_is_invisible_until_committed_and_a_restart_reuses_its_row(tmp_path):
     """Blocks written, then a crash before the commit: readers see nothing of it, a restart
     writes it into the same row, and the committed store reads back whole."""
-    store = EmbeddingStore(tmp_path / "embeddings.zarr")
+    store = EmbeddingStore(tmp_path / "embeddings.zarr", FLOAT16)
     store.append(_batch(0))
     b = _batch(1)
     res = store.begin(b.acquisition_id, GRID, 8, PROVENANCE)
@@ -101,7 +106,7 @@ def test_plain_readers_see_committed_acquisitions_only(tmp_path):
     """The readers' view (``xarray.open_zarr`` of the tile, consolidated) ends at the last
     commit: reserved rows, half-written blocks and later commits behind an acquisition still
     in flight are not in it; a failed acquisition's released row becomes a gap with no id."""
-    store = EmbeddingStore(tmp_path / "embeddings.zarr")
+    store = EmbeddingStore(tmp_path / "embeddings.zarr", FLOAT16)
     store.append(_batch(0))
 
     def readers() -> list[str]:
@@ -130,7 +135,7 @@ def test_plain_readers_see_committed_acquisitions_only(tmp_path):
 def test_store_keeps_sensing_seconds_and_the_stored_dtype(tmp_path):
     """Sentinel-2 times carry milliseconds; the store keeps the sensing second (the id's)."""
 
-    store = EmbeddingStore(tmp_path / "embeddings.zarr")
+    store = EmbeddingStore(tmp_path / "embeddings.zarr", FLOAT16)
     for i, ms in ((0, 24), (1, 987), (2, 0)):
         b = _batch(i)
         store.append(dataclasses.replace(b, time=b.time + dt.timedelta(milliseconds=ms)))
@@ -311,4 +316,4 @@ def test_an_int8_store_reads_back_decoded_and_refuses_another_dtype(tmp_path):
     assert ds.embedding.dtype == np.float32 and "embedding_scale" not in ds
     assert np.allclose(ds.embedding.values[0], back.embedding, atol=2e-3)
     with pytest.raises(StoreMismatchError, match=r"store\.dtype"):
-        EmbeddingStore(root).append(_batch(2))
+        EmbeddingStore(root, StoreConfig(dtype="float16")).append(_batch(2))

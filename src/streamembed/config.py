@@ -151,9 +151,10 @@ Compression = Literal["zstd", "blosc-zstd-shuffle", "none"]
 
 class StoreConfig(Section):
     dtype: StoreDtype = Field(
-        "float16",
-        description="embedding dtype; int8: per-cell affine quantisation (a scale and an offset "
-        "per cell, embedding_scale / embedding_offset)",
+        "int8",
+        description="embedding dtype; int8 (default): per-cell affine quantisation (a scale and "
+        "an offset per cell, embedding_scale / embedding_offset), half float16's bytes with the "
+        "same detections (benchmarks/RESULTS.md, storage budget)",
     )
     compression: Compression = Field(
         "zstd", description="codec of the embedding chunks (benchmarks/RESULTS.md, storage budget)"

@@ -1,13 +1,14 @@
 """Zarr embedding store: ``embeddings.zarr/<tile>/`` with one time step per acquisition.
 
-Variables: ``embedding(time, y, x, dim)`` (float16 by default), ``clear(time, y, x)`` clear-sky
+Variables: ``embedding(time, y, x, dim)`` (int8 codes by default, with ``embedding_scale`` and
+``embedding_offset(time, y, x)``; or float16/float32), ``clear(time, y, x)`` clear-sky
 fraction per cell, ``snow(time, y, x)`` snow fraction, ``indices(time, y, x, index)`` spectral
 indices over clear pixels (for anomaly labels), ``acquisition_id(time)``; coords ``time``, ``y``,
 ``x`` (UTM metres of cell centres). Attributes: CRS, transform, bands, model id, normalisation.
 The store is a folder or an object-store URL (``s3://bucket/run/embeddings.zarr``).
 
 An acquisition is written in three steps, so that it can arrive as many block tasks on many
-workers (a full tile is 117,649 cells, ~480 MB of float16 at 2048-d):
+workers (a full tile is 117,649 cells, ~480 MB of float16 at 2048-d, half that as int8):
 1. ``begin`` (the driver) reserves the acquisition's time step: a row whose ``acquisition_id`` is
    still empty, recorded in the group's ``pending`` attribute so a restart reuses it;
 2. ``write_block`` (any worker, no lock) writes one block of cells into that row by region;
@@ -212,7 +213,7 @@ class EmbeddingBatch:
 class StoredAcquisition:
     acquisition_id: str
     time: dt.datetime
-    embedding: np.ndarray  # (cells_y, cells_x, dim) in the store's dtype (float16 by default)
+    embedding: np.ndarray  # (cells_y, cells_x, dim) float16 (int8 stores decoded), or float32
     clear: np.ndarray
     snow: np.ndarray
     indices: np.ndarray
