@@ -34,6 +34,19 @@ def cluster_client():
 
 
 @pytest.fixture
+def browser():
+    """A real headless Chromium through Selenium (skipped, with the reason, without Debian's
+    chromium and chromium-driver)."""
+    from .browser import chromium, why_no_browser
+
+    reason = why_no_browser()
+    if reason:
+        pytest.skip(reason)
+    with chromium() as driver:
+        yield driver
+
+
+@pytest.fixture
 def server(archive):
     """A STAC API on 127.0.0.1 serving the test module's ``archive`` (items and rasters)."""
     from .stac_server import StacServer

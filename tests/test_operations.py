@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import logging
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,13 +31,7 @@ from streamembed.ledger import Ledger, State
 from streamembed.logs import JsonFormatter
 from streamembed.webhook import url_key
 
-from .daemon import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .daemon import free_port, wait_until
 
 
 class Receiver:

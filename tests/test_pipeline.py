@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
@@ -214,3 +215,40 @@ def test_lost_checkpoint_is_replayed_without_duplicates(
         pd.DataFrame(before).sort_values(key).reset_index(drop=True),
         pd.DataFrame(after).sort_values(key).reset_index(drop=True),
     )
+
+
+def test_the_web_map_shows_the_planted_events(archive, first_run, browser):
+    """`streamembed serve` over this year of two tiles, in headless Chromium: each tile's
+    busiest date shows exactly its anomaly rows, and they are planted event cells."""
+    from selenium.webdriver.common.by import By
+
+    from .browser import move_slider, serve_process, wait_for
+    from .daemon import free_port
+
+    _, truth, _ = archive
+    out, _ = first_run
+    rows = read_anomalies(out / "anomalies")
+    rows["date"], rows["tile"] = rows["date"].astype(str), rows["tile"].astype(str)
+    events = {(t.tile, t.cell_y, t.cell_x) for t in gpd.read_parquet(truth).itertuples()}
+    with serve_process(out, free_port()) as url:
+        browser.get(url)
+        wait_for(browser, "return window.streamembed && window.streamembed.ready")
+        for tile in sorted(set(rows["tile"])):
+            browser.find_element(By.ID, "tile").send_keys(tile)
+            mine = rows[rows["tile"] == tile]
+            dates = browser.execute_script("return window.streamembed.dates")
+            assert dates == sorted(set(rows["date"]))  # every tile's dates on one slider
+            per_date = mine.groupby("date").size()
+            busiest = per_date.idxmax()
+            move_slider(browser, dates.index(busiest))
+            wait_for(browser, f"return window.streamembed.features == {per_date[busiest]}")
+            cells = browser.find_elements(By.CSS_SELECTOR, "path.anomaly-cell")
+            assert len(cells) == per_date[busiest] > 0
+            shown = mine[mine["date"] == busiest]
+            planted = [
+                (tile, y, x) in events for y, x in zip(shown.cell_y, shown.cell_x, strict=True)
+            ]
+            assert all(planted), f"{tile} {busiest}: cells outside the planted events"
+            cells[0].click()
+            wait_for(browser, "return window.streamembed.historyOpen")
+            assert browser.find_elements(By.CSS_SELECTOR, "tr.anomaly-row")

@@ -317,3 +317,34 @@ def test_an_int8_store_reads_back_decoded_and_refuses_another_dtype(tmp_path):
     assert np.allclose(ds.embedding.values[0], back.embedding, atol=2e-3)
     with pytest.raises(StoreMismatchError, match=r"store\.dtype"):
         EmbeddingStore(root, StoreConfig(dtype="float16")).append(_batch(2))
+
+
+def test_the_store_is_georeferenced_for_rioxarray_and_odc_geo(tmp_path):
+    """CF grid mapping (spatial_ref: WKT, GeoTransform) on every gridded variable, and the
+    root's consolidated metadata: plain xarray opens a tile as a group without a warning, and
+    rioxarray and odc-geo find the tile's CRS and cell grid."""
+    import warnings
+
+    import odc.geo.xr  # noqa: F401  (the .odc accessor)
+    import rioxarray  # noqa: F401  (the .rio accessor)
+    from affine import Affine
+
+    root = tmp_path / "embeddings.zarr"
+    store = EmbeddingStore(root)
+    store.append(_batch(0))
+    store.append(_batch(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(root, group=GRID.tile)
+        by_path = xr.open_zarr(root / GRID.tile)
+    assert list(ds.acquisition_id.values) == list(by_path.acquisition_id.values) == ["acq0", "acq1"]
+    expected = Affine(GRID.cell_m, 0.0, GRID.x0, 0.0, -GRID.cell_m, GRID.y0)
+    for name in ("clear", "embedding", "indices"):
+        assert ds[name].attrs["grid_mapping"] == "spatial_ref"
+    assert ds.rio.crs.to_epsg() == GRID.epsg
+    assert ds.rio.transform() == expected
+    assert (ds.rio.height, ds.rio.width) == (GRID.n_cells_y, GRID.n_cells_x)
+    geobox = ds.clear.odc.geobox
+    assert geobox.crs.epsg == GRID.epsg and geobox.affine == expected
+    assert geobox.shape == (GRID.n_cells_y, GRID.n_cells_x)
+    assert ds.x.attrs["units"] == "m" and ds.y.attrs["standard_name"] == "projection_y_coordinate"

@@ -9,49 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from streamembed.sink import read_anomalies
 from streamembed.store import EmbeddingStore
 
-from .test_operations import free_port
-
-CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-
-
-def why_no_browser() -> str | None:
-    missing = [str(p) for p in (CHROMIUM, DRIVER) if not p.exists()]
-    if missing:
-        return (
-            f"{', '.join(missing)} missing: apt-get install chromium chromium-driver (.ci/run does)"
-        )
-    return None
-
-
-@pytest.fixture
-def browser():
-    reason = why_no_browser()
-    if reason:
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    # Headless, and no background calls out: this machine's network is closed.
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1280,900"):  # fmt: skip
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=opts)
-    yield driver
-    driver.quit()
+from .browser import move_slider, serve_process, wait_for
+from .daemon import free_port
 
 
 @pytest.fixture
@@ -63,38 +29,12 @@ def served(kill_reference, tmp_path):
     held = files[-1]
     aside = tmp_path / held.name
     held.rename(aside)
-    port = free_port()
-    env = {**os.environ, "STREAMEMBED__SERVE__REFRESH_SECONDS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamembed.cli", "serve", "--output", str(out), "--port",
-         str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(60):
-        try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, proc.communicate()[0]
-            time.sleep(0.5)
-    yield url, out, held, aside
-    proc.kill()
-    proc.wait()
-
-
-def wait_for(driver, script: str, timeout: float = 30):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = driver.execute_script(script)
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for: {script}")
+    with serve_process(out, free_port()) as url:
+        yield url, out, held, aside
 
 
 def test_the_map_shows_the_anomalies_and_follows_new_files(browser, served):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     url, out, held, aside = served
     rows = read_anomalies(out / "anomalies")
@@ -111,10 +51,7 @@ def test_the_map_shows_the_anomalies_and_follows_new_files(browser, served):
 
     # Move the slider (keyboard, as a user would) to the date with the most cells.
     busiest = int(per_date.to_numpy().argmax())
-    slider = browser.find_element(By.ID, "date")
-    slider.send_keys(Keys.HOME)
-    for _ in range(busiest):
-        slider.send_keys(Keys.ARROW_RIGHT)
+    move_slider(browser, busiest)
     date = per_date.index[busiest]
     wait_for(browser, f"return document.getElementById('date-label').textContent == '{date}'")
     wait_for(browser, f"return window.streamembed.features == {per_date.iloc[busiest]}")

@@ -162,6 +162,31 @@ def _sensing_second(when: dt.datetime) -> int:
     return int(when.timestamp() // 1)
 
 
+def grid_mapping(grid: TileGrid) -> dict[str, Any]:
+    """CF grid-mapping attributes of the tile's cell grid, plus GDAL's ``spatial_ref`` and
+    ``GeoTransform`` (what rioxarray, odc-geo, GDAL and QGIS read to georeference the store)."""
+    from pyproj import CRS
+
+    crs = CRS.from_epsg(grid.epsg)
+    cf = crs.to_cf()
+    cf["spatial_ref"] = cf["crs_wkt"]
+    cf["GeoTransform"] = f"{grid.x0!r} {grid.cell_m!r} 0.0 {grid.y0!r} 0.0 {-grid.cell_m!r}"
+    return cf
+
+
+def _cf_coordinates(ds: xr.Dataset, grid: TileGrid) -> None:
+    """x/y/time attributes and the grid mapping every gridded variable points at (CF-1.8)."""
+    ds.coords["spatial_ref"] = ((), np.int32(0), grid_mapping(grid))
+    ds["x"].attrs.update(standard_name="projection_x_coordinate", long_name="x of the cell "
+                         "centre", units="m", axis="X")  # fmt: skip
+    ds["y"].attrs.update(standard_name="projection_y_coordinate", long_name="y of the cell "
+                         "centre", units="m", axis="Y")  # fmt: skip
+    ds["time"].attrs.update(standard_name="time", long_name="sensing time", axis="T")
+    for name, var in ds.data_vars.items():
+        if {"y", "x"} <= set(var.dims):
+            ds[name].attrs["grid_mapping"] = "spatial_ref"
+
+
 def _grid_attrs(g: zarr.Group) -> TileGrid:
     return TileGrid.from_attrs(dict(g.attrs["grid"]))  # type: ignore[arg-type]
 
@@ -281,6 +306,28 @@ class EmbeddingStore:
             consolidated_metadata={"kind": "inline", "must_understand": False, "metadata": arrays},
         )
         storage.publish(storage.join(self.root, tile, "zarr.json"), json.dumps(doc).encode())
+        self._publish_root_view(tile, doc, arrays)
+
+    def _publish_root_view(self, tile: str, doc: dict[str, Any], arrays: dict[str, Any]) -> None:
+        """The store root's consolidated metadata with this tile's readers' view in it, so that
+        ``xr.open_zarr(store, group=tile)`` (which looks at the root) opens consolidated too.
+        Rewritten whole per commit: one daemon writes an output, so commits never race."""
+        path = storage.join(self.root, "zarr.json")
+        root = json.loads(storage.read_bytes(path))
+        entries = {
+            k: v
+            for k, v in root.get("consolidated_metadata", {}).get("metadata", {}).items()
+            if k != tile and not k.startswith(f"{tile}/")
+        }
+        nested = {"kind": "inline", "must_understand": False, "metadata": {}}
+        entries[tile] = {**doc, "consolidated_metadata": nested}
+        entries.update({f"{tile}/{name}": meta for name, meta in arrays.items()})
+        root["consolidated_metadata"] = {
+            "kind": "inline",
+            "must_understand": False,
+            "metadata": dict(sorted(entries.items())),
+        }
+        storage.publish(path, json.dumps(root).encode())
 
     def grid(self, tile: str) -> TileGrid | None:
         """The tile's stored grid; None for a new tile."""
@@ -440,6 +487,7 @@ class EmbeddingStore:
         )
         ds.attrs.update(provenance.to_attrs())
         ds.attrs.update({"grid": grid.to_attrs(), "crs": f"EPSG:{grid.epsg}", "pending": {}})
+        _cf_coordinates(ds, grid)
         ds["embedding"].attrs["description"] = (
             "encoder feature map at the output stride, one per cell"
         )
