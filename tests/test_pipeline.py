@@ -252,3 +252,56 @@ def test_the_web_map_shows_the_planted_events(archive, first_run, browser):
             cells[0].click()
             wait_for(browser, "return window.streamembed.historyOpen")
             assert browser.find_elements(By.CSS_SELECTOR, "tr.anomaly-row")
+
+
+def test_the_outputs_stac_lists_every_tile_and_partition(first_run):
+    """The run keeps a STAC Collection of its outputs: pystac reads and validates it (the core
+    schemas ship with pystac; the datacube and table extension schemas live on the web, which
+    this machine cannot reach, so their fields are read through pystac's typed extensions)."""
+    import pystac
+    from pystac.extensions.datacube import DatacubeExtension
+    from pystac.extensions.table import TableExtension
+    from pystac.validation import JsonSchemaSTACValidator, set_validator
+
+    extensions: list[str] = []
+
+    class Offline(JsonSchemaSTACValidator):
+        def validate_extension(self, stac_dict, stac_object_type, stac_version, extension_id,
+                               href=None):  # fmt: skip
+            extensions.append(extension_id)
+
+    out, _ = first_run
+    set_validator(Offline())
+    try:
+        collection = pystac.Collection.from_file(str(out / "stac" / "collection.json"))
+        collection.validate()
+        items = {i.id: i for i in collection.get_items()}
+        for item in items.values():
+            assert item.validate()
+    finally:
+        set_validator(JsonSchemaSTACValidator())
+    store = EmbeddingStore(out / "embeddings.zarr")
+    assert sorted(items) == store.tiles()
+    assert {DatacubeExtension.get_schema_uri(), TableExtension.get_schema_uri()} <= set(extensions)
+    rows = read_anomalies(out / "anomalies")
+    files = sorted((out / "anomalies").rglob("*.parquet"))
+    listed = []
+    for tile, item in items.items():
+        ds = store.open_dataset(tile)
+        cube = DatacubeExtension.ext(item.assets["embeddings"])
+        assert set(cube.dimensions) == {"time", "y", "x", "dim", "index"}
+        assert cube.dimensions["x"].extent == [float(ds.x.min()) - 160, float(ds.x.max()) + 160]
+        assert cube.dimensions["time"].extent[1] == str(ds.time.values.max())[:19] + "Z"
+        assert item.assets["embeddings"].get_absolute_href() == str(out / "embeddings.zarr" / tile)
+        for key, asset in item.assets.items():
+            if not key.startswith("anomalies-"):
+                continue
+            path = Path(asset.get_absolute_href())
+            table = TableExtension.ext(asset)
+            assert (
+                table.row_count == (rows["acquisition_id"] == key.removeprefix("anomalies-")).sum()
+            )
+            assert {c.name for c in table.columns} >= {"score", "label", "geometry"}
+            listed.append(path)
+        assert "alerts" in item.assets
+    assert sorted(listed) == files

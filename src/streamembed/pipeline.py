@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .acquisition import Acquisition
 from .actor import ApplyResult, ApplyStatus, StatsActor, StatsShard, shard_of
+from .catalog import write_catalog
 from .config import Config
 from .encoder import EMBEDDING_DIM, EncoderPlugin, ModelIdentity, model_identity
 from .faults import crash_point
@@ -390,8 +391,18 @@ class Pipeline:
             self._drive(plan, sequencer, states, {a.id for a in replay}, report, stop, progress)
             report.stopped_early = sequencer.pending
             self.checkpoint()
+            self._write_catalog()
         self._advance_watermark(key, acqs)
         return report
+
+    def _write_catalog(self) -> None:
+        """Keep the outputs' STAC current; a failure here is logged, never the run's."""
+        try:
+            write_catalog(self.cfg.layout)
+        except Exception as err:
+            if is_disk_full(err, self.volume):
+                raise
+            log.error("the outputs' STAC catalogue was not updated: %s", one_line(err))
 
     def _drive(
         self,
