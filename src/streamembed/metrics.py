@@ -66,80 +66,46 @@ class DaemonMetrics:
     """Every metric ``streamembed monitor`` serves, on a registry of its own."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.discovered = Counter(
-            "streamembed_acquisitions_discovered", "Products listed by the source, all polls",
-            registry=r,
-        )  # fmt: skip
-        self.new = Counter(
-            "streamembed_acquisitions_new", "Products seen for the first time", registry=r
-        )
-        self.embedded = Counter(
-            "streamembed_acquisitions_embedded", "Acquisitions stored whole", registry=r
-        )
-        self.applied = Counter(
-            "streamembed_acquisitions_applied", "Acquisitions applied to the statistics",
-            registry=r,
-        )  # fmt: skip
-        self.failed = Counter(
-            "streamembed_acquisitions_failed", "Acquisitions failed, by failure class",
-            ["reason_class"], registry=r,
-        )  # fmt: skip
-        self.anomaly_rows = Counter(
-            "streamembed_anomaly_rows_written", "Anomaly rows written", registry=r
-        )
-        self.anomaly_files = Counter(
-            "streamembed_anomaly_files_written", "Anomaly GeoParquet files written", registry=r
-        )
+        self.registry = r = CollectorRegistry()
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(f"streamembed_{name}", doc, labels, registry=r)
+
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(f"streamembed_{name}", doc, labels, registry=r)
+
+        self.discovered = counter("acquisitions_discovered", "Products listed by the source")
+        self.new = counter("acquisitions_new", "Products seen for the first time")
+        self.embedded = counter("acquisitions_embedded", "Acquisitions stored whole")
+        self.applied = counter("acquisitions_applied", "Acquisitions applied to the statistics")
+        self.failed = counter("acquisitions_failed", "Failed acquisitions", "reason_class")
+        self.anomaly_rows = counter("anomaly_rows_written", "Anomaly rows written")
+        self.anomaly_files = counter("anomaly_files_written", "Anomaly GeoParquet files written")
         self.stage_seconds = Histogram(
             "streamembed_stage_seconds", "Worker seconds of one task, by pipeline stage",
             ["stage"], buckets=_STAGE_BUCKETS, registry=r,
         )  # fmt: skip
         self.poll_seconds = Histogram(
-            "streamembed_poll_duration_seconds", "Seconds of one poll cycle (discover to apply)",
+            "streamembed_poll_duration_seconds", "Seconds of one poll (discovery to last apply)",
             buckets=_POLL_BUCKETS, registry=r,
         )  # fmt: skip
-        self.source_errors = Counter(
-            "streamembed_source_errors", "Polls that failed because the source did not answer",
-            registry=r,
-        )  # fmt: skip
-        self.last_poll = Gauge(
-            "streamembed_last_poll_timestamp_seconds", "When the last poll finished (Unix time)",
-            registry=r,
-        )  # fmt: skip
-        self.workers = Gauge("streamembed_workers", "Dask workers seen", registry=r)
-        self.gpu_workers = Gauge(
-            "streamembed_gpu_workers", "Dask workers with a GPU resource", registry=r
+        self.source_errors = counter("source_errors", "Polls the source did not answer")
+        self.last_poll = gauge("last_poll_timestamp_seconds", "When the last poll finished")
+        self.workers = gauge("workers", "Dask workers seen")
+        self.gpu_workers = gauge("gpu_workers", "Dask workers with a GPU resource")
+        self.ledger_acquisitions = gauge(
+            "ledger_acquisitions", "Acquisitions in the ledger, by state", "state"
         )
-        self.ledger_acquisitions = Gauge(
-            "streamembed_ledger_acquisitions", "Acquisitions in the ledger, by state",
-            ["state"], registry=r,
-        )  # fmt: skip
-        self.ledger_failures = Gauge(
-            "streamembed_ledger_failures", "Failed acquisitions in the ledger, by failure class",
-            ["reason_class"], registry=r,
-        )  # fmt: skip
-        self.ledger_anomaly_rows = Gauge(
-            "streamembed_ledger_anomaly_rows", "Anomaly rows per tile (ledger)", ["tile"],
-            registry=r,
-        )  # fmt: skip
-        self.lag = Gauge(
-            "streamembed_tile_lag_seconds",
-            "Sensing time of the newest product seen minus that of the newest applied, per tile",
-            ["tile"], registry=r,
-        )  # fmt: skip
-        self.webhook_sent = Counter(
-            "streamembed_webhook_sent", "Anomaly files announced to the webhook", registry=r
+        self.ledger_failures = gauge(
+            "ledger_failures", "Failed acquisitions in the ledger, by class", "reason_class"
         )
-        self.webhook_errors = Counter(
-            "streamembed_webhook_errors", "Webhook tries that failed (each retry counts)",
-            registry=r,
-        )  # fmt: skip
-        self.webhook_given_up = Counter(
-            "streamembed_webhook_given_up", "Anomaly files not announced after every try",
-            registry=r,
-        )  # fmt: skip
+        self.ledger_anomaly_rows = gauge("ledger_anomaly_rows", "Anomaly rows per tile", "tile")
+        self.lag = gauge(
+            "tile_lag_seconds", "Newest sensing time seen minus newest applied, per tile", "tile"
+        )
+        self.webhook_sent = counter("webhook_sent", "Anomaly files announced to the webhook")
+        self.webhook_errors = counter("webhook_errors", "Webhook tries that failed")
+        self.webhook_given_up = counter("webhook_given_up", "Files not announced after all tries")
 
     def observe_stage(self, seconds: StageSeconds) -> None:
         """One task's seconds: each stage it spent time in is one observation."""
