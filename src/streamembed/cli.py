@@ -224,6 +224,18 @@ def cmd_map(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, cfg: Config) -> int:
+    from .export import ExportFilter, export
+
+    flt = ExportFilter(tuple(args.tile or ()), args.start, args.end, args.min_clear)
+    report = export(cfg.layout, args.dest, args.mode, flt, progress=not args.no_progress)
+    print(f"exported {report.rows} {args.mode} embeddings of {report.acquisitions} "
+          f"acquisitions to {len(report.files)} GeoParquet file(s) in {args.dest}")  # fmt: skip
+    for f in report.files:
+        print(f"  {f}  (geopandas.read_parquet, duckdb read_parquet)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     from .web import serve
 
@@ -423,6 +435,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("date", help="YYYY-MM-DD")
     p.add_argument("-o", default="map.png", help="output PNG")
     p.set_defaults(func=cmd_map)
+    p = common(sub.add_parser(
+        "export", help="embeddings to GeoParquet in the Major TOM schema (per cell or fragment)"
+    ))  # fmt: skip
+    p.add_argument("dest", help="folder for <tile>.parquet")
+    p.add_argument(
+        "--mode", choices=["cell", "fragment"], default="cell",
+        help="cell: one row per 320 m cell; fragment: Major TOM's 224 px fragments (7 x 7 "
+        "cells, clear-weighted mean)",
+    )  # fmt: skip
+    p.add_argument("--tile", action="append", help="only this tile (repeatable)")
+    p.add_argument("--start", help="first sensing date, YYYY-MM-DD")
+    p.add_argument("--end", help="last sensing date, YYYY-MM-DD")
+    p.add_argument("--min-clear", type=float, default=0.9, help="clear fraction to keep a row")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_export)
     p = common(sub.add_parser("serve", help="web map of the anomalies (follows a running daemon)"))
     p.add_argument("--host", default=None, help="address to bind (default serve.host)")
     p.add_argument("--port", type=int, default=None, help="port (default serve.port, 8000)")

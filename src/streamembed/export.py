@@ -1,0 +1,366 @@
+"""`streamembed export`: the store's embeddings as GeoParquet rows in the Major TOM schema.
+
+One row per embedding: per store cell (``mode="cell"``, 320 m) or per Major TOM fragment
+(``mode="fragment"``: 224 px = 7 x 7 cells, pooled). The columns are Major TOM's embedding
+columns (``unique_id``, ``embedding``, ``timestamp``, ``product_id``, ``grid_cell``,
+``grid_row_u``, ``grid_col_r``, ``geometry``, ``centre_lat``, ``centre_lon``,
+``utm_footprint``, ``utm_crs``, ``pixel_bbox``) plus ours (``mgrs_tile``, ``cell_y``/``cell_x``
+or ``fragment_row``/``fragment_col``, ``clear_fraction``, ``model_id``, ``bbox``), written as
+GeoParquet 1.1 (WKB geometry in EPSG:4326, a bbox covering column).
+
+Memory is bounded by a slab of cell rows of one acquisition (``slab_rows``, default one store
+chunk), never by the tile or the archive: a slab is read, its rows written as a row group,
+and dropped. Major TOM grid geometry comes from majortom-eg (the reference grid as a library);
+the labels follow Major TOM's convention: rows counted from the equator (U north, D south),
+columns from the prime meridian (R east, L west), each row's columns of its own width.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+from pyproj import CRS, Transformer
+
+from .grid import PIXEL_M, TileGrid
+from .layout import OutputLayout
+from .store import EmbeddingStore
+
+Mode = Literal["cell", "fragment"]
+FRAGMENT_PX = 224  # Major TOM's fragment side at 10 m
+FRAGMENTS_PER_SIDE = 5  # 25 fragments per ~10 km grid cell, overlapping
+MAJOR_TOM_D = 10_000  # metres between grid rows
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    """What to export: tiles (empty: all), a sensing-date range, a minimum clear fraction."""
+
+    tiles: tuple[str, ...] = ()
+    start: str | None = None
+    end: str | None = None
+    min_clear: float = 0.9
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    rows: int
+    acquisitions: int
+    files: tuple[str, ...]
+
+
+class MajorTomGrid:
+    """Major TOM cell labels and outlines for points (the geometry of majortom-eg's grid)."""
+
+    def __init__(self) -> None:
+        from majortom_eg import MajorTomGrid as _Grid
+
+        self._grid = _Grid(d=MAJOR_TOM_D, overlap=False)
+        self.lat_spacing = float(self._grid.lat_spacing)
+        self._equator = round(90 / self.lat_spacing)
+
+    def locate(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Signed row (from the equator, north positive) and column (from the prime meridian,
+        east positive) of the cells holding each point."""
+        row_from_south = np.floor((lat + 90) / self.lat_spacing).astype(int)
+        rows = row_from_south - self._equator
+        cols = np.empty(len(lat), int)
+        for r in np.unique(row_from_south):
+            here = row_from_south == r
+            spacing = self._grid.get_lon_spacing(self._grid.get_row_lat(int(r)))
+            cols[here] = np.floor(lon[here] / spacing).astype(int)
+        return rows, cols
+
+    def outline(self, row: int, col: int) -> shapely.Polygon:
+        """The cell (row, col) as a lon/lat box."""
+        r = row + self._equator
+        south = self._grid.get_row_lat(r)
+        spacing = self._grid.get_lon_spacing(south)
+        return shapely.box(col * spacing, south, (col + 1) * spacing, south + self.lat_spacing)
+
+    @staticmethod
+    def label(row: int, col: int) -> str:
+        """``582U_71R``: rows north of the equator U from 0, south D from 1 (the row just south
+        of the equator is 1D); columns east of the prime meridian R from 0, west L from 1."""
+        r = f"{row}U" if row >= 0 else f"{-row}D"
+        c = f"{col}R" if col >= 0 else f"{-col}L"
+        return f"{r}_{c}"
+
+
+def _geo_metadata(extra_columns: dict[str, Any] | None = None) -> dict[bytes, bytes]:
+    geo = {
+        "version": "1.1.0",
+        "primary_column": "geometry",
+        "columns": {
+            "geometry": {
+                "encoding": "WKB",
+                "geometry_types": ["Polygon"],
+                "crs": CRS.from_epsg(4326).to_json_dict(),
+                "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
+                **(extra_columns or {}),
+            }
+        },
+    }
+    return {b"geo": json.dumps(geo).encode()}
+
+
+def schema(dim: int, mode: Mode) -> pa.Schema:
+    """The export's Arrow schema (Major TOM columns first)."""
+    where = (
+        [("cell_y", pa.int32()), ("cell_x", pa.int32())]
+        if mode == "cell"
+        else [("fragment_row", pa.int32()), ("fragment_col", pa.int32())]
+    )
+    bbox = pa.struct([(k, pa.float64()) for k in ("xmin", "ymin", "xmax", "ymax")])
+    fields = [
+        ("unique_id", pa.string()),
+        ("embedding", pa.list_(pa.float32(), dim)),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("product_id", pa.string()),
+        ("grid_cell", pa.string()),
+        ("grid_row_u", pa.int32()),
+        ("grid_col_r", pa.int32()),
+        ("geometry", pa.binary()),
+        ("centre_lat", pa.float64()),
+        ("centre_lon", pa.float64()),
+        ("utm_footprint", pa.string()),
+        ("utm_crs", pa.string()),
+        ("pixel_bbox", pa.list_(pa.int32(), 4)),
+        ("mgrs_tile", pa.string()),
+        *where,
+        ("clear_fraction", pa.float32()),
+        ("model_id", pa.string()),
+        ("bbox", bbox),
+    ]
+    return pa.schema(fields, metadata=_geo_metadata())
+
+
+@dataclass(frozen=True)
+class _Footprints:
+    """Rows to write: their UTM boxes in pixels of the tile, embeddings and clear fractions."""
+
+    boxes_px: np.ndarray  # (n, 4) col0, row0, col1, row1
+    where: np.ndarray  # (n, 2) cell_y/cell_x or fragment_row/fragment_col
+    embedding: np.ndarray  # (n, dim) float32
+    clear: np.ndarray  # (n,)
+
+
+def _cells(
+    emb: np.ndarray, clear: np.ndarray, y0: int, grid: TileGrid, min_clear: float
+) -> _Footprints:
+    """The cells of a slab of rows (starting at cell row ``y0``) clear enough to export."""
+    ny, nx = clear.shape
+    yy, xx = np.nonzero(clear >= min_clear)
+    s = grid.cell_size
+    rows, cols = yy + y0, xx
+    boxes = np.stack([cols * s, rows * s, (cols + 1) * s, (rows + 1) * s], axis=1)
+    return _Footprints(boxes, np.stack([rows, cols], axis=1), emb[yy, xx].astype(np.float32),
+                       clear[yy, xx])  # fmt: skip
+
+
+def fragment_origins(grid: TileGrid, mt: MajorTomGrid) -> list[tuple[str, int, int, int, int]]:
+    """Every Major TOM fragment wholly inside the tile: (grid cell label, fragment row, fragment
+    column, top pixel row, left pixel column), fragments snapped to the store's cells.
+
+    Fragments: 5 x 5 per grid cell, 224 px, evenly spaced over the cell's footprint in the
+    tile's UTM grid (the first at its north-west corner, the last at its south-east one).
+    """
+    to_utm = Transformer.from_crs(4326, grid.epsg, always_xy=True)
+    to_wgs = Transformer.from_crs(grid.epsg, 4326, always_xy=True)
+    w, h = grid.width * PIXEL_M, grid.height * PIXEL_M
+    lon, lat = to_wgs.transform([grid.x0, grid.x0 + w, grid.x0, grid.x0 + w],
+                                [grid.y0, grid.y0, grid.y0 - h, grid.y0 - h])  # fmt: skip
+    rows, cols = mt.locate(np.array(lat), np.array(lon))
+    out = []
+    s = grid.cell_size
+    for row in range(int(rows.min()), int(rows.max()) + 1):
+        lo_c, hi_c = mt.locate(np.array([row * mt.lat_spacing + 1e-9] * 2), np.array(
+            [min(lon), max(lon)]))[1]  # fmt: skip
+        for col in range(int(lo_c) - 1, int(hi_c) + 2):
+            west, south, east, north = mt.outline(row, col).bounds
+            x, y = to_utm.transform([west, east, west, east], [north, north, south, south])
+            left = (min(x) - grid.x0) / PIXEL_M
+            top = (grid.y0 - max(y)) / PIXEL_M
+            right = (max(x) - grid.x0) / PIXEL_M
+            bottom = (grid.y0 - min(y)) / PIXEL_M
+            step_x = (right - left - FRAGMENT_PX) / (FRAGMENTS_PER_SIDE - 1)
+            step_y = (bottom - top - FRAGMENT_PX) / (FRAGMENTS_PER_SIDE - 1)
+            for fr in range(FRAGMENTS_PER_SIDE):
+                for fc in range(FRAGMENTS_PER_SIDE):
+                    r0 = round((top + fr * step_y) / s) * s
+                    c0 = round((left + fc * step_x) / s) * s
+                    inside = r0 >= 0 and c0 >= 0
+                    if inside and max(r0 - grid.height, c0 - grid.width) + FRAGMENT_PX <= 0:
+                        out.append((mt.label(row, col), fr, fc, r0, c0))
+    return out
+
+
+def _fragments(
+    emb: np.ndarray, clear: np.ndarray, y_off: int, frags: list[tuple[str, int, int, int, int]],
+    grid: TileGrid, min_clear: float,
+) -> tuple[_Footprints, list[str]]:  # fmt: skip
+    """Clear-weighted means of each fragment's 7 x 7 cells (emb: cell rows from ``y_off``)."""
+    k = FRAGMENT_PX // grid.cell_size
+    boxes, where, vecs, clears, labels = [], [], [], [], []
+    for label, fr, fc, r0, c0 in frags:
+        cy, cx = r0 // grid.cell_size - y_off, c0 // grid.cell_size
+        w = clear[cy : cy + k, cx : cx + k]
+        if w.sum() <= 0 or w.mean() < min_clear:
+            continue  # a fragment with no clear pixel has no clear-weighted mean
+        block = emb[cy : cy + k, cx : cx + k].astype(np.float32)
+        vecs.append((block * w[..., None]).sum((0, 1)) / w.sum())
+        boxes.append((c0, r0, c0 + FRAGMENT_PX, r0 + FRAGMENT_PX))
+        where.append((fr, fc))
+        clears.append(w.mean())
+        labels.append(label)
+    dim = emb.shape[-1]
+    return (
+        _Footprints(
+            np.array(boxes, int).reshape(-1, 4),
+            np.array(where, int).reshape(-1, 2),
+            np.array(vecs, np.float32).reshape(-1, dim),
+            np.array(clears, np.float32),
+        ),
+        labels,
+    )
+
+
+def _table(
+    fp: _Footprints, grid: TileGrid, when: dt.datetime, product: str, model_id: str,
+    mode: Mode, mt: MajorTomGrid, labels: list[str] | None, dim: int,
+) -> pa.Table:  # fmt: skip
+    """Arrow rows of ``fp`` in the export schema."""
+    to_wgs = Transformer.from_crs(grid.epsg, 4326, always_xy=True)
+    c0, r0, c1, r1 = fp.boxes_px.T
+    x0, x1 = grid.x0 + c0 * PIXEL_M, grid.x0 + c1 * PIXEL_M
+    y0, y1 = grid.y0 - r0 * PIXEL_M, grid.y0 - r1 * PIXEL_M
+    utm = shapely.box(x0, y1, x1, y0)
+    lon_c, lat_c = to_wgs.transform((x0 + x1) / 2, (y0 + y1) / 2)
+    wgs = shapely.transform(utm, lambda xy: np.column_stack(to_wgs.transform(xy[:, 0], xy[:, 1])))
+    wkb = shapely.to_wkb(wgs)
+    bounds = shapely.bounds(wgs)
+    rows, cols = mt.locate(np.asarray(lat_c), np.asarray(lon_c))
+    if labels is None:
+        labels = [mt.label(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
+    stamp = pd.Timestamp(when)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    ts_bytes = stamp.isoformat().encode()
+    ids = [
+        hashlib.sha256(g + ts_bytes + product.encode() + e.tobytes()).hexdigest()
+        for g, e in zip(wkb, fp.embedding, strict=True)
+    ]
+    n = len(ids)
+    where_names = ("cell_y", "cell_x") if mode == "cell" else ("fragment_row", "fragment_col")
+    columns = {
+        "unique_id": pa.array(ids, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(
+            pa.array(fp.embedding.reshape(-1), pa.float32()), dim
+        ),
+        "timestamp": pa.array([stamp.to_pydatetime()] * n, pa.timestamp("us", tz="UTC")),
+        "product_id": pa.array([product] * n, pa.string()),
+        "grid_cell": pa.array(labels, pa.string()),
+        "grid_row_u": pa.array(rows, pa.int32()),
+        "grid_col_r": pa.array(cols, pa.int32()),
+        "geometry": pa.array(wkb, pa.binary()),
+        "centre_lat": pa.array(lat_c, pa.float64()),
+        "centre_lon": pa.array(lon_c, pa.float64()),
+        "utm_footprint": pa.array(shapely.to_wkt(utm, rounding_precision=2), pa.string()),
+        "utm_crs": pa.array([f"EPSG:{grid.epsg}"] * n, pa.string()),
+        "pixel_bbox": pa.FixedSizeListArray.from_arrays(
+            pa.array(fp.boxes_px.reshape(-1), pa.int32()), 4
+        ),
+        "mgrs_tile": pa.array([grid.tile] * n, pa.string()),
+        where_names[0]: pa.array(fp.where[:, 0], pa.int32()),
+        where_names[1]: pa.array(fp.where[:, 1], pa.int32()),
+        "clear_fraction": pa.array(fp.clear, pa.float32()),
+        "model_id": pa.array([model_id] * n, pa.string()),
+        "bbox": pa.StructArray.from_arrays(
+            [pa.array(bounds[:, i], pa.float64()) for i in range(4)],
+            names=["xmin", "ymin", "xmax", "ymax"],
+        ),
+    }
+    return pa.table(columns, schema=schema(dim, mode))
+
+
+def _acquisitions(store: EmbeddingStore, tile: str, flt: ExportFilter) -> Iterator[tuple[int, Any]]:
+    """(row, time) of the tile's committed acquisitions within the filter's dates."""
+    ds = store.open_dataset(tile, decode=False)
+    times = pd.DatetimeIndex(ds["time"].values)
+    for i, t in enumerate(times):
+        day = t.strftime("%Y-%m-%d")
+        if (flt.start and day < flt.start) or (flt.end and day > flt.end):
+            continue
+        yield i, t
+
+
+def export(
+    layout: OutputLayout,
+    dest: str | Path,
+    mode: Mode = "cell",
+    flt: ExportFilter | None = None,
+    slab_rows: int = 64,
+    progress: bool = False,
+) -> ExportReport:
+    """Write the store's embeddings under ``dest`` (a folder): one GeoParquet file per tile,
+    ``<dest>/<tile>.parquet``, row groups of one slab (cell) or one acquisition (fragment)."""
+    from tqdm import tqdm
+
+    flt = flt or ExportFilter()
+    store = EmbeddingStore(layout.store)
+    tiles = [t for t in store.tiles() if not flt.tiles or t in flt.tiles]
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    mt = MajorTomGrid()
+    files, n_rows, n_acq = [], 0, 0
+    for tile in tiles:
+        grid = store.grid(tile)
+        assert grid is not None
+        ds = store.open_dataset(tile, decode=True)
+        dim = int(ds.sizes["dim"])
+        model_id = str(ds.attrs.get("model_id", ""))
+        frags = fragment_origins(grid, mt) if mode == "fragment" else []
+        path = out / f"{tile}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        acqs = list(_acquisitions(store, tile, flt))
+        with pq.ParquetWriter(tmp, schema(dim, mode), compression="zstd") as writer:
+            for i, when in tqdm(acqs, desc=f"export {tile}", unit="acq", disable=not progress):
+                product = str(ds["acquisition_id"].values[i])
+                n_acq += 1
+                if mode == "cell":
+                    for y0 in range(0, grid.n_cells_y, slab_rows):
+                        sl = ds.isel(time=i, y=slice(y0, y0 + slab_rows))
+                        fp = _cells(sl["embedding"].values, sl["clear"].values, y0, grid,
+                                    flt.min_clear)  # fmt: skip
+                        if len(fp.clear):
+                            table = _table(fp, grid, when, product, model_id, mode, mt, None, dim)
+                            writer.write_table(table)
+                            n_rows += table.num_rows
+                else:
+                    # Fragments by bands of their top cell row; a band reads its rows plus the
+                    # 7 a fragment spans, so memory stays a slab's, not the tile's.
+                    k = FRAGMENT_PX // grid.cell_size
+                    for y0 in range(0, grid.n_cells_y, slab_rows):
+                        band = [f for f in frags if y0 <= f[3] // grid.cell_size < y0 + slab_rows]
+                        if not band:
+                            continue
+                        sl = ds.isel(time=i, y=slice(y0, y0 + slab_rows + k))
+                        fp, labels = _fragments(sl["embedding"].values, sl["clear"].values, y0,
+                                                band, grid, flt.min_clear)  # fmt: skip
+                        if len(fp.clear):
+                            table = _table(fp, grid, when, product, model_id, mode, mt, labels,
+                                           dim)  # fmt: skip
+                            writer.write_table(table)
+                            n_rows += table.num_rows
+        tmp.replace(path)
+        files.append(str(path))
+    return ExportReport(n_rows, n_acq, tuple(files))
