@@ -305,3 +305,43 @@ def test_the_outputs_stac_lists_every_tile_and_partition(first_run):
             listed.append(path)
         assert "alerts" in item.assets
     assert sorted(listed) == files
+
+
+def test_similar_cells_of_an_event_cell_are_the_event(archive, first_run, tmp_path):
+    """`streamembed similar` on a planted event cell during the event: most of its nearest
+    cells are that event's cells after its start (not the same ground before it); the index
+    finds what exact search finds (recall@20)."""
+    import shutil as _shutil
+
+    from streamembed.cli import main
+    from streamembed.layout import OutputLayout
+    from streamembed.similar import similar
+
+    _, truth, _ = archive
+    src, _ = first_run
+    out = tmp_path / "out"
+    _shutil.copytree(src, out)  # the index is written beside the outputs
+    events = gpd.read_parquet(truth)
+    rows = read_anomalies(out / "anomalies")
+    rows["date"] = rows["date"].astype(str)
+    lay = OutputLayout(str(out))
+    for event in ("burn", "clear-cut", "construction"):
+        cells = events[events["event"] == event]
+        tile, start = cells["tile"].iloc[0], str(cells["start"].min())[:10]
+        mine = {(tile, int(r.cell_y), int(r.cell_x)) for r in cells.itertuples()}
+        planted = np.array([(tile, y, x) in mine for y, x in zip(rows.cell_y, rows.cell_x,
+                                                                 strict=True)])  # fmt: skip
+        during = (rows["mgrs_tile"] == tile).to_numpy() & planted & (rows["date"] >= start)
+        q = rows[during.to_numpy()].iloc[0]
+        found = similar(lay, tile, q.date, int(q.cell_y), int(q.cell_x), k=10)
+        after = [(m.tile, m.cell_y, m.cell_x) in mine and m.date >= start for m in found]
+        assert sum(after) >= 6, (event, found)
+        ann = similar(lay, tile, q.date, int(q.cell_y), int(q.cell_x), k=20)
+        exact = similar(lay, tile, q.date, int(q.cell_y), int(q.cell_x), k=20, exact=True)
+        key = {(m.acquisition_id, m.cell_y, m.cell_x) for m in exact}
+        assert sum((m.acquisition_id, m.cell_y, m.cell_x) in key for m in ann) >= 19
+    assert (out / "index" / f"{tile}.faiss").exists()
+    assert main(["similar", tile, q.date, str(q.cell_y), str(q.cell_x), "-k", "5",
+                 "--other-places", "--output", str(out)]) == 0  # fmt: skip
+    with pytest.raises(ValueError, match="no acquisition of tile"):
+        similar(lay, tile, "1999-01-01", 0, 0)

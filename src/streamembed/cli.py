@@ -39,7 +39,7 @@ def _setup_logging(verbose: bool, fmt: str = "text", quiet_events: bool = False)
     import dask
 
     dask.config.set({"logging.distributed": "warning"})
-    for noisy in ("tornado", "bokeh", "asyncio", "rasterio"):
+    for noisy in ("tornado", "bokeh", "asyncio", "rasterio", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # pystac-client logs request headers at DEBUG: credentials in them are redacted.
     from .credentials import redact_logs
@@ -233,6 +233,21 @@ def cmd_export(args: argparse.Namespace, cfg: Config) -> int:
           f"acquisitions to {len(report.files)} GeoParquet file(s) in {args.dest}")  # fmt: skip
     for f in report.files:
         print(f"  {f}  (geopandas.read_parquet, duckdb read_parquet)")
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace, cfg: Config) -> int:
+    from .similar import similar
+
+    matches = similar(cfg.layout, args.tile, args.date, args.y, args.x, args.k, args.in_tile,
+                      args.exact, args.other_places)  # fmt: skip
+    how = "exact search" if args.exact else "the similarity index"
+    print(f"{len(matches)} cells most like {args.tile} {args.date} cell {args.y}/{args.x} "
+          f"({how}):")  # fmt: skip
+    print(f"{'similarity':>10}  {'tile':<6} {'date':<10} {'cell y/x':>8}  acquisition")
+    for m in matches:
+        print(f"{m.similarity:>10.4f}  {m.tile:<6} {m.date:<10} {m.cell_y:>4}/{m.cell_x:<3}  "
+              f"{m.acquisition_id}")  # fmt: skip
     return 0
 
 
@@ -450,6 +465,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-clear", type=float, default=0.9, help="clear fraction to keep a row")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_export)
+    p = common(sub.add_parser("similar", help="the cells most like one cell, across the store"))
+    p.add_argument("tile")
+    p.add_argument("date", help="YYYY-MM-DD: the acquisition of the query cell")
+    p.add_argument("y", type=int, help="cell row")
+    p.add_argument("x", type=int, help="cell column")
+    p.add_argument("-k", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--in-tile", action="append", help="search only this tile (repeatable)")
+    p.add_argument("--exact", action="store_true", help="exact search instead of the index")
+    p.add_argument(
+        "--other-places", action="store_true", help="leave out the query cell's other dates"
+    )
+    p.set_defaults(func=cmd_similar)
     p = common(sub.add_parser("serve", help="web map of the anomalies (follows a running daemon)"))
     p.add_argument("--host", default=None, help="address to bind (default serve.host)")
     p.add_argument("--port", type=int, default=None, help="port (default serve.port, 8000)")

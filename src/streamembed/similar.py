@@ -1,0 +1,187 @@
+"""Find places like this one: the cells whose embeddings are nearest a given cell's.
+
+One approximate-nearest-neighbour index per tile (FAISS HNSW over L2-normalised float32
+vectors, cosine as inner product), at ``<output>/index/<tile>.faiss`` with the acquisitions it
+holds beside it (``<tile>.json``). ``update_index`` adds the acquisitions committed since the
+last update (it never rebuilds), so the index grows with the store; queries read the index and
+the store. Why FAISS and not USearch: measured, benchmarks/RESULTS.md, "Similarity search".
+
+A key is ``row * cells + cell``: the acquisition's row in the tile's store and the cell's
+flat index, so a hit names its acquisition and cell without a lookup table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import storage
+from .layout import OutputLayout
+from .store import EmbeddingStore
+
+log = logging.getLogger(__name__)
+# HNSW graph degree and search breadths: recall@20 0.99 at 1 ms a query on a full tile's
+# 189,210 clear cells (benchmarks/similarity.py).
+HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 16, 128, 64
+
+
+@dataclass(frozen=True)
+class Match:
+    """One similar cell: where and when, and its cosine similarity to the query."""
+
+    tile: str
+    acquisition_id: str
+    date: str
+    cell_y: int
+    cell_x: int
+    similarity: float
+
+
+def _normalised(vecs: np.ndarray) -> np.ndarray:
+    vecs = np.asarray(vecs, np.float32)
+    return vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
+
+
+class TileIndex:
+    """The ANN index of one tile's clear cells, and which acquisitions it holds."""
+
+    def __init__(self, layout: OutputLayout, tile: str, dim: int, n_cells: int):
+        import faiss
+
+        if layout.remote:
+            raise ValueError("the similarity index needs a local --output (it is a local file)")
+        self.dir = Path(storage.join(layout.root, "index"))
+        self.path = self.dir / f"{tile}.faiss"
+        self.meta_path = self.dir / f"{tile}.json"
+        self.n_cells = n_cells
+        self.ids: list[str] = []
+        self.index: Any
+        if self.path.exists() and self.meta_path.exists():
+            self.index = faiss.read_index(str(self.path))  # downcast: it owns the index
+            self.ids = json.loads(self.meta_path.read_text())["acquisition_ids"]
+        else:
+            hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = EF_CONSTRUCTION
+            self.index = faiss.IndexIDMap2(hnsw)
+        faiss.ParameterSpace().set_index_parameter(self.index, "efSearch", EF_SEARCH)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), keys.astype(np.int64))
+
+    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """(key, cosine similarity) of the ``k`` nearest, a key once (a crash between saving
+        the index and its ids re-adds an acquisition: its keys then appear twice)."""
+        sims, keys = self.index.search(query[None].astype(np.float32), 2 * k)
+        seen: dict[int, float] = {}
+        for key, sim in zip(keys[0].tolist(), sims[0].tolist(), strict=True):
+            if key >= 0 and key not in seen:
+                seen[key] = sim
+        return list(seen.items())[:k]
+
+    def save(self) -> None:
+        import faiss
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        faiss.write_index(self.index, str(tmp))
+        tmp.replace(self.path)  # the index before the ids: a crash re-adds, never loses
+        storage.publish(self.meta_path, json.dumps({"acquisition_ids": self.ids}).encode())
+
+
+def update_index(layout: OutputLayout, tile: str, min_clear: float = 0.9) -> int:
+    """Add the tile's committed acquisitions not yet indexed; returns how many were added."""
+    store = EmbeddingStore(layout.store)
+    ds = store.open_dataset(tile, decode=True)
+    ny, nx, dim = ds.sizes["y"], ds.sizes["x"], ds.sizes["dim"]
+    idx = TileIndex(layout, tile, dim, ny * nx)
+    known = set(idx.ids)
+    ids = [str(v) for v in ds["acquisition_id"].values]
+    added = 0
+    for row, acq in enumerate(ids):
+        if acq in known:
+            continue
+        emb = ds["embedding"].isel(time=row).values.reshape(-1, dim)
+        clear = ds["clear"].isel(time=row).values.reshape(-1)
+        cells = np.flatnonzero(clear >= min_clear)
+        if len(cells):
+            idx.add(row * idx.n_cells + cells, _normalised(emb[cells]))
+        idx.ids.append(acq)
+        added += 1
+    if added:
+        idx.save()
+        log.info("similarity index of %s: %d acquisitions added (%d vectors)", tile, added,
+                 len(idx))  # fmt: skip
+    return added
+
+
+def _query_vector(store: EmbeddingStore, tile: str, date: str, cell_y: int, cell_x: int):
+    ds = store.open_dataset(tile, decode=True)
+    days = pd.DatetimeIndex(ds["time"].values).strftime("%Y-%m-%d")
+    rows = np.flatnonzero(days == date)
+    if not len(rows):
+        raise ValueError(f"no acquisition of tile {tile} on {date}; see `streamembed status`")
+    if not (0 <= cell_y < ds.sizes["y"] and 0 <= cell_x < ds.sizes["x"]):
+        raise ValueError(f"cell ({cell_y}, {cell_x}) is outside tile {tile} "
+                         f"({ds.sizes['y']} x {ds.sizes['x']} cells)")  # fmt: skip
+    vec = ds["embedding"].isel(time=int(rows[0]), y=cell_y, x=cell_x).values
+    return _normalised(vec[None])[0], ds
+
+
+def similar(
+    layout: OutputLayout, tile: str, date: str, cell_y: int, cell_x: int, k: int = 20,
+    tiles: list[str] | None = None, exact: bool = False, other_places: bool = False,
+) -> list[Match]:  # fmt: skip
+    """The ``k`` cells across the store (``tiles``: all) most similar to one cell's embedding
+    on ``date``, nearest first; ``exact`` searches every vector instead of the index;
+    ``other_places`` leaves out the query cell's own looks (its other dates)."""
+    store = EmbeddingStore(layout.store)
+    query, _ = _query_vector(store, tile, date, cell_y, cell_x)
+    if other_places:
+        # ask for more, then drop the query cell's looks (at most one per acquisition)
+        n_looks = len(store.acquisition_ids(tile))
+        wider = similar(layout, tile, date, cell_y, cell_x, k + n_looks, tiles, exact)
+        mine = (tile, cell_y, cell_x)
+        return [m for m in wider if (m.tile, m.cell_y, m.cell_x) != mine][:k]
+    found: list[Match] = []
+    for t in tiles or store.tiles():
+        if exact:
+            found += _exact_tile(store, t, query, k)
+            continue
+        update_index(layout, t)
+        ds = store.open_dataset(t, decode=False)
+        ny, nx = ds.sizes["y"], ds.sizes["x"]
+        idx = TileIndex(layout, t, ds.sizes["dim"], ny * nx)
+        if not len(idx):
+            continue
+        days = pd.DatetimeIndex(ds["time"].values).strftime("%Y-%m-%d")
+        ids = [str(v) for v in ds["acquisition_id"].values]
+        for key, sim in idx.search(query, k):
+            row, cell = divmod(key, ny * nx)
+            found.append(Match(t, ids[row], days[row], cell // nx, cell % nx, float(sim)))
+    return sorted(found, key=lambda m: -m.similarity)[:k]
+
+
+def _exact_tile(store: EmbeddingStore, tile: str, query: np.ndarray, k: int) -> list[Match]:
+    """Every clear cell of every acquisition of ``tile`` against ``query``, one at a time."""
+    ds = store.open_dataset(tile, decode=True)
+    nx, dim = ds.sizes["x"], ds.sizes["dim"]
+    days = pd.DatetimeIndex(ds["time"].values).strftime("%Y-%m-%d")
+    best: list[Match] = []
+    for row, acq in enumerate(str(v) for v in ds["acquisition_id"].values):
+        emb = _normalised(ds["embedding"].isel(time=row).values.reshape(-1, dim))
+        clear = ds["clear"].isel(time=row).values.reshape(-1)
+        sims = np.where(clear >= 0.9, emb @ query, -np.inf)
+        top = np.argsort(-sims)[:k]
+        best += [Match(tile, acq, days[row], int(c) // nx, int(c) % nx, float(sims[c]))
+                 for c in top if np.isfinite(sims[c])]  # fmt: skip
+        best = sorted(best, key=lambda m: -m.similarity)[:k]
+    return best
