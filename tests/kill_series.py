@@ -28,6 +28,7 @@ def backfill(
     timeout: float = 300,
     url: str | None = None,
     s3_env: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[int, str]:
     """`streamembed backfill` in its own process group; its exit code (-9: killed), its log.
 
@@ -45,6 +46,7 @@ def backfill(
         "STREAMEMBED__STATS__MIN_INDEX_CHANGE": "0",
         "STREAMEMBED__STORE__CHUNK_CELLS": "4",
         "STREAMEMBED__INGEST__BLOCK_PX": "256",  # four blocks per acquisition
+        **(extra_env or {}),
     }
     env.pop(KILL_AT, None)
     if kill:

@@ -117,3 +117,28 @@ def test_major_tom_cells_match_the_reference_grid():
         assert len(theirs) == 1
         assert np.allclose(ours.bounds, theirs[0].bounds, atol=1e-9)
     assert MajorTomGrid.label(582, 71) == "582U_71R" and MajorTomGrid.label(-1, -3) == "1D_3L"
+
+
+def test_a_backfill_indexes_its_acquisitions_when_asked(kill_series, kill_reference, tmp_path):
+    """similarity.index_on_commit: the run ends with every stored acquisition in the index,
+    and a query then adds nothing; the hits are those of exact search."""
+    from streamembed.similar import TileIndex, similar, update_index
+
+    from .kill_series import N_ACQUISITIONS, backfill
+
+    out = tmp_path / "out"
+    backfill(kill_series, out, extra_env={"STREAMEMBED__SIMILARITY__INDEX_ON_COMMIT": "true"})
+    lay = OutputLayout(str(out))
+    store = EmbeddingStore(out / "embeddings.zarr")
+    (tile,) = store.tiles()
+    ds = store.open_dataset(tile)
+    idx = TileIndex(lay, tile, ds.sizes["dim"], ds.sizes["y"] * ds.sizes["x"])
+    assert sorted(idx.ids) == sorted(store.acquisition_ids(tile)) and len(idx.ids) == N_ACQUISITIONS
+    assert len(idx) == int((ds.clear.values >= 0.9).sum())
+    assert update_index(lay, tile) == 0
+    day = str(ds.time.values[4])[:10]
+    ann = similar(lay, tile, day, 3, 5, k=10)
+    exact = similar(lay, tile, day, 3, 5, k=10, exact=True)
+    assert [(m.acquisition_id, m.cell_y, m.cell_x) for m in ann][:5] == [
+        (m.acquisition_id, m.cell_y, m.cell_x) for m in exact
+    ][:5]

@@ -240,7 +240,7 @@ def cmd_similar(args: argparse.Namespace, cfg: Config) -> int:
     from .similar import similar
 
     matches = similar(cfg.layout, args.tile, args.date, args.y, args.x, args.k, args.in_tile,
-                      args.exact, args.other_places)  # fmt: skip
+                      args.exact, args.other_places, cfg.similarity.min_clear)  # fmt: skip
     how = "exact search" if args.exact else "the similarity index"
     print(f"{len(matches)} cells most like {args.tile} {args.date} cell {args.y}/{args.x} "
           f"({how}):")  # fmt: skip

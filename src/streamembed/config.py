@@ -335,6 +335,16 @@ class ServeConfig(Section):
     refresh_seconds: float = Field(10.0, gt=0, description="how often the page looks for news")
 
 
+class SimilarityConfig(Section):
+    index_on_commit: bool = Field(
+        False,
+        description="add each run's new acquisitions to the tiles' similarity indexes when the "
+        "run ends (else `streamembed similar` adds them on its next query); ~1 min per "
+        "full-tile acquisition on one CPU core",
+    )
+    min_clear: float = Field(0.9, ge=0, le=1, description="cells indexed: clear fraction")
+
+
 class Config(Section):
     output: str = Field(
         "output",
@@ -355,6 +365,7 @@ class Config(Section):
     pipeline: PipelineConfig = PipelineConfig()
     daemon: DaemonConfig = DaemonConfig()
     serve: ServeConfig = ServeConfig()
+    similarity: SimilarityConfig = SimilarityConfig()
 
     @model_validator(mode="after")
     def _blocks_on_chunks(self) -> Config:

@@ -392,8 +392,23 @@ class Pipeline:
             report.stopped_early = sequencer.pending
             self.checkpoint()
             self._write_catalog()
+            if self.cfg.similarity.index_on_commit:
+                self._update_similarity(report)
         self._advance_watermark(key, acqs)
         return report
+
+    def _update_similarity(self, report: RunReport) -> None:
+        """Add what this run stored to the tiles' similarity indexes (after the run's applies:
+        the index is a reader of the store, never in the way of a commit)."""
+        from .similar import update_index
+
+        for tile in self.store.tiles():
+            try:
+                update_index(self.cfg.layout, tile, self.cfg.similarity.min_clear)
+            except Exception as err:
+                if is_disk_full(err, self.volume):
+                    raise
+                log.error("similarity index of %s not updated: %s", tile, one_line(err))
 
     def _write_catalog(self) -> None:
         """Keep the outputs' STAC current; a failure here is logged, never the run's."""

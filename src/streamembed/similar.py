@@ -139,6 +139,7 @@ def _query_vector(store: EmbeddingStore, tile: str, date: str, cell_y: int, cell
 def similar(
     layout: OutputLayout, tile: str, date: str, cell_y: int, cell_x: int, k: int = 20,
     tiles: list[str] | None = None, exact: bool = False, other_places: bool = False,
+    min_clear: float = 0.9,
 ) -> list[Match]:  # fmt: skip
     """The ``k`` cells across the store (``tiles``: all) most similar to one cell's embedding
     on ``date``, nearest first; ``exact`` searches every vector instead of the index;
@@ -148,15 +149,16 @@ def similar(
     if other_places:
         # ask for more, then drop the query cell's looks (at most one per acquisition)
         n_looks = len(store.acquisition_ids(tile))
-        wider = similar(layout, tile, date, cell_y, cell_x, k + n_looks, tiles, exact)
+        wider = similar(layout, tile, date, cell_y, cell_x, k + n_looks, tiles, exact,
+                        min_clear=min_clear)  # fmt: skip
         mine = (tile, cell_y, cell_x)
         return [m for m in wider if (m.tile, m.cell_y, m.cell_x) != mine][:k]
     found: list[Match] = []
     for t in tiles or store.tiles():
         if exact:
-            found += _exact_tile(store, t, query, k)
+            found += _exact_tile(store, t, query, k, min_clear)
             continue
-        update_index(layout, t)
+        update_index(layout, t, min_clear)
         ds = store.open_dataset(t, decode=False)
         ny, nx = ds.sizes["y"], ds.sizes["x"]
         idx = TileIndex(layout, t, ds.sizes["dim"], ny * nx)
@@ -170,7 +172,9 @@ def similar(
     return sorted(found, key=lambda m: -m.similarity)[:k]
 
 
-def _exact_tile(store: EmbeddingStore, tile: str, query: np.ndarray, k: int) -> list[Match]:
+def _exact_tile(
+    store: EmbeddingStore, tile: str, query: np.ndarray, k: int, min_clear: float
+) -> list[Match]:
     """Every clear cell of every acquisition of ``tile`` against ``query``, one at a time."""
     ds = store.open_dataset(tile, decode=True)
     nx, dim = ds.sizes["x"], ds.sizes["dim"]
@@ -179,7 +183,7 @@ def _exact_tile(store: EmbeddingStore, tile: str, query: np.ndarray, k: int) -> 
     for row, acq in enumerate(str(v) for v in ds["acquisition_id"].values):
         emb = _normalised(ds["embedding"].isel(time=row).values.reshape(-1, dim))
         clear = ds["clear"].isel(time=row).values.reshape(-1)
-        sims = np.where(clear >= 0.9, emb @ query, -np.inf)
+        sims = np.where(clear >= min_clear, emb @ query, -np.inf)
         top = np.argsort(-sims)[:k]
         best += [Match(tile, acq, days[row], int(c) // nx, int(c) % nx, float(sims[c]))
                  for c in top if np.isfinite(sims[c])]  # fmt: skip
