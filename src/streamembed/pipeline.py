@@ -15,6 +15,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from distributed import Client, Future, KilledWorker, get_worker, wait
@@ -391,33 +392,27 @@ class Pipeline:
             self._drive(plan, sequencer, states, {a.id for a in replay}, report, stop, progress)
             report.stopped_early = sequencer.pending
             self.checkpoint()
-            self._write_catalog()
-            if self.cfg.similarity.index_on_commit:
-                self._update_similarity(report)
+            layout, sim = self.cfg.layout, self.cfg.similarity
+            self._after_run("the outputs' STAC catalogue", partial(write_catalog, layout))
+            if sim.index_on_commit:
+                from .similar import update_index
+
+                # after the run's applies: the index reads the store, never delays a commit
+                for tile in self.store.tiles():
+                    step = partial(update_index, layout, tile, sim.min_clear)
+                    self._after_run(f"the similarity index of {tile}", step)
         self._advance_watermark(key, acqs)
         return report
 
-    def _update_similarity(self, report: RunReport) -> None:
-        """Add what this run stored to the tiles' similarity indexes (after the run's applies:
-        the index is a reader of the store, never in the way of a commit)."""
-        from .similar import update_index
-
-        for tile in self.store.tiles():
-            try:
-                update_index(self.cfg.layout, tile, self.cfg.similarity.min_clear)
-            except Exception as err:
-                if is_disk_full(err, self.volume):
-                    raise
-                log.error("similarity index of %s not updated: %s", tile, one_line(err))
-
-    def _write_catalog(self) -> None:
-        """Keep the outputs' STAC current; a failure here is logged, never the run's."""
+    def _after_run(self, what: str, step: Callable[[], object]) -> None:
+        """A step that keeps a derived output current: its failure is logged, not the run's
+        (a full volume still stops the run, as everywhere)."""
         try:
-            write_catalog(self.cfg.layout)
+            step()
         except Exception as err:
             if is_disk_full(err, self.volume):
                 raise
-            log.error("the outputs' STAC catalogue was not updated: %s", one_line(err))
+            log.error("%s was not updated: %s", what, one_line(err))
 
     def _drive(
         self,
