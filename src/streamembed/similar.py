@@ -99,14 +99,18 @@ class TileIndex:
 
 def update_index(layout: OutputLayout, tile: str, min_clear: float = 0.9) -> int:
     """Add the tile's committed acquisitions not yet indexed; returns how many were added."""
-    store = EmbeddingStore(layout.store)
-    ds = store.open_dataset(tile, decode=True)
+    return _updated(layout, tile, min_clear)[2]
+
+
+def _updated(layout: OutputLayout, tile: str, min_clear: float) -> tuple[TileIndex, Any, int]:
+    """The tile's index with every committed acquisition in it, the tile's dataset (decoded),
+    and how many acquisitions were added now."""
+    ds = EmbeddingStore(layout.store).open_dataset(tile, decode=True)
     ny, nx, dim = ds.sizes["y"], ds.sizes["x"], ds.sizes["dim"]
     idx = TileIndex(layout, tile, dim, ny * nx)
     known = set(idx.ids)
-    ids = [str(v) for v in ds["acquisition_id"].values]
     added = 0
-    for row, acq in enumerate(ids):
+    for row, acq in enumerate(str(v) for v in ds["acquisition_id"].values):
         if acq in known:
             continue
         emb = ds["embedding"].isel(time=row).values.reshape(-1, dim)
@@ -120,10 +124,12 @@ def update_index(layout: OutputLayout, tile: str, min_clear: float = 0.9) -> int
         idx.save()
         log.info("similarity index of %s: %d acquisitions added (%d vectors)", tile, added,
                  len(idx))  # fmt: skip
-    return added
+    return idx, ds, added
 
 
-def _query_vector(store: EmbeddingStore, tile: str, date: str, cell_y: int, cell_x: int):
+def _query_vector(
+    store: EmbeddingStore, tile: str, date: str, cell_y: int, cell_x: int
+) -> np.ndarray:
     ds = store.open_dataset(tile, decode=True)
     days = pd.DatetimeIndex(ds["time"].values).strftime("%Y-%m-%d")
     rows = np.flatnonzero(days == date)
@@ -133,7 +139,7 @@ def _query_vector(store: EmbeddingStore, tile: str, date: str, cell_y: int, cell
         raise ValueError(f"cell ({cell_y}, {cell_x}) is outside tile {tile} "
                          f"({ds.sizes['y']} x {ds.sizes['x']} cells)")  # fmt: skip
     vec = ds["embedding"].isel(time=int(rows[0]), y=cell_y, x=cell_x).values
-    return _normalised(vec[None])[0], ds
+    return _normalised(vec[None])[0]
 
 
 def similar(
@@ -145,29 +151,32 @@ def similar(
     on ``date``, nearest first; ``exact`` searches every vector instead of the index;
     ``other_places`` leaves out the query cell's own looks (its other dates)."""
     store = EmbeddingStore(layout.store)
-    query, _ = _query_vector(store, tile, date, cell_y, cell_x)
-    if other_places:
-        # ask for more, then drop the query cell's looks (at most one per acquisition)
-        n_looks = len(store.acquisition_ids(tile))
-        wider = similar(layout, tile, date, cell_y, cell_x, k + n_looks, tiles, exact,
-                        min_clear=min_clear)  # fmt: skip
-        mine = (tile, cell_y, cell_x)
-        return [m for m in wider if (m.tile, m.cell_y, m.cell_x) != mine][:k]
+    query = _query_vector(store, tile, date, cell_y, cell_x)
+    if not other_places:
+        return _nearest(layout, store, query, k, tiles, exact, min_clear)
+    # ask for more, then drop the query cell's looks (at most one per acquisition)
+    n_looks = len(store.acquisition_ids(tile))
+    wider = _nearest(layout, store, query, k + n_looks, tiles, exact, min_clear)
+    return [m for m in wider if (m.tile, m.cell_y, m.cell_x) != (tile, cell_y, cell_x)][:k]
+
+
+def _nearest(
+    layout: OutputLayout, store: EmbeddingStore, query: np.ndarray, k: int,
+    tiles: list[str] | None, exact: bool, min_clear: float,
+) -> list[Match]:  # fmt: skip
     found: list[Match] = []
     for t in tiles or store.tiles():
         if exact:
             found += _exact_tile(store, t, query, k, min_clear)
             continue
-        update_index(layout, t, min_clear)
-        ds = store.open_dataset(t, decode=False)
-        ny, nx = ds.sizes["y"], ds.sizes["x"]
-        idx = TileIndex(layout, t, ds.sizes["dim"], ny * nx)
+        idx, ds, _ = _updated(layout, t, min_clear)
         if not len(idx):
             continue
+        nx = ds.sizes["x"]
         days = pd.DatetimeIndex(ds["time"].values).strftime("%Y-%m-%d")
         ids = [str(v) for v in ds["acquisition_id"].values]
         for key, sim in idx.search(query, k):
-            row, cell = divmod(key, ny * nx)
+            row, cell = divmod(key, idx.n_cells)
             found.append(Match(t, ids[row], days[row], cell // nx, cell % nx, float(sim)))
     return sorted(found, key=lambda m: -m.similarity)[:k]
 
