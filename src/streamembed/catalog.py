@@ -52,16 +52,10 @@ def _iso(t: np.datetime64 | dt.datetime) -> str:
 
 def _footprint(grid: TileGrid) -> tuple[dict[str, Any], list[float]]:
     """The tile's outline in degrees (its four corners) and its bbox."""
-    from pyproj import Transformer
-
-    to_wgs84 = Transformer.from_crs(grid.epsg, 4326, always_xy=True)
-    w, h = grid.n_cells_x * grid.cell_m, grid.n_cells_y * grid.cell_m
-    xs = [grid.x0, grid.x0 + w, grid.x0 + w, grid.x0, grid.x0]
-    ys = [grid.y0, grid.y0, grid.y0 - h, grid.y0 - h, grid.y0]
-    lon, lat = to_wgs84.transform(xs, ys)
+    lon, lat = grid.corners_wgs84()
     ring = [[float(a), float(b)] for a, b in zip(lon, lat, strict=True)]
-    bbox = [min(lon), min(lat), max(lon), max(lat)]
-    return {"type": "Polygon", "coordinates": [ring]}, [float(v) for v in bbox]
+    bbox = [lon.min(), lat.min(), lon.max(), lat.max()]
+    return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}, [float(v) for v in bbox]
 
 
 def _columns(names: tuple[str, ...]) -> list[dict[str, str]]:

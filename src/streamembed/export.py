@@ -176,11 +176,8 @@ def fragment_origins(grid: TileGrid, mt: MajorTomGrid) -> list[tuple[str, int, i
     tile's UTM grid (the first at its north-west corner, the last at its south-east one).
     """
     to_utm = Transformer.from_crs(4326, grid.epsg, always_xy=True)
-    to_wgs = Transformer.from_crs(grid.epsg, 4326, always_xy=True)
-    w, h = grid.width * PIXEL_M, grid.height * PIXEL_M
-    lon, lat = to_wgs.transform([grid.x0, grid.x0 + w, grid.x0, grid.x0 + w],
-                                [grid.y0, grid.y0, grid.y0 - h, grid.y0 - h])  # fmt: skip
-    rows, cols = mt.locate(np.array(lat), np.array(lon))
+    lon, lat = grid.corners_wgs84()
+    rows, _ = mt.locate(lat, lon)
     out = []
     s = grid.cell_size
     for row in range(int(rows.min()), int(rows.max()) + 1):

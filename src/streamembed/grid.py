@@ -64,6 +64,14 @@ class TileGrid:
     def _to_wgs84(self) -> Transformer:
         return Transformer.from_crs(self.epsg, 4326, always_xy=True)
 
+    def corners_wgs84(self) -> tuple[np.ndarray, np.ndarray]:
+        """Longitudes and latitudes of the cell grid's NW, NE, SE and SW corners."""
+        w, h = self.n_cells_x * self.cell_m, self.n_cells_y * self.cell_m
+        xs = np.array([self.x0, self.x0 + w, self.x0 + w, self.x0])
+        ys = np.array([self.y0, self.y0, self.y0 - h, self.y0 - h])
+        lon, lat = self._to_wgs84.transform(xs, ys)
+        return np.asarray(lon), np.asarray(lat)
+
     def cell_polygons_wgs84(self, cell_y: np.ndarray, cell_x: np.ndarray) -> list[Any]:
         """Cell squares reprojected to EPSG:4326 (corners densified so long edges stay true)."""
         from shapely.geometry import Polygon

@@ -168,11 +168,8 @@ class OutputView:
         grid = self.store.grid(tile)
         if grid is None:
             return None
-        corners = grid.cell_polygons_wgs84(
-            np.array([0, 0, grid.n_cells_y - 1, grid.n_cells_y - 1]),
-            np.array([0, grid.n_cells_x - 1, 0, grid.n_cells_x - 1]),
-        )
-        return [float(v) for v in gpd.GeoSeries(corners).total_bounds]
+        lon, lat = grid.corners_wgs84()
+        return [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())]
 
 
 def _render_quicklook(
