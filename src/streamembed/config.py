@@ -339,8 +339,8 @@ class SimilarityConfig(Section):
     index_on_commit: bool = Field(
         False,
         description="add each run's new acquisitions to the tiles' similarity indexes when the "
-        "run ends (else `streamembed similar` adds them on its next query); ~1 min per "
-        "full-tile acquisition on one CPU core",
+        "run ends (else `streamembed similar` adds them on its next query); building took "
+        "210 s for two full-tile acquisitions on the 2-core dev VM (benchmarks/RESULTS.md)",
     )
     min_clear: float = Field(0.9, ge=0, le=1, description="cells indexed: clear fraction")
 
