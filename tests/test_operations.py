@@ -2,7 +2,8 @@
 workers (their own processes), scraped over HTTP; a real HTTP receiver for its webhook.
 
 The numbers /metrics serves are checked against the ledger the daemon wrote; /readyz must flip
-when the scheduler process is killed; the webhook receiver answers 500 twice to every file
+when the scheduler and workers are killed, and back once they are started again (the daemon
+must outlive them, reconnect and re-place its actor, applying nothing twice); the webhook receiver answers 500 twice to every file
 and must still get each new anomaly file exactly once.
 """
 
@@ -83,34 +84,47 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-@pytest.fixture
-def scheduler_and_workers(tmp_path):
-    """`dask scheduler` and `dask worker` (two processes, one thread each) on 127.0.0.1."""
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    sched = subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-         "--port", str(port), "--no-dashboard"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    workers = subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "2",
-         "--nthreads", "1", "--no-dashboard", "--local-directory", str(tmp_path / "dask")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        yield address, sched
-    finally:
-        for p in (workers, sched):
+class LocalDask:
+    """`dask scheduler` and `dask worker` (two processes, one thread each) on 127.0.0.1, as
+    their own processes: killed and started again at the same address, as an orchestrator
+    restarts them."""
+
+    def __init__(self, scratch: Path):
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.scratch = scratch
+        self.procs: list[subprocess.Popen] = []
+        self.start()
+
+    def start(self) -> None:
+        port = self.address.rsplit(":", 1)[1]
+        sched = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                 "--port", port, "--no-dashboard"]  # fmt: skip
+        workers = [sys.executable, "-m", "distributed.cli.dask_worker", self.address,
+                   "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
+                   "--local-directory", str(self.scratch)]  # fmt: skip
+        self.procs = [
+            subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for cmd in (sched, workers)
+        ]
+
+    def kill(self) -> None:
+        for p in self.procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
 
 
-def test_monitor_metrics_probes_and_webhook(
-    kill_series, kill_reference, scheduler_and_workers, tmp_path
-):
-    address, sched = scheduler_and_workers
+@pytest.fixture
+def local_dask(tmp_path):
+    dask = LocalDask(tmp_path / "dask")
+    try:
+        yield dask
+    finally:
+        dask.kill()
+
+
+def test_monitor_metrics_probes_and_webhook(kill_series, kill_reference, local_dask, tmp_path):
+    address = local_dask.address
     receiver = Receiver(failures=2)
     port = free_port()
     out = tmp_path / "out"
@@ -200,16 +214,32 @@ def test_monitor_metrics_probes_and_webhook(
             west, south, east, north = body["bbox"]
             assert -180 <= west < east <= 180 and -90 <= south < north <= 90
 
-        # /readyz answers while the scheduler does; it flips when the scheduler goes away,
-        # while /healthz (the loop still turns) stays up.
+        # /readyz answers while the scheduler does; it flips when the scheduler and its
+        # workers go away, while /healthz (the loop still turns) stays up.
         code, body = get(f"{base}/readyz")
         assert code == 200, body
-        sched.kill()
-        sched.wait()
+        local_dask.kill()
         wait_until(lambda: get_or_none(f"{base}/readyz") == 503, 60, proc)
         code, body = get(f"{base}/readyz")
         assert "does not answer" in json.loads(body)["scheduler"]
         assert get_or_none(f"{base}/healthz") == 200
+        # The daemon waits the loss out: a poll fails on the lost cluster (the actors died with
+        # their workers) and is counted, the process stays up.
+        wait_until(lambda: cluster_errors(base) >= 1, 60, proc)
+        assert get_or_none(f"{base}/healthz") == 200
+
+        # Scheduler and workers back at the same address: the daemon connects again, places
+        # its statistics actor anew from the checkpoint, and a poll goes through (ready again).
+        local_dask.start()
+        wait_until(lambda: get_or_none(f"{base}/readyz") == 200, 180, proc)
+        code, text = get(f"{base}/metrics")
+        m = samples(text)
+        assert m[("streamembed_workers", ())] == 2
+        assert m[("streamembed_ledger_acquisitions", (("state", "applied"),))] == 9
+        # nothing applied twice, no anomaly file written or announced again
+        assert m[("streamembed_acquisitions_applied_total", ())] == 9
+        assert m[("streamembed_anomaly_files_written_total", ())] == len(ref_files)
+        assert receiver.delivered() == Counter({k: 1 for k in ref_files.index})
     finally:
         proc.kill()
         output, _ = proc.communicate(timeout=60)
@@ -221,6 +251,15 @@ def test_monitor_metrics_probes_and_webhook(
     assert len(applies) == 9 and all({"acquisition_id", "tile", "seconds"} <= r.keys()
                                       for r in applies)  # fmt: skip
     assert "s3cret" not in output
+    (back,) = [r for r in records if "answers again" in r["message"]]
+    assert "1 statistics shards placed anew" in back["message"]
+
+
+def cluster_errors(base: str) -> float:
+    got = get_or_none(f"{base}/metrics")
+    if got != 200:
+        return 0.0
+    return samples(get(f"{base}/metrics")[1]).get(("streamembed_cluster_errors_total", ()), 0.0)
 
 
 def get_or_none(url: str) -> int | None:

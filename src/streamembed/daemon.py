@@ -2,13 +2,17 @@
 
 The loop is the pipeline's incremental run, repeated: a poll discovers, embeds and applies
 what is new; a source outage stretches the wait between polls (doubling up to
-``pipeline.outage_max_wait_seconds``) and the daemon catches up when the source is back.
+``pipeline.outage_max_wait_seconds``) and the daemon catches up when the source is back. A lost
+scheduler is waited out the same way: when it answers again the daemon connects anew, places
+the statistics actors again from their checkpoints and replays what the ledger has beyond them.
 Around it: /metrics, /healthz and /readyz (``daemon.metrics_port``), and a webhook announcer
 (``daemon.webhook.url``) fed from the ledger, neither of which can stop or slow the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -18,7 +22,7 @@ from distributed import Client
 
 from .acquisition import SourceError
 from .config import Config
-from .health import DaemonHealth, MetricsServer, Readiness, workers_seen
+from .health import DaemonHealth, MetricsServer, Readiness, scheduler_reachable, workers_seen
 from .metrics import DaemonMetrics
 from .pipeline import Pipeline, RunReport, one_line
 from .webhook import Announcer
@@ -34,6 +38,9 @@ class Daemon:
         self.client = client
         self.poll = poll_seconds
         self.stop = stop
+        self.address = client.scheduler.address
+        self._own_client: Client | None = None  # one this daemon connected after a loss
+        self._cluster_lost = False
         self.metrics = DaemonMetrics()
         self.health = DaemonHealth(poll_seconds, cfg.daemon.stale_polls)
         self.server: MetricsServer | None = None
@@ -41,7 +48,7 @@ class Daemon:
         if cfg.daemon.metrics_port is not None:
             # Up before the pipeline: /healthz answers while the actors are being placed.
             self.readiness = Readiness(
-                self.health, client.scheduler.address, lambda: workers_seen(client), self.metrics
+                self.health, self.address, lambda: workers_seen(self.client), self.metrics
             )
             try:
                 self.server = MetricsServer(
@@ -75,20 +82,35 @@ class Daemon:
             wait = self.poll
             t0 = time.perf_counter()
             try:
+                if self._cluster_lost:
+                    self._reattach()
                 report = self.pipe.run(stop=self._turning, progress=False, incremental=True)
             except SourceError as err:
                 # The source is down or throttling past its retries: keep the daemon up and
                 # the watermark unmoved, poll less often while it lasts, catch up after.
                 outage += 1
-                wait = min(self.poll * 2**outage, max(self.poll, self.cfg.pipeline.outage_max_wait_seconds))  # fmt: skip
+                wait = self._backoff(outage)
                 self.metrics.source_errors.inc()
                 log.error("poll %d: source unavailable (%d polls in a row), next poll in "
                           "%.0f s: %s", cycle, outage, wait, one_line(err),
                           extra={"poll": cycle})  # fmt: skip
                 self.health.polled(source_ok=False, next_wait=wait)
+            except (Exception, asyncio.CancelledError) as err:
+                # A lost scheduler cancels the poll's futures and kills the actors' workers;
+                # anything else is a fault of the daemon's own and stops it.
+                if not self._cluster_gone():
+                    raise
+                self._cluster_lost = True
+                outage += 1
+                wait = self._backoff(outage)
+                self.metrics.cluster_errors.inc()
+                log.error("poll %d: the Dask cluster at %s was lost (%d polls in a row), next "
+                          "try in %.0f s: %s", cycle, self.address, outage, wait, one_line(err),
+                          extra={"poll": cycle})  # fmt: skip
+                self.health.cluster_lost(one_line(err), next_wait=wait)
             else:
                 if outage:
-                    log.info("poll %d: source back after %d failed polls", cycle, outage)
+                    log.info("poll %d: back after %d failed polls", cycle, outage)
                 outage = 0
                 self._count(report, time.perf_counter() - t0)
                 self.health.polled(source_ok=True, next_wait=wait)
@@ -101,6 +123,31 @@ class Daemon:
                 break
             self.stop.wait(wait)
             self.health.beat()
+
+    def _backoff(self, outage: int) -> float:
+        cap = max(self.poll, self.cfg.pipeline.outage_max_wait_seconds)
+        return float(min(self.poll * 2**outage, cap))
+
+    def _cluster_gone(self) -> bool:
+        """The scheduler does not answer, the client gave it up, or a statistics actor died."""
+        if self.client.status != "running" or not scheduler_reachable(self.address):
+            return True
+        return not all(self.pipe.actor_alive(k) for k in range(len(self.pipe.actors)))
+
+    def _reattach(self) -> None:
+        """Connect anew where the client gave the scheduler up, then re-place lost actors."""
+        if self.client.status != "running":
+            # distributed's own reconnect gives up after its connect timeout; a scheduler
+            # restarted by its orchestrator at the same address is met by a new Client.
+            client = Client(self.address, security=self.client.security, set_as_default=False)
+            if self._own_client is not None:
+                with contextlib.suppress(Exception):
+                    self._own_client.close()
+            self.client = self._own_client = client
+        placed = self.pipe.reattach(self.client)
+        self._cluster_lost = False
+        log.info("the Dask cluster at %s answers again: %d statistics shards placed anew from "
+                 "their checkpoints", self.address, placed)  # fmt: skip
 
     def _turning(self) -> bool:
         """The pipeline's stop check, called every few seconds while tasks run: a heartbeat."""
@@ -135,6 +182,9 @@ class Daemon:
             if self.announcer is not None:
                 self.announcer.close()
             self._close_server()
+            if self._own_client is not None:
+                with contextlib.suppress(Exception):
+                    self._own_client.close()
 
     def _close_server(self) -> None:
         if self.server is not None:

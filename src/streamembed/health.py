@@ -47,6 +47,7 @@ class DaemonHealth:
         self._beat = time.monotonic()
         self._next_wait = poll_seconds
         self._source_ok: bool | None = None  # None: no poll finished yet
+        self._cluster_lost: str | None = None  # why the last poll could not use the cluster
 
     def beat(self) -> None:
         """The loop is turning (called between polls and while a poll waits on tasks)."""
@@ -57,6 +58,14 @@ class DaemonHealth:
         with self._lock:
             self._beat = time.monotonic()
             self._source_ok = source_ok
+            self._cluster_lost = None
+            self._next_wait = next_wait
+
+    def cluster_lost(self, why: str, next_wait: float) -> None:
+        """The last poll stopped because the scheduler went away (the source was not asked)."""
+        with self._lock:
+            self._beat = time.monotonic()
+            self._cluster_lost = why
             self._next_wait = next_wait
 
     def live(self) -> Probe:
@@ -70,6 +79,10 @@ class DaemonHealth:
     def source_ok(self) -> bool | None:
         with self._lock:
             return self._source_ok
+
+    def cluster_problem(self) -> str | None:
+        with self._lock:
+            return self._cluster_lost
 
 
 def scheduler_reachable(address: str, timeout: float = 2.0) -> bool:
@@ -119,7 +132,12 @@ class Readiness:
         source = self.health.source_ok()
         checks["source"] = {None: "no poll finished yet", True: "answered the last poll",
                             False: "failed the last poll"}[source]  # fmt: skip
-        return Probe(ok and source is True, checks)
+        # The scheduler may answer again before the daemon has re-placed its actors: ready
+        # only once a poll went through on the cluster as it is now.
+        lost = self.health.cluster_problem()
+        if lost is not None:
+            checks["cluster"] = f"the last poll lost the cluster: {lost}"
+        return Probe(ok and source is True and lost is None, checks)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -90,6 +90,9 @@ class DaemonMetrics:
             buckets=_POLL_BUCKETS, registry=r,
         )  # fmt: skip
         self.source_errors = counter("source_errors", "Polls the source did not answer")
+        self.cluster_errors = counter(
+            "cluster_errors", "Polls stopped because the Dask scheduler or its workers were lost"
+        )
         self.last_poll = gauge("last_poll_timestamp_seconds", "When the last poll finished")
         self.workers = gauge("workers", "Dask workers seen")
         self.gpu_workers = gauge("gpu_workers", "Dask workers with a GPU resource")

@@ -8,6 +8,7 @@ and never embeds, applies or writes anything twice.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -309,7 +310,7 @@ class Pipeline:
     def _actor(self, tile: str) -> StatsShard:
         return self.actors[self._shard(tile)]
 
-    def _actor_alive(self, shard: int) -> bool:
+    def actor_alive(self, shard: int) -> bool:
         try:
             self.actors[shard].metrics().result(timeout=30)
             return True
@@ -336,13 +337,33 @@ class Pipeline:
             self.actors[shard].apply(a.tile, a.id).result()
             report.replayed += 1
 
+    def reattach(self, client: Client) -> int:
+        """Carry on with ``client`` after the scheduler was lost (the daemon's recovery).
+
+        The actors died with the old scheduler's workers: each shard that no longer answers
+        is placed anew and loads its tiles' last checkpoints; the next run's replay applies
+        what the ledger has beyond them. Returns how many shards were placed anew.
+        """
+        self.client = client
+        self.encode_resources, self.ingest_resources = task_resources(self.cfg, client)
+        placed = 0
+        for shard in range(len(self.actors)):
+            if self.actor_alive(shard):
+                continue
+            with contextlib.suppress(Exception):  # a future of the closed client
+                self._actor_futures[shard].release()
+            self._actor_futures[shard] = self._submit_actor(shard)
+            self.actors[shard] = self._actor_futures[shard].result()
+            placed += 1
+        return placed
+
     def _apply(self, tile: str, acq_id: str, report: RunReport) -> ApplyResult:
         """One actor apply; a lost actor is recreated once and the apply repeated."""
         shard = self._shard(tile)
         try:
             return self.actors[shard].apply(tile, acq_id).result()
         except Exception:
-            if self._actor_alive(shard):
+            if self.actor_alive(shard):
                 raise
         self._recreate_actor(shard, report)
         return self.actors[shard].apply(tile, acq_id).result()
