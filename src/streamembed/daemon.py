@@ -77,6 +77,7 @@ class Daemon:
     def run(self, cycles: int = 0, on_report: Callable[[RunReport], None] | None = None) -> None:
         """Poll until stopped (or ``cycles`` polls); each poll's report goes to ``on_report``."""
         cycle = outage = 0
+        down = "source"  # what failed the last polls: the source, or the Dask cluster
         while not self.stop.is_set():
             cycle += 1
             wait = self.poll
@@ -89,6 +90,7 @@ class Daemon:
                 # The source is down or throttling past its retries: keep the daemon up and
                 # the watermark unmoved, poll less often while it lasts, catch up after.
                 outage += 1
+                down = "source"
                 wait = self._backoff(outage)
                 self.metrics.source_errors.inc()
                 log.error("poll %d: source unavailable (%d polls in a row), next poll in "
@@ -102,6 +104,7 @@ class Daemon:
                     raise
                 self._cluster_lost = True
                 outage += 1
+                down = "Dask cluster"
                 wait = self._backoff(outage)
                 self.metrics.cluster_errors.inc()
                 log.error("poll %d: the Dask cluster at %s was lost (%d polls in a row), next "
@@ -110,7 +113,7 @@ class Daemon:
                 self.health.cluster_lost(one_line(err), next_wait=wait)
             else:
                 if outage:
-                    log.info("poll %d: back after %d failed polls", cycle, outage)
+                    log.info("poll %d: %s back after %d failed polls", cycle, down, outage)
                 outage = 0
                 self._count(report, time.perf_counter() - t0)
                 self.health.polled(source_ok=True, next_wait=wait)
