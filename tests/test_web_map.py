@@ -119,3 +119,27 @@ def test_the_web_api_answers_bad_requests_clearly(kill_reference):
     outside = client.get(f"/api/history?tile={rows['tile'].iloc[0]}&y=999&x=0")
     assert outside.status_code == 404 and "outside tile" in outside.json()["error"]
     assert client.get("/api/quicklook/99XXX.json").status_code == 404
+
+
+def test_quicklooks_kept_are_bounded_least_recent_first(kill_reference, monkeypatch):
+    """A map served for months renders many dates: only the last few viewed stay in memory."""
+    from streamembed.layout import OutputLayout
+    from streamembed.ledger import Ledger
+    from streamembed.web import view as view_module
+
+    out = kill_reference[0]
+    monkeypatch.setattr(view_module, "QUICKLOOKS_KEPT", 2)
+    view = view_module.OutputView(OutputLayout(str(out)))
+    with Ledger(out / "ledger.sqlite") as ledger:
+        rows = ledger.rows("applied")
+    tile = rows[0].tile
+    d1, d2, d3 = (r.datetime[:10] for r in rows[:3])
+    first = view.quicklook(tile, d1)
+    assert view.quicklook(tile, d1) is first  # served from memory
+    second = view.quicklook(tile, d2)
+    assert view.quicklook(tile, d1) is first  # d1 is now the most recent, d2 the least
+    view.quicklook(tile, d3)  # evicts d2
+    assert len(view._quicklooks) == 2
+    assert view.quicklook(tile, d1) is first
+    again = view.quicklook(tile, d2)
+    assert again is not second and again.png == second.png  # rendered again, the same image

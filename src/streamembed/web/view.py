@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,10 @@ class Quicklook:
     date: str
 
 
+# ~1 MB a PNG (1024 px): the last few dozen tiles/dates viewed stay rendered
+QUICKLOOKS_KEPT = 32
+
+
 class OutputView:
     """The outputs under ``layout`` as the map reads them; safe to share between requests."""
 
@@ -48,7 +53,8 @@ class OutputView:
         self._lock = threading.Lock()
         self._files: tuple[str, ...] = ()
         self._rows = _empty()
-        self._quicklooks: dict[tuple[str, str], Quicklook] = {}
+        # rendered quicklooks, least recently served first: a daemon's map runs for months
+        self._quicklooks: OrderedDict[tuple[str, str], Quicklook] = OrderedDict()
 
     def rows(self) -> gpd.GeoDataFrame:
         """Every anomaly row, re-read when an anomaly file appeared or went."""
@@ -158,10 +164,17 @@ class OutputView:
             raise KeyError(f"no applied acquisition of tile {tile}" + (f" on {date}" * bool(date)))
         row = rows[-1]
         key = (tile, row.id)
-        if key not in self._quicklooks:
-            self._quicklooks[key] = _render_quicklook(self.store, tile, row.id, row.item_href,
-                                                      row.datetime[:10], max_px)  # fmt: skip
-        return self._quicklooks[key]
+        with self._lock:
+            cached = self._quicklooks.get(key)
+            if cached is not None:
+                self._quicklooks.move_to_end(key)
+                return cached
+        ql = _render_quicklook(self.store, tile, row.id, row.item_href, row.datetime[:10], max_px)
+        with self._lock:
+            self._quicklooks[key] = ql
+            while len(self._quicklooks) > QUICKLOOKS_KEPT:
+                self._quicklooks.popitem(last=False)
+        return ql
 
     def _tile_bounds(self, tile: str) -> list[float] | None:
         """[west, south, east, north] of a stored tile's cells, in degrees."""
