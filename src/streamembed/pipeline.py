@@ -329,9 +329,7 @@ class Pipeline:
             "last checkpoints",
             shard,
         )
-        self._actor_futures[shard].release()
-        self._actor_futures[shard] = self._submit_actor(shard)
-        self.actors[shard] = self._actor_futures[shard].result()
+        self._place_actor(shard)
         report.actors_recreated += 1
         for a in self._missing_from_state(shard):
             self.actors[shard].apply(a.tile, a.id).result()
@@ -350,12 +348,16 @@ class Pipeline:
         for shard in range(len(self.actors)):
             if self.actor_alive(shard):
                 continue
-            with contextlib.suppress(Exception):  # a future of the closed client
-                self._actor_futures[shard].release()
-            self._actor_futures[shard] = self._submit_actor(shard)
-            self.actors[shard] = self._actor_futures[shard].result()
+            self._place_actor(shard)
             placed += 1
         return placed
+
+    def _place_actor(self, shard: int) -> None:
+        """A new actor for ``shard`` in place of the dead one (it loads the last checkpoints)."""
+        with contextlib.suppress(Exception):  # the old future may belong to a closed client
+            self._actor_futures[shard].release()
+        self._actor_futures[shard] = self._submit_actor(shard)
+        self.actors[shard] = self._actor_futures[shard].result()
 
     def _apply(self, tile: str, acq_id: str, report: RunReport) -> ApplyResult:
         """One actor apply; a lost actor is recreated once and the apply repeated."""
