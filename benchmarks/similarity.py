@@ -17,7 +17,9 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,16 +44,44 @@ def load(store_path: str, tile: str | None, min_clear: float) -> np.ndarray:
     return vecs
 
 
-def exact(vecs: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
-    """The true k nearest of every query, and the milliseconds of one brute-force query.
+TIE_EPS = 1e-5  # float32 inner products of 2048-d unit vectors differ by ~1e-6 between orders
 
-    The truth is computed in row blocks against all queries at once (a matrix product per
-    block); the quoted query time is that of single queries, as `similar --exact` runs them.
-    """
+
+@dataclass
+class Truth:
+    """Exact search's answer for each query, and how many cells tie at its k-th place."""
+
+    ids: np.ndarray  # (queries, k), most similar first
+    kth_sim: np.ndarray  # (queries,): the k-th exact similarity
+    at_least_kth: np.ndarray  # (queries,): cells as similar as the k-th (k when nothing ties)
+    identical: np.ndarray  # (queries,): cells whose vector is the query's own (itself included)
+    query_ms: float  # one brute-force query, as `similar --exact` runs it
+
+    @property
+    def tied(self) -> np.ndarray:
+        return self.at_least_kth > self.ids.shape[1]
+
+    def summary(self) -> dict[str, float]:
+        """How far the k-th place is a tie: when many cells are exactly as similar as exact
+        search's k-th, which k of them it lists is arbitrary and plain recall cannot reach 1."""
+        return {
+            "queries_tied_at_k": float(self.tied.mean()),
+            "cells_at_least_kth_median": float(np.median(self.at_least_kth)),
+            "cells_at_least_kth_p90": float(np.percentile(self.at_least_kth, 90)),
+            "cells_at_least_kth_max": float(self.at_least_kth.max()),
+            "queries_with_identical_cells": float((self.identical > 1).mean()),
+            "identical_cells_median": float(np.median(self.identical)),
+        }
+
+
+def exact(vecs: np.ndarray, queries: np.ndarray, k: int) -> Truth:
+    """The true k nearest of every query, computed in row blocks against all queries at once
+    (a matrix product per block); a second pass counts the cells tied at the k-th place."""
+    block = 65536
     best_sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_ids = np.zeros((len(queries), k), dtype=np.int64)
-    for start in range(0, len(vecs), 65536):
-        sims = queries @ vecs[start : start + 65536].T
+    for start in range(0, len(vecs), block):
+        sims = queries @ vecs[start : start + block].T
         ids = np.broadcast_to(np.arange(start, start + sims.shape[1]), sims.shape)
         sims = np.concatenate([best_sims, sims], axis=1)
         ids = np.concatenate([best_ids, ids], axis=1)
@@ -59,26 +89,35 @@ def exact(vecs: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, fl
         best_sims = np.take_along_axis(sims, top, axis=1)
         best_ids = np.take_along_axis(ids, top, axis=1)
     order = np.argsort(-best_sims, axis=1)
-    truth = np.take_along_axis(best_ids, order, axis=1)
-    global KTH_SIM  # the k-th exact similarity of each query: ties at it count as found
-    KTH_SIM = np.take_along_axis(best_sims, order, axis=1)[:, -1]
+    kth = np.take_along_axis(best_sims, order, axis=1)[:, -1]
+    at_least = np.zeros(len(queries), dtype=np.int64)
+    identical = np.zeros(len(queries), dtype=np.int64)
+    for start in range(0, len(vecs), block):
+        sims = queries @ vecs[start : start + block].T
+        at_least += (sims >= kth[:, None] - TIE_EPS).sum(axis=1)
+        identical += (sims >= 1 - TIE_EPS).sum(axis=1)
     timed = queries[: min(10, len(queries))]
     t0 = time.perf_counter()
     for q in timed:
         sims1 = vecs @ q
         np.argpartition(-sims1, k)[:k]
-    return truth, (time.perf_counter() - t0) / len(timed) * 1000
+    query_ms = (time.perf_counter() - t0) / len(timed) * 1000
+    return Truth(np.take_along_axis(best_ids, order, axis=1), kth, at_least, identical, query_ms)
 
 
-KTH_SIM: np.ndarray | None = None
+def recall_ties(sims: np.ndarray, truth: Truth) -> float:
+    """Recall counting any neighbour as good as exact search's k-th (ann-benchmarks' convention,
+    with a tighter epsilon): which of the tied cells exact search lists is arbitrary."""
+    return float(np.mean(sims >= truth.kth_sim[:, None] - TIE_EPS))
 
 
-def recall_ties(sims: np.ndarray) -> float:
-    """Recall counting any neighbour as good as exact search's k-th (equal similarity: the
-    store holds cells whose embeddings are identical across looks, and which of the tied ones
-    exact search lists is arbitrary)."""
-    assert KTH_SIM is not None
-    return float(np.mean(sims >= KTH_SIM[:, None] - 1e-5))
+def recall_split(found: np.ndarray, truth: Truth) -> dict[str, float | None]:
+    """Plain recall over the queries whose k-th place is no tie, and over those where it is."""
+    tied = truth.tied
+    return {
+        "untied": recall(found[~tied], truth.ids[~tied]) if (~tied).any() else None,
+        "tied": recall(found[tied], truth.ids[tied]) if tied.any() else None,
+    }
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -87,7 +126,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     )
 
 
-def bench_usearch(vecs: np.ndarray, queries: np.ndarray, k: int) -> dict[str, float]:
+def bench_usearch(vecs: np.ndarray, queries: np.ndarray, k: int) -> dict[str, Any]:
     from usearch.index import Index
 
     index = Index(ndim=vecs.shape[1], metric="ip", dtype="f16", connectivity=16,
@@ -101,10 +140,10 @@ def bench_usearch(vecs: np.ndarray, queries: np.ndarray, k: int) -> dict[str, fl
     with tempfile.TemporaryDirectory() as tmp:
         index.save(f"{tmp}/i.usearch")
         size = Path(f"{tmp}/i.usearch").stat().st_size
-    return {"build_s": build, "query_ms": query_ms, "bytes": size, "found": found}  # type: ignore[dict-item]
+    return {"build_s": build, "query_ms": query_ms, "bytes": size, "found": found}
 
 
-def bench_faiss(box: list[np.ndarray], queries: np.ndarray, k: int, truth: np.ndarray) -> dict:
+def bench_faiss(box: list[np.ndarray], queries: np.ndarray, k: int, truth: Truth) -> dict:
     """``box`` holds the only reference to the vectors: they are freed once indexed."""
     import faiss
 
@@ -130,8 +169,9 @@ def bench_faiss(box: list[np.ndarray], queries: np.ndarray, k: int, truth: np.nd
         query_ms = (time.perf_counter() - t0) / len(queries) * 1000
         found = np.array([h[1][0] for h in hits])
         sims = np.array([h[0][0] for h in hits])
-        sweep[ef] = {"query_ms": query_ms, f"recall@{k}": recall(found, truth),
-                     f"recall@{k}_ties": recall_ties(sims)}  # fmt: skip
+        sweep[ef] = {"query_ms": query_ms, f"recall@{k}": recall(found, truth.ids),
+                     f"recall@{k}_ties": recall_ties(sims, truth),
+                     f"recall@{k}_by_tie": recall_split(found, truth)}  # fmt: skip
         print(f"faiss efSearch {ef}: {sweep[ef]}", flush=True)
     return {"build_s": build, "bytes": size, "hnsw_m": HNSW_M,
             "ef_construction": EF_CONSTRUCTION, "ef_search": EF_SEARCH,
@@ -153,15 +193,17 @@ def main() -> None:
     queries = vecs[rng.choice(len(vecs), args.queries, replace=False)].copy()
     print(f"{len(vecs):,} cells of {vecs.shape[1]} dimensions ({vecs.nbytes / 2**30:.1f} GiB)",
           flush=True)  # fmt: skip
-    truth, exact_ms = exact(vecs, queries, args.k)
-    print(f"exact search: {exact_ms:.0f} ms a query", flush=True)
+    truth = exact(vecs, queries, args.k)
+    print(f"exact search: {truth.query_ms:.0f} ms a query; ties: {truth.summary()}", flush=True)
     records = {"cells": len(vecs), "dim": vecs.shape[1], "k": args.k, "queries": args.queries,
-               "min_clear": args.min_clear, "exact_query_ms": exact_ms}  # fmt: skip
+               "min_clear": args.min_clear, "exact_query_ms": truth.query_ms,
+               "ties": truth.summary()}  # fmt: skip
     libraries = args.libraries.split(",")
     if "usearch" in libraries:
         r = bench_usearch(vecs, queries, args.k)
         found = r.pop("found")
-        records["usearch"] = {**r, f"recall@{args.k}": recall(found, truth)}
+        records["usearch"] = {**r, f"recall@{args.k}": recall(found, truth.ids),
+                              f"recall@{args.k}_by_tie": recall_split(found, truth)}  # fmt: skip
         print("usearch", records["usearch"], flush=True)
     if "faiss" in libraries:
         # last: it takes the vectors over (the loaded array is freed once indexed)
