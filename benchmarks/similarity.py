@@ -1,14 +1,20 @@
 """Approximate nearest neighbours for `streamembed similar`: which library, measured.
 
     python benchmarks/similarity.py STORE [--tile T] [--queries 200] [--k 20]
-        [--libraries faiss,usearch] [--json out.json]
+        [--libraries faiss,faiss-sq8,usearch] [--no-noise-floor] [--json out.json]
 
 Every clear cell of every acquisition in the store's tile (decoded, L2-normalised, so cosine is
 an inner product) is indexed by USearch (HNSW, f16 vectors) and FAISS (HNSW flat, f32: the
 index `streamembed similar` builds, with its parameters), and both are compared with exact
 search (NumPy matrix products) on random query cells: recall@k against exact, query
 milliseconds, build seconds, index bytes. FAISS is also searched at other search breadths
-(efSearch) on the same graph: the recall a query buys with its time.
+(efSearch) on the same graph: the recall a query buys with its time. ``faiss-sq8`` is the same
+graph over 8-bit scalar-quantised vectors (a quarter of the memory).
+
+Beside recall, the run reports how many cells tie at exact search's k-th place (within 1e-5)
+and the store's own noise floor: the recall of exact search against itself once every cell is
+rounded to int8 once more. Ranks that exact search cannot reproduce under that rounding are
+below what the store can tell apart.
 """
 
 from __future__ import annotations
@@ -105,6 +111,39 @@ def exact(vecs: np.ndarray, queries: np.ndarray, k: int) -> Truth:
     return Truth(np.take_along_axis(best_ids, order, axis=1), kth, at_least, identical, query_ms)
 
 
+def store_noise_floor(vecs: np.ndarray, queries: np.ndarray, truth: Truth, seed: int = 1) -> float:
+    """Recall@k of exact search against itself after one more int8 rounding of every cell.
+
+    The store keeps each cell's vector as 256 levels over its own range (``store.quantise``).
+    Exact search over the cells moved by one such rounding error (uniform, half a level either
+    way) is what the same archive gives when encoded again and stored again: where exact search
+    cannot reproduce its own top k, the ranks it disagrees on are below the store's precision,
+    and no index can be asked to recover them.
+    """
+    k = truth.ids.shape[1]
+    rng = np.random.default_rng(seed)
+    block = 65536
+    best_sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_ids = np.zeros((len(queries), k), dtype=np.int64)
+    for start in range(0, len(vecs), block):
+        rows = vecs[start : start + block]
+        level = (rows.max(axis=1, keepdims=True) - rows.min(axis=1, keepdims=True)) / 255
+        moved = rows + (rng.random(rows.shape, dtype=np.float32) - 0.5) * level
+        moved /= np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
+        sims = np.concatenate([best_sims, queries @ moved.T], axis=1)
+        ids = np.concatenate(
+            [
+                best_ids,
+                np.broadcast_to(np.arange(start, start + len(rows)), (len(queries), len(rows))),
+            ],
+            axis=1,
+        )
+        top = np.argpartition(-sims, k, axis=1)[:, :k]
+        best_sims = np.take_along_axis(sims, top, axis=1)
+        best_ids = np.take_along_axis(ids, top, axis=1)
+    return recall(best_ids, truth.ids)
+
+
 def recall_ties(sims: np.ndarray, truth: Truth) -> float:
     """Recall counting any neighbour as good as exact search's k-th (ann-benchmarks' convention,
     with a tighter epsilon): which of the tied cells exact search lists is arbitrary."""
@@ -143,21 +182,33 @@ def bench_usearch(vecs: np.ndarray, queries: np.ndarray, k: int) -> dict[str, An
     return {"build_s": build, "query_ms": query_ms, "bytes": size, "found": found}
 
 
-def bench_faiss(box: list[np.ndarray], queries: np.ndarray, k: int, truth: Truth) -> dict:
-    """``box`` holds the only reference to the vectors: they are freed once indexed."""
+def bench_faiss(
+    box: list[np.ndarray], queries: np.ndarray, k: int, truth: Truth, sq8: bool, last: bool
+) -> dict:
+    """FAISS HNSW over float32 vectors (``sq8`` False: the index `streamembed similar` builds)
+    or over 8-bit scalar-quantised ones (a quarter of the memory; the store is int8 already).
+    ``box`` holds the only reference to the vectors: when ``last``, they are freed once
+    indexed."""
     import faiss
 
-    vecs = box.pop()
+    vecs = box.pop() if last else box[0]
 
     from streamembed.similar import EF_CONSTRUCTION, EF_SEARCH, HNSW_M
 
-    index = faiss.IndexHNSWFlat(vecs.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = EF_CONSTRUCTION
     t0 = time.perf_counter()
+    index: Any  # the stubs type the two HNSW indexes apart
+    if sq8:
+        index = faiss.index_factory(vecs.shape[1], f"HNSW{HNSW_M},SQ8", faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(2).choice(len(vecs), min(len(vecs), 100_000), replace=False)
+        index.train(vecs[np.sort(sample)])  # per-dimension ranges
+    else:
+        index = faiss.IndexHNSWFlat(vecs.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = EF_CONSTRUCTION
     for start in range(0, len(vecs), 100_000):  # as the index grows, acquisition by acquisition
         index.add(vecs[start : start + 100_000])
     build = time.perf_counter() - t0
-    del vecs  # the index holds its own copy; a million 2048-d vectors are 8 GiB each
+    if not sq8:  # the index holds its own float32 copy; a million 2048-d vectors are 8 GiB
+        del vecs  # (an SQ8 index is a quarter of that: the vectors stay to score its answers)
     with tempfile.TemporaryDirectory() as tmp:  # written, not serialised: no third copy
         faiss.write_index(index, f"{tmp}/i.faiss")
         size = Path(f"{tmp}/i.faiss").stat().st_size
@@ -168,12 +219,17 @@ def bench_faiss(box: list[np.ndarray], queries: np.ndarray, k: int, truth: Truth
         hits = [index.search(q[None], k) for q in queries]
         query_ms = (time.perf_counter() - t0) / len(queries) * 1000
         found = np.array([h[1][0] for h in hits])
-        sims = np.array([h[0][0] for h in hits])
+        # FAISS's own similarities are exact for float32 vectors, approximate for SQ8 codes
+        sims = (
+            np.einsum("qd,qkd->qk", queries, vecs[found])
+            if sq8
+            else np.array([h[0][0] for h in hits])
+        )
         sweep[ef] = {"query_ms": query_ms, f"recall@{k}": recall(found, truth.ids),
                      f"recall@{k}_ties": recall_ties(sims, truth),
                      f"recall@{k}_by_tie": recall_split(found, truth)}  # fmt: skip
         print(f"faiss efSearch {ef}: {sweep[ef]}", flush=True)
-    return {"build_s": build, "bytes": size, "hnsw_m": HNSW_M,
+    return {"build_s": build, "bytes": size, "hnsw_m": HNSW_M, "vectors": "sq8" if sq8 else "f32",
             "ef_construction": EF_CONSTRUCTION, "ef_search": EF_SEARCH,
             **sweep[EF_SEARCH], "by_ef_search": sweep}  # fmt: skip
 
@@ -186,6 +242,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--min-clear", type=float, default=0.9)
     p.add_argument("--libraries", default="faiss,usearch", help="comma-separated")
+    p.add_argument("--no-noise-floor", action="store_true",
+                   help="skip exact search over the cells rounded once more (the store's precision)")  # fmt: skip
     p.add_argument("--json")
     args = p.parse_args()
     vecs = load(args.store, args.tile, args.min_clear)
@@ -198,19 +256,24 @@ def main() -> None:
     records = {"cells": len(vecs), "dim": vecs.shape[1], "k": args.k, "queries": args.queries,
                "min_clear": args.min_clear, "exact_query_ms": truth.query_ms,
                "ties": truth.summary()}  # fmt: skip
-    libraries = args.libraries.split(",")
+    if not args.no_noise_floor:
+        floor = store_noise_floor(vecs, queries, truth)
+        records[f"exact_recall@{args.k}_after_one_more_int8_rounding"] = floor
+        print(f"exact search against itself after one more int8 rounding: {floor:.3f}", flush=True)
+    libraries = [lib for lib in args.libraries.split(",") if lib]
     if "usearch" in libraries:
         r = bench_usearch(vecs, queries, args.k)
         found = r.pop("found")
         records["usearch"] = {**r, f"recall@{args.k}": recall(found, truth.ids),
                               f"recall@{args.k}_by_tie": recall_split(found, truth)}  # fmt: skip
         print("usearch", records["usearch"], flush=True)
-    if "faiss" in libraries:
-        # last: it takes the vectors over (the loaded array is freed once indexed)
-        box = [vecs]
-        del vecs
-        records["faiss"] = bench_faiss(box, queries, args.k, truth)
-        print("faiss", records["faiss"], flush=True)
+    faiss_kinds = [lib for lib in libraries if lib in ("faiss", "faiss-sq8")]
+    box = [vecs]
+    del vecs  # the last FAISS index takes the vectors over: the array is freed once indexed
+    for n, lib in enumerate(faiss_kinds):
+        last = n == len(faiss_kinds) - 1
+        records[lib] = bench_faiss(box, queries, args.k, truth, lib == "faiss-sq8", last)
+        print(lib, records[lib], flush=True)
     print(json.dumps(records, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
