@@ -1,10 +1,11 @@
 """Approximate nearest neighbours for `streamembed similar`: which library, measured.
 
     python benchmarks/similarity.py STORE [--tile T] [--queries 200] [--k 20]
-        [--libraries faiss,faiss-sq8,usearch] [--no-noise-floor] [--json out.json]
+        [--libraries faiss,faiss-sq8,usearch] [--raw-cosine] [--no-noise-floor] [--json out.json]
 
-Every clear cell of every acquisition in the store's tile (decoded, L2-normalised, so cosine is
-an inner product) is indexed by USearch (HNSW, f16 vectors) and FAISS (HNSW flat, f32: the
+Every clear cell of every acquisition in the store's tile (decoded, and centred as `streamembed
+similar` centres them: so cosine is an inner product; ``--raw-cosine``: the embeddings as
+stored, L2-normalised) is indexed by USearch (HNSW, f16 vectors) and FAISS (HNSW flat, f32: the
 index `streamembed similar` builds, with its parameters), and both are compared with exact
 search (NumPy matrix products) on random query cells: recall@k against exact, query
 milliseconds, build seconds, index bytes. FAISS is also searched at other search breadths
@@ -30,9 +31,10 @@ from typing import Any
 import numpy as np
 
 
-def load(store_path: str, tile: str | None, min_clear: float) -> np.ndarray:
+def load(store_path: str, tile: str | None, min_clear: float) -> tuple[np.ndarray, int]:
     """The clear cells' vectors, L2-normalised, in one preallocated float32 array (a million
-    cells of 2048 dimensions are 8 GiB: no second copy)."""
+    cells of 2048 dimensions are 8 GiB: no second copy), acquisition by acquisition; and how
+    many of them are the first acquisition's that has any (the tool's centre is their mean)."""
     from streamembed.store import EmbeddingStore
 
     store = EmbeddingStore(store_path)
@@ -47,7 +49,7 @@ def load(store_path: str, tile: str | None, min_clear: float) -> np.ndarray:
         vecs[at : at + len(emb)] = emb
         at += len(emb)
     vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-    return vecs
+    return vecs, next((int(k.sum()) for k in keeps if k.any()), 0)
 
 
 TIE_EPS = 1e-5  # float32 inner products of 2048-d unit vectors differ by ~1e-6 between orders
@@ -193,8 +195,9 @@ def bench_usearch(vecs: np.ndarray, queries: np.ndarray, k: int) -> dict[str, An
 
 
 def bench_faiss(
-    box: list[np.ndarray], queries: np.ndarray, k: int, truth: Truth, sq8: bool, last: bool
-) -> dict:
+    box: list[np.ndarray], queries: np.ndarray, k: int, truth: Truth, sq8: bool, last: bool,
+    hnsw_m: int, ef_construction: int,
+) -> dict:  # fmt: skip
     """FAISS HNSW over float32 vectors (``sq8`` False: the index `streamembed similar` builds)
     or over 8-bit scalar-quantised ones (a quarter of the memory; the store is int8 already).
     ``box`` holds the only reference to the vectors: when ``last``, they are freed once
@@ -203,17 +206,17 @@ def bench_faiss(
 
     vecs = box.pop() if last else box[0]
 
-    from streamembed.similar import EF_CONSTRUCTION, EF_SEARCH, HNSW_M
+    from streamembed.similar import EF_SEARCH
 
     t0 = time.perf_counter()
     index: Any  # the stubs type the two HNSW indexes apart
     if sq8:
-        index = faiss.index_factory(vecs.shape[1], f"HNSW{HNSW_M},SQ8", faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(vecs.shape[1], f"HNSW{hnsw_m},SQ8", faiss.METRIC_INNER_PRODUCT)
         sample = np.random.default_rng(2).choice(len(vecs), min(len(vecs), 100_000), replace=False)
         index.train(vecs[np.sort(sample)])  # per-dimension ranges
     else:
-        index = faiss.IndexHNSWFlat(vecs.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = EF_CONSTRUCTION
+        index = faiss.IndexHNSWFlat(vecs.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
     for start in range(0, len(vecs), 100_000):  # as the index grows, acquisition by acquisition
         index.add(vecs[start : start + 100_000])
     build = time.perf_counter() - t0
@@ -239,12 +242,14 @@ def bench_faiss(
                      f"recall@{k}_ties": recall_ties(sims, truth),
                      f"recall@{k}_by_tie": recall_split(found, truth)}  # fmt: skip
         print(f"faiss efSearch {ef}: {sweep[ef]}", flush=True)
-    return {"build_s": build, "bytes": size, "hnsw_m": HNSW_M, "vectors": "sq8" if sq8 else "f32",
-            "ef_construction": EF_CONSTRUCTION, "ef_search": EF_SEARCH,
+    return {"build_s": build, "bytes": size, "hnsw_m": hnsw_m, "vectors": "sq8" if sq8 else "f32",
+            "ef_construction": ef_construction, "ef_search": EF_SEARCH,
             **sweep[EF_SEARCH], "by_ef_search": sweep}  # fmt: skip
 
 
 def main() -> None:
+    from streamembed.similar import EF_CONSTRUCTION, HNSW_M
+
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("store")
     p.add_argument("--tile")
@@ -256,19 +261,20 @@ def main() -> None:
                    help="skip exact search over the cells rounded once more (the store's precision)")  # fmt: skip
     p.add_argument("--no-agreement", action="store_true",
                    help="skip FAISS's brute-force search against NumPy's")  # fmt: skip
-    p.add_argument("--center", action="store_true",
-                   help="subtract the cells' mean embedding (then L2-normalise again) before "
-                   "everything: cosine of centred vectors")  # fmt: skip
+    p.add_argument("--raw-cosine", action="store_true",
+                   help="cosine of the embeddings as stored, not centred as `similar` does")  # fmt: skip
+    p.add_argument("--hnsw-m", type=int, default=HNSW_M, help="FAISS graph degree")
+    p.add_argument("--ef-construction", type=int, default=EF_CONSTRUCTION)
     p.add_argument("--json")
     args = p.parse_args()
-    vecs = load(args.store, args.tile, args.min_clear)
-    if args.center:
-        # in place, a block at a time: no second 8 GiB copy
-        mean = vecs.mean(axis=0, dtype=np.float64).astype(np.float32)
-        for start in range(0, len(vecs), 65536):
-            block = vecs[start : start + 65536]
-            block -= mean
-            block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+    vecs, first = load(args.store, args.tile, args.min_clear)
+    if not args.raw_cosine:
+        from streamembed.similar import centred
+
+        # the tool's centre: the mean of the first acquisition's clear cells (store_centre)
+        centre = vecs[:first].mean(axis=0, dtype=np.float64).astype(np.float32)
+        for start in range(0, len(vecs), 65536):  # in place: no second 8 GiB copy
+            vecs[start : start + 65536] = centred(vecs[start : start + 65536], centre)
     rng = np.random.default_rng(0)
     queries = vecs[rng.choice(len(vecs), args.queries, replace=False)].copy()
     print(f"{len(vecs):,} cells of {vecs.shape[1]} dimensions ({vecs.nbytes / 2**30:.1f} GiB)",
@@ -276,7 +282,7 @@ def main() -> None:
     truth = exact(vecs, queries, args.k)
     print(f"exact search: {truth.query_ms:.0f} ms a query; ties: {truth.summary()}", flush=True)
     records = {"cells": len(vecs), "dim": vecs.shape[1], "k": args.k, "queries": args.queries,
-               "min_clear": args.min_clear, "centred": args.center,
+               "min_clear": args.min_clear, "centred": not args.raw_cosine,
                "exact_query_ms": truth.query_ms,
                "ties": truth.summary()}  # fmt: skip
     libraries = [lib for lib in args.libraries.split(",") if lib]
@@ -299,7 +305,8 @@ def main() -> None:
     del vecs  # the last FAISS index takes the vectors over: the array is freed once indexed
     for n, lib in enumerate(faiss_kinds):
         last = n == len(faiss_kinds) - 1
-        records[lib] = bench_faiss(box, queries, args.k, truth, lib == "faiss-sq8", last)
+        records[lib] = bench_faiss(box, queries, args.k, truth, lib == "faiss-sq8", last,
+                                   args.hnsw_m, args.ef_construction)  # fmt: skip
         print(lib, records[lib], flush=True)
     print(json.dumps(records, indent=1))
     if args.json:

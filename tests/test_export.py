@@ -121,8 +121,10 @@ def test_major_tom_cells_match_the_reference_grid():
 
 def test_a_backfill_indexes_its_acquisitions_when_asked(kill_series, kill_reference, tmp_path):
     """similarity.index_on_commit: the run ends with every stored acquisition in the index,
-    and a query then adds nothing; the hits are those of exact search."""
-    from streamembed.similar import TileIndex, similar, update_index
+    and a query then adds nothing; the hits are those of exact search. The index is built
+    around the store's centre (the first acquisition's mean, written once); an index built
+    around another centre (or none, before centring) is built again, not mixed."""
+    from streamembed.similar import TileIndex, centre_key, similar, update_index
 
     from .kill_series import N_ACQUISITIONS, backfill
 
@@ -142,3 +144,25 @@ def test_a_backfill_indexes_its_acquisitions_when_asked(kill_series, kill_refere
     assert [(m.acquisition_id, m.cell_y, m.cell_x) for m in ann][:5] == [
         (m.acquisition_id, m.cell_y, m.cell_x) for m in exact
     ][:5]
+
+    centre = np.load(out / "index" / "centre.npy")
+    decoded = store.open_dataset(tile, decode=True)
+    first = next(r for r in range(N_ACQUISITIONS) if (decoded.clear.values[r] >= 0.9).any())
+    emb = decoded.embedding.values[first][decoded.clear.values[first] >= 0.9].astype(np.float64)
+    mean = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).mean(axis=0)
+    assert np.allclose(centre, mean, atol=1e-5)
+    assert idx.centre_key == centre_key(centre)
+    # cosines of centred vectors spread out: the raw ones of a tile are all near 1
+    assert exact[0].similarity > 0.9 > exact[-1].similarity, [m.similarity for m in exact]
+
+    meta_path = out / "index" / f"{tile}.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(
+        json.dumps({"acquisition_ids": meta["acquisition_ids"]})
+    )  # before centring
+    assert update_index(lay, tile) == N_ACQUISITIONS
+    again = TileIndex(lay, tile, ds.sizes["dim"], ds.sizes["y"] * ds.sizes["x"], centre_key(centre))
+    assert len(again) == len(idx) and again.centre_key == centre_key(centre)
+    assert [(m.acquisition_id, m.cell_y, m.cell_x) for m in similar(lay, tile, day, 3, 5, k=10)][
+        :5
+    ] == [(m.acquisition_id, m.cell_y, m.cell_x) for m in exact][:5]

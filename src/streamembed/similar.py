@@ -1,8 +1,16 @@
 """Find places like this one: the cells whose embeddings are nearest a given cell's.
 
-One approximate-nearest-neighbour index per tile (FAISS HNSW over L2-normalised float32
-vectors, cosine as inner product), at ``<output>/index/<tile>.faiss`` with the acquisitions it
-holds beside it (``<tile>.json``). ``update_index`` adds the acquisitions committed since the
+One approximate-nearest-neighbour index per tile (FAISS HNSW over float32 vectors, cosine as
+inner product), at ``<output>/index/<tile>.faiss`` with the acquisitions it holds beside it
+(``<tile>.json``).
+
+Similarity is the cosine of *centred* embeddings: each L2-normalised vector less one reference
+vector for the whole store (``index/centre.npy``: the mean of the first indexed acquisition's
+clear cells, fixed once written), normalised again. Encoder features after a ReLU share one
+large common direction: raw cosines between any two cells of a tile are 0.98-1.0, and at a
+million cells hundreds tie at the 20th place within 1e-5, below the int8 store's precision, so
+the ranking and any index's recall are set by rounding. Centred, the ties shrink to a cell or
+two and the ranks are stable (benchmarks/RESULTS.md, "At 1 M cells"). ``update_index`` adds the acquisitions committed since the
 last update (it never rebuilds), so the index grows with the store; queries read the index and
 the store. Why FAISS and not USearch: measured, benchmarks/RESULTS.md, "Similarity search".
 
@@ -12,6 +20,7 @@ flat index, so a hit names its acquisition and cell without a lookup table.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -48,10 +57,52 @@ def _normalised(vecs: np.ndarray) -> np.ndarray:
     return vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
 
 
+def centre_key(centre: np.ndarray) -> str:
+    """A short name for a centre vector: an index records the centre its vectors are built on."""
+    return hashlib.sha256(np.ascontiguousarray(centre, np.float32).tobytes()).hexdigest()[:16]
+
+
+def centred(vecs: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The vectors as the index holds them: L2-normalised, less the store's centre, normalised
+    again (so the inner product is the cosine of centred embeddings)."""
+    return _normalised(_normalised(vecs) - centre)
+
+
+def store_centre(layout: OutputLayout, store: EmbeddingStore, min_clear: float) -> np.ndarray:
+    """The store's reference vector: read from ``index/centre.npy``, or computed (the mean of
+    the L2-normalised clear cells of the first acquisition of the first tile that has any) and
+    written there for every later index and query. A remote ``--output`` computes it each time
+    (the store's first acquisitions do not change: the store only appends)."""
+    path = Path(storage.join(layout.root, "index", "centre.npy")) if not layout.remote else None
+    if path is not None and path.exists():
+        return np.load(path)
+    for tile in store.tiles():
+        ds = store.open_dataset(tile, decode=True)
+        dim = ds.sizes["dim"]
+        for row in range(ds.sizes["time"]):
+            clear = ds["clear"].isel(time=row).values.reshape(-1) >= min_clear
+            if clear.any():
+                emb = ds["embedding"].isel(time=row).values.reshape(-1, dim)[clear]
+                centre = _normalised(emb).mean(axis=0, dtype=np.float64).astype(np.float32)
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(f".{path.name}.tmp.npy")
+                    np.save(tmp, centre)
+                    tmp.replace(path)
+                return centre
+    raise ValueError(
+        f"the store {layout.store} holds no clear cell to search; run a backfill first"
+    )
+
+
 class TileIndex:
     """The ANN index of one tile's clear cells, and which acquisitions it holds."""
 
-    def __init__(self, layout: OutputLayout, tile: str, dim: int, n_cells: int):
+    def __init__(
+        self, layout: OutputLayout, tile: str, dim: int, n_cells: int, centre_key: str | None = None
+    ):
+        """``centre_key``: the store centre's key (``centre_key()``); an index built around
+        another centre, or before centring, is started again (its vectors are not comparable)."""
         import faiss
 
         if layout.remote:
@@ -61,10 +112,17 @@ class TileIndex:
         self.meta_path = self.dir / f"{tile}.json"
         self.n_cells = n_cells
         self.ids: list[str] = []
+        self.centre_key = centre_key
         self.index: Any
-        if self.path.exists() and self.meta_path.exists():
+        meta = json.loads(self.meta_path.read_text()) if self.meta_path.exists() else None
+        if meta is not None and centre_key is not None and meta.get("centre") != centre_key:
+            log.warning("similarity index of %s was built around another centre (or none): "
+                        "building it again", tile)  # fmt: skip
+            meta = None
+        if meta is not None and self.path.exists():
             self.index = faiss.read_index(str(self.path))  # downcast: it owns the index
-            self.ids = json.loads(self.meta_path.read_text())["acquisition_ids"]
+            self.ids = meta["acquisition_ids"]
+            self.centre_key = meta.get("centre")
         else:
             hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             hnsw.hnsw.efConstruction = EF_CONSTRUCTION
@@ -94,7 +152,8 @@ class TileIndex:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         faiss.write_index(self.index, str(tmp))
         tmp.replace(self.path)  # the index before the ids: a crash re-adds, never loses
-        storage.publish(self.meta_path, json.dumps({"acquisition_ids": self.ids}).encode())
+        meta = {"acquisition_ids": self.ids, "centre": self.centre_key}
+        storage.publish(self.meta_path, json.dumps(meta).encode())
 
 
 def update_index(layout: OutputLayout, tile: str, min_clear: float = 0.9) -> int:
@@ -105,9 +164,11 @@ def update_index(layout: OutputLayout, tile: str, min_clear: float = 0.9) -> int
 def _updated(layout: OutputLayout, tile: str, min_clear: float) -> tuple[TileIndex, Any, int]:
     """The tile's index with every committed acquisition in it, the tile's dataset (decoded),
     and how many acquisitions were added now."""
-    ds = EmbeddingStore(layout.store).open_dataset(tile, decode=True)
+    store = EmbeddingStore(layout.store)
+    centre = store_centre(layout, store, min_clear)
+    ds = store.open_dataset(tile, decode=True)
     ny, nx, dim = ds.sizes["y"], ds.sizes["x"], ds.sizes["dim"]
-    idx = TileIndex(layout, tile, dim, ny * nx)
+    idx = TileIndex(layout, tile, dim, ny * nx, centre_key(centre))
     known = set(idx.ids)
     added = 0
     for row, acq in enumerate(str(v) for v in ds["acquisition_id"].values):
@@ -117,7 +178,7 @@ def _updated(layout: OutputLayout, tile: str, min_clear: float) -> tuple[TileInd
         clear = ds["clear"].isel(time=row).values.reshape(-1)
         cells = np.flatnonzero(clear >= min_clear)
         if len(cells):
-            idx.add(row * idx.n_cells + cells, _normalised(emb[cells]))
+            idx.add(row * idx.n_cells + cells, centred(emb[cells], centre))
         idx.ids.append(acq)
         added += 1
     if added:
@@ -128,7 +189,7 @@ def _updated(layout: OutputLayout, tile: str, min_clear: float) -> tuple[TileInd
 
 
 def _query_vector(
-    store: EmbeddingStore, tile: str, date: str, cell_y: int, cell_x: int
+    store: EmbeddingStore, tile: str, date: str, cell_y: int, cell_x: int, centre: np.ndarray
 ) -> np.ndarray:
     ds = store.open_dataset(tile, decode=True)
     days = pd.DatetimeIndex(ds["time"].values).strftime("%Y-%m-%d")
@@ -139,7 +200,7 @@ def _query_vector(
         raise ValueError(f"cell ({cell_y}, {cell_x}) is outside tile {tile} "
                          f"({ds.sizes['y']} x {ds.sizes['x']} cells)")  # fmt: skip
     vec = ds["embedding"].isel(time=int(rows[0]), y=cell_y, x=cell_x).values
-    return _normalised(vec[None])[0]
+    return centred(vec[None], centre)[0]
 
 
 def similar(
@@ -151,23 +212,24 @@ def similar(
     on ``date``, nearest first; ``exact`` searches every vector instead of the index;
     ``other_places`` leaves out the query cell's own looks (its other dates)."""
     store = EmbeddingStore(layout.store)
-    query = _query_vector(store, tile, date, cell_y, cell_x)
+    centre = store_centre(layout, store, min_clear)
+    query = _query_vector(store, tile, date, cell_y, cell_x, centre)
     if not other_places:
-        return _nearest(layout, store, query, k, tiles, exact, min_clear)
+        return _nearest(layout, store, query, k, tiles, exact, min_clear, centre)
     # ask for more, then drop the query cell's looks (at most one per acquisition)
     n_looks = len(store.acquisition_ids(tile))
-    wider = _nearest(layout, store, query, k + n_looks, tiles, exact, min_clear)
+    wider = _nearest(layout, store, query, k + n_looks, tiles, exact, min_clear, centre)
     return [m for m in wider if (m.tile, m.cell_y, m.cell_x) != (tile, cell_y, cell_x)][:k]
 
 
 def _nearest(
     layout: OutputLayout, store: EmbeddingStore, query: np.ndarray, k: int,
-    tiles: list[str] | None, exact: bool, min_clear: float,
+    tiles: list[str] | None, exact: bool, min_clear: float, centre: np.ndarray,
 ) -> list[Match]:  # fmt: skip
     found: list[Match] = []
     for t in tiles or store.tiles():
         if exact:
-            found += _exact_tile(store, t, query, k, min_clear)
+            found += _exact_tile(store, t, query, k, min_clear, centre)
             continue
         idx, ds, _ = _updated(layout, t, min_clear)
         if not len(idx):
@@ -182,15 +244,16 @@ def _nearest(
 
 
 def _exact_tile(
-    store: EmbeddingStore, tile: str, query: np.ndarray, k: int, min_clear: float
-) -> list[Match]:
+    store: EmbeddingStore, tile: str, query: np.ndarray, k: int, min_clear: float,
+    centre: np.ndarray,
+) -> list[Match]:  # fmt: skip
     """Every clear cell of every acquisition of ``tile`` against ``query``, one at a time."""
     ds = store.open_dataset(tile, decode=True)
     nx, dim = ds.sizes["x"], ds.sizes["dim"]
     days = pd.DatetimeIndex(ds["time"].values).strftime("%Y-%m-%d")
     best: list[Match] = []
     for row, acq in enumerate(str(v) for v in ds["acquisition_id"].values):
-        emb = _normalised(ds["embedding"].isel(time=row).values.reshape(-1, dim))
+        emb = centred(ds["embedding"].isel(time=row).values.reshape(-1, dim), centre)
         clear = ds["clear"].isel(time=row).values.reshape(-1)
         sims = np.where(clear >= min_clear, emb @ query, -np.inf)
         top = np.argsort(-sims)[:k]
