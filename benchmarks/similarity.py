@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 
 
-def load(store_path: str, tile: str | None, min_clear: float) -> tuple[np.ndarray, int]:
+def load(store_path: str, tile: str | None, min_clear: float) -> tuple[np.ndarray, int, np.ndarray]:
     """The clear cells' vectors, L2-normalised, in one preallocated float32 array (a million
-    cells of 2048 dimensions are 8 GiB: no second copy), acquisition by acquisition; and how
-    many of them are the first acquisition's that has any (the tool's centre is their mean)."""
+    cells of 2048 dimensions are 8 GiB: no second copy), acquisition by acquisition; how many
+    of them are the first acquisition's that has any (the tool's centre is their mean); and
+    each vector's cell (flat index in the tile), which its other looks share."""
     from streamembed.store import EmbeddingStore
 
     store = EmbeddingStore(store_path)
@@ -49,7 +50,32 @@ def load(store_path: str, tile: str | None, min_clear: float) -> tuple[np.ndarra
         vecs[at : at + len(emb)] = emb
         at += len(emb)
     vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-    return vecs, next((int(k.sum()) for k in keeps if k.any()), 0)
+    cells = np.concatenate([np.flatnonzero(k) for k in keeps]).astype(np.int64)
+    return vecs, next((int(k.sum()) for k in keeps if k.any()), 0), cells
+
+
+class Looks:
+    """Every look (acquisition) of a cell: the vector ids that share its cell."""
+
+    def __init__(self, cells: np.ndarray):
+        self.cells = cells
+        self.order = np.argsort(cells, kind="stable")
+        self.sorted = cells[self.order]
+
+    def of(self, ids: np.ndarray) -> np.ndarray:
+        """The ids of every look of the cells of ``ids``."""
+        wanted = np.unique(self.cells[ids[ids >= 0]])
+        lo = np.searchsorted(self.sorted, wanted, "left")
+        hi = np.searchsorted(self.sorted, wanted, "right")
+        return np.concatenate([self.order[a:b] for a, b in zip(lo, hi, strict=True)])
+
+
+def expanded(index: Any, looks: Looks, query: np.ndarray, found: np.ndarray, k: int) -> np.ndarray:
+    """The k best of every look of the cells the index found, scored exactly (the vectors come
+    back from the index's own float32 storage)."""
+    ids = looks.of(found)
+    sims = index.reconstruct_batch(ids) @ query
+    return ids[np.argsort(-sims)[:k]]
 
 
 TIE_EPS = 1e-5  # float32 inner products of 2048-d unit vectors differ by ~1e-6 between orders
@@ -196,7 +222,7 @@ def bench_usearch(vecs: np.ndarray, queries: np.ndarray, k: int) -> dict[str, An
 
 def bench_faiss(
     box: list[np.ndarray], queries: np.ndarray, k: int, truth: Truth, sq8: bool, last: bool,
-    hnsw_m: int, ef_construction: int,
+    hnsw_m: int, ef_construction: int, looks: Looks,
 ) -> dict:  # fmt: skip
     """FAISS HNSW over float32 vectors (``sq8`` False: the index `streamembed similar` builds)
     or over 8-bit scalar-quantised ones (a quarter of the memory; the store is int8 already).
@@ -241,6 +267,21 @@ def bench_faiss(
         sweep[ef] = {"query_ms": query_ms, f"recall@{k}": recall(found, truth.ids),
                      f"recall@{k}_ties": recall_ties(sims, truth),
                      f"recall@{k}_by_tie": recall_split(found, truth)}  # fmt: skip
+        # of the true neighbours missed, the share that are other looks of a cell found
+        missed = [
+            (set(t) - set(f), set(looks.cells[f])) for f, t in zip(found, truth.ids, strict=True)
+        ]
+        n_missed = sum(len(m) for m, _ in missed)
+        sweep[ef]["missed_that_are_looks_of_found_cells"] = (
+            sum(sum(looks.cells[i] in c for i in m) for m, c in missed) / n_missed
+            if n_missed
+            else None
+        )
+        if not sq8:
+            t0 = time.perf_counter()
+            wide = [expanded(index, looks, q, f, k) for q, f in zip(queries, found, strict=True)]
+            sweep[ef][f"recall@{k}_looks_expanded"] = recall(np.array(wide), truth.ids)
+            sweep[ef]["looks_expanded_extra_ms"] = (time.perf_counter() - t0) / len(queries) * 1000
         print(f"faiss efSearch {ef}: {sweep[ef]}", flush=True)
     return {"build_s": build, "bytes": size, "hnsw_m": hnsw_m, "vectors": "sq8" if sq8 else "f32",
             "ef_construction": ef_construction, "ef_search": EF_SEARCH,
@@ -267,7 +308,8 @@ def main() -> None:
     p.add_argument("--ef-construction", type=int, default=EF_CONSTRUCTION)
     p.add_argument("--json")
     args = p.parse_args()
-    vecs, first = load(args.store, args.tile, args.min_clear)
+    vecs, first, cells = load(args.store, args.tile, args.min_clear)
+    looks = Looks(cells)
     if not args.raw_cosine:
         from streamembed.similar import centred
 
@@ -306,7 +348,7 @@ def main() -> None:
     for n, lib in enumerate(faiss_kinds):
         last = n == len(faiss_kinds) - 1
         records[lib] = bench_faiss(box, queries, args.k, truth, lib == "faiss-sq8", last,
-                                   args.hnsw_m, args.ef_construction)  # fmt: skip
+                                   args.hnsw_m, args.ef_construction, looks)  # fmt: skip
         print(lib, records[lib], flush=True)
     print(json.dumps(records, indent=1))
     if args.json:
