@@ -135,15 +135,37 @@ class TileIndex:
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), keys.astype(np.int64))
 
-    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+    def search(
+        self, query: np.ndarray, k: int, looks: np.ndarray | None = None
+    ) -> list[tuple[int, float]]:
         """(key, cosine similarity) of the ``k`` nearest, a key once (a crash between saving
-        the index and its ids re-adds an acquisition: its keys then appear twice)."""
+        the index and its ids re-adds an acquisition: its keys then appear twice).
+
+        ``looks`` (rows x cells, bool: which looks of each cell the index holds) widens the
+        hits to every look of their cells, scored exactly from the index's own vectors. HNSW
+        reaches a place through one of its looks and misses others: a cell's looks are near
+        duplicates and prune each other from the graph, so at a million cells a tenth of the
+        true neighbours stay out of reach whatever the search breadth (benchmarks/RESULTS.md).
+        """
         sims, keys = self.index.search(query[None].astype(np.float32), 2 * k)
         seen: dict[int, float] = {}
         for key, sim in zip(keys[0].tolist(), sims[0].tolist(), strict=True):
             if key >= 0 and key not in seen:
                 seen[key] = sim
-        return list(seen.items())[:k]
+        if looks is None or not seen:
+            return list(seen.items())[:k]
+        cells = np.unique(np.fromiter(seen, np.int64) % self.n_cells)
+        rows, at = np.nonzero(looks[:, cells])
+        wide, vecs = [], []
+        for key in np.union1d(rows.astype(np.int64) * self.n_cells + cells[at], list(seen)):
+            try:
+                vecs.append(self.index.reconstruct(int(key)))
+            except RuntimeError:  # a look left out under another similarity.min_clear
+                continue
+            wide.append(int(key))
+        scores = np.stack(vecs) @ query
+        best = np.argsort(-scores, kind="stable")[:k]
+        return [(wide[i], float(scores[i])) for i in best]
 
     def save(self) -> None:
         import faiss
@@ -237,7 +259,9 @@ def _nearest(
         nx = ds.sizes["x"]
         days = pd.DatetimeIndex(ds["time"].values).strftime("%Y-%m-%d")
         ids = [str(v) for v in ds["acquisition_id"].values]
-        for key, sim in idx.search(query, k):
+        indexed = np.isin(ids, idx.ids)[:, None]
+        looks = (ds["clear"].values.reshape(len(ids), -1) >= min_clear) & indexed
+        for key, sim in idx.search(query, k, looks):
             row, cell = divmod(key, idx.n_cells)
             found.append(Match(t, ids[row], days[row], cell // nx, cell % nx, float(sim)))
     return sorted(found, key=lambda m: -m.similarity)[:k]
