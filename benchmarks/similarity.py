@@ -1,21 +1,25 @@
-"""Approximate nearest neighbours for `streamembed similar`: which library, measured.
+"""Approximate nearest neighbours for `streamembed similar`: which index, measured.
 
     python benchmarks/similarity.py STORE [--tile T] [--queries 200] [--k 20]
-        [--libraries faiss,faiss-sq8,usearch] [--raw-cosine] [--no-noise-floor] [--json out.json]
+        [--libraries faiss-ivf,faiss,faiss-sq8,usearch] [--raw-cosine] [--no-noise-floor]
+        [--json out.json]
 
 Every clear cell of every acquisition in the store's tile (decoded, and centred as `streamembed
 similar` centres them: so cosine is an inner product; ``--raw-cosine``: the embeddings as
-stored, L2-normalised) is indexed by USearch (HNSW, f16 vectors) and FAISS (HNSW flat, f32: the
-index `streamembed similar` builds, with its parameters), and both are compared with exact
-search (NumPy matrix products) on random query cells: recall@k against exact, query
-milliseconds, build seconds, index bytes. FAISS is also searched at other search breadths
-(efSearch) on the same graph: the recall a query buys with its time. ``faiss-sq8`` is the same
-graph over 8-bit scalar-quantised vectors (a quarter of the memory).
+stored, L2-normalised) is indexed and compared with exact search (NumPy matrix products) on
+random query cells: recall@k against exact, query milliseconds, build seconds, index bytes.
 
-Beside recall, the run reports how many cells tie at exact search's k-th place (within 1e-5)
-and the store's own noise floor: the recall of exact search against itself once every cell is
-rounded to int8 once more. Ranks that exact search cannot reproduce under that rounding are
-below what the store can tell apart.
+- ``faiss-ivf``: the index `streamembed similar` builds (FAISS IVF-flat, lists trained on the
+  first acquisition's cells as the tool trains them), searched at several list counts (nprobe);
+- ``faiss``: FAISS HNSW over float32 (M, efConstruction as given), at several search breadths
+  (efSearch), with the recall after widening its hits to every look of their cells;
+- ``faiss-sq8``: the same graph over 8-bit scalar-quantised vectors (a quarter of the memory);
+- ``usearch``: USearch HNSW over f16 vectors.
+
+Beside recall, the run reports how many cells tie at exact search's k-th place (within 1e-5),
+FAISS's brute force against NumPy's, and the store's own noise floor: the recall of exact
+search against itself once every cell is rounded to int8 once more. Ranks that exact search
+cannot reproduce under that rounding are below what the store can tell apart.
 """
 
 from __future__ import annotations
@@ -291,8 +295,8 @@ def bench_faiss(
 def bench_ivf(
     box: list[np.ndarray], queries: np.ndarray, k: int, truth: Truth, first: int, nlist: int
 ) -> dict:
-    """FAISS IVF over float32 vectors: ``nlist`` lists trained on the first acquisition's
-    cells (what an index has when it starts), every vector added in 100,000 steps; recall by
+    """FAISS IVF over float32 vectors: ``nlist`` lists trained on the first ``first`` cells
+    (what an index has when it starts), every vector added in 100,000 steps; recall by
     how many lists a query scans (nprobe). Takes the vectors over (frees them once indexed)."""
     import faiss
 
@@ -307,7 +311,9 @@ def bench_ivf(
     build = time.perf_counter() - t0
     del vecs
     sweep = {}
-    for nprobe in (8, 16, 32, 64, 128):
+    from streamembed.similar import NPROBE
+
+    for nprobe in sorted({8, NPROBE, 32, 64, 128}):
         index.nprobe = nprobe
         t0 = time.perf_counter()
         hits = [index.search(q[None], k) for q in queries]
@@ -317,7 +323,10 @@ def bench_ivf(
         sweep[nprobe] = {"query_ms": query_ms, f"recall@{k}": recall(found, truth.ids),
                          f"recall@{k}_ties": recall_ties(sims, truth)}  # fmt: skip
         print(f"faiss-ivf nprobe {nprobe}: {sweep[nprobe]}", flush=True)
-    return {"train_s": train, "build_s": build, "nlist": nlist, "by_nprobe": sweep}
+    from streamembed.similar import NPROBE
+
+    return {"train_s": train, "build_s": build, "nlist": nlist, "nprobe": NPROBE,
+            **sweep.get(NPROBE, {}), "by_nprobe": sweep}  # fmt: skip
 
 
 def main() -> None:
@@ -329,7 +338,7 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--min-clear", type=float, default=0.9)
-    p.add_argument("--libraries", default="faiss,usearch", help="comma-separated")
+    p.add_argument("--libraries", default="faiss-ivf,faiss,usearch", help="comma-separated")
     p.add_argument("--no-noise-floor", action="store_true",
                    help="skip exact search over the cells rounded once more (the store's precision)")  # fmt: skip
     p.add_argument("--no-agreement", action="store_true",
@@ -338,7 +347,8 @@ def main() -> None:
                    help="cosine of the embeddings as stored, not centred as `similar` does")  # fmt: skip
     p.add_argument("--hnsw-m", type=int, default=HNSW_M, help="FAISS graph degree")
     p.add_argument("--ef-construction", type=int, default=EF_CONSTRUCTION)
-    p.add_argument("--nlist", type=int, default=1024, help="faiss-ivf: lists")
+    p.add_argument("--nlist", type=int, help="faiss-ivf: lists (default: as the tool, from "
+                   "the first acquisition's cells)")  # fmt: skip
     p.add_argument("--json")
     args = p.parse_args()
     vecs, first, cells = load(args.store, args.tile, args.min_clear)
@@ -384,7 +394,12 @@ def main() -> None:
                                    args.hnsw_m, args.ef_construction, looks)  # fmt: skip
         print(lib, records[lib], flush=True)
     if "faiss-ivf" in libraries:
-        records["faiss-ivf"] = bench_ivf(box, queries, args.k, truth, first, args.nlist)
+        from streamembed.similar import TRAINING_VECTORS, lists
+
+        # the tool trains on whole acquisitions until it holds TRAINING_VECTORS: about this
+        n_train = max(first, min(len(box[0]), TRAINING_VECTORS))
+        nlist = args.nlist or lists(n_train)
+        records["faiss-ivf"] = bench_ivf(box, queries, args.k, truth, n_train, nlist)
     print(json.dumps(records, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))

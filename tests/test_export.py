@@ -124,7 +124,7 @@ def test_a_backfill_indexes_its_acquisitions_when_asked(kill_series, kill_refere
     and a query then adds nothing; the hits are those of exact search. The index is built
     around the store's centre (the first acquisition's mean, written once); an index built
     around another centre (or none, before centring) is built again, not mixed."""
-    from streamembed.similar import TileIndex, centre_key, similar, update_index
+    from streamembed.similar import TileIndex, centre_key, centred, lists, similar, update_index
 
     from .kill_series import N_ACQUISITIONS, backfill
 
@@ -166,3 +166,20 @@ def test_a_backfill_indexes_its_acquisitions_when_asked(kill_series, kill_refere
     assert [(m.acquisition_id, m.cell_y, m.cell_x) for m in similar(lay, tile, day, 3, 5, k=10)][
         :5
     ] == [(m.acquisition_id, m.cell_y, m.cell_x) for m in exact][:5]
+    n_clear = int((decoded.clear.values >= 0.9).sum())
+    assert again.index.nlist == lists(n_clear) > 1
+
+    # lists trained on a cloudy first look (39 clear cells: one list) are trained again once
+    # the tile holds enough for twice as many
+    for f in (out / "index").glob(f"{tile}.*"):
+        f.unlink()
+    small = TileIndex(lay, tile, ds.sizes["dim"], ds.sizes["y"] * ds.sizes["x"], centre_key(centre))
+    cells = np.flatnonzero(decoded.clear.values[first].reshape(-1) >= 0.9)[:39]
+    vecs = decoded.embedding.values[first].reshape(-1, ds.sizes["dim"])[cells]
+    small.add(first * small.n_cells + cells, centred(vecs, centre))
+    small.ids = [str(decoded.acquisition_id.values[first])]
+    small.save()
+    assert small.index.nlist == 1
+    assert update_index(lay, tile) == N_ACQUISITIONS
+    rebuilt = TileIndex(lay, tile, ds.sizes["dim"], ds.sizes["y"] * ds.sizes["x"])
+    assert rebuilt.index.nlist == lists(n_clear) and len(rebuilt) == n_clear

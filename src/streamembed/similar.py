@@ -1,18 +1,22 @@
 """Find places like this one: the cells whose embeddings are nearest a given cell's.
 
-One approximate-nearest-neighbour index per tile (FAISS HNSW over float32 vectors, cosine as
-inner product), at ``<output>/index/<tile>.faiss`` with the acquisitions it holds beside it
-(``<tile>.json``).
+One approximate-nearest-neighbour index per tile, at ``<output>/index/<tile>.faiss`` with the
+acquisitions it holds beside it (``<tile>.json``): FAISS inverted lists over float32 vectors
+(IVF-flat, cosine as inner product). The lists are trained on the first vectors indexed
+(up to 1024 lists, 39 vectors each at least; a small index is built again as it doubles, see
+``_updated``); ``update_index`` adds the acquisitions committed
+since the last update to them (it never rebuilds), so the index grows with the store; a query
+scans the 16 lists nearest it. Why IVF and not HNSW (FAISS's or USearch's): at a million
+cells a tile's looks of one place are near duplicates and the HNSW graph leaves a tenth of the
+true neighbours out of reach at any search breadth; IVF keeps them in one list (recall@20
+0.9995 against exact search) and builds in a seventh of the time (benchmarks/RESULTS.md).
 
 Similarity is the cosine of *centred* embeddings: each L2-normalised vector less one reference
 vector for the whole store (``index/centre.npy``: the mean of the first indexed acquisition's
 clear cells, fixed once written), normalised again. Encoder features after a ReLU share one
 large common direction: raw cosines between any two cells of a tile are 0.98-1.0, and at a
-million cells hundreds tie at the 20th place within 1e-5, below the int8 store's precision, so
-the ranking and any index's recall are set by rounding. Centred, the ties shrink to a cell or
-two and the ranks are stable (benchmarks/RESULTS.md, "At 1 M cells"). ``update_index`` adds the acquisitions committed since the
-last update (it never rebuilds), so the index grows with the store; queries read the index and
-the store. Why FAISS and not USearch: measured, benchmarks/RESULTS.md, "Similarity search".
+million cells a median 136 cells tie at the 20th place within 1e-5, below the int8 store's
+precision, so the ranking is set by rounding. Centred, the ties shrink to a cell or two.
 
 A key is ``row * cells + cell``: the acquisition's row in the tile's store and the cell's
 flat index, so a hit names its acquisition and cell without a lookup table.
@@ -35,9 +39,14 @@ from .layout import OutputLayout
 from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)
-# HNSW graph degree and search breadths: recall@20 0.99 at 1 ms a query on a full tile's
-# 189,210 clear cells (benchmarks/similarity.py).
+# Inverted lists (IVF, flat float32 vectors): at most LISTS_MAX lists, at least
+# VECTORS_PER_LIST training vectors each (FAISS's k-means floor); a query scans NPROBE lists.
+# At 1,132,213 cells: recall@20 0.9995 at ~30 ms a query, built in 75 s (benchmarks/RESULTS.md).
+LISTS_MAX, VECTORS_PER_LIST, NPROBE = 1024, 39, 16
+TRAINING_VECTORS = LISTS_MAX * VECTORS_PER_LIST
+# HNSW, measured beside it and no longer built: its graph, benchmarks/similarity.py's default.
 HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 16, 128, 64
+INDEX_KIND = "ivf-flat"
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,8 @@ class TileIndex:
         self, layout: OutputLayout, tile: str, dim: int, n_cells: int, centre_key: str | None = None
     ):
         """``centre_key``: the store centre's key (``centre_key()``); an index built around
-        another centre, or before centring, is started again (its vectors are not comparable)."""
+        another centre, before centring, or of another kind is started again (its vectors or
+        lists are not comparable)."""
         import faiss
 
         if layout.remote:
@@ -110,72 +120,67 @@ class TileIndex:
         self.dir = Path(storage.join(layout.root, "index"))
         self.path = self.dir / f"{tile}.faiss"
         self.meta_path = self.dir / f"{tile}.json"
+        self.dim = dim
         self.n_cells = n_cells
         self.ids: list[str] = []
         self.centre_key = centre_key
-        self.index: Any
+        self.index: Any = None  # trained at the first vectors added
         meta = json.loads(self.meta_path.read_text()) if self.meta_path.exists() else None
-        if meta is not None and centre_key is not None and meta.get("centre") != centre_key:
-            log.warning("similarity index of %s was built around another centre (or none): "
-                        "building it again", tile)  # fmt: skip
+        if meta is not None and (
+            (centre_key is not None and meta.get("centre") != centre_key)
+            or meta.get("kind") != INDEX_KIND
+        ):
+            log.warning("similarity index of %s was built around another centre or of another "
+                        "kind: building it again", tile)  # fmt: skip
             meta = None
-        if meta is not None and self.path.exists():
-            self.index = faiss.read_index(str(self.path))  # downcast: it owns the index
+        if meta is not None:
             self.ids = meta["acquisition_ids"]
             self.centre_key = meta.get("centre")
-        else:
-            hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-            hnsw.hnsw.efConstruction = EF_CONSTRUCTION
-            self.index = faiss.IndexIDMap2(hnsw)
-        faiss.ParameterSpace().set_index_parameter(self.index, "efSearch", EF_SEARCH)
+            if self.path.exists():
+                self.index = faiss.read_index(str(self.path))
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return 0 if self.index is None else int(self.index.ntotal)
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), keys.astype(np.int64))
+        """Add vectors under their keys; the first ones added train the lists (``lists()``)."""
+        import faiss
 
-    def search(
-        self, query: np.ndarray, k: int, looks: np.ndarray | None = None
-    ) -> list[tuple[int, float]]:
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        if self.index is None:
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim,
+                                            lists(len(vectors)), faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+            self.index.train(vectors)
+        self.index.add_with_ids(vectors, keys.astype(np.int64))
+
+    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         """(key, cosine similarity) of the ``k`` nearest, a key once (a crash between saving
-        the index and its ids re-adds an acquisition: its keys then appear twice).
-
-        ``looks`` (rows x cells, bool: which looks of each cell the index holds) widens the
-        hits to every look of their cells, scored exactly from the index's own vectors. HNSW
-        reaches a place through one of its looks and misses others: a cell's looks are near
-        duplicates and prune each other from the graph, so at a million cells a tenth of the
-        true neighbours stay out of reach whatever the search breadth (benchmarks/RESULTS.md).
-        """
+        the index and its ids re-adds an acquisition: its keys then appear twice)."""
+        if self.index is None:
+            return []
+        self.index.nprobe = NPROBE
         sims, keys = self.index.search(query[None].astype(np.float32), 2 * k)
         seen: dict[int, float] = {}
         for key, sim in zip(keys[0].tolist(), sims[0].tolist(), strict=True):
             if key >= 0 and key not in seen:
                 seen[key] = sim
-        if looks is None or not seen:
-            return list(seen.items())[:k]
-        cells = np.unique(np.fromiter(seen, np.int64) % self.n_cells)
-        rows, at = np.nonzero(looks[:, cells])
-        wide, vecs = [], []
-        for key in np.union1d(rows.astype(np.int64) * self.n_cells + cells[at], list(seen)):
-            try:
-                vecs.append(self.index.reconstruct(int(key)))
-            except RuntimeError:  # a look left out under another similarity.min_clear
-                continue
-            wide.append(int(key))
-        scores = np.stack(vecs) @ query
-        best = np.argsort(-scores, kind="stable")[:k]
-        return [(wide[i], float(scores[i])) for i in best]
+        return list(seen.items())[:k]
 
     def save(self) -> None:
         import faiss
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        faiss.write_index(self.index, str(tmp))
-        tmp.replace(self.path)  # the index before the ids: a crash re-adds, never loses
-        meta = {"acquisition_ids": self.ids, "centre": self.centre_key}
+        if self.index is not None:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            faiss.write_index(self.index, str(tmp))
+            tmp.replace(self.path)  # the index before the ids: a crash re-adds, never loses
+        meta = {"acquisition_ids": self.ids, "centre": self.centre_key, "kind": INDEX_KIND}
         storage.publish(self.meta_path, json.dumps(meta).encode())
+
+
+def lists(n_training: int) -> int:
+    """How many inverted lists a tile's index gets from its first ``n_training`` vectors."""
+    return max(1, min(LISTS_MAX, n_training // VECTORS_PER_LIST))
 
 
 def update_index(layout: OutputLayout, tile: str, min_clear: float = 0.9) -> int:
@@ -185,29 +190,50 @@ def update_index(layout: OutputLayout, tile: str, min_clear: float = 0.9) -> int
 
 def _updated(layout: OutputLayout, tile: str, min_clear: float) -> tuple[TileIndex, Any, int]:
     """The tile's index with every committed acquisition in it, the tile's dataset (decoded),
-    and how many acquisitions were added now."""
+    and how many acquisitions were added now.
+
+    The lists are trained on the first ``TRAINING_VECTORS`` vectors to index (gathered over
+    acquisitions: a cloudy first look has few clear cells). An index trained on fewer, once the
+    tile holds enough for twice its lists, is built again from the store: a doubling each
+    time, so at most ~10 rebuilds until the lists are full, and never after.
+    """
     store = EmbeddingStore(layout.store)
     centre = store_centre(layout, store, min_clear)
     ds = store.open_dataset(tile, decode=True)
     ny, nx, dim = ds.sizes["y"], ds.sizes["x"], ds.sizes["dim"]
+    acquisitions = [str(v) for v in ds["acquisition_id"].values]
+    clear = ds["clear"].values.reshape(len(acquisitions), -1) >= min_clear
     idx = TileIndex(layout, tile, dim, ny * nx, centre_key(centre))
+    if idx.index is not None and lists(int(clear.sum())) >= 2 * idx.index.nlist:
+        log.info("similarity index of %s: %d lists for %d clear cells, building it again",
+                 tile, idx.index.nlist, int(clear.sum()))  # fmt: skip
+        idx.index, idx.ids = None, []
     known = set(idx.ids)
     added = 0
-    for row, acq in enumerate(str(v) for v in ds["acquisition_id"].values):
+    training: list[tuple[np.ndarray, np.ndarray]] = []
+    for row, acq in enumerate(acquisitions):
         if acq in known:
             continue
-        emb = ds["embedding"].isel(time=row).values.reshape(-1, dim)
-        clear = ds["clear"].isel(time=row).values.reshape(-1)
-        cells = np.flatnonzero(clear >= min_clear)
+        cells = np.flatnonzero(clear[row])
         if len(cells):
-            idx.add(row * idx.n_cells + cells, centred(emb[cells], centre))
+            emb = ds["embedding"].isel(time=row).values.reshape(-1, dim)
+            training.append((row * idx.n_cells + cells, centred(emb[cells], centre)))
+            if idx.index is not None or sum(len(k) for k, _ in training) >= TRAINING_VECTORS:
+                idx.add(*_joined(training))
+                training = []
         idx.ids.append(acq)
         added += 1
+    if training:
+        idx.add(*_joined(training))
     if added:
         idx.save()
         log.info("similarity index of %s: %d acquisitions added (%d vectors)", tile, added,
                  len(idx))  # fmt: skip
     return idx, ds, added
+
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([k for k, _ in parts]), np.concatenate([v for _, v in parts])
 
 
 def _query_vector(
@@ -259,9 +285,7 @@ def _nearest(
         nx = ds.sizes["x"]
         days = pd.DatetimeIndex(ds["time"].values).strftime("%Y-%m-%d")
         ids = [str(v) for v in ds["acquisition_id"].values]
-        indexed = np.isin(ids, idx.ids)[:, None]
-        looks = (ds["clear"].values.reshape(len(ids), -1) >= min_clear) & indexed
-        for key, sim in idx.search(query, k, looks):
+        for key, sim in idx.search(query, k):
             row, cell = divmod(key, idx.n_cells)
             found.append(Match(t, ids[row], days[row], cell // nx, cell % nx, float(sim)))
     return sorted(found, key=lambda m: -m.similarity)[:k]
