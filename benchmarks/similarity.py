@@ -82,6 +82,8 @@ def expanded(index: Any, looks: Looks, query: np.ndarray, found: np.ndarray, k: 
     return ids[np.argsort(-sims)[:k]]
 
 
+# FAISS HNSW as `similar` built it until IVF replaced it (RESULTS.md, "At 1 M cells")
+HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 16, 128, 64
 TIE_EPS = 1e-5  # float32 inner products of 2048-d unit vectors differ by ~1e-6 between orders
 
 
@@ -236,8 +238,6 @@ def bench_faiss(
 
     vecs = box.pop() if last else box[0]
 
-    from streamembed.similar import EF_SEARCH
-
     t0 = time.perf_counter()
     index: Any  # the stubs type the two HNSW indexes apart
     if sq8:
@@ -330,8 +330,6 @@ def bench_ivf(
 
 
 def main() -> None:
-    from streamembed.similar import EF_CONSTRUCTION, HNSW_M
-
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("store")
     p.add_argument("--tile")

@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 # At 1,132,213 cells: recall@20 0.9995 at ~30 ms a query, built in 75 s (benchmarks/RESULTS.md).
 LISTS_MAX, VECTORS_PER_LIST, NPROBE = 1024, 39, 16
 TRAINING_VECTORS = LISTS_MAX * VECTORS_PER_LIST
-# HNSW, measured beside it and no longer built: its graph, benchmarks/similarity.py's default.
-HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 16, 128, 64
 INDEX_KIND = "ivf-flat"
 
 
