@@ -169,6 +169,21 @@ def test_a_backfill_indexes_its_acquisitions_when_asked(kill_series, kill_refere
     n_clear = int((decoded.clear.values >= 0.9).sum())
     assert again.index.nlist == lists(n_clear) > 1
 
+    # an index one acquisition behind (a crash between saving the index and its ids) is opened
+    # mapped and read whole to add the acquisition again: its keys appear twice, a hit once
+    meta = json.loads(meta_path.read_text())
+    last = meta["acquisition_ids"].pop()
+    meta_path.write_text(json.dumps(meta))
+    assert update_index(lay, tile) == 1
+    row = [str(v) for v in decoded.acquisition_id.values].index(last)
+    behind = TileIndex(lay, tile, ds.sizes["dim"], ds.sizes["y"] * ds.sizes["x"])
+    assert behind.mapped and len(behind) == n_clear + int((decoded.clear.values[row] >= 0.9).sum())
+    hits = [(m.acquisition_id, m.cell_y, m.cell_x) for m in similar(lay, tile, day, 3, 5, k=10)]
+    assert (
+        len(set(hits)) == len(hits)
+        and hits[:5] == [(m.acquisition_id, m.cell_y, m.cell_x) for m in exact][:5]
+    )
+
     # lists trained on a cloudy first look (39 clear cells: one list) are trained again once
     # the tile holds enough for twice as many
     for f in (out / "index").glob(f"{tile}.*"):

@@ -123,6 +123,7 @@ class TileIndex:
         self.ids: list[str] = []
         self.centre_key = centre_key
         self.index: Any = None  # trained at the first vectors added
+        self.mapped = False
         meta = json.loads(self.meta_path.read_text()) if self.meta_path.exists() else None
         if meta is not None and (
             (centre_key is not None and meta.get("centre") != centre_key)
@@ -135,7 +136,10 @@ class TileIndex:
             self.ids = meta["acquisition_ids"]
             self.centre_key = meta.get("centre")
             if self.path.exists():
-                self.index = faiss.read_index(str(self.path))
+                # mapped, not read: a query touches only the lists it scans (a tile-year's
+                # index is tens of GB); ``add`` reads it whole first (mapped lists are read-only)
+                self.index = faiss.read_index(str(self.path), faiss.IO_FLAG_MMAP)
+                self.mapped = True
 
     def __len__(self) -> int:
         return 0 if self.index is None else int(self.index.ntotal)
@@ -145,6 +149,9 @@ class TileIndex:
         import faiss
 
         vectors = np.ascontiguousarray(vectors, np.float32)
+        if self.mapped and self.index is not None:
+            self.index = faiss.read_index(str(self.path))
+        self.mapped = False
         if self.index is None:
             self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim,
                                             lists(len(vectors)), faiss.METRIC_INNER_PRODUCT)  # fmt: skip
