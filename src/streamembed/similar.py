@@ -3,10 +3,9 @@
 One approximate-nearest-neighbour index per tile, at ``<output>/index/<tile>.faiss`` with the
 acquisitions it holds beside it (``<tile>.json``): FAISS inverted lists over float32 vectors
 (IVF-flat, cosine as inner product). The lists are trained on the first vectors indexed
-(up to 1024 lists, 39 vectors each at least; a small index is built again as it doubles, see
-``_updated``); ``update_index`` adds the acquisitions committed
-since the last update to them (it never rebuilds), so the index grows with the store; a query
-scans the 16 lists nearest it. Why IVF and not HNSW (FAISS's or USearch's): at a million
+(up to 1024 lists, 39 vectors each at least); ``update_index`` adds the acquisitions committed
+since the last update, so the index grows with the store (it is built again only while its
+lists are too few for the tile, see ``_updated``); a query scans the 16 lists nearest it. Why IVF and not HNSW (FAISS's or USearch's): at a million
 cells a tile's looks of one place are near duplicates and the HNSW graph leaves a tenth of the
 true neighbours out of reach at any search breadth; IVF keeps them in one list (recall@20
 0.9995 against exact search) and builds in a seventh of the time (benchmarks/RESULTS.md).
@@ -25,6 +24,7 @@ flat index, so a hit names its acquisition and cell without a lookup table.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -92,10 +92,9 @@ def store_centre(layout: OutputLayout, store: EmbeddingStore, min_clear: float) 
                 emb = ds["embedding"].isel(time=row).values.reshape(-1, dim)[clear]
                 centre = _normalised(emb).mean(axis=0, dtype=np.float64).astype(np.float32)
                 if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(f".{path.name}.tmp.npy")
-                    np.save(tmp, centre)
-                    tmp.replace(path)
+                    buf = io.BytesIO()
+                    np.save(buf, centre)
+                    storage.publish(path, buf.getvalue())
                 return centre
     raise ValueError(
         f"the store {layout.store} holds no clear cell to search; run a backfill first"
@@ -193,9 +192,11 @@ def update_index(layout: OutputLayout, tile: str, min_clear: float = 0.9) -> int
     return _updated(layout, tile, min_clear)[2]
 
 
-def _updated(layout: OutputLayout, tile: str, min_clear: float) -> tuple[TileIndex, Any, int]:
+def _updated(
+    layout: OutputLayout, tile: str, min_clear: float, centre: np.ndarray | None = None
+) -> tuple[TileIndex, Any, int]:
     """The tile's index with every committed acquisition in it, the tile's dataset (decoded),
-    and how many acquisitions were added now.
+    and how many acquisitions were added now (``centre``: the store's, when the caller has it).
 
     The lists are trained on the first ``TRAINING_VECTORS`` vectors to index (gathered over
     acquisitions: a cloudy first look has few clear cells). An index trained on fewer, once the
@@ -203,7 +204,8 @@ def _updated(layout: OutputLayout, tile: str, min_clear: float) -> tuple[TileInd
     time, so at most ~10 rebuilds until the lists are full, and never after.
     """
     store = EmbeddingStore(layout.store)
-    centre = store_centre(layout, store, min_clear)
+    if centre is None:
+        centre = store_centre(layout, store, min_clear)
     ds = store.open_dataset(tile, decode=True)
     ny, nx, dim = ds.sizes["y"], ds.sizes["x"], ds.sizes["dim"]
     acquisitions = [str(v) for v in ds["acquisition_id"].values]
@@ -284,7 +286,7 @@ def _nearest(
         if exact:
             found += _exact_tile(store, t, query, k, min_clear, centre)
             continue
-        idx, ds, _ = _updated(layout, t, min_clear)
+        idx, ds, _ = _updated(layout, t, min_clear, centre)
         if not len(idx):
             continue
         nx = ds.sizes["x"]
