@@ -28,6 +28,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,26 +115,42 @@ class Truth:
         }
 
 
-def exact(vecs: np.ndarray, queries: np.ndarray, k: int) -> Truth:
-    """The true k nearest of every query, computed in row blocks against all queries at once
-    (a matrix product per block); a second pass counts the cells tied at the k-th place."""
-    block = 65536
+BLOCK = 65536  # rows of vectors against all queries in one matrix product
+
+
+def top_k(
+    queries: np.ndarray, blocks: Iterator[tuple[int, np.ndarray]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k most similar rows of every query over ``blocks`` ((first row id, rows) in row
+    order), as (similarities, ids), unordered within a query: a running top k per block."""
     best_sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_ids = np.zeros((len(queries), k), dtype=np.int64)
-    for start in range(0, len(vecs), block):
-        sims = queries @ vecs[start : start + block].T
-        ids = np.broadcast_to(np.arange(start, start + sims.shape[1]), sims.shape)
-        sims = np.concatenate([best_sims, sims], axis=1)
-        ids = np.concatenate([best_ids, ids], axis=1)
+    for start, rows in blocks:
+        sims = np.concatenate([best_sims, queries @ rows.T], axis=1)
+        ids = np.concatenate(
+            [
+                best_ids,
+                np.broadcast_to(np.arange(start, start + len(rows)), (len(queries), len(rows))),
+            ],
+            axis=1,
+        )
         top = np.argpartition(-sims, k, axis=1)[:, :k]
         best_sims = np.take_along_axis(sims, top, axis=1)
         best_ids = np.take_along_axis(ids, top, axis=1)
+    return best_sims, best_ids
+
+
+def exact(vecs: np.ndarray, queries: np.ndarray, k: int) -> Truth:
+    """The true k nearest of every query, computed in row blocks against all queries at once
+    (a matrix product per block); a second pass counts the cells tied at the k-th place."""
+    blocks = ((start, vecs[start : start + BLOCK]) for start in range(0, len(vecs), BLOCK))
+    best_sims, best_ids = top_k(queries, blocks, k)
     order = np.argsort(-best_sims, axis=1)
     kth = np.take_along_axis(best_sims, order, axis=1)[:, -1]
     at_least = np.zeros(len(queries), dtype=np.int64)
     identical = np.zeros(len(queries), dtype=np.int64)
-    for start in range(0, len(vecs), block):
-        sims = queries @ vecs[start : start + block].T
+    for start in range(0, len(vecs), BLOCK):
+        sims = queries @ vecs[start : start + BLOCK].T
         at_least += (sims >= kth[:, None] - TIE_EPS).sum(axis=1)
         identical += (sims >= 1 - TIE_EPS).sum(axis=1)
     timed = queries[: min(10, len(queries))]
@@ -154,27 +171,16 @@ def store_noise_floor(vecs: np.ndarray, queries: np.ndarray, truth: Truth, seed:
     cannot reproduce its own top k, the ranks it disagrees on are below the store's precision,
     and no index can be asked to recover them.
     """
-    k = truth.ids.shape[1]
     rng = np.random.default_rng(seed)
-    block = 65536
-    best_sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_ids = np.zeros((len(queries), k), dtype=np.int64)
-    for start in range(0, len(vecs), block):
-        rows = vecs[start : start + block]
-        level = (rows.max(axis=1, keepdims=True) - rows.min(axis=1, keepdims=True)) / 255
-        moved = rows + (rng.random(rows.shape, dtype=np.float32) - 0.5) * level
-        moved /= np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
-        sims = np.concatenate([best_sims, queries @ moved.T], axis=1)
-        ids = np.concatenate(
-            [
-                best_ids,
-                np.broadcast_to(np.arange(start, start + len(rows)), (len(queries), len(rows))),
-            ],
-            axis=1,
-        )
-        top = np.argpartition(-sims, k, axis=1)[:, :k]
-        best_sims = np.take_along_axis(sims, top, axis=1)
-        best_ids = np.take_along_axis(ids, top, axis=1)
+
+    def moved() -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, len(vecs), BLOCK):
+            rows = vecs[start : start + BLOCK]
+            level = (rows.max(axis=1, keepdims=True) - rows.min(axis=1, keepdims=True)) / 255
+            out = rows + (rng.random(rows.shape, dtype=np.float32) - 0.5) * level
+            yield start, out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    _, best_ids = top_k(queries, moved(), truth.ids.shape[1])
     return recall(best_ids, truth.ids)
 
 
@@ -356,8 +362,8 @@ def main() -> None:
 
         # the tool's centre: the mean of the first acquisition's clear cells (store_centre)
         centre = vecs[:first].mean(axis=0, dtype=np.float64).astype(np.float32)
-        for start in range(0, len(vecs), 65536):  # in place: no second 8 GiB copy
-            vecs[start : start + 65536] = centred(vecs[start : start + 65536], centre)
+        for start in range(0, len(vecs), BLOCK):  # in place: no second 8 GiB copy
+            vecs[start : start + BLOCK] = centred(vecs[start : start + BLOCK], centre)
     rng = np.random.default_rng(0)
     queries = vecs[rng.choice(len(vecs), args.queries, replace=False)].copy()
     print(f"{len(vecs):,} cells of {vecs.shape[1]} dimensions ({vecs.nbytes / 2**30:.1f} GiB)",
