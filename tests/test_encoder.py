@@ -98,3 +98,25 @@ def test_seeded_encoder_is_deterministic_and_dense():
     fa, fb = a.feature_maps(x), b.feature_maps(x)
     assert fa.shape == (3, 512, 4, 3)  # stride 32
     assert np.array_equal(fa, fb)
+
+
+def test_passes_are_padded_to_the_tile_not_beyond():
+    """A tile with fewer windows than batch_size runs passes of its own window count (a
+    one-window 256 px tile costs one window, not four); larger tiles keep batch_size. The
+    pass size depends on the tile alone, so every block of a tile runs the same passes."""
+    from streamembed.config import IngestConfig
+    from streamembed.grid import TileGrid
+    from streamembed.ingest import plan_blocks
+
+    enc = Encoder(ModelConfig(arch="resnet18", bands=BANDS_L2A, batch_size=4))
+    small = TileGrid("31UFU", 32631, 600000.0, 5900000.0, 256, 256, 32)
+    large = TileGrid("31UFU", 32631, 600000.0, 5900000.0, 1024, 1024, 32)
+    [one] = plan_blocks(small, IngestConfig())
+    assert one.tile_windows == 1 and enc.pass_size(one.tile_windows) == 1
+    for block_px in (256, 512, 2048):
+        blocks = plan_blocks(large, IngestConfig(block_px=block_px))
+        assert {b.tile_windows for b in blocks} == {16}
+        assert {enc.pass_size(b.tile_windows) for b in blocks} == {4}
+    x = np.random.default_rng(0).random((1, 12, 320, 320), dtype=np.float32)
+    alone = enc.feature_maps(x, enc.pass_size(1))
+    assert alone.shape == (1, 512, 10, 10) and np.isfinite(alone).all()

@@ -320,9 +320,9 @@ def test_an_int8_store_reads_back_decoded_and_refuses_another_dtype(tmp_path):
 
 
 def test_the_store_is_georeferenced_for_rioxarray_and_odc_geo(tmp_path):
-    """CF grid mapping (spatial_ref: WKT, GeoTransform) on every gridded variable, and the
-    root's consolidated metadata: plain xarray opens a tile as a group without a warning, and
-    rioxarray and odc-geo find the tile's CRS and cell grid."""
+    """CF grid mapping (spatial_ref: WKT, GeoTransform) on every gridded variable: plain
+    xarray opens a tile's group by its path without a warning, and rioxarray and odc-geo find
+    the tile's CRS and cell grid. No store-wide object is written by a commit."""
     import warnings
 
     import odc.geo.xr  # noqa: F401  (the .odc accessor)
@@ -332,12 +332,17 @@ def test_the_store_is_georeferenced_for_rioxarray_and_odc_geo(tmp_path):
     root = tmp_path / "embeddings.zarr"
     store = EmbeddingStore(root)
     store.append(_batch(0))
+    root_meta = (root / "zarr.json").read_bytes()
     store.append(_batch(1))
+    assert (root / "zarr.json").read_bytes() == root_meta  # a commit touches its tile only
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ds = xr.open_zarr(root, group=GRID.tile)
-        by_path = xr.open_zarr(root / GRID.tile)
-    assert list(ds.acquisition_id.values) == list(by_path.acquisition_id.values) == ["acq0", "acq1"]
+        ds = xr.open_zarr(root / GRID.tile)
+    with pytest.warns(RuntimeWarning, match="consolidated"):  # xarray's own note, same view
+        by_group = xr.open_zarr(root, group=GRID.tile)
+    assert (
+        list(ds.acquisition_id.values) == list(by_group.acquisition_id.values) == ["acq0", "acq1"]
+    )
     expected = Affine(GRID.cell_m, 0.0, GRID.x0, 0.0, -GRID.cell_m, GRID.y0)
     for name in ("clear", "embedding", "indices"):
         assert ds[name].attrs["grid_mapping"] == "spatial_ref"
@@ -348,3 +353,56 @@ def test_the_store_is_georeferenced_for_rioxarray_and_odc_geo(tmp_path):
     assert geobox.crs.epsg == GRID.epsg and geobox.affine == expected
     assert geobox.shape == (GRID.n_cells_y, GRID.n_cells_x)
     assert ds.x.attrs["units"] == "m" and ds.y.attrs["standard_name"] == "projection_y_coordinate"
+
+
+def test_a_root_view_left_by_an_older_version_is_dropped(tmp_path):
+    """Stores written before 0.23 carried a store-root consolidated view of every tile; it
+    would go stale now that commits no longer rewrite it, so a run drops it once."""
+    root = tmp_path / "embeddings.zarr"
+    store = EmbeddingStore(root, FLOAT16)
+    store.append(_batch(0))
+    meta = json.loads((root / "zarr.json").read_text())
+    meta["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": {}}
+    (root / "zarr.json").write_text(json.dumps(meta))
+    assert store.drop_root_view() and not store.drop_root_view()
+    assert "consolidated_metadata" not in json.loads((root / "zarr.json").read_text())
+    store.append(_batch(1))
+    with pytest.warns(RuntimeWarning, match="consolidated"):
+        by_group = xr.open_zarr(root, group=GRID.tile)
+    assert list(by_group.acquisition_id.values) == ["acq0", "acq1"]
+
+
+def test_a_run_writes_the_catalogue_of_the_tiles_it_changed(tmp_path):
+    """write_catalog(tiles) rewrites those tiles' Items only and folds them into the
+    Collection: new links, a wider extent, the other tiles' Items left as they were."""
+    from streamembed.acquisition import Acquisition
+    from streamembed.catalog import write_catalog
+    from streamembed.layout import OutputLayout
+
+    layout = OutputLayout(str(tmp_path))
+    store = EmbeddingStore(layout.store)
+    other = TileGrid("32UPC", 32632, 600000.0, 5800020.0, 96, 128, 32)
+    batches = [_batch(0), _batch(1, other)]
+    with Ledger(layout.ledger) as ledger:
+        for b in batches:
+            store.append(b)
+            ledger.record_seen([Acquisition(b.acquisition_id, b.tile, b.time, None, {})])
+            ledger.set_state(b.acquisition_id, State.APPLIED, n_anomalies=0)
+    where = write_catalog(layout, ["33UWP"])
+    assert where is not None
+    first = json.loads((tmp_path / "stac" / "collection.json").read_text())
+    assert [lk["href"] for lk in first["links"] if lk["rel"] == "item"] == ["./33UWP/33UWP.json"]
+    item_a = tmp_path / "stac" / "33UWP" / "33UWP.json"
+    before = item_a.stat().st_mtime_ns
+    write_catalog(layout, ["32UPC"])
+    assert item_a.stat().st_mtime_ns == before  # not rewritten
+    coll = json.loads((tmp_path / "stac" / "collection.json").read_text())
+    assert [lk["href"] for lk in coll["links"] if lk["rel"] == "item"] == [
+        "./33UWP/33UWP.json", "./32UPC/32UPC.json",
+    ]  # fmt: skip
+    west_a = first["extent"]["spatial"]["bbox"][0][0]
+    assert coll["extent"]["spatial"]["bbox"][0][0] < west_a  # 32UPC lies west of 33UWP
+    full = json.loads(json.dumps(coll))
+    write_catalog(layout)  # every tile: the same Collection
+    assert json.loads((tmp_path / "stac" / "collection.json").read_text()) == full
+    assert coll["extent"]["temporal"]["interval"][0][0].startswith("2024-01-01")

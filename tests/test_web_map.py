@@ -143,3 +143,36 @@ def test_quicklooks_kept_are_bounded_least_recent_first(kill_reference, monkeypa
     assert view.quicklook(tile, d1) is first
     again = view.quicklook(tile, d2)
     assert again is not second and again.png == second.png  # rendered again, the same image
+
+
+def test_views_by_tile_date_and_bbox_read_their_partitions(kill_reference):
+    """The map's views come from the partitions asked for: a tile, a date, the tiles a bbox
+    touches; the summary's counts equal every row's, kept per file."""
+    from starlette.testclient import TestClient
+
+    from streamembed.layout import OutputLayout
+    from streamembed.web import create_app
+    from streamembed.web.view import OutputView
+
+    out = kill_reference[0]
+    rows = read_anomalies(out / "anomalies")
+    view = OutputView(OutputLayout(str(out)))
+    summary = view.summary()
+    assert summary["rows"] == len(rows)
+    assert summary["labels"] == {str(k): int(v) for k, v in rows["label"].value_counts().items()}
+    assert summary["dates"] == sorted(set(rows["date"].astype(str)))
+    tile = rows["tile"].astype(str).iloc[0]
+    date = str(rows.loc[rows["tile"].astype(str) == tile, "date"].astype(str).iloc[-1])
+    one = view.select(date, tile)
+    expected = rows[(rows["tile"].astype(str) == tile) & (rows["date"].astype(str) == date)]
+    assert len(one) == len(expected) > 0 and set(one["tile"]) == {tile}
+    west, south, east, north = summary["tile_bounds"][tile]
+    boxed = view.select(None, None, bbox=(west, south, east, north))
+    assert set(boxed["tile"]) == {tile}  # the other tile lies in another UTM zone, far away
+    assert len(boxed) == (rows["tile"].astype(str) == tile).sum()
+    assert len(view.select(None, None, bbox=(-10.0, -10.0, -9.0, -9.0))) == 0
+    client = TestClient(create_app(OutputLayout(str(out))))
+    got = client.get(f"/api/anomalies?date={date}&bbox={west},{south},{east},{north}").json()
+    assert len(got["features"]) == len(expected)
+    bad = client.get("/api/anomalies?bbox=1,2,3")
+    assert bad.status_code == 400 and "west,south,east,north" in bad.json()["error"]

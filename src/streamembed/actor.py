@@ -29,7 +29,7 @@ from .faults import crash_point
 from .layout import OutputLayout
 from .sink import records_from_result, write_alert_table, write_anomalies
 from .stages import StageSeconds
-from .stats import TileState, update
+from .stats import TileState, checkpoint_applied_ids, update
 from .store import EmbeddingStore
 
 
@@ -71,6 +71,8 @@ class StatsShard(Protocol):
     def apply(self, tile: str, acquisition_id: str) -> BaseActorFuture[ApplyResult]: ...
 
     def applied_ids(self, tile: str) -> BaseActorFuture[list[str]]: ...
+
+    def applied_counts(self, tiles: list[str]) -> BaseActorFuture[dict[str, int]]: ...
 
     def checkpoint(self, tile: str | None = None) -> BaseActorFuture[int]: ...
 
@@ -131,7 +133,12 @@ class StatsActor:
         if tile in self.states:
             return list(self.states[tile].applied_ids)
         path = self._state_path(tile)
-        return list(TileState.load(path).applied_ids) if storage.exists(path) else []
+        return checkpoint_applied_ids(path) if storage.exists(path) else []
+
+    def applied_counts(self, tiles: list[str]) -> dict[str, int]:
+        """How many acquisitions each tile's state holds: one actor call for many tiles (the
+        driver's start-up check), reading only the id list of a checkpoint not in memory."""
+        return {t: len(self.applied_ids(t)) for t in tiles}
 
     def apply(self, tile: str, acquisition_id: str) -> ApplyResult:
         """Fold one stored acquisition into its tile's state and write its anomalies."""

@@ -5,12 +5,15 @@ assets are the tile's Zarr group (datacube extension: its dimensions and variabl
 anomaly partitions and alert table (table extension: columns, row counts), so STAC browsers and
 pystac-client can find what the daemon produced. Hrefs are relative: the catalogue moves with
 the output (a folder or a bucket). Row counts come from the ledger, not from reading files.
+A run rewrites the Items of the tiles it changed and folds them into the Collection (new links,
+a wider extent); nothing it does reads or writes the other tiles' Items.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -156,22 +159,55 @@ def tile_item(
     }
 
 
-def write_catalog(layout: OutputLayout) -> str | None:
-    """(Re)write the outputs' Collection and Items; its location, or None with no tile yet."""
+def write_catalog(layout: OutputLayout, tiles: Iterable[str] | None = None) -> str | None:
+    """Write the Items of ``tiles`` (None: every stored tile) and fold them into the Collection;
+    its location, or None with no tile yet.
+
+    A run passes the tiles it changed: each Item is rewritten from its own tile's store group
+    and ledger rows (an indexed query), and the Collection gains links for new tiles and
+    widens its extent from the changed Items only, so a run's catalogue work follows what it
+    touched, not how many tiles the output holds.
+    """
     store = EmbeddingStore(layout.store)
-    tiles = store.tiles()
-    if not tiles:
-        return None
+    changed = sorted(set(store.tiles() if tiles is None else tiles))
     with Ledger(layout.ledger) as ledger:
-        applied = ledger.rows("applied")
-    items = [tile_item(layout, store, t, [r for r in applied if r.tile == t]) for t in tiles]
+        items = [
+            tile_item(layout, store, t, ledger.rows("applied", tile=t))
+            for t in changed
+            if store.grid(t) is not None
+        ]
     for item in items:
         where = storage.join(layout.root, "stac", item["id"], f"{item['id']}.json")
         storage.publish(where, json.dumps(item, indent=1).encode())
-    boxes = np.array([item["bbox"] for item in items])
+    where = storage.join(layout.root, "stac", "collection.json")
+    old = json.loads(storage.read_bytes(where)) if storage.exists(where) else None
+    if old is None and not items:
+        return None
+    collection = _collection(old, items)
+    if collection != old:
+        storage.publish(where, json.dumps(collection, indent=1).encode())
+    return where
+
+
+def _collection(old: dict[str, Any] | None, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Collection with ``items`` linked and its extent widened to cover them."""
+    boxes = [item["bbox"] for item in items]
     starts = [i["properties"]["start_datetime"] for i in items if i["properties"]["start_datetime"]]
     ends = [i["properties"]["end_datetime"] for i in items if i["properties"]["end_datetime"]]
-    collection = {
+    links = [{"rel": "root", "href": "./collection.json", "type": "application/json"}]
+    if old is not None:
+        boxes += old["extent"]["spatial"]["bbox"][:1]
+        start, end = old["extent"]["temporal"]["interval"][0]
+        starts += [start] if start else []
+        ends += [end] if end else []
+        links = list(old["links"])
+    linked = {link["href"] for link in links}
+    for item in items:
+        href = f"./{item['id']}/{item['id']}.json"
+        if href not in linked:
+            links.append({"rel": "item", "href": href, "type": "application/json"})
+    box = np.array(boxes, dtype=float)
+    return {
         "type": "Collection",
         "stac_version": STAC_VERSION,
         "stac_extensions": [],
@@ -181,17 +217,8 @@ def write_catalog(layout: OutputLayout) -> str | None:
         "anomalies found in them (GeoParquet partitions), written by streamembed.",
         "license": "other",
         "extent": {
-            "spatial": {"bbox": [[*boxes[:, :2].min(0).tolist(), *boxes[:, 2:].max(0).tolist()]]},
+            "spatial": {"bbox": [[*box[:, :2].min(0).tolist(), *box[:, 2:].max(0).tolist()]]},
             "temporal": {"interval": [[min(starts, default=None), max(ends, default=None)]]},
         },
-        "links": [
-            {"rel": "root", "href": "./collection.json", "type": "application/json"},
-            *[
-                {"rel": "item", "href": f"./{i['id']}/{i['id']}.json", "type": "application/json"}
-                for i in items
-            ],
-        ],
+        "links": links,
     }
-    where = storage.join(layout.root, "stac", "collection.json")
-    storage.publish(where, json.dumps(collection, indent=1).encode())
-    return where

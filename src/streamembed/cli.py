@@ -269,6 +269,11 @@ def cmd_bench(args: argparse.Namespace, cfg: Config) -> int:
 
     bench = load_section(args.config, "bench", BenchConfig)
     results = Path(args.output_dir or bench.output)
+    if bench.many_tiles and not args.plot_only:
+        from .bench.many_tiles import run_many_tiles
+
+        print(f"record: {run_many_tiles(cfg, bench, results)}")
+        return 0
     if not args.plot_only:
         record, path = run_bench(cfg, bench, results)
         print(f"record: {path}")
@@ -518,7 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="tile size (default demo.tile_px); 10980 for real-size products (past 2048 px "
         "they are written strip by strip, without planted events)",
     )  # fmt: skip
-    p.add_argument("--tiles", type=int, default=None, help="MGRS tiles (1 or 2)")
+    p.add_argument(
+        "--tiles", type=int, default=None,
+        help="MGRS tiles (default 2): the demo's two, then real tile codes over many UTM zones "
+        "(thousands for a scale run; full-size products: 1 or 2)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_synth)
     p = common(sub.add_parser("demo", help="synthetic data + local cluster + evaluation + map"))
     p.add_argument("--no-progress", action="store_true")

@@ -263,16 +263,22 @@ class Encoder:
         model.eval().to(self.device)
         self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
+    def pass_size(self, tile_windows: int) -> int:
+        """Windows per forward pass for a tile of ``tile_windows`` windows: ``batch_size``, or
+        the whole tile where it has fewer (a one-window tile is not padded to four)."""
+        return max(1, min(self.cfg.batch_size, tile_windows))
+
     @torch.inference_mode()
-    def feature_maps(self, inputs: np.ndarray) -> np.ndarray:
+    def feature_maps(self, inputs: np.ndarray, pass_size: int | None = None) -> np.ndarray:
         """Dense stride-32 feature maps (n, dim, y/32, x/32) float32 for normalised windows.
 
-        Every forward pass has exactly ``batch_size`` windows (the last is padded): a window's
-        features then never depend on how many windows came with it, so blocks of any size
-        give the same bits.
+        Every forward pass has exactly ``pass_size`` windows (default ``batch_size``; the last
+        pass is padded): a window's features then never depend on how many windows came with
+        it, so blocks of any size give the same bits. The pass size is fixed per tile (by
+        ``pass_size``), so padding never goes beyond what that needs.
         """
         outs = []
-        bs = max(1, self.cfg.batch_size)
+        bs = pass_size or max(1, self.cfg.batch_size)
         for i in range(0, len(inputs), bs):
             chunk = inputs[i : i + bs]
             n = len(chunk)
@@ -294,7 +300,7 @@ class Encoder:
         block = pixels.block
         windows = [p.window for p in block.parts]
         out = np.zeros((*block.shape, self.dim), np.float32)
-        bs = max(1, self.cfg.batch_size)
+        bs = self.pass_size(block.tile_windows)
         # Windows are cut and normalised one batch at a time: a block's float32 inputs never
         # sit in memory all at once.
         for i in range(0, len(windows), bs):
@@ -302,7 +308,7 @@ class Encoder:
                 pixels.dn, pixels.masked, pixels.origin, windows[i : i + bs],
                 pixels.scale_offset, pixels.bands, normalisation, cell,
             )  # fmt: skip
-            maps = self.feature_maps(inputs)
+            maps = self.feature_maps(inputs, bs)
             for part, fmap in zip(block.parts[i : i + bs], maps, strict=True):
                 win, m = part.window, part.window.margin_cells
                 ry = slice(m + part.cells_y[0] - win.cell_y, m + part.cells_y[1] - win.cell_y)

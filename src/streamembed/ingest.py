@@ -269,6 +269,7 @@ class Block:
     cells_y: tuple[int, int]
     cells_x: tuple[int, int]
     parts: tuple[WindowPart, ...]
+    tile_windows: int = 1  # encoder windows in the whole tile (the encoder's pass size cap)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -316,7 +317,7 @@ def plan_blocks(grid: TileGrid, ingest: IngestConfig) -> list[Block]:
                     kx = (max(ox[0], span_x[0]), min(ox[1], span_x[1]))
                     if kx[0] < kx[1]:
                         parts.append(WindowPart(Window(sy, sx, per_y, per_x, margin), ky, kx))
-            blocks.append(Block(len(blocks), span_y, span_x, tuple(parts)))
+            blocks.append(Block(len(blocks), span_y, span_x, tuple(parts), len(ys) * len(xs)))
     return blocks
 
 

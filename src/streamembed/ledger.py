@@ -42,6 +42,9 @@ class Failure(StrEnum):
     OTHER = "other"
 
 
+# ids per SQL ``IN (...)``: under SQLite's default limit of bound parameters
+_IN_BATCH = 500
+
 FINAL = frozenset({State.APPLIED, State.FAILED, State.LATE, State.SKIPPED})
 
 _SCHEMA = """
@@ -243,17 +246,44 @@ class Ledger:
         row = self._db.execute("SELECT state FROM acquisitions WHERE id=?", (acq_id,)).fetchone()
         return None if row is None else str(row[0])
 
-    def states(self) -> dict[str, State]:
-        return {r[0]: State(r[1]) for r in self._db.execute("SELECT id, state FROM acquisitions")}
+    def states(self, ids: Iterable[str] | None = None) -> dict[str, State]:
+        """Every acquisition's state, or those of ``ids`` only (by primary key: a daemon poll
+        looks up what it found, not the whole archive)."""
+        if ids is None:
+            rows = self._db.execute("SELECT id, state FROM acquisitions")
+            return {r[0]: State(r[1]) for r in rows}
+        wanted = list(dict.fromkeys(ids))
+        out: dict[str, State] = {}
+        for i in range(0, len(wanted), _IN_BATCH):
+            part = wanted[i : i + _IN_BATCH]
+            sql = f"SELECT id, state FROM acquisitions WHERE id IN ({','.join('?' * len(part))})"
+            out.update({r[0]: State(r[1]) for r in self._db.execute(sql, part)})
+        return out
 
-    def rows(self, state: str | None = None) -> list[LedgerRow]:
-        sql = _ROW
-        args: tuple[str, ...] = ()
+    def rows(self, state: str | None = None, tile: str | None = None) -> list[LedgerRow]:
+        """Rows in tile and time order; of one state and/or one tile (indexed by tile)."""
+        where, args = [], []
+        if tile is not None:
+            where.append("tile=?")
+            args.append(tile)
         if state:
-            sql += " WHERE state=?"
-            args = (state,)
+            where.append("state=?")
+            args.append(state)
+        sql = _ROW + (f" WHERE {' AND '.join(where)}" if where else "")
         sql += " ORDER BY tile, datetime"
         return [LedgerRow(*r) for r in self._db.execute(sql, args)]
+
+    def updated_times(self, state: str) -> list[str]:
+        """When each acquisition in ``state`` reached it (ISO seconds), oldest first."""
+        sql = "SELECT updated FROM acquisitions WHERE state=? ORDER BY updated"
+        return [str(r[0]) for r in self._db.execute(sql, (state,))]
+
+    def applied_counts(self) -> dict[str, int]:
+        """Applied acquisitions per tile (what the statistics states must hold)."""
+        rows = self._db.execute(
+            "SELECT tile, COUNT(*) FROM acquisitions WHERE state='applied' GROUP BY tile"
+        )
+        return {str(t): int(n) for t, n in rows}
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM acquisitions").fetchone()[0])
@@ -332,4 +362,6 @@ class Ledger:
         return dict(rows.fetchall())
 
     def find(self, tile: str, date: str) -> list[LedgerRow]:
-        return [r for r in self.rows() if r.tile == tile and r.datetime.startswith(date)]
+        """The tile's rows sensed on ``date`` (YYYY-MM-DD), by the (tile, datetime) index."""
+        sql = _ROW + " WHERE tile=? AND datetime >= ? AND datetime < ? ORDER BY datetime"
+        return [LedgerRow(*r) for r in self._db.execute(sql, (tile, date, f"{date}\x7f"))]

@@ -46,7 +46,7 @@ from .layout import OutputFullError, is_disk_full
 from .ledger import FINAL, Failure, Ledger, State
 from .plan import RunPlan, TileSequencer, plan_run
 from .sources import SourceFailure, discover_for, source_key
-from .stages import StageSeconds
+from .stages import DriverSeconds, StageSeconds
 from .storage import ensure_writable
 from .store import EmbeddingStore, Provenance, Reservation, StoreMismatchError
 
@@ -170,6 +170,7 @@ class RunReport:
     block_bytes: int = 0  # handed from read tasks to encode tasks (DN, mask, summaries)
     actors_recreated: int = 0
     failed_by_class: dict[str, int] = field(default_factory=dict)
+    driver: DriverSeconds = field(default_factory=DriverSeconds)
     # each task's own seconds as they arrive (the daemon's histograms); not part of the report
     observe: Callable[[StageSeconds], None] | None = field(default=None, repr=False)
 
@@ -268,6 +269,8 @@ class Pipeline:
         self.ledger = Ledger(cfg.layout.ledger)
         self.encode_resources, self.ingest_resources = task_resources(cfg, client)
         self.store = EmbeddingStore(cfg.layout.store, cfg.store)
+        if self.store.drop_root_view():
+            log.info("dropped the store root's consolidated view (each tile's group is its view)")
         self.provenance = provenance(self.identity, cfg)
         # Unique keys (actors and tasks): several pipelines (outputs, configs) may share one
         # long-running cluster, and a task key seen before returns the old result.
@@ -277,6 +280,9 @@ class Pipeline:
         self.observe: Callable[[StageSeconds], None] | None = None
         self._actor_futures = [self._submit_actor(k) for k in range(cfg.stats.shards)]
         self.actors: list[StatsShard] = [f.result() for f in self._actor_futures]
+        # Whether the actors' states were checked against the ledger: once per process (and
+        # after a reattach), not every poll; within a process every apply goes through here.
+        self._states_checked = False
 
     def _submit_actor(self, shard: int) -> Future:
         self._generation += 1
@@ -350,6 +356,7 @@ class Pipeline:
                 continue
             self._place_actor(shard)
             placed += 1
+        self._states_checked = False
         return placed
 
     def _place_actor(self, shard: int) -> None:
@@ -398,15 +405,24 @@ class Pipeline:
     def _run(
         self, retry_failed: bool, stop: Callable[[], bool], progress: bool, incremental: bool
     ) -> RunReport:
+        cpu0 = time.process_time()
+        driver = DriverSeconds()
         key = source_key(self.cfg)
-        watermark = self.ledger.watermark(key) if incremental else None
-        acqs, failures = discover_for(self.cfg, watermark)
-        report = RunReport(discovered=len(acqs) + len(failures), observe=self.observe)
-        self._record_discovery(acqs, failures, report)
-        states = self.ledger.states()
-        plan = plan_run(acqs, states, self.ledger.processed_at, self._missing_reason, retry_failed)
-        self._record_decisions(plan, states, report)
-        replay = self._replay_plan(states)
+        with driver.timed("discover"):
+            watermark = self.ledger.watermark(key) if incremental else None
+            acqs, failures = discover_for(self.cfg, watermark)
+        report = RunReport(
+            discovered=len(acqs) + len(failures), observe=self.observe, driver=driver
+        )
+        with driver.timed("plan"):
+            self._record_discovery(acqs, failures, report)
+            states = self.ledger.states(a.id for a in acqs)
+            plan = plan_run(
+                acqs, states, self.ledger.processed_at, self._missing_reason, retry_failed
+            )
+            self._record_decisions(plan, states, report)
+            replay = [] if self._states_checked else self._replay_plan(states)
+            self._states_checked = True
         report.already_done = plan.already_done
         if plan.apply or replay:
             for a in plan.embed:
@@ -416,15 +432,21 @@ class Pipeline:
             report.stopped_early = sequencer.pending
             self.checkpoint()
             layout, sim = self.cfg.layout, self.cfg.similarity
-            self._after_run("the outputs' STAC catalogue", partial(write_catalog, layout))
+            # what this run changed: the catalogue and indexes of other tiles stay as they are
+            touched = sorted({a.tile for a in (*replay, *plan.apply)})
+            with driver.timed("catalog"):
+                catalog = partial(write_catalog, layout, touched)
+                self._after_run("the outputs' STAC catalogue", catalog)
             if sim.index_on_commit:
                 from .similar import update_index
 
                 # after the run's applies: the index reads the store, never delays a commit
-                for tile in self.store.tiles():
+                for tile in touched:
                     step = partial(update_index, layout, tile, sim.min_clear)
                     self._after_run(f"the similarity index of {tile}", step)
-        self._advance_watermark(key, acqs)
+        with driver.timed("plan"):
+            self._advance_watermark(key, acqs)
+        driver.cpu = time.process_time() - cpu0
         return report
 
     def _after_run(self, what: str, step: Callable[[], object]) -> None:
@@ -468,7 +490,8 @@ class Pipeline:
                 for job in active:
                     while job.todo and job.failed is None and len(futures) < max_blocks:
                         block = job.todo.popleft()
-                        fut = self._submit_block(job, block)
+                        with report.driver.timed("submit"):
+                            fut = self._submit_block(job, block)
                         job.running[fut] = block.index
                         futures[fut] = job
                 self._apply_ready(sequencer, states, replay_ids, report, bar)
@@ -539,9 +562,10 @@ class Pipeline:
     ) -> _Embedding | None:
         """The acquisition's grid, its reserved time step and its blocks (driver side)."""
         try:
-            grid = self.store.grid(a.tile) or grid_for(a, self.cfg.ingest.cell_size)
-            dim = EMBEDDING_DIM[self.cfg.model.arch]
-            reservation = self.store.begin(a.id, grid, dim, self.provenance)
+            with report.driver.timed("store_begin"):
+                grid = self.store.grid(a.tile) or grid_for(a, self.cfg.ingest.cell_size)
+                dim = EMBEDDING_DIM[self.cfg.model.arch]
+                reservation = self.store.begin(a.id, grid, dim, self.provenance)
             if reservation is not None:
                 _check_block_chunks(self.cfg, grid, reservation)
         except (IngestError, StoreMismatchError) as err:
@@ -595,11 +619,13 @@ class Pipeline:
         a = job.acq
         if job.failed is not None:
             # The row is given up: later commits become visible past it, a retry takes a new one.
-            self.store.release(job.reservation)
+            with report.driver.timed("store_commit"):
+                self.store.release(job.reservation)
             self._fail(a, job.failed, job.failure, states, report, bar)
             return
         t0 = time.perf_counter()
-        self.store.commit(job.reservation, a.datetime)
+        with report.driver.timed("store_commit"):
+            self.store.commit(job.reservation, a.datetime)
         seconds = time.perf_counter() - t0
         report.add_seconds(StageSeconds(store_commit=seconds))
         events.info(
@@ -612,7 +638,8 @@ class Pipeline:
         self._mark_embedded(a, states, report)
 
     def _mark_embedded(self, a: Acquisition, states: dict[str, State], report: RunReport) -> None:
-        self.ledger.set_state(a.id, State.EMBEDDED)
+        with report.driver.timed("ledger"):
+            self.ledger.set_state(a.id, State.EMBEDDED)
         crash_point("pipeline.embedded")
         states[a.id] = State.EMBEDDED
         report.embedded += 1
@@ -630,7 +657,8 @@ class Pipeline:
             "acquisition %s failed (%s): %s", a.id, failure, reason,
             extra={"acquisition_id": a.id, "tile": a.tile, "failure_class": str(failure)},
         )  # fmt: skip
-        self.ledger.set_state(a.id, State.FAILED, reason, failure=failure)
+        with report.driver.timed("ledger"):
+            self.ledger.set_state(a.id, State.FAILED, reason, failure=failure)
         states[a.id] = State.FAILED
         report.add_failure(a.id, reason, str(failure))
         bar.update(1)
@@ -639,7 +667,7 @@ class Pipeline:
         """Move the source's watermark to where every discovered product is final."""
         if not acqs or not self.cfg.source.is_stac_api:
             return
-        states = self.ledger.states()
+        states = self.ledger.states(a.id for a in acqs)
         open_ = [a.datetime for a in acqs if states.get(a.id) not in FINAL]
         self.ledger.set_watermark(key, min(open_) if open_ else max(a.datetime for a in acqs))
 
@@ -659,20 +687,30 @@ class Pipeline:
         by tile and sensing time.
 
         Taken from the ledger, not the source: an incremental poll does not list old products,
-        and a replay reads the store only.
+        and a replay reads the store only. Counts first (one SQL query, one actor call per
+        shard), ids only for a tile whose state holds fewer than the ledger applied.
         """
-        by_tile: dict[str, list[Acquisition]] = {}
-        for r in self.ledger.rows(State.APPLIED):
-            if shard is None or self._shard(r.tile) == shard:
-                when = dt.datetime.fromisoformat(r.datetime)
-                a = Acquisition(r.id, r.tile, when, None, {}, item_href=r.item_href)
-                by_tile.setdefault(r.tile, []).append(a)
+        applied = {
+            t: n
+            for t, n in self.ledger.applied_counts().items()
+            if shard is None or self._shard(t) == shard
+        }
+        by_shard: dict[int, list[str]] = {}
+        for tile in sorted(applied):
+            by_shard.setdefault(self._shard(tile), []).append(tile)
+        behind: list[str] = []
+        for k, tiles in by_shard.items():
+            held = self.actors[k].applied_counts(tiles).result()
+            behind += [t for t in tiles if held.get(t, 0) < applied[t]]
         missing: list[Acquisition] = []
-        for tile in sorted(by_tile):
+        for tile in sorted(behind):
             in_state = set(self._actor(tile).applied_ids(tile).result())
-            missing += sorted(
-                (a for a in by_tile[tile] if a.id not in in_state), key=lambda a: a.datetime
-            )
+            rows = self.ledger.rows(State.APPLIED, tile=tile)
+            missing += [
+                Acquisition(r.id, r.tile, dt.datetime.fromisoformat(r.datetime), None, {},
+                            item_href=r.item_href)
+                for r in rows if r.id not in in_state
+            ]  # fmt: skip
         return missing
 
     def _apply_ready(
@@ -685,7 +723,8 @@ class Pipeline:
     ) -> None:
         """Apply each tile's next acquisitions while they are embedded (strict time order)."""
         for a in sequencer.ready(states):
-            res = self._apply(a.tile, a.id, report)
+            with report.driver.timed("apply_wait"):
+                res = self._apply(a.tile, a.id, report)
             report.add_seconds(res.seconds)
             if a.id in replay_ids:
                 report.replayed += 1
@@ -696,17 +735,19 @@ class Pipeline:
                     f"acquired {a.datetime.isoformat()} before tile {a.tile}'s last applied "
                     "acquisition: embedded and stored, not applied to the statistics"
                 )
-                self.ledger.set_state(a.id, State.LATE, reason)
+                with report.driver.timed("ledger"):
+                    self.ledger.set_state(a.id, State.LATE, reason)
                 states[a.id] = State.LATE
                 report.late += 1
             else:
-                self.ledger.set_state(
-                    a.id,
-                    State.APPLIED,
-                    n_anomalies=res.n_anomalies,
-                    snow_cells=res.snow_cells,
-                    masked_cells=res.masked_cells,
-                )
+                with report.driver.timed("ledger"):
+                    self.ledger.set_state(
+                        a.id,
+                        State.APPLIED,
+                        n_anomalies=res.n_anomalies,
+                        snow_cells=res.snow_cells,
+                        masked_cells=res.masked_cells,
+                    )
                 states[a.id] = State.APPLIED
                 report.applied += 1
                 events.info(

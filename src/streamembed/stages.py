@@ -1,8 +1,12 @@
-"""Worker-side seconds per pipeline stage: what each task reports and the run report sums."""
+"""Seconds per pipeline stage: what each task reports and the run report sums (workers), and
+the driver's own seconds per control-plane step."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -35,3 +39,34 @@ class StageSeconds:
         """The stage that costs most after the encoder: where to look first."""
         stages = {k: v for k, v in self.as_dict().items() if k != "encode"}
         return max(stages, key=lambda k: stages[k])
+
+
+@dataclass
+class DriverSeconds:
+    """The driver's own seconds in one run, per control-plane step (the scale benchmark's
+    figures: none of them may grow with the number of tiles the output holds).
+
+    ``apply_wait`` is the driver waiting on statistics actors (their work is in StageSeconds);
+    ``cpu`` the driver process's CPU seconds over the run, its client's threads included.
+    """
+
+    discover: float = 0.0
+    plan: float = 0.0  # ledger reads, the run's plan, the replay check
+    ledger: float = 0.0  # ledger writes as acquisitions move on
+    store_begin: float = 0.0
+    store_commit: float = 0.0
+    submit: float = 0.0  # building and submitting block tasks
+    apply_wait: float = 0.0
+    catalog: float = 0.0  # the STAC catalogue (and indexes) after the run
+    cpu: float = 0.0
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, step, getattr(self, step) + time.perf_counter() - t0)
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)

@@ -146,6 +146,12 @@ class WarmUp:
     seasonal: int  # cells with a year of clear looks: the seasonal index expectation in use
 
 
+def checkpoint_applied_ids(path: str | Path) -> list[str]:
+    """The acquisitions a tile checkpoint holds, read alone (its state arrays stay on disk)."""
+    with open_input(path) as f, np.load(f) as z:
+        return [str(s) for s in z["applied_ids"]]
+
+
 def warm_up(path: str | Path, min_obs: int) -> WarmUp:
     """Read a tile checkpoint's counts only (its embedding means stay on disk)."""
     with open_input(path) as f, np.load(f) as z:

@@ -17,8 +17,11 @@ workers (a full tile is 117,649 cells, ~480 MB of float16 at 2048-d, half that a
    tile's reader view.
 
 Two views of a tile: the arrays' own metadata (the writers' view) grows when a row is reserved;
-the tile group's consolidated metadata (the readers' view: ``xarray.open_zarr`` of the tile)
-ends at the last committed row and is replaced, in one object write, only by a commit. So a
+the tile group's consolidated metadata (the readers' view: ``xarray.open_zarr(f"{store}/{tile}")``)
+ends at the last committed row and is replaced, in one object write, only by a commit. There is
+no store-wide view: a commit touches its own tile's objects only, whatever the number of tiles
+(``xarray.open_zarr(store, group=tile)`` still reads the tile's view, after xarray's warning
+that the root is not consolidated). So a
 reader never sees a reserved row, a half-written block or arrays caught mid-resize, on a local
 disk or a bucket; a crash mid-acquisition leaves the reader's view as it was, and a restart
 redoes the acquisition in the same row, so nothing is visible twice.
@@ -266,7 +269,7 @@ class EmbeddingStore:
     def tiles(self) -> list[str]:
         if not storage.exists(storage.join(self.root, "zarr.json")):
             return []
-        return sorted(zarr.open_group(self.root, mode="r").group_keys())
+        return sorted(zarr.open_group(self.root, mode="r", use_consolidated=False).group_keys())
 
     def _group(self, tile: str) -> zarr.Group | None:
         """The writers' view of the tile (its arrays' own metadata, reserved rows included)."""
@@ -306,28 +309,23 @@ class EmbeddingStore:
             consolidated_metadata={"kind": "inline", "must_understand": False, "metadata": arrays},
         )
         storage.publish(storage.join(self.root, tile, "zarr.json"), json.dumps(doc).encode())
-        self._publish_root_view(tile, doc, arrays)
 
-    def _publish_root_view(self, tile: str, doc: dict[str, Any], arrays: dict[str, Any]) -> None:
-        """The store root's consolidated metadata with this tile's readers' view in it, so that
-        ``xr.open_zarr(store, group=tile)`` (which looks at the root) opens consolidated too.
-        Rewritten whole per commit: one daemon writes an output, so commits never race."""
+    def drop_root_view(self) -> bool:
+        """Remove a store-root consolidated view written by versions before 0.23 (it listed
+        every tile and was rewritten by every commit); returns whether there was one.
+
+        The readers' view is each tile's own group metadata: an old root view left in place
+        would go stale as tiles grow, so a run drops it once before its first commit.
+        """
         path = storage.join(self.root, "zarr.json")
+        if not storage.exists(path):
+            return False
         root = json.loads(storage.read_bytes(path))
-        entries = {
-            k: v
-            for k, v in root.get("consolidated_metadata", {}).get("metadata", {}).items()
-            if k != tile and not k.startswith(f"{tile}/")
-        }
-        nested = {"kind": "inline", "must_understand": False, "metadata": {}}
-        entries[tile] = {**doc, "consolidated_metadata": nested}
-        entries.update({f"{tile}/{name}": meta for name, meta in arrays.items()})
-        root["consolidated_metadata"] = {
-            "kind": "inline",
-            "must_understand": False,
-            "metadata": dict(sorted(entries.items())),
-        }
+        if root.get("consolidated_metadata") is None:
+            return False
+        root.pop("consolidated_metadata")
         storage.publish(path, json.dumps(root).encode())
+        return True
 
     def grid(self, tile: str) -> TileGrid | None:
         """The tile's stored grid; None for a new tile."""

@@ -33,6 +33,11 @@ class BenchConfig(Section):
     read_paths_scenes: int = Field(
         0, ge=0, description="scenes read both with our windows and odc-stac (0: skip)"
     )
+    many_tiles: tuple[int, ...] = Field(
+        (), description="the scale benchmark: backfills of these tile counts (empty: not run)"
+    )
+    many_tiles_px: int = Field(256, ge=32, description="tile size of the scale benchmark")
+    many_tiles_looks: int = Field(2, ge=1, description="acquisitions per tile there")
     require_gpu: bool = Field(
         False, description="record 'not measured' instead of running where no GPU is present"
     )

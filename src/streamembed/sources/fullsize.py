@@ -25,7 +25,6 @@ from .synthetic import (
     FOREST,
     GRASS,
     SPECTRA,
-    TILES,
     URBAN,
     WATER,
     SyntheticTile,
@@ -34,6 +33,7 @@ from .synthetic import (
     _Landscape,
     _surface,
     band_asset,
+    synthetic_tiles,
 )
 
 FULL_TILE_PX = 10980
@@ -237,7 +237,7 @@ def generate_fullsize(
         if progress:
             progress(done, total)
 
-    for ti, tile in enumerate(TILES[:n_tiles]):
+    for ti, tile in enumerate(synthetic_tiles(n_tiles)):
         for k in range(acquisitions):
             date = start + dt.timedelta(days=k * revisit_days)
             when = dt.datetime.combine(date, dt.time(10, 0, 31), tzinfo=dt.timezone.utc)

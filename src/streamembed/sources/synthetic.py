@@ -71,6 +71,23 @@ TILES = (
 )
 
 
+def synthetic_tiles(n: int) -> tuple[SyntheticTile, ...]:
+    """``n`` MGRS tiles: the demo's two, then real tile codes over many UTM zones at their
+    grid origins (``mgrs.northern_tiles``), for archives of hundreds or thousands of tiles."""
+    from .mgrs import northern_tiles
+
+    out = list(TILES[:n])
+    known = {t.tile for t in out}
+    for code, epsg, x0, y0 in northern_tiles():
+        if len(out) >= n:
+            break
+        if code not in known:
+            out.append(SyntheticTile(code, epsg, x0, y0))
+    if len(out) < n:
+        raise ValueError(f"{n} tiles asked for, the synthetic grid has {len(out)}")
+    return tuple(out)
+
+
 EVENTS = DEMO_EVENTS
 TRUTH_WINDOW_DAYS = 45  # how long after an event's start (or end) a detection still counts
 
@@ -397,7 +414,7 @@ def generate(
     dates = [start + dt.timedelta(days=d) for d in range(0, days, revisit_days)]
     total = len(dates) * n_tiles
     done = 0
-    for ti, tile in enumerate(TILES[:n_tiles]):
+    for ti, tile in enumerate(synthetic_tiles(n_tiles)):
         rng = np.random.default_rng([seed, ti])
         weather = np.random.default_rng([seed, ti, 1])
         land = _landscape(rng, tile_px, cell_size, ti, scenario.events)

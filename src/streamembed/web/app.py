@@ -48,14 +48,21 @@ def create_app(
 
     def _rows(request: Request) -> Any:
         q = request.query_params
-        return view.select(q.get("date") or None, q.get("tile") or None, q.get("until") == "1")
+        return view.select(q.get("date") or None, q.get("tile") or None, q.get("until") == "1",
+                           _bbox(q.get("bbox")))  # fmt: skip
 
     async def anomalies(request: Request) -> Response:
-        rows = await run_in_threadpool(_rows, request)
+        try:
+            rows = await run_in_threadpool(_rows, request)
+        except ValueError as err:
+            return JSONResponse({"error": str(err)}, 400)
         return JSONResponse(await run_in_threadpool(view.geojson, rows))
 
     async def download(request: Request) -> Response:
-        rows = await run_in_threadpool(_rows, request)
+        try:
+            rows = await run_in_threadpool(_rows, request)
+        except ValueError as err:
+            return JSONResponse({"error": str(err)}, 400)
         fmt = request.query_params.get("format", "geojson")
         q = request.query_params
         stem = "anomalies" + "".join(f"_{q[k]}" for k in ("tile", "date") if q.get(k))
@@ -111,6 +118,17 @@ def create_app(
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
     )
+
+
+def _bbox(text: str | None) -> tuple[float, float, float, float] | None:
+    """``bbox=west,south,east,north`` in degrees, as STAC APIs take it."""
+    if not text:
+        return None
+    try:
+        west, south, east, north = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"bbox={text}: give west,south,east,north in degrees") from None
+    return west, south, east, north
 
 
 def serve(

@@ -1,9 +1,9 @@
 """What the web map shows, read from an output folder (or bucket) as the daemon leaves it.
 
 Pure reads, no web framework: anomaly rows as GeoJSON, a cell's history from the store and the
-anomaly rows, an RGB quicklook warped to Web Mercator. The anomaly rows are re-read when the
-set of anomaly files changes, so a page following a running daemon sees new dates without a
-restart of the server.
+anomaly rows, an RGB quicklook warped to Web Mercator. A view reads the files of the partitions
+it shows (tile, date, the tiles a bbox touches); the files are listed on every request, so a
+page following a running daemon sees new dates without a restart of the server.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+from shapely.geometry import box
 
 from .. import storage
 from ..layout import OutputLayout
@@ -44,62 +45,116 @@ class Quicklook:
 QUICKLOOKS_KEPT = 32
 
 
+@dataclass(frozen=True)
+class _FileSummary:
+    """What the summary needs of one anomaly file, read once (two columns)."""
+
+    rows: int
+    labels: dict[str, int]
+    statuses: dict[str, int]
+
+
+def _partition(path: str) -> tuple[str, str]:
+    """(tile, date) of an anomaly file from its ``tile=…/date=…/`` path."""
+    parts = path.replace("\\", "/").split("/")
+    return parts[-3].removeprefix("tile="), parts[-2].removeprefix("date=")
+
+
+BBox = tuple[float, float, float, float]  # west, south, east, north (degrees)
+
+
+def _overlaps(a: BBox | list[float], b: BBox | list[float]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
 class OutputView:
-    """The outputs under ``layout`` as the map reads them; safe to share between requests."""
+    """The outputs under ``layout`` as the map reads them; safe to share between requests.
+
+    Views read the anomaly files of their partitions only (a tile, a date, the tiles a
+    bounding box touches), never every row of the output; the summary keeps each file's counts
+    and each tile's bounds once read, so a map over thousands of tiles answers in the time of
+    what it shows.
+    """
 
     def __init__(self, layout: OutputLayout):
         self.layout = layout
         self.store = EmbeddingStore(layout.store)
         self._lock = threading.Lock()
-        self._files: tuple[str, ...] = ()
-        self._rows = _empty()
+        self._file_summaries: dict[str, _FileSummary] = {}
+        self._bounds: dict[str, list[float] | None] = {}
         # rendered quicklooks, least recently served first: a daemon's map runs for months
         self._quicklooks: OrderedDict[tuple[str, str], Quicklook] = OrderedDict()
 
+    def files(self) -> list[str]:
+        """Every anomaly file, listed (not read): new ones appear as the daemon writes them."""
+        return storage.glob(self.layout.anomalies, "tile=*/date=*/*.parquet")
+
     def rows(self) -> gpd.GeoDataFrame:
-        """Every anomaly row, re-read when an anomaly file appeared or went."""
-        files = tuple(storage.glob(self.layout.anomalies, "tile=*/date=*/*.parquet"))
-        with self._lock:
-            if files != self._files:
-                rows = read_anomalies(self.layout.anomalies) if files else _empty()
-                rows["tile"] = rows["tile"].astype(str)
-                rows["date"] = rows["date"].astype(str)
-                self._rows, self._files = rows, files
-            return self._rows
+        """Every anomaly row (small outputs, tests; the map reads by partition)."""
+        return _read_files(self.files())
 
     def summary(self) -> dict[str, Any]:
         """Tiles, dates with anomalies, counts by label and status, and the bounds of it all."""
-        rows = self.rows()
-        tiles = sorted(set(self.store.tiles()) | set(rows["tile"]))
+        files = self.files()
+        with self._lock:
+            for f in files:
+                if f not in self._file_summaries:
+                    self._file_summaries[f] = _summarise(f)
+            for gone in set(self._file_summaries) - set(files):
+                del self._file_summaries[gone]
+            summaries = [self._file_summaries[f] for f in files]
+        labels: dict[str, int] = {}
+        statuses: dict[str, int] = {}
+        for fs in summaries:
+            for k, v in fs.labels.items():
+                labels[k] = labels.get(k, 0) + v
+            for k, v in fs.statuses.items():
+                statuses[k] = statuses.get(k, 0) + v
+        parts = [_partition(f) for f in files]
+        tiles = sorted(set(self.store.tiles()) | {t for t, _ in parts})
         tile_bounds = {t: b for t in tiles if (b := self._tile_bounds(t)) is not None}
-        bounds = [float(v) for v in rows.total_bounds] if len(rows) else None
-        if bounds is None and tile_bounds:
-            boxes = np.array(list(tile_bounds.values()))
-            bounds = [float(v) for v in (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))]
+        with_rows = [tile_bounds[t] for t, _ in parts if t in tile_bounds]
+        boxes = np.array(with_rows or list(tile_bounds.values()) or np.zeros((0, 4)))
+        bounds = (
+            [float(v) for v in (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))]
+            if len(boxes)
+            else None
+        )
         return {
             "tiles": tiles,
-            "dates": sorted(set(rows["date"])),
-            "labels": {str(k): int(v) for k, v in rows["label"].value_counts().items()},
-            "statuses": {str(k): int(v) for k, v in rows["status"].value_counts().items()},
-            "rows": len(rows),
+            "dates": sorted({d for _, d in parts}),
+            "labels": dict(sorted(labels.items(), key=lambda kv: -kv[1])),
+            "statuses": dict(sorted(statuses.items(), key=lambda kv: -kv[1])),
+            "rows": sum(fs.rows for fs in summaries),
             "bounds": bounds,
             "tile_bounds": tile_bounds,
         }
 
     def select(
-        self, date: str | None = None, tile: str | None = None, until: bool = False
+        self,
+        date: str | None = None,
+        tile: str | None = None,
+        until: bool = False,
+        bbox: BBox | None = None,
     ) -> gpd.GeoDataFrame:
-        """Rows of ``date`` and ``tile`` (None: all). ``until``: each cell's newest row up to
-        ``date``, i.e. the cells' alerts as they stood that day."""
-        rows = self.rows()
-        keep = np.ones(len(rows), bool)
-        if date:
-            keep &= (
-                (rows["date"] <= date).to_numpy() if until else (rows["date"] == date).to_numpy()
-            )
-        if tile:
-            keep &= (rows["tile"] == tile).to_numpy()
-        rows = rows[keep]
+        """Rows of ``date``, ``tile`` and ``bbox`` (None: all). ``until``: each cell's newest row
+        up to ``date``, i.e. the cells' alerts as they stood that day. Only the files of the
+        partitions asked for are read."""
+        wanted = []
+        for f in self.files():
+            t, d = _partition(f)
+            if tile and t != tile:
+                continue
+            if date and (d > date if until else d != date):
+                continue
+            if bbox is not None:
+                b = self._tile_bounds(t)
+                if b is None or not _overlaps(b, bbox):
+                    continue
+            wanted.append(f)
+        rows = _read_files(wanted)
+        if bbox is not None and len(rows):
+            rows = rows[rows.intersects(box(*bbox))]
         if until:
             rows = rows.sort_values("datetime").drop_duplicates(
                 ["tile", "cell_y", "cell_x"], keep="last"
@@ -138,7 +193,7 @@ class OutputView:
         cell = ds[["clear", "indices"]].isel(y=cell_y, x=cell_x).load()
         ndvi = cell["indices"].sel(index="ndvi").values
         times = pd.DatetimeIndex(ds["time"].values).strftime("%Y-%m-%dT%H:%M:%S")
-        rows = self.rows()
+        rows = self.select(tile=tile)
         mine = rows[
             (rows["tile"] == tile) & (rows["cell_y"] == cell_y) & (rows["cell_x"] == cell_x)
         ].sort_values("datetime")
@@ -157,7 +212,7 @@ class OutputView:
     def quicklook(self, tile: str, date: str | None = None, max_px: int = 1024) -> Quicklook:
         """The RGB of ``tile`` on ``date`` (None: its latest applied acquisition)."""
         with Ledger(self.layout.ledger) as ledger:
-            rows = [r for r in ledger.rows("applied") if r.tile == tile]
+            rows = ledger.rows("applied", tile=tile)
         if date:
             rows = [r for r in rows if r.datetime[:10] == date]
         if not rows:
@@ -177,12 +232,16 @@ class OutputView:
         return ql
 
     def _tile_bounds(self, tile: str) -> list[float] | None:
-        """[west, south, east, north] of a stored tile's cells, in degrees."""
-        grid = self.store.grid(tile)
-        if grid is None:
-            return None
-        lon, lat = grid.corners_wgs84()
-        return [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())]
+        """[west, south, east, north] of a stored tile's cells, in degrees (read once: a
+        tile's grid never changes)."""
+        if self._bounds.get(tile) is None:
+            grid = self.store.grid(tile)
+            if grid is None:
+                return None
+            lon, lat = grid.corners_wgs84()
+            self._bounds[tile] = [float(lon.min()), float(lat.min()), float(lon.max()),
+                                  float(lat.max())]  # fmt: skip
+        return self._bounds[tile]
 
 
 def _render_quicklook(
@@ -239,6 +298,34 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
+
+
+def _summarise(path: str) -> _FileSummary:
+    import pyarrow.parquet as pq
+
+    with storage.open_input(path) as f:
+        table = pq.read_table(f, columns=["label", "status"])
+    labels = pd.Series(table.column("label").to_pylist()).value_counts()
+    statuses = pd.Series(table.column("status").to_pylist()).value_counts()
+    return _FileSummary(
+        table.num_rows,
+        {str(k): int(v) for k, v in labels.items()},
+        {str(k): int(v) for k, v in statuses.items()},
+    )
+
+
+def _read_files(files: list[str]) -> gpd.GeoDataFrame:
+    """These anomaly files' rows, with their ``tile`` and ``date`` partitions as columns."""
+    frames = []
+    for f in files:
+        with storage.open_input(f) as fh:
+            frame = gpd.read_parquet(fh)
+        frame["tile"], frame["date"] = _partition(f)
+        frames.append(frame)
+    if not frames:
+        return _empty()
+    rows = pd.concat(frames, ignore_index=True)
+    return gpd.GeoDataFrame(rows, geometry="geometry", crs=frames[0].crs)
 
 
 def _empty() -> gpd.GeoDataFrame:

@@ -16,11 +16,25 @@ const STATUS_STYLE = {
   retracted: { dashArray: "1 4", weight: 1, fillOpacity: 0.05 },
 };
 
+// Past this many tiles the page asks for the cells in the map's view only (the server reads
+// the partitions of the tiles the box touches) and draws RGB quicklooks of the tiles in view.
+const MANY_TILES = 16;
+
+function many() {
+  return state.summary && state.summary.tiles.length > MANY_TILES;
+}
+
+function viewBox() {
+  const b = map.getBounds();
+  return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map((v) => v.toFixed(5)).join(",");
+}
+
 function query(extra) {
   const p = new URLSearchParams();
   const tile = $("tile").value;
   const date = state.dates[+$("date").value];
   if (tile) p.set("tile", tile);
+  else if (many()) p.set("bbox", viewBox());
   if (date) p.set("date", date);
   if ($("until").checked) p.set("until", "1");
   for (const [k, v] of Object.entries(extra || {})) p.set(k, v);
@@ -75,7 +89,14 @@ async function loadQuicklooks() {
   const mode = $("rgb").value;
   if (mode === "none") return;
   const date = mode === "date" ? state.dates[+$("date").value] : "";
-  const tiles = $("tile").value ? [$("tile").value] : state.summary.tiles;
+  let tiles = $("tile").value ? [$("tile").value] : state.summary.tiles;
+  if (!$("tile").value && many()) {
+    const b = map.getBounds();
+    tiles = tiles.filter((t) => {
+      const tb = state.summary.tile_bounds[t];
+      return tb && tb[0] <= b.getEast() && b.getWest() <= tb[2] && tb[1] <= b.getNorth() && b.getSouth() <= tb[3];
+    }).slice(0, MANY_TILES);
+  }
   for (const tile of tiles) {
     try {
       const q = await getJSON(`/api/quicklook/${tile}.json?date=${date || ""}`);
@@ -194,6 +215,12 @@ async function main() {
   $("date").addEventListener("input", () => { if ($("rgb").value === "date") loadQuicklooks(); });
   $("tile").addEventListener("input", async () => { await loadAnomalies(); fitToCells(); await loadQuicklooks(); });
   $("rgb").addEventListener("input", loadQuicklooks);
+  let moved = null;
+  map.on("moveend", () => {
+    if (!state.ready || !many() || $("tile").value) return;
+    clearTimeout(moved);
+    moved = setTimeout(async () => { await loadAnomalies(); await loadQuicklooks(); }, 300);
+  });
   $("history-close").addEventListener("click", () => { $("history").hidden = true; state.historyOpen = false; });
   await refresh(true);
   state.ready = true;
