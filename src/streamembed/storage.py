@@ -83,6 +83,7 @@ def glob(location: str | Path, pattern: str) -> list[str]:
         return sorted(str(p) for p in Path(base).glob(pattern))
     fs, path = filesystem(base)
     scheme = base.split("://", 1)[0]
+    fs.invalidate_cache(path)  # another writer (a worker) may have added objects since
     found = fs.glob(f"{path.rstrip('/')}/{pattern}")
     return sorted(f"{scheme}://{p}" for p in found)
 

@@ -267,9 +267,9 @@ class EmbeddingStore:
         self.cfg = cfg or StoreConfig()
 
     def tiles(self) -> list[str]:
-        if not storage.exists(storage.join(self.root, "zarr.json")):
-            return []
-        return sorted(zarr.open_group(self.root, mode="r", use_consolidated=False).group_keys())
+        """The tiles stored: the groups under the root, listed afresh (workers create them)."""
+        found = storage.glob(self.root, "*/zarr.json")
+        return sorted({f.replace("\\", "/").rsplit("/", 2)[-2] for f in found})
 
     def _group(self, tile: str) -> zarr.Group | None:
         """The writers' view of the tile (its arrays' own metadata, reserved rows included)."""
