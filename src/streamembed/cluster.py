@@ -274,6 +274,10 @@ def make_client(cfg: ClusterConfig) -> Iterator[Client]:
                 memory_limit=cfg.memory_limit,
                 dashboard_address=cfg.dashboard_address,
             )
+        if cfg.adapt_maximum is not None:
+            # Workers come and go with the load; the one holding a statistics actor is never
+            # retired by dask (actors cannot move), others drain their data first.
+            cluster.adapt(minimum=max(1, cfg.adapt_minimum or 1), maximum=cfg.adapt_maximum)
         client = Client(cluster)
     try:
         client.register_plugin(EncoderPlugin(), name=EncoderPlugin.name)

@@ -251,8 +251,12 @@ class ClusterConfig(Section):
     tls: TLSConfig = TLSConfig()
     # slurm | pbs | kubernetes
     groups: tuple[WorkerGroup, ...] = (WorkerGroup(),)
-    adapt_minimum: int | None = Field(None, ge=0, description="adaptive scaling: min jobs/pods")
-    adapt_maximum: int | None = Field(None, ge=1, description="adaptive scaling: max jobs/pods")
+    adapt_minimum: int | None = Field(
+        None, ge=0, description="adaptive scaling: min jobs/pods (local: worker processes)"
+    )
+    adapt_maximum: int | None = Field(
+        None, ge=1, description="adaptive scaling: max jobs/pods (local: worker processes)"
+    )
     scheduler_interface: str | None = None
     # kubernetes
     name: str = "streamembed"

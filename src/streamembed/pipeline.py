@@ -472,9 +472,7 @@ class Pipeline:
         """Submit blocks under backpressure, commit finished acquisitions, apply in order."""
         cfg = self.cfg
         to_embed = deque(plan.embed)
-        max_blocks = cfg.pipeline.max_blocks_in_flight or 2 * max(
-            1, sum(self.client.nthreads().values())
-        )
+        max_blocks = cfg.pipeline.max_blocks_in_flight or 2 * self._capacity()
         bar = tqdm(total=len(plan.apply), unit="acq", desc="backfill", disable=not progress,
                    dynamic_ncols=True)  # fmt: skip
         active: list[_Embedding] = []
@@ -517,6 +515,18 @@ class Pipeline:
             for fut in futures:
                 fut.cancel()
             bar.close()
+
+    def _capacity(self) -> int:
+        """Worker threads to keep busy: those connected now, or as many as adaptive scaling may
+        start (a queue sized to the workers of the moment would never ask for more)."""
+        threads = sum(self.client.nthreads().values())
+        cluster = self.cfg.cluster
+        if cluster.adapt_maximum is not None:
+            per_worker = cluster.threads_per_worker if cluster.kind == "local" else (
+                cluster.groups[0].cores
+            )  # fmt: skip
+            threads = max(threads, cluster.adapt_maximum * per_worker)
+        return max(1, threads)
 
     def _wait(self, futures: dict[Future, _Embedding]) -> set[Future]:
         """The block futures done within ``pipeline.wait_seconds`` (maybe none)."""
