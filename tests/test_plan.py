@@ -68,5 +68,10 @@ def test_the_sequencer_hands_out_each_tile_in_sensing_order():
     states = {"x1": State.SEEN, "x2": State.EMBEDDED, "x3": State.EMBEDDED, "y1": State.EMBEDDED}
     assert [a.id for a in seq.ready(states)] == ["y1"]  # x2 waits for x1
     states["x1"] = State.FAILED  # a failed acquisition does not block its tile
-    assert [a.id for a in seq.ready(states)] == ["x2", "x3"]
+    # one per tile at a time: x3 waits for x2's apply, and a busy tile gets nothing
+    assert [a.id for a in seq.ready(states, busy={"33UWP"})] == []
+    assert [a.id for a in seq.ready(states)] == ["x2"]
+    assert [a.id for a in seq.ready(states, busy={"33UWP"})] == []
+    states["x2"] = State.APPLIED
+    assert [a.id for a in seq.ready(states)] == ["x3"]
     assert not seq.pending

@@ -185,7 +185,7 @@ def test_store_refuses_indices_of_an_older_version(tmp_path):
     old = np.array(["ndvi", "ndwi", "nbr", "ndbi"])
     g.create_array("index", shape=old.shape, dtype=old.dtype, overwrite=True)[:] = old
     with pytest.raises(StoreMismatchError, match="new --output"):
-        store.append(_batch(1))
+        EmbeddingStore(tmp_path / "embeddings.zarr").append(_batch(1))  # a run of this version
 
 
 def _record(cell_x: int, acq: str = "acq0") -> AnomalyRecord:

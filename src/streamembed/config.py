@@ -288,7 +288,12 @@ class ClusterConfig(Section):
 
 
 class PipelineConfig(Section):
-    max_in_flight: int = Field(4, ge=1, description="acquisitions being read/encoded at once")
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="acquisitions being read/encoded at once (null: as many as keep the block "
+        "queue full, at most 2 per worker thread)",
+    )
     max_blocks_in_flight: int | None = Field(
         None, ge=1, description="block tasks submitted at once (null: 2 per worker thread)"
     )

@@ -51,6 +51,9 @@ from .storage import ensure_writable
 from .store import EmbeddingStore, Provenance, Reservation, StoreMismatchError
 
 log = logging.getLogger(__name__)
+# How often the driver looks at applies in flight while it waits (actor futures cannot join
+# distributed.wait)
+APPLY_POLL_SECONDS = 0.02
 # One line per acquisition and stage (stored, applied), with its fields as `extra` for
 # --log-format json; the CLI quiets it under a progress bar.
 events = logging.getLogger("streamembed.events")
@@ -247,6 +250,15 @@ class _Embedding:
         return not self.running and (self.failed is not None or not self.todo)
 
 
+@dataclass
+class _Applying:
+    """One acquisition being folded into its tile's statistics (at most one per tile)."""
+
+    acq: Acquisition
+    future: Any  # BaseActorFuture[ApplyResult]
+    actor: StatsShard  # the shard's actor it was sent to (a lost one is replaced)
+
+
 class Pipeline:
     """One output directory processed on one Client; reused across monitor cycles."""
 
@@ -283,6 +295,7 @@ class Pipeline:
         # Whether the actors' states were checked against the ledger: once per process (and
         # after a reattach), not every poll; within a process every apply goes through here.
         self._states_checked = False
+        self._applying: dict[str, _Applying] = {}  # tile -> its apply in flight
 
     def _submit_actor(self, shard: int) -> Future:
         self._generation += 1
@@ -365,17 +378,6 @@ class Pipeline:
             self._actor_futures[shard].release()
         self._actor_futures[shard] = self._submit_actor(shard)
         self.actors[shard] = self._actor_futures[shard].result()
-
-    def _apply(self, tile: str, acq_id: str, report: RunReport) -> ApplyResult:
-        """One actor apply; a lost actor is recreated once and the apply repeated."""
-        shard = self._shard(tile)
-        try:
-            return self.actors[shard].apply(tile, acq_id).result()
-        except Exception:
-            if self.actor_alive(shard):
-                raise
-        self._recreate_actor(shard, report)
-        return self.actors[shard].apply(tile, acq_id).result()
 
     def run(
         self,
@@ -469,17 +471,29 @@ class Pipeline:
         stop: Callable[[], bool],
         progress: bool,
     ) -> None:
-        """Submit blocks under backpressure, commit finished acquisitions, apply in order."""
+        """Submit blocks under backpressure, commit finished acquisitions, apply in order.
+
+        Acquisitions of many tiles are in flight together, as many as keep the block queue
+        full (``pipeline.max_in_flight`` at most); each tile's applies are sent to its actor
+        one at a time in sensing order while other tiles' blocks and applies go on.
+        """
         cfg = self.cfg
         to_embed = deque(plan.embed)
-        max_blocks = cfg.pipeline.max_blocks_in_flight or 2 * self._capacity()
+        capacity = self._capacity()
+        max_blocks = cfg.pipeline.max_blocks_in_flight or 2 * capacity
+        max_acqs = cfg.pipeline.max_in_flight or 2 * capacity
         bar = tqdm(total=len(plan.apply), unit="acq", desc="backfill", disable=not progress,
                    dynamic_ncols=True)  # fmt: skip
         active: list[_Embedding] = []
         futures: dict[Future, _Embedding] = {}
         try:
             while True:
-                while to_embed and len(active) < cfg.pipeline.max_in_flight and not stop():
+                while (
+                    to_embed
+                    and len(active) < max_acqs
+                    and sum(len(j.todo) for j in active) < max_blocks
+                    and not stop()
+                ):
                     job = self._begin(to_embed.popleft(), states, report, bar)
                     if job is not None:
                         active.append(job)
@@ -494,10 +508,13 @@ class Pipeline:
                         futures[fut] = job
                 self._apply_ready(sequencer, states, replay_ids, report, bar)
                 if not futures:
+                    if self._applying:
+                        self._collect_applies(states, replay_ids, report, bar, block=True)
+                        continue
                     if not active and (not to_embed or stop()):
                         return
                     continue
-                for fut in self._wait(futures):
+                for fut in self._wait(futures, quick=bool(self._applying)):
                     if fut not in futures:
                         continue  # cancelled with its acquisition, failed in this same wait
                     job = futures.pop(fut)
@@ -514,6 +531,10 @@ class Pipeline:
         finally:
             for fut in futures:
                 fut.cancel()
+            # Applies already sent finish and are recorded: a stop never leaves one unrecorded
+            # (a crash may: its replay is a no-op, ApplyStatus.ALREADY).
+            while self._applying:
+                self._collect_applies(states, replay_ids, report, bar, block=True)
             bar.close()
 
     def _capacity(self) -> int:
@@ -528,13 +549,12 @@ class Pipeline:
             threads = max(threads, cluster.adapt_maximum * per_worker)
         return max(1, threads)
 
-    def _wait(self, futures: dict[Future, _Embedding]) -> set[Future]:
-        """The block futures done within ``pipeline.wait_seconds`` (maybe none)."""
+    def _wait(self, futures: dict[Future, _Embedding], quick: bool = False) -> set[Future]:
+        """The block futures done within ``pipeline.wait_seconds`` (maybe none); ``quick``:
+        within a moment, while applies are in flight and their results wait to be recorded."""
+        timeout = APPLY_POLL_SECONDS if quick else self.cfg.pipeline.wait_seconds
         try:
-            done, _ = wait(
-                list(futures), timeout=self.cfg.pipeline.wait_seconds,
-                return_when="FIRST_COMPLETED",
-            )  # fmt: skip
+            done, _ = wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED")
         except TimeoutError:
             # distributed's wait raises when nothing finished in time: an acquisition may take
             # as long as it takes, the loop only wakes to check for a stop request.
@@ -572,8 +592,10 @@ class Pipeline:
     ) -> _Embedding | None:
         """The acquisition's grid, its reserved time step and its blocks (driver side)."""
         try:
-            with report.driver.timed("store_begin"):
-                grid = self.store.grid(a.tile) or grid_for(a, self.cfg.ingest.cell_size)
+            stored = self.store.grid(a.tile)
+            # a tile's first acquisition creates its group: timed apart (once per tile)
+            with report.driver.timed("store_begin" if stored else "store_create"):
+                grid = stored or grid_for(a, self.cfg.ingest.cell_size)
                 dim = EMBEDDING_DIM[self.cfg.model.arch]
                 reservation = self.store.begin(a.id, grid, dim, self.provenance)
             if reservation is not None:
@@ -731,46 +753,109 @@ class Pipeline:
         report: RunReport,
         bar: Any,
     ) -> None:
-        """Apply each tile's next acquisitions while they are embedded (strict time order)."""
-        for a in sequencer.ready(states):
+        """Record the applies that finished, then send each idle tile's next embedded
+        acquisition to its actor (strict time order per tile, tiles side by side)."""
+        self._collect_applies(states, replay_ids, report, bar)
+        for a in sequencer.ready(states, busy=set(self._applying)):
+            self._applying[a.tile] = self._send_apply(a, report)
+
+    def _send_apply(self, a: Acquisition, report: RunReport) -> _Applying:
+        """Send one apply to its tile's actor; one whose worker is gone is recreated first."""
+        shard = self._shard(a.tile)
+        try:
+            actor = self.actors[shard]
+            return _Applying(a, actor.apply(a.tile, a.id), actor)
+        except Exception:  # distributed refuses calls on an actor whose worker was lost
+            if self.actor_alive(shard):
+                raise
+        self._recreate_actor(shard, report)
+        actor = self.actors[shard]
+        return _Applying(a, actor.apply(a.tile, a.id), actor)
+
+    def _collect_applies(
+        self,
+        states: dict[str, State],
+        replay_ids: set[str],
+        report: RunReport,
+        bar: Any,
+        block: bool = False,
+    ) -> None:
+        """Record finished applies; ``block``: wait until at least one has finished."""
+        if block:
             with report.driver.timed("apply_wait"):
-                res = self._apply(a.tile, a.id, report)
-            report.add_seconds(res.seconds)
-            if a.id in replay_ids:
-                report.replayed += 1
-                states[a.id] = State.APPLIED
-                continue
-            if res.status == ApplyStatus.LATE:
-                reason = (
-                    f"acquired {a.datetime.isoformat()} before tile {a.tile}'s last applied "
-                    "acquisition: embedded and stored, not applied to the statistics"
+                deadline = time.monotonic() + self.cfg.pipeline.wait_seconds
+                while not any(x.future.done() for x in self._applying.values()):
+                    if time.monotonic() > deadline:
+                        return
+                    time.sleep(APPLY_POLL_SECONDS)
+        for tile, item in list(self._applying.items()):
+            if item.future.done():
+                del self._applying[tile]
+                self._applied(item, self._apply_result(item, report), states, replay_ids,
+                              report, bar)  # fmt: skip
+
+    def _apply_result(self, item: _Applying, report: RunReport) -> ApplyResult:
+        """An apply's result; a lost actor is recreated once (by the first of its tiles to
+        notice) and the apply repeated on the new one."""
+        try:
+            result: ApplyResult = item.future.result()
+            return result
+        except Exception:
+            shard = self._shard(item.acq.tile)
+            if self.actors[shard] is item.actor:
+                if self.actor_alive(shard):
+                    raise
+                self._recreate_actor(shard, report)
+        with report.driver.timed("apply_wait"):
+            return self.actors[shard].apply(item.acq.tile, item.acq.id).result()
+
+    def _applied(
+        self,
+        item: _Applying,
+        res: ApplyResult,
+        states: dict[str, State],
+        replay_ids: set[str],
+        report: RunReport,
+        bar: Any,
+    ) -> None:
+        """The ledger and the report after one apply."""
+        a = item.acq
+        report.add_seconds(res.seconds)
+        if a.id in replay_ids:
+            report.replayed += 1
+            states[a.id] = State.APPLIED
+            return
+        if res.status == ApplyStatus.LATE:
+            reason = (
+                f"acquired {a.datetime.isoformat()} before tile {a.tile}'s last applied "
+                "acquisition: embedded and stored, not applied to the statistics"
+            )
+            with report.driver.timed("ledger"):
+                self.ledger.set_state(a.id, State.LATE, reason)
+            states[a.id] = State.LATE
+            report.late += 1
+        else:
+            with report.driver.timed("ledger"):
+                self.ledger.set_state(
+                    a.id,
+                    State.APPLIED,
+                    n_anomalies=res.n_anomalies,
+                    snow_cells=res.snow_cells,
+                    masked_cells=res.masked_cells,
                 )
-                with report.driver.timed("ledger"):
-                    self.ledger.set_state(a.id, State.LATE, reason)
-                states[a.id] = State.LATE
-                report.late += 1
-            else:
-                with report.driver.timed("ledger"):
-                    self.ledger.set_state(
-                        a.id,
-                        State.APPLIED,
-                        n_anomalies=res.n_anomalies,
-                        snow_cells=res.snow_cells,
-                        masked_cells=res.masked_cells,
-                    )
-                states[a.id] = State.APPLIED
-                report.applied += 1
-                events.info(
-                    "applied %s: %d anomaly rows", a.id, res.n_anomalies,
-                    extra={"acquisition_id": a.id, "tile": a.tile, "stage": "stats_apply",
-                           "seconds": round(res.seconds.stats_apply, 3),
-                           "anomaly_rows": res.n_anomalies},
-                )  # fmt: skip
-                if res.status != ApplyStatus.ALREADY:
-                    report.anomaly_rows += res.n_anomalies
-                    if res.path:
-                        report.files.append(res.path)
-            bar.update(1)
+            states[a.id] = State.APPLIED
+            report.applied += 1
+            events.info(
+                "applied %s: %d anomaly rows", a.id, res.n_anomalies,
+                extra={"acquisition_id": a.id, "tile": a.tile, "stage": "stats_apply",
+                       "seconds": round(res.seconds.stats_apply, 3),
+                       "anomaly_rows": res.n_anomalies},
+            )  # fmt: skip
+            if res.status != ApplyStatus.ALREADY:
+                report.anomaly_rows += res.n_anomalies
+                if res.path:
+                    report.files.append(res.path)
+        bar.update(1)
 
 
 def _check_block_chunks(cfg: Config, grid: TileGrid, reservation: Reservation) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .acquisition import Acquisition, latest_baselines
@@ -106,19 +106,21 @@ class TileSequencer:
         for a in sorted(acqs, key=lambda a: (a.tile, a.datetime, a.id)):
             self._queues.setdefault(a.tile, deque()).append(a)
 
-    def ready(self, states: Mapping[str, State]) -> Iterator[Acquisition]:
-        """The acquisitions to apply now, tile by tile, in order (failed ones are passed over).
+    def ready(
+        self, states: Mapping[str, State], busy: Collection[str] = ()
+    ) -> Iterator[Acquisition]:
+        """Each tile's next acquisition to apply now, at most one per tile, none for a tile in
+        ``busy`` (its previous apply is still in flight); failed ones are passed over.
 
-        The caller applies each one handed out before asking for the next.
+        The caller sends each one handed out to its tile's actor and marks its state once the
+        apply is done; the tile's next acquisition is handed out only after that.
         """
-        for queue in self._queues.values():
-            while queue:
-                st = states[queue[0].id]
-                if st == State.FAILED:
-                    queue.popleft()
-                    continue
-                if st != State.EMBEDDED:
-                    break
+        for tile, queue in self._queues.items():
+            if tile in busy:
+                continue
+            while queue and states[queue[0].id] == State.FAILED:
+                queue.popleft()
+            if queue and states[queue[0].id] == State.EMBEDDED:
                 yield queue.popleft()
 
     @property

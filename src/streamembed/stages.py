@@ -53,6 +53,7 @@ class DriverSeconds:
     discover: float = 0.0
     plan: float = 0.0  # ledger reads, the run's plan, the replay check
     ledger: float = 0.0  # ledger writes as acquisitions move on
+    store_create: float = 0.0  # a tile's first acquisition: its Zarr group written
     store_begin: float = 0.0
     store_commit: float = 0.0
     submit: float = 0.0  # building and submitting block tasks

@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,10 @@ _DECODE_ROWS = 16
 
 def _time_vars(g: zarr.Group) -> tuple[str, ...]:
     return _TIME_VARS + tuple(n for n in _QUANT_VARS if n in g)
+
+
+def _time_vars_of(arrays: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(n for n in (*_TIME_VARS, *_QUANT_VARS) if n in arrays)
 
 
 def quantise(embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -257,6 +264,23 @@ class Reservation:
     chunk_cells: tuple[int, int]
 
 
+@dataclass
+class _TileMeta:
+    """What the writing process knows of a tile's metadata between its own writes: the group
+    document (attributes, ``pending`` included), every array's metadata document as written,
+    and every row's id. One process writes an output's metadata (the driver), so after one
+    read a begin or a commit needs no metadata read at all."""
+
+    doc: dict[str, Any]
+    arrays: dict[str, dict[str, Any]]
+    ids: list[str]
+    checked: tuple[Any, ...] = ()  # the (provenance, grid, dim) last found compatible
+
+
+# Tiles whose metadata a writer keeps between acquisitions (~20 KB each)
+META_TILES = 1024
+
+
 class EmbeddingStore:
     """The store at ``root``; one Zarr group per MGRS tile."""
 
@@ -265,6 +289,7 @@ class EmbeddingStore:
         # credentials from the environment).
         self.root = storage.normalise(root)
         self.cfg = cfg or StoreConfig()
+        self._meta: OrderedDict[str, _TileMeta] = OrderedDict()  # the writer's, LRU
 
     def tiles(self) -> list[str]:
         """The tiles stored: the groups under the root, listed afresh (workers create them)."""
@@ -277,38 +302,81 @@ class EmbeddingStore:
             return None
         return zarr.open_group(self.root, mode="r+", path=tile, use_consolidated=False)
 
-    def _publish_view(
-        self, g: zarr.Group, tile: str, pending: dict[str, int] | None = None
-    ) -> None:
+    def _tile(self, tile: str) -> _TileMeta | None:
+        """The writer's view of a tile's metadata: read (and repaired) on first use, then kept
+        current by this store's own writes; None for a tile not stored yet."""
+        meta = self._meta.get(tile)
+        if meta is not None:
+            self._meta.move_to_end(tile)
+            return meta
+        g = self._group(tile)
+        if g is None:
+            return None
+        _, ids = _repair(g)
+        doc = json.loads(storage.read_bytes(storage.join(self.root, tile, "zarr.json")))
+        doc.pop("consolidated_metadata", None)
+        arrays = {
+            name: json.loads(storage.read_bytes(storage.join(self.root, tile, name, "zarr.json")))
+            for name in sorted(g.array_keys())
+        }
+        meta = self._meta[tile] = _TileMeta(doc, arrays, ids)
+        while len(self._meta) > META_TILES:
+            self._meta.popitem(last=False)
+        return meta
+
+    @contextmanager
+    def _writing(self, tile: str) -> Iterator[_TileMeta]:
+        """The tile's metadata for a write; forgotten if the write fails half way, so the next
+        one reads what is on disk again."""
+        meta = self._tile(tile)
+        if meta is None:
+            raise KeyError(f"tile {tile} is not in {self.root}")
+        try:
+            yield meta
+        except BaseException:
+            self._meta.pop(tile, None)
+            raise
+
+    def _publish_view(self, tile: str, meta: _TileMeta, pending: dict[str, int]) -> None:
         """Write the tile group's metadata with the readers' view consolidated into it.
 
         Every array's own metadata, its time dimension cut at the last committed row; and the
-        group's attributes (``pending`` replaced when given). One object, published whole:
-        this write is what makes a commit visible. Group attributes are only ever written here,
-        so no other write can drop the view.
+        group's attributes with ``pending`` replaced. One object, published whole: this write
+        is what makes a commit visible. Group attributes are only ever written here, so no
+        other write can drop the view.
         """
-        doc = json.loads(storage.read_bytes(storage.join(self.root, tile, "zarr.json")))
-        attrs = dict(doc.get("attributes", {}))
-        ids = _ids(g)
+        attrs = dict(meta.doc.get("attributes", {}))
+        ids = meta.ids
         # An acquisition committed before a crash took its view with it is no longer pending.
-        attrs["pending"] = {
-            k: v
-            for k, v in (_pending_of(attrs) if pending is None else pending).items()
-            if not (v < len(ids) and ids[v] == k)
-        }
+        attrs["pending"] = {k: v for k, v in pending.items() if not (v < len(ids) and ids[v] == k)}
         visible = _visible_rows(ids, attrs["pending"])
         arrays: dict[str, Any] = {}
-        for name in sorted(g.array_keys()):
-            meta = json.loads(storage.read_bytes(storage.join(self.root, tile, name, "zarr.json")))
-            dims = meta.get("dimension_names") or []
+        for name, array_meta in meta.arrays.items():
+            dims = array_meta.get("dimension_names") or []
             if dims and dims[0] == "time":
-                meta["shape"] = [visible, *meta["shape"][1:]]
-            arrays[name] = meta
-        doc.update(
-            attributes=attrs,
-            consolidated_metadata={"kind": "inline", "must_understand": False, "metadata": arrays},
-        )
+                array_meta = {**array_meta, "shape": [visible, *array_meta["shape"][1:]]}
+            arrays[name] = array_meta
+        doc = {
+            **meta.doc,
+            "attributes": attrs,
+            "consolidated_metadata": {
+                "kind": "inline", "must_understand": False, "metadata": arrays,
+            },
+        }  # fmt: skip
         storage.publish(storage.join(self.root, tile, "zarr.json"), json.dumps(doc).encode())
+        meta.doc["attributes"] = attrs
+
+    def _grow(self, tile: str, meta: _TileMeta, rows: int) -> None:
+        """Grow every time variable to ``rows``: their metadata documents rewritten with the new
+        shape (growing a zarr array writes nothing else), the cached ids extended."""
+        for name in _time_vars_of(meta.arrays):
+            array_meta = meta.arrays[name]
+            if array_meta["shape"][0] >= rows:
+                continue
+            array_meta["shape"] = [rows, *array_meta["shape"][1:]]
+            where = storage.join(self.root, tile, name, "zarr.json")
+            storage.publish(where, json.dumps(array_meta).encode())
+        meta.ids.extend([""] * (rows - len(meta.ids)))
 
     def drop_root_view(self) -> bool:
         """Remove a store-root consolidated view written by versions before 0.23 (it listed
@@ -328,9 +396,16 @@ class EmbeddingStore:
         return True
 
     def grid(self, tile: str) -> TileGrid | None:
-        """The tile's stored grid; None for a new tile."""
-        g = self._group(tile)
-        return None if g is None or "grid" not in g.attrs else _grid_attrs(g)
+        """The tile's stored grid; None for a new tile (a tile's grid never changes)."""
+        meta = self._meta.get(tile)
+        if meta is not None:
+            attrs = meta.doc.get("attributes", {})
+        else:  # a read, never a repair: readers (actors, the web map) share the store
+            where = storage.join(self.root, tile, "zarr.json")
+            if not storage.exists(where):
+                return None
+            attrs = json.loads(storage.read_bytes(where)).get("attributes", {})
+        return TileGrid.from_attrs(attrs["grid"]) if "grid" in attrs else None
 
     def acquisition_ids(self, tile: str) -> list[str]:
         """Committed acquisitions of the tile, in row order."""
@@ -358,32 +433,46 @@ class EmbeddingStore:
         acquisition (a crash, a failed block) gets its old row back.
         """
         tile = grid.tile
-        g = self._group(tile)
-        if g is None:
+        if self._tile(tile) is None:
             self._create(grid, dim, provenance)
+        with self._writing(tile) as meta:
+            if meta.checked != (provenance, grid, dim):
+                g = self._group(tile)
+                assert g is not None
+                self._check_compatible(g, tile, acquisition_id, grid, dim, provenance)
+                meta.checked = (provenance, grid, dim)
+            self._trim(tile, meta)
+            pending = _pending_of(meta.doc.get("attributes", {}))
+            if acquisition_id in meta.ids:
+                if acquisition_id in pending:  # a crash between its id and its view
+                    self._publish_view(tile, meta, pending)
+                return None
+            row = pending.get(acquisition_id)
+            if row is None:
+                row = max([len(meta.ids) - 1, *pending.values()]) + 1
+                pending[acquisition_id] = row
+                # The reservation is recorded before the arrays grow: a crash in between
+                # leaves a pending row past the end, which the next begin grows into.
+                self._publish_view(tile, meta, pending)
+                crash_point("store.reserved")
+            self._grow(tile, meta, row + 1)
+            emb = meta.arrays["embedding"]["chunk_grid"]["configuration"]["chunk_shape"]
+            return Reservation(tile, acquisition_id, row, (int(emb[1]), int(emb[2])))
+
+    def _trim(self, tile: str, meta: _TileMeta) -> None:
+        """Cut trailing rows neither committed nor reserved (a failed acquisition's released
+        row at the end), as ``_repair`` does on disk."""
+        keep = set(_pending_of(meta.doc.get("attributes", {})).values())
+        n = len(meta.ids)
+        while n and not meta.ids[n - 1] and (n - 1) not in keep:
+            n -= 1
+        if n < len(meta.ids):
             g = self._group(tile)
             assert g is not None
-        self._check_compatible(g, tile, acquisition_id, grid, dim, provenance)
-        _, ids = _repair(g)
-        if acquisition_id in ids:
-            if acquisition_id in _pending(g):  # a crash between its id and its view
-                self._publish_view(g, tile)
-            return None
-        pending = _pending(g)
-        row = pending.get(acquisition_id)
-        if row is None:
-            row = max([len(ids) - 1, *pending.values()]) + 1
-            pending[acquisition_id] = row
-            # The reservation is recorded before the arrays grow: a crash in between leaves a
-            # pending row past the end, which the next begin grows into.
-            self._publish_view(g, tile, pending)
-            crash_point("store.reserved")
-        emb = _arr(g, "embedding")
-        if row >= emb.shape[0]:
-            for name in _time_vars(g):
-                arr = _arr(g, name)
-                arr.resize((row + 1, *arr.shape[1:]))
-        return Reservation(tile, acquisition_id, row, (emb.chunks[1], emb.chunks[2]))
+            _repair(g)
+            for name in _time_vars_of(meta.arrays):
+                meta.arrays[name]["shape"] = [n, *meta.arrays[name]["shape"][1:]]
+            del meta.ids[n:]
 
     def write_block(
         self,
@@ -406,25 +495,25 @@ class EmbeddingStore:
 
     def commit(self, reservation: Reservation, when: dt.datetime) -> None:
         """Make the acquisition visible: its time, then its id (the commit point)."""
-        g = self._group(reservation.tile)
-        assert g is not None
-        _arr(g, "time")[reservation.row] = np.int64(_sensing_second(when))
-        crash_point("store.commit")
-        _arr(g, "acquisition_id")[reservation.row] = np.asarray(
-            reservation.acquisition_id, dtype=object
-        )
-        pending = _pending(g)
-        pending.pop(reservation.acquisition_id, None)
-        self._publish_view(g, reservation.tile, pending)
+        tile, row = reservation.tile, reservation.row
+        with self._writing(tile) as meta:
+            time_arr = zarr.open_array(self.root, path=f"{tile}/time", mode="r+")
+            time_arr[row] = np.int64(_sensing_second(when))
+            crash_point("store.commit")
+            ids_arr = zarr.open_array(self.root, path=f"{tile}/acquisition_id", mode="r+")
+            ids_arr[row] = np.asarray(reservation.acquisition_id, dtype=object)
+            meta.ids[row] = reservation.acquisition_id
+            pending = _pending_of(meta.doc.get("attributes", {}))
+            pending.pop(reservation.acquisition_id, None)
+            self._publish_view(tile, meta, pending)
 
     def release(self, reservation: Reservation) -> None:
         """Give up a reserved row (its acquisition failed): a retry takes a new row, and the
         commits after it become visible (this row a gap with an empty id, cut if it is last)."""
-        g = self._group(reservation.tile)
-        assert g is not None
-        pending = _pending(g)
-        if pending.pop(reservation.acquisition_id, None) is not None:
-            self._publish_view(g, reservation.tile, pending)
+        with self._writing(reservation.tile) as meta:
+            pending = _pending_of(meta.doc.get("attributes", {}))
+            if pending.pop(reservation.acquisition_id, None) is not None:
+                self._publish_view(reservation.tile, meta, pending)
 
     def append(self, batch: EmbeddingBatch) -> bool:
         """A whole acquisition in one call (begin, one block, commit); False if already stored."""
@@ -503,10 +592,10 @@ class EmbeddingStore:
             consolidated=False,
             compute=False,
         )
-        g = self._group(grid.tile)
-        assert g is not None
-        _repair(g)
-        self._publish_view(g, grid.tile)
+        self._meta.pop(grid.tile, None)
+        meta = self._tile(grid.tile)  # reads what to_zarr wrote, cut to zero rows
+        assert meta is not None
+        self._publish_view(grid.tile, meta, {})
 
     def _check_compatible(
         self,

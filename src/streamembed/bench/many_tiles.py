@@ -27,6 +27,7 @@ from .config import BenchConfig
 from .machine import hardware, software
 
 Log = Callable[[str], None]
+SCHEMA = "streamembed-bench-many-tiles/1"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def run_many_tiles(cfg: Config, bench: BenchConfig, output: Path, log: Log = pri
     shutil.rmtree(output / "scratch", ignore_errors=True)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     record = {
+        "schema": SCHEMA,
         "label": bench.label,
         "time": now,
         "hardware": asdict(hardware()),
@@ -99,6 +101,7 @@ def run_many_tiles(cfg: Config, bench: BenchConfig, output: Path, log: Log = pri
     path = output / f"{bench.label}-{now.replace(':', '').replace('-', '')}.json"
     path.write_text(json.dumps(record, indent=1))
     log(markdown_table(rows))
+    log(f"plot: {plot(rows, output / 'many-tiles.png')}")
     return path
 
 
@@ -202,3 +205,39 @@ def markdown_table(rows: list[ManyTilesStep]) -> str:
                  f"{r.web_bbox_seconds:.2f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot(rows: list[ManyTilesStep], png: Path) -> Path:
+    """Per-acquisition driver seconds and each control-plane step against the tiles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tiles = [r.tiles for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    ax1.plot(tiles, [r.wall_per_acquisition for r in rows], "o-", label="wall (2 workers)")
+    ax1.plot(tiles, [r.driver_cpu_per_acquisition for r in rows], "o-", label="driver CPU")
+    ax1.plot(tiles, [r.last_tenth_per_acquisition for r in rows], "o--",
+             label="wall, last tenth of the run")  # fmt: skip
+    ax1.set_xscale("log")
+    ax1.set_ylim(bottom=0)
+    ax1.set_xlabel("tiles in the output")
+    ax1.set_ylabel("seconds per acquisition")
+    ax1.set_title("Cost per acquisition")
+    ax1.legend(fontsize=8)
+    for step in rows[0].driver_steps_per_acquisition:
+        values = [r.driver_steps_per_acquisition[step] * 1000 for r in rows]
+        if max(values) >= 0.5:
+            ax2.plot(tiles, values, "o-", label=step)
+    ax2.set_xscale("log")
+    ax2.set_ylim(bottom=0)
+    ax2.set_xlabel("tiles in the output")
+    ax2.set_ylabel("driver ms per acquisition")
+    ax2.set_title("Control-plane steps (driver)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+    return png

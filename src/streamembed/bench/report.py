@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,8 @@ def latest_records(results_dir: Path) -> dict[str, BenchRecord]:
     """The newest measured record of each profile in a results folder."""
     latest: dict[str, BenchRecord] = {}
     for path in sorted(results_dir.glob("*.json")):
+        if json.loads(path.read_text()).get("schema", SCHEMA) != SCHEMA:
+            continue  # another benchmark's record (the scale benchmark's)
         rec = BenchRecord.read(path)
         if rec.schema == SCHEMA and rec.runs:
             latest[rec.label] = rec
