@@ -174,13 +174,12 @@ class Ledger:
         rows = [
             (a.id, a.tile, a.datetime.isoformat(), a.item_href, State.SEEN, now, now) for a in acqs
         ]
-        before = self.count()
-        self._db.executemany(
+        cursor = self._db.executemany(
             "INSERT OR IGNORE INTO acquisitions (id, tile, datetime, item_href, state, first_seen,"
             " updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
-        return self.count() - before
+        return max(0, cursor.rowcount)  # rows inserted (ignored ones count 0), not a count(*)
 
     def record_source_failure(self, key: str, href: str, reason: str) -> bool:
         """A source entry that could not even be parsed into an acquisition (it has no tile or
