@@ -243,3 +243,20 @@ def test_workers_added_and_removed_during_a_backfill_lose_and_double_nothing(
     for tile, values in ref_embeddings.items():
         assert np.array_equal(embeddings[tile], values), tile
     pd.testing.assert_frame_equal(rows, ref_rows)
+
+
+def test_statistics_shards_go_round_the_workers(cluster_client, tmp_path):
+    """Shards are placed one per worker in turn, not wherever dask first finds room: many
+    tiles' state spreads over many workers."""
+    cfg = _cfg(str(tmp_path / "no-items"), str(tmp_path / "out")).with_overrides(
+        **{"stats.shards": 4}
+    )
+    pipe = Pipeline(cfg, cluster_client)
+    try:
+        keys = [f.key for f in pipe._actor_futures]
+        where = cluster_client.who_has(pipe._actor_futures)
+        workers = [where[k][0] for k in keys]
+    finally:
+        pipe.close()
+    addresses = sorted(cluster_client.scheduler_info()["workers"])
+    assert workers == [addresses[k % len(addresses)] for k in range(4)]

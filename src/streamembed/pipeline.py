@@ -298,7 +298,11 @@ class Pipeline:
         self._applying: dict[str, _Applying] = {}  # tile -> its apply in flight
 
     def _submit_actor(self, shard: int) -> Future:
+        """Place shard ``shard``'s actor: shards go round the workers (sorted by address), so
+        many shards spread their tiles' state over many workers instead of stacking where
+        dask first finds room; any worker takes it if that one is gone."""
         self._generation += 1
+        workers = sorted(self.client.scheduler_info().get("workers", {}))
         return self.client.submit(
             StatsActor,
             self.cfg.layout.root,
@@ -307,6 +311,8 @@ class Pipeline:
             self.identity.model_id,
             actor=True,
             key=f"streamembed-stats-shard-{shard}-{self.token}-{self._generation}",
+            workers=[workers[shard % len(workers)]] if workers else None,
+            allow_other_workers=True,
         )
 
     def close(self) -> None:
