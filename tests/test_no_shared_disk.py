@@ -27,6 +27,7 @@ from streamembed.pipeline import Pipeline
 from streamembed.sink import read_anomalies
 from streamembed.store import EmbeddingStore
 
+from .drain import QUICK_ADAPT, draining
 from .test_stac import _served
 
 ORDER = ["acquisition_id", "cell_y", "cell_x"]
@@ -200,41 +201,21 @@ def test_workers_added_and_removed_during_a_backfill_lose_and_double_nothing(
     """dask's adaptive scaling on a LocalCluster (one worker to start, up to three), while
     workers are drained away during the run as a shrinking allocation would: the outputs
     equal the fixed cluster's, nothing applied twice."""
-    import threading
-
     cluster_cfg = ClusterConfig(
         kind="local", n_workers=1, adapt_minimum=1, adapt_maximum=3, dashboard_address=":0"
     )
-    # Scale on the run's short tasks (the defaults aim at minutes of queued work).
-    quick = {"distributed.adaptive.target-duration": "200ms",
-             "distributed.adaptive.interval": "250ms", "distributed.adaptive.wait-count": 2}  # fmt: skip
-    seen: list[int] = []
-    retired: list[str] = []
-    done = threading.Event()
     out = tmp_path / "out"
-    with dask.config.set(quick), make_client(cluster_cfg) as client:
-
-        def drain() -> None:
-            # Retire a worker every few seconds (dask refuses the one holding an actor);
-            # adaptive scaling starts new ones while blocks are queued.
-            while not done.wait(0.5):
-                workers = list(client.scheduler_info()["workers"])
-                seen.append(len(workers))
-                if len(seen) % 6 == 0 and len(workers) > 1:
-                    retired.extend(client.retire_workers(workers=workers[-1:], close_workers=True))
-
-        watcher = threading.Thread(target=drain, daemon=True)
-        watcher.start()
-        try:
-            cfg = _cfg(server_module.url, str(out)).with_overrides(
-                **{"cluster.adapt_minimum": 1, "cluster.adapt_maximum": 3}
-            )
-            _run(cfg, client)
-        finally:
-            done.set()
-            watcher.join(timeout=30)
-    assert max(seen) > 1, seen  # workers were added
-    assert retired, seen  # and removed while the backfill ran
+    cfg = _cfg(server_module.url, str(out)).with_overrides(
+        **{"cluster.adapt_minimum": 1, "cluster.adapt_maximum": 3}
+    )
+    with (
+        dask.config.set(QUICK_ADAPT),
+        make_client(cluster_cfg) as client,
+        draining(client, every=0.5, each=6) as drained,
+    ):
+        _run(cfg, client)
+    assert max(drained.seen) > 1, drained.seen  # workers were added
+    assert drained.retired, drained.seen  # and removed while the backfill ran
     with Ledger(out / "ledger.sqlite") as led:
         assert all(states == {State.APPLIED.value: N_LOOKS} for states in led.summary().values())
     embeddings, rows = _outputs(str(out))

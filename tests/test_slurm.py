@@ -53,8 +53,22 @@ def _rows(out) -> pd.DataFrame:
     return frame[cols].sort_values(cols[:4]).reset_index(drop=True)
 
 
+@pytest.fixture(scope="module")
+def local_rows(demo_archive, cluster_client, tmp_path_factory) -> pd.DataFrame:
+    """The same archive's anomaly rows from the session's LocalCluster."""
+    out = tmp_path_factory.mktemp("slurm-reference") / "out"
+    pipe = Pipeline(_cfg(demo_archive, out), cluster_client)
+    try:
+        pipe.run(progress=False)
+    finally:
+        pipe.close()
+    rows = _rows(out)
+    assert len(rows) > 0  # the flood / clear-cut give something to compare
+    return rows
+
+
 def test_slurm_backfill_gpu_tagged_workers_match_local_cluster(
-    slurm, demo_archive, cluster_client, tmp_path
+    slurm, demo_archive, local_rows, tmp_path
 ):
     logs = tmp_path / "job-logs"
     group = {
@@ -99,12 +113,41 @@ def test_slurm_backfill_gpu_tagged_workers_match_local_cluster(
     assert {loads[w] for w in cpu_workers} == {0}
     assert any(logs.glob("*.err")) or any(logs.glob("*.out"))
 
-    local_out = tmp_path / "local-out"
-    pipe = Pipeline(_cfg(demo_archive, local_out), cluster_client)
-    try:
-        pipe.run(progress=False)
-    finally:
-        pipe.close()
-    slurm_rows, local_rows = _rows(tmp_path / "slurm-out"), _rows(local_out)
-    assert len(local_rows) > 0  # the flood / clear-cut give something to compare
-    pd.testing.assert_frame_equal(slurm_rows, local_rows)
+    pd.testing.assert_frame_equal(_rows(tmp_path / "slurm-out"), local_rows)
+
+
+def test_slurm_adaptive_scaling_during_a_backfill_loses_and_doubles_nothing(
+    slurm, demo_archive, local_rows, tmp_path
+):
+    """dask-jobqueue's adaptive scaling (1 to 2 SLURM jobs) while workers are drained away
+    during the backfill, as a shrinking allocation would: the same anomaly rows as a
+    LocalCluster run, every acquisition applied once."""
+    import dask
+
+    from streamembed.ledger import Ledger, State
+
+    from .drain import QUICK_ADAPT, draining
+
+    group = WorkerGroup(
+        name="cpu", cores=1, memory="3GB", queue=slurm.partition, walltime="00:30:00",
+        local_directory=str(tmp_path / "dask-tmp"), log_directory=str(tmp_path / "job-logs"),
+    )  # fmt: skip
+    cluster_cfg = ClusterConfig(
+        kind="slurm", dashboard_address=":0", groups=(group,), adapt_minimum=1, adapt_maximum=2
+    )
+    cfg = _cfg(demo_archive, tmp_path / "slurm-out").with_overrides(
+        cluster=cluster_cfg.model_dump()
+    )
+    with dask.config.set(QUICK_ADAPT), make_client(cfg.cluster) as client:
+        client.wait_for_workers(1, timeout=180)
+        with draining(client, every=1.0, each=5) as drained:
+            pipe = Pipeline(cfg, client)
+            try:
+                report = pipe.run(progress=False)
+            finally:
+                pipe.close()
+    assert report.applied == report.discovered == 37 and not report.failed
+    assert max(drained.seen) == 2 and drained.retired, drained  # jobs came and went
+    with Ledger(tmp_path / "slurm-out" / "ledger.sqlite") as ledger:
+        assert len(ledger.rows(State.APPLIED)) == 37
+    pd.testing.assert_frame_equal(_rows(tmp_path / "slurm-out"), local_rows)

@@ -329,6 +329,14 @@ class Pipeline:
         for actor in self.actors:
             actor.checkpoint().result()
 
+    def _heal_actors(self, report: RunReport) -> None:
+        """Recreate every shard whose worker went while none of its tiles had an apply to
+        notice (adaptive scaling closes idle workers, actors or not), caught up from the
+        ledger, before the run's final checkpoint."""
+        for shard in range(len(self.actors)):
+            if not self.actor_alive(shard):
+                self._recreate_actor(shard, report)
+
     def _shard(self, tile: str) -> int:
         return shard_of(tile, len(self.actors))
 
@@ -438,6 +446,7 @@ class Pipeline:
             sequencer = TileSequencer([*replay, *plan.apply])
             self._drive(plan, sequencer, states, {a.id for a in replay}, report, stop, progress)
             report.stopped_early = sequencer.pending
+            self._heal_actors(report)
             self.checkpoint()
             layout, sim = self.cfg.layout, self.cfg.similarity
             # what this run changed: the catalogue and indexes of other tiles stay as they are

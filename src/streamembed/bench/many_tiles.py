@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from ..config import ClusterConfig, Config
 from .config import BenchConfig
@@ -28,6 +27,9 @@ from .machine import hardware, software
 
 Log = Callable[[str], None]
 SCHEMA = "streamembed-bench-many-tiles/1"
+# Below this many acquisitions the first/last tenth of a run (from the ledger's whole-second
+# times) is not resolved, and is not reported
+MIN_ACQ_FOR_TENTHS = 100
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,9 @@ def _step(cfg: Config, items: Path, tiles: list[str], out: Path) -> ManyTilesSte
     import psutil
 
     from ..cluster import make_client
-    from ..encoder import EncoderPlugin
     from ..ledger import Ledger, State
     from ..pipeline import Pipeline
+    from .measure import warm_encoders
 
     shutil.rmtree(out, ignore_errors=True)
     run_cfg = cfg.with_overrides(
@@ -123,12 +125,7 @@ def _step(cfg: Config, items: Path, tiles: list[str], out: Path) -> ManyTilesSte
         dashboard_address=":0",
     )  # fmt: skip
     with make_client(cluster) as client:
-
-        def warm(dask_worker: Any) -> int:
-            dask_worker.plugins[EncoderPlugin.name].get(run_cfg.model)
-            return 1
-
-        client.run(warm)
+        warm_encoders(client, run_cfg)
         pipe = Pipeline(run_cfg, client)
         try:
             t0 = time.perf_counter()
@@ -197,7 +194,8 @@ def markdown_table(rows: list[ManyTilesStep]) -> str:
     for r in rows:
         actor = sum(r.actor_steps_per_acquisition.values()) * 1000
         cells = [str(r.tiles), str(r.acquisitions), f"{r.wall_per_acquisition:.3f}",
-                 f"{r.first_tenth_per_acquisition:.3f} / {r.last_tenth_per_acquisition:.3f}",
+                 f"{r.first_tenth_per_acquisition:.3f} / {r.last_tenth_per_acquisition:.3f}"
+                 if r.acquisitions >= MIN_ACQ_FOR_TENTHS else "–",
                  f"{r.driver_cpu_per_acquisition * 1000:.1f}",
                  *[f"{r.driver_steps_per_acquisition[s] * 1000:.1f}" for s in steps],
                  f"{actor:.1f}", f"{r.driver_rss_mib:.0f}",
@@ -218,7 +216,9 @@ def plot(rows: list[ManyTilesStep], png: Path) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     ax1.plot(tiles, [r.wall_per_acquisition for r in rows], "o-", label="wall (2 workers)")
     ax1.plot(tiles, [r.driver_cpu_per_acquisition for r in rows], "o-", label="driver CPU")
-    ax1.plot(tiles, [r.last_tenth_per_acquisition for r in rows], "o--",
+    # the ledger's times are whole seconds: a tenth of a short run is not resolved
+    long = [r for r in rows if r.acquisitions >= MIN_ACQ_FOR_TENTHS]
+    ax1.plot([r.tiles for r in long], [r.last_tenth_per_acquisition for r in long], "o--",
              label="wall, last tenth of the run")  # fmt: skip
     ax1.set_xscale("log")
     ax1.set_ylim(bottom=0)
@@ -241,3 +241,8 @@ def plot(rows: list[ManyTilesStep], png: Path) -> Path:
     fig.savefig(png)
     plt.close(fig)
     return png
+
+
+def from_record(path: Path) -> list[ManyTilesStep]:
+    """The steps of a record written by ``run_many_tiles`` (to redraw its table and plot)."""
+    return [ManyTilesStep(**step) for step in json.loads(path.read_text())["steps"]]

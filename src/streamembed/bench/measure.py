@@ -197,13 +197,23 @@ def pipeline_run(
     )
 
 
+def warm_encoders(client: Any, cfg: Config) -> None:
+    """Load the encoder on every worker before a timed run (as a daemon's are, once)."""
+    from ..encoder import EncoderPlugin
+
+    def warm(dask_worker: Any) -> int:
+        dask_worker.plugins[EncoderPlugin.name].get(cfg.model)
+        return 1
+
+    client.run(warm)
+
+
 def _timed_backfill(
     cfg: Config, n_workers: int, sample_seconds: float
 ) -> tuple[Sampler, _Backfill]:
     from distributed import get_task_stream
 
     from ..cluster import make_client
-    from ..encoder import EncoderPlugin
     from ..pipeline import Pipeline
 
     cluster = cfg.cluster
@@ -219,11 +229,7 @@ def _timed_backfill(
         if cluster.kind != "local":
             client.wait_for_workers(max(1, n_workers), timeout=600)
 
-        def warm(dask_worker: Any) -> int:
-            dask_worker.plugins[EncoderPlugin.name].get(cfg.model)
-            return 1
-
-        client.run(warm)  # a daemon loads its model once: time the warm pipeline
+        warm_encoders(client, cfg)  # a daemon loads its model once: time the warm pipeline
         pipe = Pipeline(cfg, client)
         try:
             with Sampler(client, sample_seconds) as sampler, get_task_stream(client) as stream:
