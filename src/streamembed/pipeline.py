@@ -437,7 +437,14 @@ class Pipeline:
                 acqs, states, self.ledger.processed_at, self._missing_reason, retry_failed
             )
             self._record_decisions(plan, states, report)
-            replay = [] if self._states_checked else self._replay_plan(states)
+            if self._states_checked:
+                # One call per shard (not per tile): a lost cluster fails this poll here, as
+                # the daemon's outage handling expects, even when nothing is new.
+                for actor in self.actors:
+                    actor.metrics().result(timeout=30)
+                replay = []
+            else:
+                replay = self._replay_plan(states)
             self._states_checked = True
         report.already_done = plan.already_done
         if plan.apply or replay:
