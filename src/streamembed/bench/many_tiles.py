@@ -20,10 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import ClusterConfig, Config
 from .config import BenchConfig
 from .machine import hardware, software
+from .report import save_figure
 
 Log = Callable[[str], None]
 SCHEMA = "streamembed-bench-many-tiles/1"
@@ -220,27 +222,22 @@ def plot(rows: list[ManyTilesStep], png: Path) -> Path:
     long = [r for r in rows if r.acquisitions >= MIN_ACQ_FOR_TENTHS]
     ax1.plot([r.tiles for r in long], [r.last_tenth_per_acquisition for r in long], "o--",
              label="wall, last tenth of the run")  # fmt: skip
-    ax1.set_xscale("log")
-    ax1.set_ylim(bottom=0)
-    ax1.set_xlabel("tiles in the output")
-    ax1.set_ylabel("seconds per acquisition")
-    ax1.set_title("Cost per acquisition")
-    ax1.legend(fontsize=8)
+    _log_tiles_axis(ax1, "seconds per acquisition", "Cost per acquisition")
     for step in rows[0].driver_steps_per_acquisition:
         values = [r.driver_steps_per_acquisition[step] * 1000 for r in rows]
         if max(values) >= 0.5:
             ax2.plot(tiles, values, "o-", label=step)
-    ax2.set_xscale("log")
-    ax2.set_ylim(bottom=0)
-    ax2.set_xlabel("tiles in the output")
-    ax2.set_ylabel("driver ms per acquisition")
-    ax2.set_title("Control-plane steps (driver)")
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+    _log_tiles_axis(ax2, "driver ms per acquisition", "Control-plane steps (driver)")
+    return save_figure(fig, png)
+
+
+def _log_tiles_axis(ax: Any, ylabel: str, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("tiles in the output")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
 
 
 def from_record(path: Path) -> list[ManyTilesStep]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,6 +97,13 @@ def plot(results_dir: Path, png: Path) -> Path:
     ax2.set_ylabel("acquisitions / s")
     ax2.set_title("Scaling")
     ax2.legend(fontsize=8)
+    return save_figure(fig, png)
+
+
+def save_figure(fig: Any, png: Path) -> Path:
+    """Lay out, write and close a benchmark figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
