@@ -1,5 +1,5 @@
 """Machines that share no disk: the scheduler and each worker in a mount namespace of their own
-(a private /tmp over the driver's folders), the source a STAC API over HTTP, the outputs on an
+(a private tmpfs over the driver's folders), the source a STAC API over HTTP, the outputs on an
 S3 API, the ledger on the driver. It passes only if nothing travels through a local path. And
 workers added and removed during a backfill (dask's adaptive scaling) lose and double nothing.
 """
@@ -121,9 +121,9 @@ def _isolated(
     cmd: list[str], hidden: list[Path], env: dict[str, str], log: Path
 ) -> subprocess.Popen:
     """``cmd`` in a mount namespace of its own: a fresh tmpfs over each of ``hidden`` (the
-    driver's folders) and then over /tmp, so it sees none of the driver's files. Its output
-    goes to ``log`` (opened by the driver, written through the inherited descriptor)."""
-    mounts = " && ".join(f"mount -t tmpfs tmpfs '{p}'" for p in [*map(str, hidden), "/tmp"])
+    driver's folders), so it sees none of the driver's files. Its output goes to ``log``
+    (opened by the driver, written through the inherited descriptor)."""
+    mounts = " && ".join(f"mount -t tmpfs tmpfs '{p}'" for p in map(str, hidden))
     script = f'{mounts} && exec "$@"'
     with open(log, "wb") as out:
         return subprocess.Popen(
@@ -140,6 +140,9 @@ def test_workers_that_share_no_disk_with_the_driver(
         pytest.skip(reason)
     base = tmp_path_factory.getbasetemp().resolve()
     hidden = [base] + [p for p in [archive.resolve()] if base not in p.parents]
+    # never the interpreter's or the checkout's own folder (a clone may live under /tmp)
+    code = {Path(sys.prefix).resolve(), Path(__file__).resolve()}
+    assert not any(h == c or h in c.parents for h in hidden for c in code), hidden
     env = {**os.environ, **s3.env}
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
