@@ -70,12 +70,9 @@ _QUANT_VARS = ("embedding_scale", "embedding_offset")  # int8 stores only
 _DECODE_ROWS = 16
 
 
-def _time_vars(g: zarr.Group) -> tuple[str, ...]:
-    return _TIME_VARS + tuple(n for n in _QUANT_VARS if n in g)
-
-
-def _time_vars_of(arrays: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(n for n in (*_TIME_VARS, *_QUANT_VARS) if n in arrays)
+def _time_vars(members: zarr.Group | dict[str, Any]) -> tuple[str, ...]:
+    """The time variables of a tile: its group, or the writer's array documents of it."""
+    return _TIME_VARS + tuple(n for n in _QUANT_VARS if n in members)
 
 
 def quantise(embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -276,6 +273,11 @@ class _TileMeta:
     ids: list[str]
     checked: tuple[Any, ...] = ()  # the (provenance, grid, dim) last found compatible
 
+    @property
+    def pending(self) -> dict[str, int]:
+        """Acquisitions reserved and not committed (a fresh dict: callers change it)."""
+        return _pending_of(self.doc.get("attributes", {}))
+
 
 # Tiles whose metadata a writer keeps between acquisitions (~20 KB each)
 META_TILES = 1024
@@ -369,7 +371,7 @@ class EmbeddingStore:
     def _grow(self, tile: str, meta: _TileMeta, rows: int) -> None:
         """Grow every time variable to ``rows``: their metadata documents rewritten with the new
         shape (growing a zarr array writes nothing else), the cached ids extended."""
-        for name in _time_vars_of(meta.arrays):
+        for name in _time_vars(meta.arrays):
             array_meta = meta.arrays[name]
             if array_meta["shape"][0] >= rows:
                 continue
@@ -442,7 +444,7 @@ class EmbeddingStore:
                 self._check_compatible(g, tile, acquisition_id, grid, dim, provenance)
                 meta.checked = (provenance, grid, dim)
             self._trim(tile, meta)
-            pending = _pending_of(meta.doc.get("attributes", {}))
+            pending = meta.pending
             if acquisition_id in meta.ids:
                 if acquisition_id in pending:  # a crash between its id and its view
                     self._publish_view(tile, meta, pending)
@@ -462,7 +464,7 @@ class EmbeddingStore:
     def _trim(self, tile: str, meta: _TileMeta) -> None:
         """Cut trailing rows neither committed nor reserved (a failed acquisition's released
         row at the end), as ``_repair`` does on disk."""
-        keep = set(_pending_of(meta.doc.get("attributes", {})).values())
+        keep = set(meta.pending.values())
         n = len(meta.ids)
         while n and not meta.ids[n - 1] and (n - 1) not in keep:
             n -= 1
@@ -470,7 +472,7 @@ class EmbeddingStore:
             g = self._group(tile)
             assert g is not None
             _repair(g)
-            for name in _time_vars_of(meta.arrays):
+            for name in _time_vars(meta.arrays):
                 meta.arrays[name]["shape"] = [n, *meta.arrays[name]["shape"][1:]]
             del meta.ids[n:]
 
@@ -503,7 +505,7 @@ class EmbeddingStore:
             ids_arr = zarr.open_array(self.root, path=f"{tile}/acquisition_id", mode="r+")
             ids_arr[row] = np.asarray(reservation.acquisition_id, dtype=object)
             meta.ids[row] = reservation.acquisition_id
-            pending = _pending_of(meta.doc.get("attributes", {}))
+            pending = meta.pending
             pending.pop(reservation.acquisition_id, None)
             self._publish_view(tile, meta, pending)
 
@@ -511,7 +513,7 @@ class EmbeddingStore:
         """Give up a reserved row (its acquisition failed): a retry takes a new row, and the
         commits after it become visible (this row a gap with an empty id, cut if it is last)."""
         with self._writing(reservation.tile) as meta:
-            pending = _pending_of(meta.doc.get("attributes", {}))
+            pending = meta.pending
             if pending.pop(reservation.acquisition_id, None) is not None:
                 self._publish_view(reservation.tile, meta, pending)
 

@@ -89,10 +89,6 @@ class OutputView:
         """Every anomaly file, listed (not read): new ones appear as the daemon writes them."""
         return storage.glob(self.layout.anomalies, "tile=*/date=*/*.parquet")
 
-    def rows(self) -> gpd.GeoDataFrame:
-        """Every anomaly row (small outputs, tests; the map reads by partition)."""
-        return _read_files(self.files())
-
     def summary(self) -> dict[str, Any]:
         """Tiles, dates with anomalies, counts by label and status, and the bounds of it all."""
         files = self.files()
