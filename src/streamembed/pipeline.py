@@ -784,15 +784,25 @@ class Pipeline:
     def _send_apply(self, a: Acquisition, report: RunReport) -> _Applying:
         """Send one apply to its tile's actor; one whose worker is gone is recreated first."""
         shard = self._shard(a.tile)
+        actor = self.actors[shard]
         try:
-            actor = self.actors[shard]
             return _Applying(a, actor.apply(a.tile, a.id), actor)
         except Exception:  # distributed refuses calls on an actor whose worker was lost
-            if self.actor_alive(shard):
+            if not self._lost_actor_replaced(shard, actor, report):
                 raise
-        self._recreate_actor(shard, report)
         actor = self.actors[shard]
         return _Applying(a, actor.apply(a.tile, a.id), actor)
+
+    def _lost_actor_replaced(self, shard: int, actor: StatsShard, report: RunReport) -> bool:
+        """After a call on ``actor`` failed: whether the shard now has a live replacement (made
+        here, or already by another of its tiles); False: ``actor`` answers, the error is the
+        call's own."""
+        if self.actors[shard] is not actor:
+            return True
+        if self.actor_alive(shard):
+            return False
+        self._recreate_actor(shard, report)
+        return True
 
     def _collect_applies(
         self,
@@ -819,15 +829,13 @@ class Pipeline:
     def _apply_result(self, item: _Applying, report: RunReport) -> ApplyResult:
         """An apply's result; a lost actor is recreated once (by the first of its tiles to
         notice) and the apply repeated on the new one."""
+        shard = self._shard(item.acq.tile)
         try:
             result: ApplyResult = item.future.result()
             return result
         except Exception:
-            shard = self._shard(item.acq.tile)
-            if self.actors[shard] is item.actor:
-                if self.actor_alive(shard):
-                    raise
-                self._recreate_actor(shard, report)
+            if not self._lost_actor_replaced(shard, item.actor, report):
+                raise
         with report.driver.timed("apply_wait"):
             return self.actors[shard].apply(item.acq.tile, item.acq.id).result()
 
