@@ -181,6 +181,8 @@ def test_workers_that_share_no_disk_with_the_driver(
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+        for log in sorted(logs.iterdir()):  # pytest shows these when the test fails
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-6000:]}")
     # The driver's folder holds the ledger only; every output is on the bucket.
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("ledger")) == []
     with Ledger(ledger) as led:

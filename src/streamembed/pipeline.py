@@ -303,6 +303,11 @@ class Pipeline:
         dask first finds room; any worker takes it if that one is gone."""
         self._generation += 1
         workers = sorted(self.client.scheduler_info().get("workers", {}))
+        if self.client.status != "running":
+            raise RuntimeError(
+                f"lost the scheduler ({self.client.status}) while placing statistics shard "
+                f"{shard}; check the scheduler is up and reachable, then run again"
+            )
         return self.client.submit(
             StatsActor,
             self.cfg.layout.root,
@@ -312,7 +317,7 @@ class Pipeline:
             actor=True,
             key=f"streamembed-stats-shard-{shard}-{self.token}-{self._generation}",
             workers=[workers[shard % len(workers)]] if workers else None,
-            allow_other_workers=True,
+            allow_other_workers=bool(workers),
         )
 
     def close(self) -> None:
