@@ -62,11 +62,13 @@ def test_eviction_bounds_memory_and_changes_no_result(tmp_path):
 
     order = _fill_store(tmp_path / "a", 10)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    one_tile = TileState.empty(12, 12, 64).nbytes / 2**20
+    one_tile = TileState.empty(12, 12, 64, StatsConfig().state_dtype).nbytes / 2**20
     roomy = _apply_all(tmp_path / "a", order, 1024)
     tight = _apply_all(tmp_path / "b", order, 1.5 * one_tile)  # room for one tile only
     assert roomy.evictions == 0 and len(roomy.states) == 3
     assert tight.evictions >= 20 and len(tight.states) == 1
+    # an evicted tile is read back from its checkpoint; a resident one never is
+    assert tight.metrics().state_read_mib > 0 and roomy.metrics().state_read_mib == 0
     for tile in TILES:
         a = TileState.load(tmp_path / "a" / "state" / f"{tile}.npz")
         b = TileState.load(tmp_path / "b" / "state" / f"{tile}.npz")

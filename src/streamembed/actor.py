@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+import numpy as np
 from distributed.actor import BaseActorFuture
 
 from . import storage
@@ -29,7 +30,7 @@ from .faults import crash_point
 from .layout import OutputLayout
 from .sink import records_from_result, write_alert_table, write_anomalies
 from .stages import StageSeconds
-from .stats import TileState, checkpoint_applied_ids, update
+from .stats import TileState, checkpoint_applied_ids, update, usable_cells
 from .store import EmbeddingStore
 
 
@@ -62,6 +63,11 @@ class ShardMetrics:
     resident_state_mib: float
     resident_tiles: int
     evictions: int
+    # tile checkpoint bytes read and written (mean blocks: those an acquisition can see or
+    # changed) and the seconds spent loading states
+    state_read_mib: float = 0.0
+    state_written_mib: float = 0.0
+    state_load_seconds: float = 0.0
 
 
 class StatsShard(Protocol):
@@ -102,18 +108,30 @@ class StatsActor:
         self._dirty: dict[str, int] = {}
         self.cell_updates = 0
         self.busy_seconds = 0.0
+        # checkpoint bytes of states no longer resident (a resident state counts its own)
+        self._gone_read = 0
+        self._gone_written = 0
+        self.load_seconds = 0.0
 
     def _state_path(self, tile: str) -> str:
         return self.layout.state(tile)
 
-    def _state(self, tile: str, shape: tuple[int, int], dim: int) -> TileState:
+    def _state(self, tile: str, shape: tuple[int, int], dim: int, usable: np.ndarray) -> TileState:
+        """The tile's state with the mean blocks of its ``usable`` cells in memory: a state
+        read back from its checkpoint reads those blocks only."""
+        t0 = time.perf_counter()
         if tile not in self.states:
             path = self._state_path(tile)
             self.states[tile] = (
-                TileState.load(path) if storage.exists(path) else TileState.empty(*shape, dim)
+                TileState.load(path, lazy=True)
+                if storage.exists(path)
+                else TileState.empty(*shape, dim, self.cfg.state_dtype, self.cfg.state_block_cells)
             )
         self.states.move_to_end(tile)
-        return self.states[tile]
+        state = self.states[tile]
+        state.ensure_loaded(state.blocks_of(usable))
+        self.load_seconds += time.perf_counter() - t0
+        return state
 
     def resident_bytes(self) -> int:
         return sum(s.nbytes for s in self.states.values())
@@ -124,7 +142,9 @@ class StatsActor:
             tile = next(t for t in self.states if t != keep)
             if self._dirty.get(tile):
                 self.checkpoint(tile)
-            del self.states[tile]
+            gone = self.states.pop(tile)
+            self._gone_read += gone.bytes_read
+            self._gone_written += gone.bytes_written
             self._dirty.pop(tile, None)
             self.evictions += 1
 
@@ -148,7 +168,13 @@ class StatsActor:
             raise KeyError(f"tile {tile} has no embeddings in {self.store.root}")
         stored = self.store.read(tile, acquisition_id)
         t_read = time.perf_counter()
-        state = self._state(tile, (grid.n_cells_y, grid.n_cells_x), stored.embedding.shape[-1])
+        state = self._state(
+            tile,
+            (grid.n_cells_y, grid.n_cells_x),
+            stored.embedding.shape[-1],
+            usable_cells(stored.clear, self.cfg),
+        )
+        t_load = time.perf_counter()
         path = self.layout.anomaly_file(tile, stored.time.strftime("%Y-%m-%d"), acquisition_id)
         if acquisition_id in state.applied_ids:
             n = _count_rows(path)
@@ -190,9 +216,10 @@ class StatsActor:
             result.masked_cells,
             StageSeconds(
                 stats_read=t_read - t0,
-                stats_apply=t_stats - t_read,
+                stats_apply=t_stats - t_load,
                 sink_write=t_sink - t_stats,
                 stats_checkpoint=t_end - t_sink,
+                state_load=t_load - t_read,
             ),
         )
 
@@ -211,6 +238,9 @@ class StatsActor:
             self.resident_bytes() / 2**20,
             len(self.states),
             self.evictions,
+            (self._gone_read + sum(s.bytes_read for s in self.states.values())) / 2**20,
+            (self._gone_written + sum(s.bytes_written for s in self.states.values())) / 2**20,
+            self.load_seconds,
         )
 
 

@@ -191,6 +191,18 @@ class StatsConfig(Section):
     spatial_correction: bool = True
     shards: int = Field(1, ge=1)
     checkpoint_every: int = Field(1, ge=1)
+    state_dtype: Literal["float32", "float16"] = Field(
+        "float16",
+        description="the expected embeddings' type in memory and in checkpoints (computed in "
+        "float32 either way); a state keeps the type it was started with",
+    )
+    state_block_cells: int = Field(
+        32,
+        ge=1,
+        description="a tile state's expected embeddings are checkpointed in blocks of this "
+        "many cells a side: an apply reads the blocks its clear cells fall in and writes those "
+        "it changed",
+    )
     max_state_mib: float = Field(
         2048.0,
         gt=0,

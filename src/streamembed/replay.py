@@ -71,7 +71,9 @@ def replay_tile(
     for k, acquisition_id in enumerate(ids):
         acq = store.read(tile, acquisition_id)
         for d, p in runs.items():
-            state = states.get(d) or TileState.empty(*shape, acq.embedding.shape[-1])
+            state = states.get(d) or TileState.empty(
+                *shape, acq.embedding.shape[-1], dtype=p.state_dtype
+            )
             states[d] = state
             res = update(
                 state, acq.embedding, acq.clear, acq.snow, acq.indices, day_number(acq.time), p

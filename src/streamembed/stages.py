@@ -23,6 +23,7 @@ class StageSeconds:
     stats_apply: float = 0.0
     sink_write: float = 0.0
     stats_checkpoint: float = 0.0
+    state_load: float = 0.0  # a tile's state read back (the blocks an acquisition can see)
 
     def __add__(self, other: StageSeconds) -> StageSeconds:
         return StageSeconds(

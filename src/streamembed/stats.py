@@ -45,20 +45,42 @@ from .seasonal import (
     index_scores,
     seasonal_cells,
 )
-from .storage import atomic_writer, open_input
+from .storage import atomic_writer, join, open_input, remove_tree
 
-__all__ = ["LABELS", "ScoreResult", "TileState", "label_cells", "update"]
+__all__ = ["LABELS", "ScoreResult", "TileState", "label_cells", "update", "usable_cells"]
 
 MIN_CELLS_FOR_SPATIAL = 8
 CLIP_SIGMA = 3.0
 
 
+STATE_DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
+BLOCK_CELLS = 32  # a state block: 32 x 32 cells (10 km), 4 MiB at 2048-d float16
+
+
+def _blocks_dir(path: str | Path) -> str:
+    """Where a checkpoint's mean blocks live: beside it, ``<tile>-mean/``."""
+    text = str(path)
+    return (text[: -len(".npz")] if text.endswith(".npz") else text) + "-mean"
+
+
+def block_location(path: str | Path, block: int, generation: int) -> str:
+    """One mean block of the checkpoint at ``path``, as written by save ``generation``."""
+    return join(_blocks_dir(path), f"{block}.g{generation}.npy")
+
+
 @dataclass
 class TileState:
-    """Per-cell state of one tile; arrays are indexed by flattened cell (y * n_x + x)."""
+    """Per-cell state of one tile; arrays are indexed by flattened cell (y * n_x + x).
+
+    The expected embeddings (``mean``, nearly all of a tile's bytes: ~0.5 GB for a full
+    product at 2048-d float16) are kept in blocks of ``block_cells`` x ``block_cells`` cells:
+    a checkpoint writes the blocks an acquisition changed, and a state read back from one
+    loads the blocks its next acquisition can see (``ensure_loaded``); the rest stay on disk
+    and read as zeros here. The small per-cell arrays travel whole.
+    """
 
     n: np.ndarray  # (C,) int32 observations applied
-    mean: np.ndarray  # (C, D) float32 expected embedding
+    mean: np.ndarray  # (C, D) float32 or float16 expected embedding
     dist_mean: np.ndarray  # (C,) float32 EW mean of the cell's own distances
     dist_var: np.ndarray  # (C,) float32 EW variance of those distances
     last_day: np.ndarray  # (C,) float64 day of the last update (NaN: never)
@@ -67,32 +89,95 @@ class TileState:
     alerts: AlertState
     last_time_day: float = float("nan")
     applied_ids: list[str] = field(default_factory=list)
+    block_cells: int = BLOCK_CELLS
+    # per block: the save that wrote it (-1: never written, all zeros), whether it is in
+    # memory, whether it changed since the last save
+    block_gen: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    loaded: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    dirty: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    generation: int = 0  # saves so far (block file names carry it)
+    source: str | None = None  # the checkpoint further blocks are read from
+    bytes_read: int = 0  # checkpoint bytes read and written, manifest included (state I/O)
+    bytes_written: int = 0
+
+    @property
+    def blocks_y(self) -> int:
+        return -(-self.shape[0] // self.block_cells)
+
+    @property
+    def blocks_x(self) -> int:
+        return -(-self.shape[1] // self.block_cells)
+
+    def _block_window(self, block: int) -> tuple[slice, slice]:
+        by, bx = divmod(block, self.blocks_x)
+        b = self.block_cells
+        return slice(by * b, (by + 1) * b), slice(bx * b, (bx + 1) * b)
+
+    def blocks_of(self, cells: np.ndarray) -> np.ndarray:
+        """(blocks,) bool: the blocks holding any of ``cells`` ((C,) bool)."""
+        cy, cx = self.shape
+        b = self.block_cells
+        grid = np.zeros((self.blocks_y * b, self.blocks_x * b), bool)
+        grid[:cy, :cx] = cells.reshape(cy, cx)
+        return grid.reshape(self.blocks_y, b, self.blocks_x, b).any(axis=(1, 3)).reshape(-1)
+
+    def _mean_grid(self) -> np.ndarray:
+        return self.mean.reshape(*self.shape, -1)
+
+    @property
+    def mean_block_bytes(self) -> int:
+        """Bytes of the mean blocks in memory."""
+        b = self.block_cells
+        heights = np.minimum(b, self.shape[0] - b * np.arange(self.blocks_y))
+        widths = np.minimum(b, self.shape[1] - b * np.arange(self.blocks_x))
+        sizes = np.outer(heights, widths).reshape(-1)
+        cells = int(sizes[self.loaded].sum())
+        return cells * self.mean.shape[1] * self.mean.itemsize
 
     @property
     def nbytes(self) -> int:
-        """Memory the state's arrays hold (what an actor shard's budget counts)."""
-        arrays = (self.n, self.mean, self.dist_mean, self.dist_var, self.last_day)
-        return int(sum(a.nbytes for a in arrays)) + self.index_model.nbytes + self.alerts.nbytes
+        """Memory the state's arrays hold (what an actor shard's budget counts): the mean
+        blocks in memory (the others are zero pages never touched) and the rest whole."""
+        arrays = (self.n, self.dist_mean, self.dist_var, self.last_day)
+        small = int(sum(a.nbytes for a in arrays)) + self.index_model.nbytes + self.alerts.nbytes
+        return small + self.mean_block_bytes
 
     @classmethod
-    def empty(cls, cells_y: int, cells_x: int, dim: int) -> TileState:
+    def empty(
+        cls,
+        cells_y: int,
+        cells_x: int,
+        dim: int,
+        dtype: str = "float32",
+        block_cells: int = BLOCK_CELLS,
+    ) -> TileState:
         c = cells_y * cells_x
-        return cls(
+        state = cls(
             n=np.zeros(c, np.int32),
-            mean=np.zeros((c, dim), np.float32),
+            mean=np.zeros((c, dim), STATE_DTYPES[dtype]),
             dist_mean=np.zeros(c, np.float32),
             dist_var=np.zeros(c, np.float32),
             last_day=np.full(c, np.nan),
             shape=(cells_y, cells_x),
             index_model=IndexModel.empty(c),
             alerts=AlertState.empty(c),
+            block_cells=block_cells,
         )
+        blocks = state.blocks_y * state.blocks_x
+        state.block_gen = np.full(blocks, -1, np.int64)
+        state.loaded = np.ones(blocks, bool)  # all zeros, all known
+        state.dirty = np.zeros(blocks, bool)
+        return state
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Everything the state holds, as the arrays its checkpoint stores."""
+        """Everything the state holds (every mean block read)."""
+        self.ensure_loaded()
+        return {**self.small_arrays(), "mean": self.mean}
+
+    def small_arrays(self) -> dict[str, np.ndarray]:
+        """Everything but the mean: what a checkpoint's manifest holds whole."""
         return {
             "n": self.n,
-            "mean": self.mean,
             "dist_mean": self.dist_mean,
             "dist_var": self.dist_var,
             "last_day": self.last_day,
@@ -103,14 +188,87 @@ class TileState:
             **{f"alert_{name}": getattr(self.alerts, name) for name in ALERT_ARRAYS},
         }
 
+    def ensure_loaded(self, blocks: np.ndarray | None = None) -> int:
+        """Read the mean blocks ``blocks`` ((blocks,) bool; None: all) not yet in memory from
+        the checkpoint; returns the bytes read."""
+        want = np.ones_like(self.loaded) if blocks is None else blocks
+        missing = np.flatnonzero(want & ~self.loaded)
+        grid = self._mean_grid()
+        read = 0
+        for block in missing:
+            gen = int(self.block_gen[block])
+            if gen >= 0:
+                if self.source is None:
+                    raise RuntimeError("a state block is on disk but the state has no source")
+                location = block_location(self.source, int(block), gen)
+                with open_input(location) as f:
+                    values = np.load(f)
+                ys, xs = self._block_window(int(block))
+                if values.shape != grid[ys, xs].shape or values.dtype != grid.dtype:
+                    raise ValueError(
+                        f"state block {location} holds {values.dtype} {values.shape}, not "
+                        f"{grid.dtype} {grid[ys, xs].shape}: the checkpoint is damaged; "
+                        f"remove {self.source} and its blocks to rebuild the tile's state"
+                    )
+                grid[ys, xs] = values
+                read += values.nbytes
+            self.loaded[block] = True
+        self.bytes_read += read
+        return read
+
+    def mark_changed(self, cells: np.ndarray) -> None:
+        """The cells ``cells`` ((C,) bool) changed their mean: their blocks are saved next."""
+        self.dirty |= self.blocks_of(cells)
+
     def save(self, path: str | Path) -> None:
-        """Atomic checkpoint to a local path or a URL (written whole, then published)."""
+        """Atomic checkpoint to a local path or a URL: the changed mean blocks under new
+        names, then the manifest (small arrays and which save wrote each block) published
+        whole. A kill before the manifest leaves the previous checkpoint whole."""
+        path = str(path)
+        if path != self.source:  # a new place: every block that exists goes there
+            self.ensure_loaded()
+            self.dirty |= (self.block_gen >= 0) | self.mean_written()
+        gen = self.generation + 1
+        grid = self._mean_grid()
+        block_gen = self.block_gen.copy()  # this save's, in force once the manifest is
+        written = 0
+        for block in np.flatnonzero(self.dirty):
+            ys, xs = self._block_window(int(block))
+            with atomic_writer(block_location(path, int(block), gen)) as f:
+                values = np.ascontiguousarray(grid[ys, xs])
+                np.save(f, values)
+                written += values.nbytes
+            block_gen[block] = gen
         with atomic_writer(path, crash="state.written") as f:
-            np.savez(f, **self.arrays())  # type: ignore[arg-type]  # numpy stubs: allow_pickle
+            manifest = {
+                **self.small_arrays(),
+                "mean_dim": np.array(self.mean.shape[1]),
+                "mean_dtype": np.array(self.mean.dtype.name),
+                "block_cells": np.array(self.block_cells),
+                "block_gen": block_gen,
+                "generation": np.array(gen),
+            }
+            np.savez(f, **manifest)  # type: ignore[arg-type]  # numpy stubs: allow_pickle
+            written += f.tell()
+        if path == self.source:  # the blocks this save replaced are no one's now
+            for block in np.flatnonzero(self.dirty & (self.block_gen >= 0)):
+                remove_tree(block_location(path, int(block), int(self.block_gen[block])))
+        self.block_gen = block_gen
+        self.generation = gen
+        self.source = path
+        self.dirty[:] = False
+        self.bytes_written += written
+
+    def mean_written(self) -> np.ndarray:
+        """(blocks,) bool: blocks whose mean is not all zero (worth a file)."""
+        return self.blocks_of(self.n > 0)
 
     @classmethod
-    def load(cls, path: str | Path) -> TileState:
+    def load(cls, path: str | Path, lazy: bool = False) -> TileState:
+        """The checkpoint at ``path``; ``lazy``: no mean block read yet (``ensure_loaded``
+        reads those asked for), else all."""
         with open_input(path) as f, np.load(f) as z:
+            manifest_bytes = f.seek(0, 2)  # every array in it is read
             # A checkpoint from before the alert lifecycle starts its cells with no alert.
             alerts = (
                 AlertState(**{name: z[f"alert_{name}"] for name in ALERT_ARRAYS})
@@ -123,9 +281,16 @@ class TileState:
                 if "index_level" in z
                 else IndexModel.from_rolling_mean(z["idx_mean"], z["n"], z["last_day"])
             )
-            return cls(
-                n=z["n"],
-                mean=z["mean"],
+            whole = "mean" in z  # from before the blocks: the mean inside, read whole
+            n = z["n"]
+            mean = (
+                z["mean"]
+                if whole
+                else np.zeros((n.size, int(z["mean_dim"])), STATE_DTYPES[str(z["mean_dtype"])])
+            )
+            state = cls(
+                n=n,
+                mean=mean,
                 dist_mean=z["dist_mean"],
                 dist_var=z["dist_var"],
                 last_day=z["last_day"],
@@ -134,7 +299,23 @@ class TileState:
                 alerts=alerts,
                 last_time_day=float(z["last_time_day"]),
                 applied_ids=[str(s) for s in z["applied_ids"]],
+                block_cells=BLOCK_CELLS if whole else int(z["block_cells"]),
+                generation=0 if whole else int(z["generation"]),
             )
+            n_blocks = state.blocks_y * state.blocks_x
+            if whole:
+                state.block_gen = np.full(n_blocks, -1, np.int64)
+                state.loaded = np.ones(n_blocks, bool)
+                state.dirty = state.mean_written()  # its next save writes them as blocks
+            else:
+                state.block_gen = z["block_gen"].astype(np.int64)
+                state.loaded = np.zeros(n_blocks, bool)
+                state.dirty = np.zeros(n_blocks, bool)
+                state.source = str(path)
+            state.bytes_read = manifest_bytes
+        if not lazy:
+            state.ensure_loaded()
+        return state
 
 
 @dataclass(frozen=True)
@@ -246,7 +427,54 @@ def _make_to_float32(native: bool) -> Any:
     return to_float32
 
 
+def _make_to_storage(native: bool) -> Any:
+    """An intrinsic writing a float32 value as an array element like ``like``: float32 as is,
+    float16 as its uint16 code, rounded to nearest even (as NumPy's cast).
+
+    ``native`` uses the CPU's instruction (vcvtps2ph); otherwise the same rounding in 32-bit
+    integer lanes: NaN and infinity kept, overflow to infinity, subnormals rounded by adding
+    the float 0.5 (whose exponent puts the half's last subnormal bit at the float's last
+    mantissa bit), normals by adding half an ulp less one plus the kept mantissa's low bit.
+    """
+
+    @numba.extending.intrinsic
+    def to_storage(typingctx: Any, value: Any, like: Any) -> Any:
+        if value != numba.types.float32:
+            return None
+        if like == numba.types.float32:
+            return numba.types.float32(value, like), lambda context, builder, sig, args: args[0]
+        if like != numba.types.uint16:
+            return None
+
+        def encode(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            i16, i32, f32 = ir.IntType(16), ir.IntType(32), ir.FloatType()
+            if native:
+                return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), i16)
+            bits = builder.bitcast(args[0], i32)
+            sign = builder.and_(builder.lshr(bits, i32(16)), i32(0x8000))
+            a = builder.and_(bits, i32(0x7FFFFFFF))
+            nan = builder.icmp_unsigned(">", a, i32(0x7F800000))
+            special = builder.select(nan, i32(0x7E00), i32(0x7C00))
+            over = builder.icmp_unsigned(">=", a, i32(0x477FF000))  # >= 65520: infinity
+            tiny = builder.icmp_unsigned("<", a, i32(0x38800000))  # < 2^-14: subnormal
+            half_f = builder.bitcast(i32(0x3F000000), f32)
+            sub = builder.fadd(builder.bitcast(a, f32), half_f)
+            sub_code = builder.sub(builder.bitcast(sub, i32), i32(0x3F000000))
+            odd = builder.and_(builder.lshr(a, i32(13)), i32(1))
+            rounded = builder.add(builder.add(a, i32(0xC8000FFF)), odd)
+            normal = builder.lshr(rounded, i32(13))
+            code = builder.select(tiny, sub_code, normal)
+            code = builder.select(over, special, code)
+            code = builder.or_(code, sign)
+            return builder.trunc(code, i16)
+
+        return numba.types.uint16(value, like), encode
+
+    return to_storage
+
+
 _to_float32 = _make_to_float32(_native_half())
+_to_storage = _make_to_storage(_native_half())
 
 
 @numba.njit(**_JIT)
@@ -302,7 +530,7 @@ def _sample_residuals(
         i = rows[s]
         acc = np.float32(0.0)
         for j in range(dim):
-            r = _to_float32(e[i, j]) - mean[i, j]
+            r = _to_float32(e[i, j]) - _to_float32(mean[i, j])
             resid[s, j] = r
             acc += r * r
         sq[s] = acc
@@ -370,7 +598,7 @@ def _update_cells(
         sq = np.float32(0.0)
         rs = np.float32(0.0)
         for j in range(dim):
-            r = _to_float32(ev[j]) - m[j]
+            r = _to_float32(ev[j]) - _to_float32(m[j])
             sq += r * r
             rs += r * shift[j]
         sq = sq + shift_sq - np.float32(2.0) * rs
@@ -395,7 +623,8 @@ def _update_cells(
         if seen:
             w = np.float32(alpha * step)
             for j in range(dim):
-                m[j] += w * (_to_float32(ev[j]) - m[j])
+                mj = _to_float32(m[j])
+                m[j] = _to_storage(mj + w * (_to_float32(ev[j]) - mj), m[j])
             d_eff = min(d, cap) if warm else d
             if ni == 1:  # the first distance
                 dist_mean[i] = d_eff
@@ -409,7 +638,7 @@ def _update_cells(
                 dist_var[i] = (1.0 - beta) * (dist_var[i] + beta * dd * dd)
         else:
             for j in range(dim):
-                m[j] = _to_float32(ev[j])
+                m[j] = _to_storage(_to_float32(ev[j]), m[j])
         n[i] = ni + 1
         last_day[i] = day
 
@@ -421,6 +650,11 @@ def _median_rows(x: np.ndarray) -> np.ndarray:
         x.partition(n // 2, axis=1)
         return x[:, n // 2].copy()
     return np.median(x, axis=1, overwrite_input=True)
+
+
+def _mean_rows(mean: np.ndarray) -> np.ndarray:
+    """The state's mean as the compiled pass reads and writes it (float16 as uint16 codes)."""
+    return mean.view(np.uint16) if mean.dtype == np.float16 else mean
 
 
 def _embedding_rows(embedding: np.ndarray, cells: int) -> np.ndarray:
@@ -448,7 +682,7 @@ def _spatial_reference(
     sq = np.empty(m, np.float32)
     z_scale = np.empty(m, np.float64)
     _sample_residuals(
-        e, state.mean, candidates.astype(np.intp), state.n, state.dist_var, state.dist_mean,
+        e, _mean_rows(state.mean), candidates.astype(np.intp), state.n, state.dist_var, state.dist_mean,
         state.last_day, day, params.half_life_days, resid, sq, z_scale,
     )  # fmt: skip
     ok = np.isfinite(sq)
@@ -465,6 +699,18 @@ def _spatial_reference(
     return shift, float(_median_rows(z[None, :])[0])
 
 
+def _clear_and_context(clear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C,) each cell's clear fraction and its 3x3 neighbourhood's."""
+    clear32 = np.ascontiguousarray(clear, np.float32)
+    return clear32.reshape(-1), _context_mean(clear32).reshape(-1)
+
+
+def usable_cells(clear: np.ndarray, params: StatsConfig) -> np.ndarray:
+    """(C,) cells clear enough to score and update (the only ones whose state is read)."""
+    f, ctx = _clear_and_context(clear)
+    return (f >= params.min_clear) & (ctx >= params.min_context_clear)
+
+
 def update(
     state: TileState,
     embedding: np.ndarray,
@@ -477,14 +723,13 @@ def update(
     """Score one acquisition against the state, then fold it in (state is updated in place).
 
     ``embedding`` is (cells_y, cells_x, dim) float32 or float16 (as stored); the cells under
-    cloud, shadow, snow or nodata neither update nor score (see the module docstring).
+    cloud, shadow, snow or nodata neither update nor score (see the module docstring). The
+    state's mean blocks holding the clear cells (``usable_cells``) must be in memory.
     """
     cy, cx = state.shape
     c = cy * cx
     e = _embedding_rows(embedding, c)
-    clear32 = np.ascontiguousarray(clear, np.float32)
-    f = clear32.reshape(c)
-    ctx = _context_mean(clear32).reshape(c)
+    f, ctx = _clear_and_context(clear)
     idx = np.ascontiguousarray(indices, np.float32).reshape(c, -1)
     n_before = state.n.copy()
     usable = (f >= params.min_clear) & (ctx >= params.min_context_clear)
@@ -515,13 +760,14 @@ def update(
     valid = np.empty(c, bool)
     anomaly = np.empty(c, bool)
     _update_cells(
-        e, state.mean, state.n, state.dist_mean, state.dist_var, state.last_day, f, ctx,
+        e, _mean_rows(state.mean), state.n, state.dist_mean, state.dist_var, state.last_day, f, ctx,
         np.ascontiguousarray(gate), params.detector != "index", float(day), shift,
         float(z_median), int(params.min_obs), float(params.min_clear),
         float(params.min_context_clear), float(params.threshold), float(params.half_life_days),
         dist, score, valid, anomaly,
     )  # fmt: skip
     state.last_time_day = day
+    state.mark_changed(valid)
 
     flagged = np.flatnonzero(anomaly)
     look_label = np.full(c, UNKNOWN, np.int8)
