@@ -7,8 +7,8 @@ workers added and removed during a backfill (dask's adaptive scaling) lose and d
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -111,10 +111,18 @@ def server_module(archive):
     srv.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _scheduler_address(log: Path, proc: subprocess.Popen, timeout: float = 60) -> str:
+    """The address the scheduler (started on port 0: no port picked here that another process
+    may take first) says it listens at."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"Scheduler at:\s+(tcp://\S+)", log.read_text(errors="replace"))
+        if found:
+            return found.group(1)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"the scheduler did not start:\n{log.read_text(errors='replace')}")
 
 
 def _isolated(
@@ -144,25 +152,15 @@ def test_workers_that_share_no_disk_with_the_driver(
     code = {Path(sys.prefix).resolve(), Path(__file__).resolve()}
     assert not any(h == c or h in c.parents for h in hidden for c in code), hidden
     env = {**os.environ, **s3.env}
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
     logs = tmp_path_factory.mktemp("unshared-logs")
     scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                 "--port", str(port), "--dashboard-address", ":0"]  # fmt: skip
+                 "--port", "0", "--dashboard-address", ":0"]  # fmt: skip
     procs = [_isolated(scheduler, hidden, env, logs / "scheduler.log")]
     try:
+        address = _scheduler_address(logs / "scheduler.log", procs[0])
         worker = [sys.executable, "-m", "distributed.cli.dask_worker", address,
                   "--nthreads", "1", "--memory-limit", "3GB", "--no-dashboard"]  # fmt: skip
         procs += [_isolated(worker, hidden, env, logs / f"worker-{i}.log") for i in range(2)]
-        deadline = time.monotonic() + 60
-        while True:  # the scheduler's port answers
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError((logs / "scheduler.log").read_text()) from None
-                time.sleep(0.5)
         # As a user connects to a running scheduler: cluster.kind address
         with make_client(ClusterConfig(kind="address", address=address)) as client:
             client.wait_for_workers(2, timeout=60)

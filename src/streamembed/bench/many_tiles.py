@@ -147,7 +147,7 @@ def _step(cfg: Config, items: Path, tiles: list[str], out: Path) -> ManyTilesSte
     actor = {
         k: v / n
         for k, v in report.stage_seconds.as_dict().items()
-        if k in ("stats_read", "stats_apply", "sink_write", "stats_checkpoint")
+        if k in ("stats_read", "state_load", "stats_apply", "sink_write", "stats_checkpoint")
     }
     summary_s, view_s, bbox_s = _web_timings(run_cfg, tiles)
     return ManyTilesStep(
@@ -190,17 +190,23 @@ def markdown_table(rows: list[ManyTilesStep]) -> str:
     """The RESULTS.md table: per-acquisition seconds against the number of tiles."""
     steps = list(rows[0].driver_steps_per_acquisition)
     head = ["tiles", "acq", "wall s/acq", "first/last tenth s/acq", "driver CPU ms/acq",
-            *[f"{s} ms" for s in steps], "actor read+apply+sink+ckpt ms", "driver RSS MiB",
+            *[f"{s} ms" for s in steps],
+            "actor ms: read + apply / state load / anomaly write / checkpoint+evict",
+            "driver RSS MiB",
             "web summary / view / bbox s"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        actor = sum(r.actor_steps_per_acquisition.values()) * 1000
+        a = {k: v * 1000 for k, v in r.actor_steps_per_acquisition.items()}
+        actor = (
+            f"{a['stats_read'] + a['stats_apply']:.1f} / {a.get('state_load', 0.0):.1f} / "
+            f"{a['sink_write']:.1f} / {a['stats_checkpoint']:.1f}"
+        )
         cells = [str(r.tiles), str(r.acquisitions), f"{r.wall_per_acquisition:.3f}",
                  f"{r.first_tenth_per_acquisition:.3f} / {r.last_tenth_per_acquisition:.3f}"
                  if r.acquisitions >= MIN_ACQ_FOR_TENTHS else "–",
                  f"{r.driver_cpu_per_acquisition * 1000:.1f}",
                  *[f"{r.driver_steps_per_acquisition[s] * 1000:.1f}" for s in steps],
-                 f"{actor:.1f}", f"{r.driver_rss_mib:.0f}",
+                 actor, f"{r.driver_rss_mib:.0f}",
                  f"{r.web_summary_seconds:.2f} / {r.web_view_seconds:.2f} / "
                  f"{r.web_bbox_seconds:.2f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
