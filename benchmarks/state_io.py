@@ -68,6 +68,7 @@ def build_store(root: Path, tiles: int, looks: int) -> list[tuple[str, str, floa
     from streamembed.ingest import INDEX_NAMES
     from streamembed.store import EmbeddingBatch, EmbeddingStore, Provenance
 
+    shutil.rmtree(root, ignore_errors=True)  # an acquisition already stored is not rewritten
     store = EmbeddingStore(str(root / "embeddings.zarr"), StoreConfig())
     provenance = Provenance(
         "bench-state", "seeded", True, "resnet50", ("B02",), "divide_10000", 320, 0, (3, 8, 9)
@@ -84,8 +85,8 @@ def build_store(root: Path, tiles: int, looks: int) -> list[tuple[str, str, floa
                     (CELLS, CELLS, DIM), dtype=np.float32
                 )
             emb = bases[tile] + 0.2 * rng.standard_normal((CELLS, CELLS, DIM), dtype=np.float32)
-            cloud = float(clouds[k * tiles + t])
-            clear = _clear(rng, cloud)
+            clear = _clear(rng, float(clouds[k * tiles + t]))
+            cloud = 1.0 - float(clear.mean())
             idx = np.full((CELLS, CELLS, len(INDEX_NAMES)), 0.3, np.float32)
             grid = TileGrid(tile, 32631, 300000.0 + 109800 * t, 5600040.0, 32 * CELLS, 32 * CELLS)
             acq = f"{tile}-{k:02d}"

@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 # How often the driver looks at applies in flight while it waits (actor futures cannot join
 # distributed.wait)
 APPLY_POLL_SECONDS = 0.02
+# no apply finished for this long while a run ends: the actors are stuck, not busy (a full
+# tile's apply takes seconds)
+APPLY_STALL_SECONDS = 600.0
 # One line per acquisition and stage (stored, applied), with its fields as `extra` for
 # --log-format json; the CLI quiets it under a progress bar.
 events = logging.getLogger("streamembed.events")
@@ -559,9 +562,22 @@ class Pipeline:
             for fut in futures:
                 fut.cancel()
             # Applies already sent finish and are recorded: a stop never leaves one unrecorded
-            # (a crash may: its replay is a no-op, ApplyStatus.ALREADY).
-            while self._applying:
+            # (a crash may: its replay is a no-op, ApplyStatus.ALREADY). Actors that stop
+            # answering for APPLY_STALL_SECONDS leave their applies to the next run.
+            deadline = time.monotonic() + APPLY_STALL_SECONDS
+            while self._applying and time.monotonic() < deadline:
+                waiting = len(self._applying)
                 self._collect_applies(states, replay_ids, report, bar, block=True)
+                if len(self._applying) < waiting:
+                    deadline = time.monotonic() + APPLY_STALL_SECONDS
+            if self._applying:
+                log.error(
+                    "no answer from the statistics actors for %.0f s on %d apply(s) (tiles %s); "
+                    "left embedded in the ledger: the next run applies them",
+                    APPLY_STALL_SECONDS, len(self._applying),
+                    ", ".join(sorted(self._applying)[:5]),
+                )  # fmt: skip
+                self._applying.clear()
             bar.close()
 
     def _capacity(self) -> int:
