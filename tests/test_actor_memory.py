@@ -50,6 +50,7 @@ def _apply_all(out: Path, order: list[tuple[str, str]], budget_mib: float) -> St
                        "test-model")  # fmt: skip
     for tile, acq_id in order:
         assert actor.apply(tile, acq_id).status == ApplyStatus.APPLIED
+        assert actor.resident_bytes() == sum(s.nbytes for s in actor.states.values())
         assert actor.resident_bytes() <= max(
             budget_mib * 2**20, max(s.nbytes for s in actor.states.values())
         )

@@ -103,6 +103,10 @@ class StatsActor:
         self.store = EmbeddingStore(self.layout.store, store)
         self.model_id = model_id
         self.states: OrderedDict[str, TileState] = OrderedDict()  # least recently used first
+        # each resident state's bytes and their sum, kept as they change: the budget check
+        # after every apply must not walk every tile the shard holds
+        self._nbytes: dict[str, int] = {}
+        self._resident = 0
         self.max_state_bytes = int(stats.max_state_mib * 2**20)
         self.evictions = 0
         self._dirty: dict[str, int] = {}
@@ -130,11 +134,14 @@ class StatsActor:
         self.states.move_to_end(tile)
         state = self.states[tile]
         state.ensure_loaded(state.blocks_of(usable))
+        nbytes = state.nbytes
+        self._resident += nbytes - self._nbytes.get(tile, 0)
+        self._nbytes[tile] = nbytes
         self.load_seconds += time.perf_counter() - t0
         return state
 
     def resident_bytes(self) -> int:
-        return sum(s.nbytes for s in self.states.values())
+        return self._resident
 
     def _evict(self, keep: str) -> None:
         """Checkpoint and drop the least recently applied tiles while past the budget."""
@@ -143,6 +150,7 @@ class StatsActor:
             if self._dirty.get(tile):
                 self.checkpoint(tile)
             gone = self.states.pop(tile)
+            self._resident -= self._nbytes.pop(tile)
             self._gone_read += gone.bytes_read
             self._gone_written += gone.bytes_written
             self._dirty.pop(tile, None)
