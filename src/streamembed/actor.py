@@ -64,10 +64,9 @@ class ShardMetrics:
     resident_tiles: int
     evictions: int
     # tile checkpoint bytes read and written (mean blocks: those an acquisition can see or
-    # changed) and the seconds spent loading states
+    # changed; the seconds are each apply's StageSeconds.state_load)
     state_read_mib: float = 0.0
     state_written_mib: float = 0.0
-    state_load_seconds: float = 0.0
 
 
 class StatsShard(Protocol):
@@ -115,7 +114,6 @@ class StatsActor:
         # checkpoint bytes of states no longer resident (a resident state counts its own)
         self._gone_read = 0
         self._gone_written = 0
-        self.load_seconds = 0.0
 
     def _state_path(self, tile: str) -> str:
         return self.layout.state(tile)
@@ -123,7 +121,6 @@ class StatsActor:
     def _state(self, tile: str, shape: tuple[int, int], dim: int, usable: np.ndarray) -> TileState:
         """The tile's state with the mean blocks of its ``usable`` cells in memory: a state
         read back from its checkpoint reads those blocks only."""
-        t0 = time.perf_counter()
         if tile not in self.states:
             path = self._state_path(tile)
             self.states[tile] = (
@@ -137,7 +134,6 @@ class StatsActor:
         nbytes = state.nbytes
         self._resident += nbytes - self._nbytes.get(tile, 0)
         self._nbytes[tile] = nbytes
-        self.load_seconds += time.perf_counter() - t0
         return state
 
     def resident_bytes(self) -> int:
@@ -248,7 +244,6 @@ class StatsActor:
             self.evictions,
             (self._gone_read + sum(s.bytes_read for s in self.states.values())) / 2**20,
             (self._gone_written + sum(s.bytes_written for s in self.states.values())) / 2**20,
-            self.load_seconds,
         )
 
 

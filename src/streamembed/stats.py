@@ -91,7 +91,8 @@ class TileState:
     applied_ids: list[str] = field(default_factory=list)
     block_cells: int = BLOCK_CELLS
     # per block: the save that wrote it (-1: never written, all zeros), whether it is in
-    # memory, whether it changed since the last save
+    # memory, whether it changed since the last save; left empty: a state all in memory,
+    # never saved (every block -1, loaded, clean)
     block_gen: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     loaded: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     dirty: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
@@ -99,6 +100,15 @@ class TileState:
     source: str | None = None  # the checkpoint further blocks are read from
     bytes_read: int = 0  # checkpoint bytes read and written, manifest included (state I/O)
     bytes_written: int = 0
+
+    def __post_init__(self) -> None:
+        blocks = self.blocks_y * self.blocks_x
+        if self.block_gen.size == 0:
+            self.block_gen = np.full(blocks, -1, np.int64)
+        if self.loaded.size == 0:
+            self.loaded = np.ones(blocks, bool)
+        if self.dirty.size == 0:
+            self.dirty = np.zeros(blocks, bool)
 
     @property
     def blocks_y(self) -> int:
@@ -152,7 +162,7 @@ class TileState:
         block_cells: int = BLOCK_CELLS,
     ) -> TileState:
         c = cells_y * cells_x
-        state = cls(
+        return cls(
             n=np.zeros(c, np.int32),
             mean=np.zeros((c, dim), STATE_DTYPES[dtype]),
             dist_mean=np.zeros(c, np.float32),
@@ -163,11 +173,6 @@ class TileState:
             alerts=AlertState.empty(c),
             block_cells=block_cells,
         )
-        blocks = state.blocks_y * state.blocks_x
-        state.block_gen = np.full(blocks, -1, np.int64)
-        state.loaded = np.ones(blocks, bool)  # all zeros, all known
-        state.dirty = np.zeros(blocks, bool)
-        return state
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything the state holds (every mean block read)."""
@@ -225,9 +230,9 @@ class TileState:
         names, then the manifest (small arrays and which save wrote each block) published
         whole. A kill before the manifest leaves the previous checkpoint whole."""
         path = str(path)
-        if path != self.source:  # a new place: every block that exists goes there
+        if path != self.source:  # a new place: every block with a look goes there
             self.ensure_loaded()
-            self.dirty |= (self.block_gen >= 0) | self.mean_written()
+            self.mark_changed(self.n > 0)
         gen = self.generation + 1
         grid = self._mean_grid()
         block_gen = self.block_gen.copy()  # this save's, in force once the manifest is
@@ -258,10 +263,6 @@ class TileState:
         self.source = path
         self.dirty[:] = False
         self.bytes_written += written
-
-    def mean_written(self) -> np.ndarray:
-        """(blocks,) bool: blocks whose mean is not all zero (worth a file)."""
-        return self.blocks_of(self.n > 0)
 
     @classmethod
     def load(cls, path: str | Path, lazy: bool = False) -> TileState:
@@ -300,19 +301,14 @@ class TileState:
                 last_time_day=float(z["last_time_day"]),
                 applied_ids=[str(s) for s in z["applied_ids"]],
                 block_cells=BLOCK_CELLS if whole else int(z["block_cells"]),
+                block_gen=np.zeros(0, np.int64) if whole else z["block_gen"].astype(np.int64),
+                loaded=np.zeros(0 if whole else z["block_gen"].size, bool),
                 generation=0 if whole else int(z["generation"]),
+                source=None if whole else str(path),
+                bytes_read=manifest_bytes,
             )
-            n_blocks = state.blocks_y * state.blocks_x
-            if whole:
-                state.block_gen = np.full(n_blocks, -1, np.int64)
-                state.loaded = np.ones(n_blocks, bool)
-                state.dirty = state.mean_written()  # its next save writes them as blocks
-            else:
-                state.block_gen = z["block_gen"].astype(np.int64)
-                state.loaded = np.zeros(n_blocks, bool)
-                state.dirty = np.zeros(n_blocks, bool)
-                state.source = str(path)
-            state.bytes_read = manifest_bytes
+            if whole:  # its next save writes the mean as blocks
+                state.mark_changed(state.n > 0)
         if not lazy:
             state.ensure_loaded()
         return state
