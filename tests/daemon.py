@@ -21,13 +21,19 @@ def free_port() -> int:
 
 
 def count_states(ledger: Path, *states: str) -> int:
-    """Acquisitions of the ledger in any of ``states`` (0 before the ledger exists)."""
+    """Acquisitions of the ledger in any of ``states`` (0 before the ledger exists: the
+    daemon creates the file a moment before its tables)."""
     if not ledger.exists():
         return 0
     marks = ",".join("?" * len(states))
-    with sqlite3.connect(ledger) as db:
+    with contextlib.closing(sqlite3.connect(ledger)) as db:
         query = f"SELECT COUNT(*) FROM acquisitions WHERE state IN ({marks})"
-        return int(db.execute(query, states).fetchone()[0])
+        try:
+            return int(db.execute(query, states).fetchone()[0])
+        except sqlite3.OperationalError as err:
+            if "no such table" in str(err):
+                return 0
+            raise
 
 
 @contextlib.contextmanager

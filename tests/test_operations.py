@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import logging
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ from streamembed.ledger import Ledger, State
 from streamembed.logs import JsonFormatter
 from streamembed.webhook import url_key
 
-from .daemon import free_port, wait_until
+from .daemon import count_states, free_port, wait_until
 
 
 class Receiver:
@@ -154,13 +153,7 @@ def test_monitor_metrics_probes_and_webhook(kill_series, kill_reference, local_d
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: get_or_none(f"{base}/healthz") == 200, 120, proc)
 
-        def applied() -> int:
-            with sqlite3.connect(ledger) as db:
-                return db.execute(
-                    "SELECT COUNT(*) FROM acquisitions WHERE state='applied'"
-                ).fetchone()[0]
-
-        wait_until(lambda: ledger.exists() and applied() == 9, 300, proc)
+        wait_until(lambda: count_states(ledger, "applied") == 9, 300, proc)
         wait_until(lambda: len(receiver.delivered()) == len(ref_files), 60, proc)
         time.sleep(3)  # a poll after the last apply: counters and gauges settled
 

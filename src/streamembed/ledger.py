@@ -133,7 +133,8 @@ class Ledger:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            # One transaction: a reader opening the file meanwhile sees every table or none.
+            self._db.executescript(f"BEGIN;{_SCHEMA}COMMIT;")
             self._migrate()
         except sqlite3.OperationalError as err:
             self._db.close()
