@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-faults test-faults-all lint bench evaluate clean
+.PHONY: demo test test-faults test-faults-all test-timm lint bench evaluate clean
 
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,16 +13,30 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
+# The parity suite's own environment: timm (which needs torchvision, and PyPI's torchvision does
+# not import beside the CPU torch above) with torch 2.14.1 (requirements-timm.txt). ~7 GB, ~3 min.
+TIMM_VENV ?= .venv-timm
+$(TIMM_VENV)/.installed: pyproject.toml requirements-timm.txt
+	$(PYTHON) -m venv $(TIMM_VENV)
+	$(TIMM_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-timm.txt
+	$(TIMM_VENV)/bin/pip install -q --disable-pip-version-check -e ".[dev,timm]"
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/streamembed demo --output output
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests tests_timm
+	$(BIN)/ruff format --check src tests tests_timm
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest -q
+
+# The built-in backbones against timm itself: every arch, band count and checkpoint layout, and
+# a backfill's stored cells against timm's forward (CI; ~2 min once the environment exists).
+test-timm: $(TIMM_VENV)/.installed
+	$(TIMM_VENV)/bin/pytest -q -p no:cacheprovider tests_timm
 
 # The slow half of the fault suite (CI): the real backfill SIGKILLed at every crash point once,
 # and workers killed mid-block (~7 min).

@@ -68,7 +68,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def measure(arch: str, batch: int, px: int, bands: int, reps: int, compile_: bool) -> list[dict]:
-    from streamembed.encoder import ResNet
+    from streamembed.backbones import ResNet
 
     torch.manual_seed(0)
     model = ResNet(arch, bands).eval()

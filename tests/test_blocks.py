@@ -183,3 +183,21 @@ def test_a_worker_killed_mid_block_loses_nothing(
     ids = EmbeddingStore(out / "embeddings.zarr").acquisition_ids("33UWP")
     assert len(ids) == len(set(ids)) == 20
     pd.testing.assert_frame_equal(_rows(ref_out), _rows(out))
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "vit_small_patch16_224"])
+def test_block_size_does_not_change_a_bit_for_every_backbone(arch, cluster_client, tmp_path):
+    """The invariance above for the other backbones (a ViT attends across its whole window: its
+    cells stay the same only because windows are laid on the tile, not on the block)."""
+    items, _ = generate(tmp_path / "data", days=20, revisit_days=10, tile_px=640, n_tiles=1)
+    stores = []
+    for block_px in (2048, 256):
+        out = tmp_path / f"out-{block_px}"
+        overrides = {"model.arch": arch, "ingest.block_px": block_px, "store.dtype": "float32"}
+        report = _run(_cfg(items, out, **overrides), cluster_client)
+        assert report.applied == 2 and not report.failed
+        stores.append(EmbeddingStore(out / "embeddings.zarr").open_dataset("33UWP"))
+    a, b = (s.embedding.values for s in stores)
+    assert a.shape[-1] == {"resnet50": 2048, "vit_small_patch16_224": 384}[arch]
+    assert np.isfinite(a).all() and a.std() > 0
+    assert np.array_equal(a, b)

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from streamembed.acquisition import BANDS_L1C, BANDS_L2A
+from streamembed.backbones import ResNet
+from streamembed.checkpoints import CheckpointError, map_checkpoint_keys
 from streamembed.config import ModelConfig
-from streamembed.encoder import CheckpointError, Encoder, ResNet, map_checkpoint_keys
+from streamembed.encoder import Encoder
 
 
 def _reference(arch: str, in_chans: int, seed: int = 11) -> ResNet:
@@ -120,3 +122,75 @@ def test_passes_are_padded_to_the_tile_not_beyond():
     x = np.random.default_rng(0).random((1, 12, 320, 320), dtype=np.float32)
     alone = enc.feature_maps(x, enc.pass_size(1))
     assert alone.shape == (1, 512, 10, 10) and np.isfinite(alone).all()
+
+
+def _vit_state(in_chans: int, seed: int = 7) -> dict[str, torch.Tensor]:
+    from streamembed.backbones import VisionTransformer
+
+    torch.manual_seed(seed)
+    return VisionTransformer("vit_small_patch16_224", in_chans).state_dict()
+
+
+@pytest.mark.parametrize("layout", ["torchgeo", "dino", "mae", "moco-v3"])
+def test_vit_layouts_load(layout, tmp_path):
+    """ViT-S/16 files as torchgeo and the SSL4EO-S12 trainers write them (DINO and MAE pickle
+    their argparse options beside the weights: read without unpickling anything else)."""
+    import argparse
+
+    ref = _vit_state(13)
+    backbone = {k: v for k, v in ref.items() if not k.startswith("head.")}
+    args = argparse.Namespace(arch="vit_small", patch_size=16)
+    if layout == "torchgeo":
+        obj: object = ref
+    elif layout == "dino":
+        teacher = {f"backbone.{k}": v for k, v in backbone.items()}
+        teacher["head.mlp.0.weight"] = torch.zeros(8, 384)
+        student = {f"module.backbone.{k}": torch.zeros_like(v) for k, v in backbone.items()}
+        obj = {"student": student, "teacher": teacher, "args": args}
+    elif layout == "mae":
+        obj = {"model": {**backbone, "mask_token": torch.zeros(1, 1, 8),
+                         "decoder_embed.weight": torch.zeros(8, 384)}, "args": args}  # fmt: skip
+    else:
+        sd = {f"module.base_encoder.{k}": v for k, v in backbone.items()}
+        sd.update({f"module.momentum_encoder.{k}": torch.zeros_like(v) for k, v in ref.items()})
+        obj = {"state_dict": sd, "epoch": 3}
+    path = tmp_path / f"vit-{layout}.pth"
+    torch.save(obj, path)
+    enc = Encoder(ModelConfig(arch="vit_small_patch16_224", bands=BANDS_L1C, checkpoint=str(path)))
+    got = enc.model.state_dict()
+    for key, value in backbone.items():
+        assert torch.equal(got[key], value), key
+    assert (
+        f"{'ssl4eo-moco' if layout == 'moco' else layout.replace('torchgeo', 'timm')} layout"
+        in (enc.weights)
+    )
+
+
+def test_vit_files_that_do_not_fit_are_explained(tmp_path):
+    path = tmp_path / "vit13.pth"
+    state = _vit_state(13)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"vit_small_patch16_224 backbone but model\.arch"):
+        Encoder(ModelConfig(arch="resnet50", bands=BANDS_L1C, checkpoint=str(path)))
+    with pytest.raises(CheckpointError, match=r"expects 13 input bands"):
+        Encoder(ModelConfig(arch="vit_small_patch16_224", checkpoint=str(path)))
+    del state["blocks.11.mlp.fc2.weight"]
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"missing \['blocks\.11\.mlp\.fc2\.weight'\]"):
+        Encoder(ModelConfig(arch="vit_small_patch16_224", bands=BANDS_L1C, checkpoint=str(path)))
+    torch.save({"blocks.0.foo": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="no ResNet-18/50 or ViT-S/B backbone found"):
+        Encoder(ModelConfig(arch="vit_small_patch16_224", checkpoint=str(path)))
+
+
+def test_vit_cells_are_its_patch_tokens_pooled():
+    """A ViT's cell is the mean of its 2 x 2 patch tokens (timm's forward_features, normed)."""
+    enc = Encoder(ModelConfig(arch="vit_small_patch16_224"))
+    x = np.random.default_rng(3).uniform(0, 0.4, (1, 12, 320, 320)).astype(np.float32)
+    cells = enc.feature_maps(x, 1)
+    assert cells.shape == (1, 384, 10, 10) and enc.dim == 384
+    with torch.inference_mode():
+        tokens = enc.model.tokens(torch.from_numpy(x))[0, 1:].numpy()  # type: ignore[union-attr]
+    grid = tokens.reshape(20, 20, 384)
+    want = grid.reshape(10, 2, 10, 2, 384).mean(axis=(1, 3)).transpose(2, 0, 1)
+    np.testing.assert_allclose(cells[0], want, rtol=1e-5, atol=1e-6)

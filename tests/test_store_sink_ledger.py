@@ -174,6 +174,32 @@ def test_store_refuses_another_model(tmp_path):
         store.append(dataclasses.replace(_batch(1), provenance=other_model))
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("normalisation", "ssl4eo_minmax", r"model\.normalisation"),
+        ("window_px", 512, r"ingest\.window"),
+        ("bands", ("B03",), "band order"),
+        ("checkpoint_sha256", "f" * 64, "checkpoint file"),
+    ],
+)
+def test_store_refuses_the_same_model_encoding_otherwise(field, value, named, tmp_path):
+    """The same weights with another normalisation, window or band order make other vectors:
+    appending them to a tile is refused, naming what differs; the store records the sha256 of
+    the checkpoint and the versions of what computed the vectors."""
+    made = dataclasses.replace(PROVENANCE, checkpoint_sha256="a" * 64, software=("torch 2.13.0",))
+    store = EmbeddingStore(tmp_path / "embeddings.zarr")
+    store.append(dataclasses.replace(_batch(0), provenance=made))
+    attrs = store.open_dataset("33UWP").attrs
+    assert attrs["checkpoint_sha256"] == "a" * 64 and attrs["software"] == ["torch 2.13.0"]
+    other = dataclasses.replace(made, **{field: value})
+    with pytest.raises(StoreMismatchError, match=named):
+        store.append(dataclasses.replace(_batch(1), provenance=other))
+    # Another software version alone is recorded, not refused.
+    newer = dataclasses.replace(made, software=("torch 2.14.1",))
+    assert store.append(dataclasses.replace(_batch(1), provenance=newer))
+
+
 def test_store_refuses_indices_of_an_older_version(tmp_path):
     import zarr
 

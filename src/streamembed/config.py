@@ -123,7 +123,11 @@ class IngestConfig(Section):
 
 
 class ModelConfig(Section):
-    arch: Literal["resnet18", "resnet50"] = "resnet50"
+    arch: Literal["resnet18", "resnet50", "vit_small_patch16_224", "vit_base_patch16_224"] = Field(
+        "resnet50",
+        description="the backbone, by timm's name: ResNet cells are its stride-32 map, ViT cells "
+        "the mean of a cell's 2 x 2 16 px patch tokens",
+    )
     bands: tuple[str, ...] = BANDS_L2A
     checkpoint: str | None = None
     normalisation: Literal["divide_10000", "ssl4eo_minmax"] = "divide_10000"

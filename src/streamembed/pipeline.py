@@ -113,6 +113,19 @@ def encode_task(pixels: BlockPixels, reservation: Reservation, cfg: Config) -> B
     )
 
 
+def software_versions() -> tuple[str, ...]:
+    """The libraries that compute an embedding, "name version" (the store records them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("streamembed", "torch", "numpy", "rasterio"):
+        try:
+            out.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    return tuple(out)
+
+
 def provenance(identity: ModelIdentity, cfg: Config) -> Provenance:
     """What the store records about how this run's embeddings are made."""
     return Provenance(
@@ -125,6 +138,8 @@ def provenance(identity: ModelIdentity, cfg: Config) -> Provenance:
         window_px=cfg.ingest.window,
         margin_px=cfg.ingest.margin,
         scl_mask_classes=cfg.ingest.scl_mask_classes,
+        checkpoint_sha256=identity.checkpoint_sha256,
+        software=software_versions(),
     )
 
 

@@ -198,6 +198,16 @@ def _grid_attrs(g: zarr.Group) -> TileGrid:
     return TileGrid.from_attrs(dict(g.attrs["grid"]))  # type: ignore[arg-type]
 
 
+# Provenance fields that change what the same weights compute, with their names for a person.
+_SAME_EMBEDDING = {
+    "bands": "the band order",
+    "normalisation": "model.normalisation",
+    "window_px": "ingest.window",
+    "margin_px": "ingest.margin",
+    "checkpoint_sha256": "the checkpoint file of sha256",
+}
+
+
 class StoreMismatchError(ValueError):
     """The store holds embeddings of another model or grid than this run produces."""
 
@@ -216,6 +226,8 @@ class Provenance:
     window_px: int
     margin_px: int
     scl_mask_classes: tuple[int, ...]
+    checkpoint_sha256: str | None = None  # the whole file's; model_id carries its first 12
+    software: tuple[str, ...] = ()  # "name version" of what computed them (recorded, not checked)
 
     def to_attrs(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {
@@ -614,6 +626,17 @@ class EmbeddingStore:
                 f"{self.root}/{tile} holds embeddings of model {stored}, this run makes "
                 f"{provenance.model_id}; use another --output or the same model config"
             )
+        # What else changes the vectors of the same weights (absent from stores written before
+        # it was recorded: not checked there).
+        for key, what in _SAME_EMBEDDING.items():
+            mine = provenance.to_attrs()[key]
+            theirs = g.attrs.get(key, mine)
+            if theirs != mine:
+                raise StoreMismatchError(
+                    f"{self.root}/{tile} holds embeddings made with {what} {theirs}, this run "
+                    f"uses {mine}; appending would mix two encodings of the tile: use another "
+                    f"--output or set the config back ({key})"
+                )
         stored_grid = _grid_attrs(g)
         if stored_grid != grid:
             raise StoreMismatchError(
