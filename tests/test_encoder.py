@@ -194,3 +194,23 @@ def test_vit_cells_are_its_patch_tokens_pooled():
     grid = tokens.reshape(20, 20, 384)
     want = grid.reshape(10, 2, 10, 2, 384).mean(axis=(1, 3)).transpose(2, 0, 1)
     np.testing.assert_allclose(cells[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_short_last_pass_runs_unpadded_once_it_is_seen_exact():
+    """Nine windows in passes of four: the first short pass is computed padded (and once more
+    unpadded, to compare); later ones run unpadded where the two agreed, padded where not (the
+    kernels of some shapes do give other bits for one window than for four), and the bits are
+    a padded pass's either way."""
+    enc = Encoder(ModelConfig(arch="resnet18", batch_size=4))
+    for px in (128, 320):
+        x = np.random.default_rng(4).uniform(0, 0.4, (9, 12, px, px)).astype(np.float32)
+        enc.windows_encoded = 0
+        first = enc.feature_maps(x, 4)
+        assert enc.windows_encoded == 4 + 4 + 4 + 1  # the check's extra window
+        exact = enc._short_pass_exact[((12, px, px), 1, 4)]
+        enc.windows_encoded = 0
+        again = enc.feature_maps(x, 4)
+        assert enc.windows_encoded == (9 if exact else 12)
+        assert np.array_equal(first, again)
+        padded = np.concatenate([x[8:], np.zeros((3, 12, px, px), np.float32)])
+        assert np.array_equal(again[8], enc.feature_maps(padded, 4)[0])
