@@ -12,9 +12,12 @@ convolutions and matrix products), GFLOP/s, and that as a share of two peaks of 
 - **nominal**: the core's fp32 FMA rate, FLOP per cycle of its vector unit x the clock that
   the measured product implies (a VM does not show its clock): given as FLOP per cycle.
 
-Runtimes: PyTorch eager in NCHW, eager channels_last (the pipeline's), and ``torch.compile``
-(inductor) on channels_last; each is checked against eager NCHW fp32 per cell (the cosine of
-every cell's embedding: the pipeline adopts only a runtime that agrees to >= 0.999).
+Runtimes: PyTorch eager in NCHW, eager channels_last (the pipeline's for ResNets), ``torch.compile``
+(inductor; channels_last for ResNets), ONNX Runtime (the dynamo exporter, CPU provider, one
+thread) and OpenVINO (converted from PyTorch, f32 asked for); each is checked against eager NCHW
+fp32 per cell (the cosine of every cell's embedding: the pipeline adopts only a runtime that
+agrees to >= 0.999). ONNX Runtime and OpenVINO are not dependencies of the pipeline:
+``pip install -e ".[bench]"`` brings them.
 """
 
 from __future__ import annotations
@@ -67,38 +70,87 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
 
 
-def measure(arch: str, batch: int, px: int, bands: int, reps: int, compile_: bool) -> list[dict]:
-    from streamembed.backbones import ResNet
+class _Features(torch.nn.Module):
+    """A backbone's ``features`` as its ``forward``: what exporters trace."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.features(x)  # type: ignore[operator]
+
+
+def _onnx_runtime(model: torch.nn.Module, x: torch.Tensor, work: Path) -> Any:
+    import onnxruntime as ort
+
+    path = work / "encoder.onnx"
+    torch.onnx.export(_Features(model), (x,), str(path), dynamo=True, optimize=True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda t: torch.from_numpy(session.run(None, {name: t.numpy()})[0])
+
+
+def _openvino(model: torch.nn.Module, x: torch.Tensor, work: Path) -> Any:
+    import openvino as ov
+
+    converted = ov.convert_model(_Features(model), example_input=x)
+    # f32 asked for: on a CPU with bf16 units (this Zen 4 has AVX512_BF16) OpenVINO would
+    # otherwise run in bf16.
+    compiled = ov.Core().compile_model(
+        converted, "CPU", {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+    )
+    return lambda t: torch.from_numpy(compiled(t.numpy())[0])
+
+
+def measure(
+    arch: str, batch: int, px: int, bands: int, reps: int, runtimes: list[str]
+) -> list[dict]:
+    import tempfile
+
+    from streamembed.backbones import build_backbone, is_vit
 
     torch.manual_seed(0)
-    model = ResNet(arch, bands).eval()
+    model = build_backbone(arch, bands).eval()
     x = torch.randn(batch, bands, px, px)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model.features(x)
     gflop_window = counter.get_total_flops() / batch / 1e9
     with torch.inference_mode():
         ref = model.features(x).numpy()
+    nhwc = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
     rows = []
-    variants: list[tuple[str, Any, Any]] = [
-        ("eager NCHW", model, lambda t: t),
-        ("eager channels_last", None, lambda t: t.contiguous(memory_format=torch.channels_last)),
-    ]
-    if compile_:
-        variants.append(("torch.compile channels_last", "compile", variants[1][2]))
-    for name, which, prep in variants:
-        m = model
-        if which is None or which == "compile":
-            m = ResNet(arch, bands).eval()
-            m.load_state_dict(model.state_dict())
+    work = Path(tempfile.mkdtemp(prefix="encoder-speed-"))
+    for name in runtimes:
+        if name == "eager channels_last" and is_vit(arch):
+            continue  # a ViT's one convolution is its patch embedding
+        m = build_backbone(arch, bands).eval()
+        m.load_state_dict(model.state_dict())
+        prep: Any = lambda t: t  # noqa: E731
+        if not is_vit(arch) and name != "eager NCHW":
             m = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        fwd = m.features
-        t_compile = 0.0
-        if which == "compile":
-            t0 = time.perf_counter()
-            fwd = torch.compile(m.features)
-            with torch.inference_mode():
-                fwd(prep(x))
-            t_compile = time.perf_counter() - t0
+            prep = nhwc
+        t0 = time.perf_counter()
+        try:
+            if name == "torch.compile":
+                fwd = torch.compile(m.features)
+                with torch.inference_mode():
+                    fwd(prep(x))
+            elif name == "onnxruntime":
+                fwd, prep = _onnx_runtime(m, x, work), (lambda t: t)
+            elif name == "openvino":
+                fwd, prep = _openvino(m, x, work), (lambda t: t)
+            else:
+                fwd = m.features
+        except Exception as err:  # a runtime that cannot take this model: say so, go on
+            print(f"{arch} {name}: failed ({type(err).__name__}: {err})"[:300], flush=True)
+            rows.append({"arch": arch, "runtime": name, "error": f"{type(err).__name__}"})
+            continue
+        t_prepare = time.perf_counter() - t0
         xin = prep(x)
         with torch.inference_mode():
             seconds = _time(fwd, xin, reps)
@@ -113,21 +165,25 @@ def measure(arch: str, batch: int, px: int, bands: int, reps: int, compile_: boo
                 "gflop_per_window": round(gflop_window, 2),
                 "gflop_per_s": round(windows_s * gflop_window, 1),
                 "min_cell_cosine": float(cos.min()),
-                "compile_seconds": round(t_compile, 1),
+                "max_abs_difference": float(np.abs(ref - out).max()),
+                "prepare_seconds": round(t_prepare, 1),
             }
         )
         print(rows[-1], flush=True)
     return rows
 
 
+RUNTIMES = ("eager NCHW", "eager channels_last", "torch.compile", "onnxruntime", "openvino")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--archs", default="resnet18,resnet50")
+    ap.add_argument("--archs", default="resnet18,resnet50,vit_small_patch16_224")
+    ap.add_argument("--runtimes", default=",".join(RUNTIMES))
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--px", type=int, default=320)
     ap.add_argument("--bands", type=int, default=12)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--cpu", default="zen4", choices=sorted(FLOP_PER_CYCLE))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -138,9 +194,10 @@ def main() -> None:
           f"{peak / flop_cycle:.2f} GHz", flush=True)  # fmt: skip
     rows = []
     for arch in args.archs.split(","):
-        rows += measure(arch, args.batch, args.px, args.bands, args.reps, not args.no_compile)
+        rows += measure(arch, args.batch, args.px, args.bands, args.reps, args.runtimes.split(","))
     for r in rows:
-        r["share_of_measured_peak"] = round(r["gflop_per_s"] / peak, 3)
+        if "gflop_per_s" in r:
+            r["share_of_measured_peak"] = round(r["gflop_per_s"] / peak, 3)
     record = {
         "schema": "streamembed-bench-encoder-speed/1",
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -158,6 +215,9 @@ def main() -> None:
           "min cell cosine |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
+        if "error" in r:
+            print(f"| {r['arch']} | {r['runtime']} | failed: {r['error']} | | | | |")
+            continue
         print(f"| {r['arch']} | {r['runtime']} | {r['windows_per_s']} | {r['gflop_per_window']} "
               f"| {r['gflop_per_s']} | {r['share_of_measured_peak']:.0%} "
               f"| {r['min_cell_cosine']:.6f} |")  # fmt: skip
