@@ -36,7 +36,7 @@ test: lint
 # The built-in backbones against timm itself: every arch, band count and checkpoint layout, and
 # a backfill's stored cells against timm's forward (CI; ~2 min once the environment exists).
 test-timm: $(TIMM_VENV)/.installed
-	$(TIMM_VENV)/bin/pytest -q -p no:cacheprovider tests_timm
+	$(TIMM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_timm
 
 # The slow half of the fault suite (CI): the real backfill SIGKILLed at every crash point once,
 # and workers killed mid-block (~7 min).

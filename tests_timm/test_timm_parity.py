@@ -195,3 +195,45 @@ def test_a_backfill_stores_timms_cells(arch, layout, tmp_path):
         want[win.cell_y : win.cell_y + ny, win.cell_x : win.cell_x + nx] = cells
     assert not np.isnan(want).any()
     assert _relative_error(stored, want) <= RTOL
+
+
+@pytest.mark.parametrize(("arch", "layout"), [("vit_small_patch16_224", "dino"),
+                                              ("resnet50", "torchgeo")])  # fmt: skip
+def test_major_tom_fragments_are_timms_pooled_output(arch, layout, tmp_path):
+    """`export --fragment-embedding encoder` with a checkpoint: each fragment's vector is timm's
+    own pooled output (``forward_head(pre_logits=True)``: average pooling for a ResNet, the class
+    token for a ViT) on Major TOM's crop of the product, DN / 10,000."""
+    import geopandas as gpd
+
+    from streamembed.cli import main
+    from streamembed.sources.synthetic import generate
+    from tests.majortom_image import major_tom_image
+
+    items, _ = generate(tmp_path / "data", days=10, revisit_days=10, tile_px=1280, n_tiles=1)
+    model = _timm_model(arch, 12)
+    path = write_checkpoint(layout, arch, model, tmp_path / "w.pth")
+    cfg = Config().with_overrides(**{
+        "model.arch": arch, "model.checkpoint": str(path), "cluster.n_workers": 1,
+        "cluster.dashboard_address": ":0",
+    })  # fmt: skip
+    config = tmp_path / "config.yaml"
+    config.write_text(cfg.model_dump_json())
+    common = ["--config", str(config), "--source", str(items), "--output", str(tmp_path / "out")]
+    assert main(["backfill", *common, "--no-progress"]) == 0
+    dest = tmp_path / "fragments"
+    assert main(["export", str(dest), *common, "--mode", "fragment", "--fragment-embedding",
+                 "encoder", "--min-clear", "0", "--no-progress"]) == 0  # fmt: skip
+    (out,) = dest.glob("*.parquet")
+    rows = gpd.read_parquet(out)
+    assert len(rows) > 0
+    (item,) = sorted(items.rglob("*.json"))
+    image = major_tom_image(item, cfg.model.bands)
+    x = []
+    for bbox in rows.pixel_bbox:
+        c0, r0, c1, r1 = (int(v) for v in bbox)
+        x.append(image[:, r0:r1, c0:c1].astype(np.float32) / 10_000)
+    with torch.inference_mode():
+        t = torch.from_numpy(np.stack(x))
+        want = model.forward_head(model.forward_features(t), pre_logits=True).numpy()  # type: ignore[operator]
+    got = np.stack([np.asarray(e, np.float32) for e in rows.embedding])
+    assert _relative_error(got, want) <= RTOL

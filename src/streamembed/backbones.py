@@ -115,8 +115,12 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's own embedding of a whole input (n, dim): global average pooling."""
+        return torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+        return self.fc(self.pooled(x))
 
 
 class Attention(nn.Module):
@@ -217,8 +221,12 @@ class VisionTransformer(nn.Module):
         grid = patches.transpose(1, 2).reshape(n, -1, gh, gw)
         return F.avg_pool2d(grid, CELL_PX // self.patch)
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's own embedding of a whole input (n, dim): the class token, normed."""
+        return self.tokens(x)[:, 0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.tokens(x)[:, 0])
+        return self.head(self.pooled(x))
 
 
 def build_backbone(arch: str, in_chans: int) -> ResNet | VisionTransformer:

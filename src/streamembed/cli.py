@@ -228,7 +228,10 @@ def cmd_export(args: argparse.Namespace, cfg: Config) -> int:
     from .export import ExportFilter, export
 
     flt = ExportFilter(tuple(args.tile or ()), args.start, args.end, args.min_clear)
-    report = export(cfg.layout, args.dest, args.mode, flt, progress=not args.no_progress)
+    report = export(
+        cfg.layout, args.dest, args.mode, flt, progress=not args.no_progress,
+        fragment_embedding=args.fragment_embedding, cfg=cfg,
+    )  # fmt: skip
     print(f"exported {report.rows} {args.mode} embeddings of {report.acquisitions} "
           f"acquisitions to {len(report.files)} GeoParquet file(s) in {args.dest}")  # fmt: skip
     for f in report.files:
@@ -461,8 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="folder for <tile>.parquet")
     p.add_argument(
         "--mode", choices=["cell", "fragment"], default="cell",
-        help="cell: one row per 320 m cell; fragment: Major TOM's 224 px fragments (7 x 7 "
-        "cells, clear-weighted mean)",
+        help="cell: one row per 320 m cell; fragment: Major TOM's 224 px fragments",
+    )  # fmt: skip
+    p.add_argument(
+        "--fragment-embedding", choices=["cells", "encoder"], default="cells",
+        help="cells: the clear-weighted mean of the 7 x 7 stored cells under a fragment "
+        "(cheap); encoder: re-read the fragment's pixels and run the model as Major TOM's "
+        "embedder does (the CDSE Global Embeddings' vectors, same weights; docs/export.md)",
     )  # fmt: skip
     p.add_argument("--tile", action="append", help="only this tile (repeatable)")
     p.add_argument("--start", help="first sensing date, YYYY-MM-DD")

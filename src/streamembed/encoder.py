@@ -131,6 +131,24 @@ class Encoder:
             outs.append(full)
         return np.concatenate(outs)
 
+    @torch.inference_mode()
+    def pooled(self, inputs: np.ndarray, pass_size: int = 4) -> np.ndarray:
+        """The model's own embeddings (n, dim) float32 of whole inputs (Major TOM fragments):
+        passes of ``pass_size``, the last padded, so a fragment's vector never depends on
+        which fragments came with it."""
+        outs = []
+        for i in range(0, len(inputs), pass_size):
+            chunk = inputs[i : i + pass_size]
+            n = len(chunk)
+            if n < pass_size:
+                pad = np.zeros((pass_size - n, *chunk.shape[1:]), chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            outs.append(self.model.pooled(x)[:n].float().cpu().numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, self.dim), np.float32)
+
     def embed_block(self, pixels: BlockPixels, normalisation: str, cell: int) -> np.ndarray:
         """Embeddings (cells_y, cells_x, dim) float32 of a block's cells, margins cropped."""
         block = pixels.block

@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,12 @@ from .grid import PIXEL_M, TileGrid
 from .layout import OutputLayout
 from .store import EmbeddingStore
 
+if TYPE_CHECKING:
+    from .config import Config
+    from .encoder import Encoder
+
 Mode = Literal["cell", "fragment"]
+FragmentEmbedding = Literal["cells", "encoder"]
 FRAGMENT_PX = 224  # Major TOM's fragment side at 10 m
 FRAGMENTS_PER_SIDE = 5  # 25 fragments per ~10 km grid cell, overlapping
 MAJOR_TOM_D = 10_000  # metres between grid rows
@@ -175,30 +180,27 @@ def fragment_origins(grid: TileGrid, mt: MajorTomGrid) -> list[tuple[str, int, i
     Fragments: 5 x 5 per grid cell, 224 px, evenly spaced over the cell's footprint in the
     tile's UTM grid (the first at its north-west corner, the last at its south-east one).
     """
+    from .fragments import grid_cells_near
+
     to_utm = Transformer.from_crs(4326, grid.epsg, always_xy=True)
-    lon, lat = grid.corners_wgs84()
-    rows, _ = mt.locate(lat, lon)
     out = []
     s = grid.cell_size
-    for row in range(int(rows.min()), int(rows.max()) + 1):
-        lo_c, hi_c = mt.locate(np.array([row * mt.lat_spacing + 1e-9] * 2), np.array(
-            [min(lon), max(lon)]))[1]  # fmt: skip
-        for col in range(int(lo_c) - 1, int(hi_c) + 2):
-            west, south, east, north = mt.outline(row, col).bounds
-            x, y = to_utm.transform([west, east, west, east], [north, north, south, south])
-            left = (min(x) - grid.x0) / PIXEL_M
-            top = (grid.y0 - max(y)) / PIXEL_M
-            right = (max(x) - grid.x0) / PIXEL_M
-            bottom = (grid.y0 - min(y)) / PIXEL_M
-            step_x = (right - left - FRAGMENT_PX) / (FRAGMENTS_PER_SIDE - 1)
-            step_y = (bottom - top - FRAGMENT_PX) / (FRAGMENTS_PER_SIDE - 1)
-            for fr in range(FRAGMENTS_PER_SIDE):
-                for fc in range(FRAGMENTS_PER_SIDE):
-                    r0 = round((top + fr * step_y) / s) * s
-                    c0 = round((left + fc * step_x) / s) * s
-                    inside = r0 >= 0 and c0 >= 0
-                    if inside and max(r0 - grid.height, c0 - grid.width) + FRAGMENT_PX <= 0:
-                        out.append((mt.label(row, col), fr, fc, r0, c0))
+    for row, col in grid_cells_near(grid, mt):
+        west, south, east, north = mt.outline(row, col).bounds
+        x, y = to_utm.transform([west, east, west, east], [north, north, south, south])
+        left = (min(x) - grid.x0) / PIXEL_M
+        top = (grid.y0 - max(y)) / PIXEL_M
+        right = (max(x) - grid.x0) / PIXEL_M
+        bottom = (grid.y0 - min(y)) / PIXEL_M
+        step_x = (right - left - FRAGMENT_PX) / (FRAGMENTS_PER_SIDE - 1)
+        step_y = (bottom - top - FRAGMENT_PX) / (FRAGMENTS_PER_SIDE - 1)
+        for fr in range(FRAGMENTS_PER_SIDE):
+            for fc in range(FRAGMENTS_PER_SIDE):
+                r0 = round((top + fr * step_y) / s) * s
+                c0 = round((left + fc * step_x) / s) * s
+                inside = r0 >= 0 and c0 >= 0
+                if inside and max(r0 - grid.height, c0 - grid.width) + FRAGMENT_PX <= 0:
+                    out.append((mt.label(row, col), fr, fc, r0, c0))
     return out
 
 
@@ -307,14 +309,25 @@ def export(
     flt: ExportFilter | None = None,
     slab_rows: int = 64,
     progress: bool = False,
+    fragment_embedding: FragmentEmbedding = "cells",
+    cfg: Config | None = None,
 ) -> ExportReport:
     """Write the store's embeddings under ``dest`` (a folder): one GeoParquet file per tile,
-    ``<dest>/<tile>.parquet``, row groups of one slab (cell) or one acquisition (fragment)."""
+    ``<dest>/<tile>.parquet``, row groups of one slab (cell) or one acquisition (fragment).
+
+    ``fragment_embedding="encoder"`` (with ``cfg``, the config that made the store): each
+    fragment re-read from its product and embedded as Major TOM's embedder does
+    (fragments.py) instead of pooled from the stored cells.
+    """
     from tqdm import tqdm
 
     flt = flt or ExportFilter()
     store = EmbeddingStore(layout.store)
     tiles = [t for t in store.tiles() if not flt.tiles or t in flt.tiles]
+    if mode == "fragment" and fragment_embedding == "encoder":
+        if cfg is None:
+            raise ValueError("fragment_embedding='encoder' needs the config that made the store")
+        return _export_encoder_fragments(store, tiles, Path(dest), flt, cfg, progress)
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
     mt = MajorTomGrid()
@@ -358,6 +371,91 @@ def export(
                                            dim)  # fmt: skip
                             writer.write_table(table)
                             n_rows += table.num_rows
+        tmp.replace(path)
+        files.append(str(path))
+    return ExportReport(n_rows, n_acq, tuple(files))
+
+
+def _source_acquisitions(cfg: Config, ids: set[str]) -> dict[str, Any]:
+    """The Acquisitions of ``ids``, re-read from the items the ledger recorded."""
+    from .acquisition import parse_item
+    from .ledger import Ledger
+    from .sources.items import features
+    from .sources.stac import load_item_document
+
+    out: dict[str, Any] = {}
+    with Ledger(cfg.layout.ledger) as ledger:
+        hrefs = {r.id: r.item_href for r in ledger.rows() if r.id in ids}
+    missing = sorted(ids - set(hrefs))
+    if missing:
+        raise ValueError(
+            f"the ledger {cfg.layout.ledger} has no item for {missing[:3]}: the products must be "
+            "re-read for --fragment-embedding encoder; give the --ledger of the run that made "
+            "the store"
+        )
+    for href in sorted(set(hrefs.values())):
+        for feature in features(load_item_document(href)):
+            acq = parse_item(feature, href, cfg.source.band_mapping, cfg.model.bands)
+            if acq.id in ids:
+                out[acq.id] = acq
+    return out
+
+
+def _export_encoder_fragments(
+    store: EmbeddingStore, tiles: list[str], out: Path, flt: ExportFilter, cfg: Config,
+    progress: bool,
+) -> ExportReport:  # fmt: skip
+    from tqdm import tqdm
+
+    from .encoder import Encoder, model_identity
+    from .fragments import embed_fragments, majortom_fragments
+
+    identity = model_identity(cfg.model)
+    encoder: Encoder | None = None
+    out.mkdir(parents=True, exist_ok=True)
+    mt = MajorTomGrid()
+    files, n_rows, n_acq = [], 0, 0
+    for tile in tiles:
+        grid = store.grid(tile)
+        assert grid is not None
+        ds = store.open_dataset(tile, decode=False)
+        stored_model = str(ds.attrs.get("model_id", ""))
+        if stored_model != identity.model_id:
+            raise ValueError(
+                f"tile {tile} was embedded by {stored_model}, the config names "
+                f"{identity.model_id}: --fragment-embedding encoder runs the config's model; "
+                "give the --config of the run that made the store"
+            )
+        frags = majortom_fragments(grid, mt)
+        acqs = list(_acquisitions(store, tile, flt))
+        ids = {str(ds["acquisition_id"].values[i]) for i, _ in acqs}
+        sources = _source_acquisitions(cfg, ids)
+        if encoder is None:
+            encoder = Encoder(cfg.model)
+        dim = encoder.dim
+        path = out / f"{tile}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        with pq.ParquetWriter(tmp, schema(dim, "fragment"), compression="zstd") as writer:
+            for i, when in tqdm(acqs, desc=f"export {tile}", unit="acq", disable=not progress):
+                product = str(ds["acquisition_id"].values[i])
+                n_acq += 1
+                got = embed_fragments(sources[product], grid, frags, encoder, cfg.ingest,
+                                      cfg.model, flt.min_clear)  # fmt: skip
+                if not got.fragments:
+                    continue
+                fp = _Footprints(
+                    np.array([(f.col0, f.row0, f.col0 + FRAGMENT_PX, f.row0 + FRAGMENT_PX)
+                              for f in got.fragments], int).reshape(-1, 4),
+                    np.array([(f.fragment_row, f.fragment_col) for f in got.fragments],
+                             int).reshape(-1, 2),
+                    got.embedding,
+                    got.clear,
+                )  # fmt: skip
+                labels = [f.label for f in got.fragments]
+                table = _table(fp, grid, when, product, f"{identity.model_id}-majortom",
+                               "fragment", mt, labels, dim)  # fmt: skip
+                writer.write_table(table)
+                n_rows += table.num_rows
         tmp.replace(path)
         files.append(str(path))
     return ExportReport(n_rows, n_acq, tuple(files))
