@@ -50,7 +50,8 @@ test-faults-all: $(STAMP)
 # Every detector on every synthetic scenario, side by side: docs/evaluation.md and its maps
 # (10 min 37 s from a fresh clone here; the 1.5 GB of archives in evaluation/ are reused).
 evaluate: $(STAMP)
-	$(BIN)/streamembed evaluate --scenarios all --work evaluation --doc docs/evaluation.md
+	$(BIN)/streamembed evaluate --scenarios all --work evaluation --doc docs/evaluation.md \
+		--encoders resnet18,resnet50,vit_small_patch16_224
 
 bench: $(STAMP)
 	$(BIN)/streamembed bench --config benchmarks/cpu-local.yaml

@@ -102,3 +102,12 @@ def test_the_document_tables_carry_the_scores():
     assert "| haze | embedding+index | 0.67 (1.00/0.50) | - | - | - | 4.0 | 1.00 | 0 |" in md
     assert "| haze | embedding+index | 4.0 / 1.00 | - | - | - |" in md
     assert "haze yes" in md and "reusing" not in md
+    assert "## Per encoder" not in md
+    # The per-encoder table: mean F1 over the event types found in the truth, false cells.
+    from streamembed.evaluation import EncoderRuns
+
+    encoders = [EncoderRuns("resnet18", 512, [run]), EncoderRuns("vit_small_patch16_224", 384,
+                                                                  [run])]  # fmt: skip
+    md = render_markdown([run], 60.0, "make evaluate", encoders=encoders)
+    assert "| haze | resnet18 | 512 | 0.67 / 0 | - | 1 |" in md
+    assert "| haze | vit_small_patch16_224 | 384 | 0.67 / 0 | - | 1 |" in md

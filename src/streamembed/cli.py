@@ -332,6 +332,12 @@ def _evaluate_scenarios(args: argparse.Namespace, cfg: Config) -> int:
     detectors = DETECTORS if args.detector == "all" else (args.detector,)
     work = Path(args.work)
     runs = run_scenarios(cfg, work, names, detectors, progress=not args.no_progress)
+    encoders = []
+    if args.encoders:
+        from .evaluation import run_encoders
+
+        archs = args.encoders.split(",")
+        encoders = run_encoders(cfg, work, archs, names, not args.no_progress, runs)
     if args.doc:
         import os
 
@@ -344,7 +350,7 @@ def _evaluate_scenarios(args: argparse.Namespace, cfg: Config) -> int:
             real = run_real_series(folder, cfg)
             render_real_series(real, doc.parent / "evaluation" / "real-ndvi-series.png")
             real_png = "evaluation/real-ndvi-series.png"
-        text = render_markdown(runs, time.time() - t0, "make evaluate", real, real_png)
+        text = render_markdown(runs, time.time() - t0, "make evaluate", real, real_png, encoders)
         doc.write_text(text)
         print(f"wrote {doc} and {len(maps)} map(s) in {doc.parent / 'evaluation'}")
     print(f"evaluation finished in {time.time() - t0:.0f} s")
@@ -520,6 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
         "also runs the backfill)",
     )  # fmt: skip
     p.add_argument("--work", default="evaluation", help="scenario archives and runs")
+    p.add_argument(
+        "--encoders", default=None,
+        help="comma-separated model.arch values: the embedding detectors again with each "
+        "(seeded) encoder, in a table of their own",
+    )  # fmt: skip
     p.add_argument("--doc", default=None, help="write this Markdown table (and maps beside it)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)

@@ -74,6 +74,7 @@ def run_scenarios(
     revisit: int = 5,
     seed: int = 42,
     progress: bool = True,
+    runs_dir: str = "runs",
 ) -> list[ScenarioRun]:
     """Archives, one backfill each, replays and scores; the archives are reused next time."""
     from .cluster import make_client
@@ -81,7 +82,7 @@ def run_scenarios(
 
     for n in names:
         scenario(n)  # an unknown name fails here, before anything runs
-    data, runs = work / "data", work / "runs"
+    data, runs = work / "data", work / runs_dir
     fresh = set(write_archives(names, data, tile_px, revisit, seed, workers=2))
     out: list[ScenarioRun] = []
     with make_client(cfg.cluster) as client:
@@ -155,12 +156,77 @@ def _event_cells(score: DetectorScore, cell: Callable[[EventScore], str]) -> lis
     return [cell(score.events[e]) if e in score.events else "-" for e in EVENT_ORDER]
 
 
+@dataclass(frozen=True)
+class EncoderRuns:
+    """The scenario set run again with another (seeded) encoder, for the per-encoder table."""
+
+    arch: str
+    dim: int
+    runs: list[ScenarioRun]
+
+
+def run_encoders(
+    cfg: Config, work: Path, archs: Sequence[str], names: Sequence[str], progress: bool = True,
+    configured: list[ScenarioRun] | None = None,
+) -> list[EncoderRuns]:  # fmt: skip
+    """The embedding detectors on every scenario once per encoder in ``archs`` (the configured
+    one's runs reused); the index detector does not depend on the encoder."""
+    from .backbones import EMBEDDING_DIM
+
+    dets = [d for d in DETECTORS if d != "index"]
+    out = []
+    for arch in archs:
+        if arch == cfg.model.arch and configured is not None:
+            runs = configured
+        else:
+            print(f"encoder {arch}: the scenario set again", flush=True)
+            runs = run_scenarios(cfg.with_overrides(**{"model.arch": arch}), work, names, dets,
+                                 progress=progress, runs_dir=f"runs-{arch}")  # fmt: skip
+        out.append(EncoderRuns(arch, EMBEDDING_DIM[arch], runs))
+    return out
+
+
+def _mean_f1(score: DetectorScore) -> float:
+    return float(np.mean([ev.f1 for ev in score.events.values()])) if score.events else 0.0
+
+
+def encoder_lines(encoders: Sequence[EncoderRuns]) -> list[str]:
+    """The per-encoder table: per scenario, each embedding detector's mean F1 over the four
+    event types and its false cells, per encoder (seeded weights: what the architecture gives
+    before any pretraining)."""
+    if not encoders:
+        return []
+    lines = [
+        "## Per encoder",
+        "",
+        "The embedding detectors again with each seeded encoder (`make evaluate` runs "
+        "`--encoders resnet18,resnet50,vit_small_patch16_224`); the index detector does not "
+        "depend on the encoder. Mean F1 over the four event types / false cells; seconds: the "
+        "whole scenario's backfill (146 acquisitions of 512 px) on this 2-core machine.",
+        "",
+        "| scenario | encoder | dim | embedding+index F1 / false cells | embedding F1 / false cells "
+        "| backfill seconds |",
+        "| --- | --- | ---: | --- | --- | ---: |",
+    ]
+    for i, run in enumerate(encoders[0].runs):
+        for enc in encoders:
+            r = enc.runs[i]
+            cells = []
+            for det in ("embedding+index", "embedding"):
+                s = r.scores.get(det)
+                cells.append(f"{_mean_f1(s):.2f} / {s.false_cells}" if s else "-")
+            lines.append(f"| {run.name} | {enc.arch} | {enc.dim} | {cells[0]} | {cells[1]} "
+                         f"| {r.seconds:.0f} |")  # fmt: skip
+    return [*lines, ""]
+
+
 def render_markdown(
     runs: Sequence[ScenarioRun],
     seconds: float,
     command: str,
     real: RealSeries | None = None,
     real_png: str | None = None,
+    encoders: Sequence[EncoderRuns] = (),
 ) -> str:
     detectors = list(runs[0].scores) if runs else []
     reused = sum(not r.archive_written for r in runs)
@@ -218,6 +284,7 @@ def render_markdown(
         + ", ".join(f"{r.name} {'yes' if r.reproduces_backfill else 'NO'}" for r in runs)
         + ".",
         "",
+        *encoder_lines(encoders),
         *_real_lines(real, real_png),
         "## Scenarios",
         "",
