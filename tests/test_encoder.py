@@ -214,3 +214,24 @@ def test_a_short_last_pass_runs_unpadded_once_it_is_seen_exact():
         assert np.array_equal(first, again)
         padded = np.concatenate([x[8:], np.zeros((3, 12, px, px), np.float32)])
         assert np.array_equal(again[8], enc.feature_maps(padded, 4)[0])
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("arch", ["resnet18", "vit_small_patch16_224"])
+def test_other_runtimes_compute_the_same_network(runtime, arch):
+    """The backbone converted to OpenVINO / ONNX Runtime (once per pass shape; short passes
+    padded) gives PyTorch's cells: every cell's cosine >= 0.999 (checked at conversion too)."""
+    x = np.random.default_rng(5).uniform(0, 0.4, (5, 12, 320, 320)).astype(np.float32)
+    torch_enc = Encoder(ModelConfig(arch=arch))
+    enc = Encoder(ModelConfig(arch=arch, runtime=runtime))
+    assert enc.converted is not None
+    want, got = torch_enc.feature_maps(x, 4), enc.feature_maps(x, 4)
+    a = got.transpose(0, 2, 3, 1).reshape(-1, got.shape[1]).astype(np.float64)
+    b = want.transpose(0, 2, 3, 1).reshape(-1, want.shape[1]).astype(np.float64)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.999
+    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+    spent = enc.converted.convert_seconds
+    assert spent > 0
+    again = enc.feature_maps(x, 4)  # the same shape: no second conversion, the same bits
+    assert enc.converted.convert_seconds == spent and np.array_equal(again, got)

@@ -134,6 +134,12 @@ class ModelConfig(Section):
     seed: int = 0
     batch_size: int = 4
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    runtime: Literal["torch", "openvino", "onnxruntime"] = Field(
+        "torch",
+        description="where the forward pass runs on a CPU: PyTorch, or the same network "
+        "converted to OpenVINO or ONNX Runtime per worker (checked against PyTorch on its first "
+        "pass; benchmarks/RESULTS.md 'Encoder speed'); a GPU always runs PyTorch",
+    )
     torch_threads: int = 1
 
     @field_validator("bands")

@@ -3,6 +3,7 @@ block's normalised windows into per-cell embeddings, held once per worker by a W
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from .backbones import EMBEDDING_DIM, build_backbone, is_vit
 from .checkpoints import CheckpointError, file_sha256, load_backbone_weights
 from .config import ModelConfig
 from .ingest import BlockPixels, window_inputs
+from .runtimes import ConvertedBackbone, RuntimeUnavailable
 
 __all__ = ["EMBEDDING_DIM", "CheckpointError", "Encoder", "EncoderPlugin", "model_identity"]
 
@@ -77,6 +79,17 @@ class Encoder:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
+        self.converted: ConvertedBackbone | None = None
+        if cfg.runtime != "torch":
+            if self.device.type == "cuda":
+                log.info("model.runtime %s is for CPUs: PyTorch runs on the GPU", cfg.runtime)
+            else:
+                if importlib.util.find_spec(cfg.runtime) is None:
+                    raise RuntimeUnavailable(
+                        f"model.runtime {cfg.runtime}: the {cfg.runtime} package is not "
+                        f"installed here (pip install {cfg.runtime}, or set model.runtime: torch)"
+                    )
+                self.converted = ConvertedBackbone(model, cfg.runtime)
         # (window shape, windows, pass size) -> whether that short pass gives a full pass's bits
         self._short_pass_exact: dict[tuple[tuple[int, ...], int, int], bool] = {}
         self.windows_encoded = 0  # padding and checks included
@@ -87,6 +100,8 @@ class Encoder:
         return max(1, min(self.cfg.batch_size, tile_windows))
 
     def _forward(self, chunk: np.ndarray) -> np.ndarray:
+        if self.converted is not None:
+            return self.converted.features(chunk)
         x = torch.from_numpy(np.ascontiguousarray(chunk))
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
@@ -123,7 +138,9 @@ class Encoder:
             padded = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), chunk.dtype)])
             full = self._forward(padded)[:n]
             self.windows_encoded += bs
-            if key not in self._short_pass_exact and self.device.type == "cpu":
+            # A converted runtime is compiled per pass shape: short passes stay padded.
+            checkable = self.device.type == "cpu" and self.converted is None
+            if key not in self._short_pass_exact and checkable:
                 self._short_pass_exact[key] = np.array_equal(self._forward(chunk), full)
                 self.windows_encoded += n
                 log.debug("a pass of %d of %d windows %s", n, bs,

@@ -1,0 +1,133 @@
+"""Where a backbone's forward pass runs on a CPU: PyTorch itself, OpenVINO or ONNX Runtime.
+
+The weights are always loaded into the PyTorch backbone (backbones.py, checkpoints.py); the
+other runtimes take that model as it is, converted once per worker and per window shape
+(the batch dimension stays free), so what they compute is the same network: each conversion is
+checked against PyTorch on its first pass (every cell's cosine >= 0.999, else the conversion is
+refused and PyTorch runs). benchmarks/RESULTS.md, "Encoder speed", measures them; the fastest
+that agrees is the default (``model.runtime``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "openvino", "onnxruntime")
+MIN_CELL_COSINE = 0.999
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The configured runtime is not installed or cannot take this model."""
+
+
+class _Features(torch.nn.Module):
+    """A backbone's per-cell ``features`` as its ``forward``: what the converters trace."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.features(x)  # type: ignore[operator]
+
+
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+def _openvino(model: torch.nn.Module, example: torch.Tensor) -> Forward:
+    try:
+        import openvino as ov
+    except ImportError as err:
+        raise RuntimeUnavailable(
+            "model.runtime openvino: the openvino package is not installed "
+            "(pip install openvino, or set model.runtime: torch)"
+        ) from err
+    # Shapes from the example alone: naming the input's shape (``input=``) made the ViT's
+    # position-embedding resampling differ from PyTorch by 0.5 % (1.5e-6 without).
+    converted = ov.convert_model(_Features(model), example_input=example)
+    # f32 asked for: on a CPU with bf16 units OpenVINO would otherwise compute in bf16.
+    compiled = ov.Core().compile_model(
+        converted, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                           "INFERENCE_PRECISION_HINT": "f32"},
+    )  # fmt: skip
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: x})[0], np.float32, copy=True)
+
+    return run
+
+
+def _onnxruntime(model: torch.nn.Module, example: torch.Tensor) -> Forward:
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise RuntimeUnavailable(
+            "model.runtime onnxruntime: the onnxruntime package is not installed "
+            "(pip install onnxruntime onnx onnxscript, or set model.runtime: torch)"
+        ) from err
+    path = Path(tempfile.mkdtemp(prefix="streamembed-onnx-")) / "encoder.onnx"
+    torch.onnx.export(_Features(model), (example,), str(path), dynamo=True, optimize=True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {name: x})[0], np.float32)
+
+    return run
+
+
+def _cell_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.moveaxis(a, 1, -1).reshape(-1, a.shape[1]).astype(np.float64)
+    b = np.moveaxis(b, 1, -1).reshape(-1, b.shape[1]).astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
+
+
+class ConvertedBackbone:
+    """``model.features`` run by ``runtime``, converted per pass shape on first use and checked
+    against PyTorch on that first pass."""
+
+    def __init__(self, model: torch.nn.Module, runtime: str):
+        if runtime not in RUNTIMES[1:]:
+            raise ValueError(f"unknown runtime {runtime!r}")
+        self.model = model
+        self.runtime = runtime
+        self._forwards: dict[tuple[int, ...], Forward] = {}
+        self.convert_seconds = 0.0
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        key = tuple(x.shape)
+        fwd = self._forwards.get(key)
+        if fwd is not None:
+            return fwd(np.ascontiguousarray(x, np.float32))
+        t0 = time.perf_counter()
+        example = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        make = _openvino if self.runtime == "openvino" else _onnxruntime
+        fwd = make(self.model, example)
+        self.convert_seconds += time.perf_counter() - t0
+        got = fwd(example.numpy())
+        with torch.inference_mode():
+            want = self.model.features(example).float().numpy()  # type: ignore[operator]
+        worst = float(_cell_cosines(got, want).min())
+        if not worst >= MIN_CELL_COSINE:
+            raise RuntimeUnavailable(
+                f"model.runtime {self.runtime}: its conversion disagrees with PyTorch (a cell's "
+                f"cosine {worst:.6f} < {MIN_CELL_COSINE}); set model.runtime: torch"
+            )
+        log.info("%s: %s window shape %s converted in %.1f s (worst cell cosine vs PyTorch "
+                 "1 - %.1e)", self.runtime, type(self.model).__name__, key,
+                 time.perf_counter() - t0, 1 - worst)  # fmt: skip
+        self._forwards[key] = fwd
+        return got
