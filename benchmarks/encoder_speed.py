@@ -70,49 +70,11 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
 
 
-class _Features(torch.nn.Module):
-    """A backbone's ``features`` as its ``forward``: what exporters trace."""
-
-    def __init__(self, backbone: torch.nn.Module):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.features(x)  # type: ignore[operator]
-
-
-def _onnx_runtime(model: torch.nn.Module, x: torch.Tensor, work: Path) -> Any:
-    import onnxruntime as ort
-
-    path = work / "encoder.onnx"
-    torch.onnx.export(_Features(model), (x,), str(path), dynamo=True, optimize=True)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda t: torch.from_numpy(session.run(None, {name: t.numpy()})[0])
-
-
-def _openvino(model: torch.nn.Module, x: torch.Tensor, work: Path) -> Any:
-    import openvino as ov
-
-    converted = ov.convert_model(_Features(model), example_input=x)
-    # f32 asked for: on a CPU with bf16 units (this Zen 4 has AVX512_BF16) OpenVINO would
-    # otherwise run in bf16.
-    compiled = ov.Core().compile_model(
-        converted, "CPU", {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}
-    )
-    return lambda t: torch.from_numpy(compiled(t.numpy())[0])
-
-
 def measure(
     arch: str, batch: int, px: int, bands: int, reps: int, runtimes: list[str]
 ) -> list[dict]:
-    import tempfile
-
     from streamembed.backbones import build_backbone, is_vit
+    from streamembed.runtimes import convert
 
     torch.manual_seed(0)
     model = build_backbone(arch, bands).eval()
@@ -124,7 +86,6 @@ def measure(
         ref = model.features(x).numpy()
     nhwc = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
     rows = []
-    work = Path(tempfile.mkdtemp(prefix="encoder-speed-"))
     for name in runtimes:
         if name == "eager channels_last" and is_vit(arch):
             continue  # a ViT's one convolution is its patch embedding
@@ -140,10 +101,10 @@ def measure(
                 fwd = torch.compile(m.features)
                 with torch.inference_mode():
                     fwd(prep(x))
-            elif name == "onnxruntime":
-                fwd, prep = _onnx_runtime(m, x, work), (lambda t: t)
-            elif name == "openvino":
-                fwd, prep = _openvino(m, x, work), (lambda t: t)
+            elif name in ("onnxruntime", "openvino"):
+                run = convert(m, x, name)  # the pipeline's conversion (model.runtime)
+                fwd = lambda t, run=run: torch.from_numpy(run(t.numpy()))  # noqa: E731
+                prep = lambda t: t  # noqa: E731
             else:
                 fwd = m.features
         except Exception as err:  # a runtime that cannot take this model: say so, go on

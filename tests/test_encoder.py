@@ -235,3 +235,18 @@ def test_other_runtimes_compute_the_same_network(runtime, arch):
     assert spent > 0
     again = enc.feature_maps(x, 4)  # the same shape: no second conversion, the same bits
     assert enc.converted.convert_seconds == spent and np.array_equal(again, got)
+
+
+def test_the_conversion_check_lets_blank_cells_agree_and_nothing_else():
+    from streamembed.runtimes import _worst_cell_cosine
+
+    a = np.random.default_rng(6).random((2, 8, 3, 3)).astype(np.float32)
+    b = a.copy()
+    a[0, :, 0, 0] = b[0, :, 0, 0] = 0  # a ReLU map of a blank window: zero in both
+    assert _worst_cell_cosine(a, b) > 0.999999
+    c = b.copy()
+    c[1, :, 1, 1] *= -1
+    assert _worst_cell_cosine(a, c) < 0
+    d = b.copy()
+    d[0, :, 0, 0] = 1.0  # zero in one runtime only
+    assert _worst_cell_cosine(a, d) == 0.0

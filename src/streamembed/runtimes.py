@@ -89,10 +89,25 @@ def _onnxruntime(model: torch.nn.Module, example: torch.Tensor) -> Forward:
     return run
 
 
-def _cell_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def convert(model: torch.nn.Module, example: torch.Tensor, runtime: str) -> Forward:
+    """``model.features`` as ``runtime`` runs it, for inputs shaped like ``example``."""
+    if runtime == "openvino":
+        return _openvino(model, example)
+    if runtime == "onnxruntime":
+        return _onnxruntime(model, example)
+    raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+
+
+def _worst_cell_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The least cosine between two (n, dim, y, x) maps' cell vectors; cells whose vectors are
+    both (near) zero agree (a ReLU map of a blank window is all zeros)."""
     a = np.moveaxis(a, 1, -1).reshape(-1, a.shape[1]).astype(np.float64)
     b = np.moveaxis(b, 1, -1).reshape(-1, b.shape[1]).astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    tiny = 1e-6 * max(float(na.max(initial=0.0)), float(nb.max(initial=0.0)), 1e-30)
+    both_zero = (na <= tiny) & (nb <= tiny)
+    cos = np.where(both_zero, 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-300))
+    return float(cos.min(initial=1.0))
 
 
 class ConvertedBackbone:
@@ -114,13 +129,12 @@ class ConvertedBackbone:
             return fwd(np.ascontiguousarray(x, np.float32))
         t0 = time.perf_counter()
         example = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-        make = _openvino if self.runtime == "openvino" else _onnxruntime
-        fwd = make(self.model, example)
+        fwd = convert(self.model, example, self.runtime)
         self.convert_seconds += time.perf_counter() - t0
         got = fwd(example.numpy())
         with torch.inference_mode():
             want = self.model.features(example).float().numpy()  # type: ignore[operator]
-        worst = float(_cell_cosines(got, want).min())
+        worst = _worst_cell_cosine(got, want)
         if not worst >= MIN_CELL_COSINE:
             raise RuntimeUnavailable(
                 f"model.runtime {self.runtime}: its conversion disagrees with PyTorch (a cell's "
