@@ -185,7 +185,7 @@ def test_vit_files_that_do_not_fit_are_explained(tmp_path):
 
 def test_vit_cells_are_its_patch_tokens_pooled():
     """A ViT's cell is the mean of its 2 x 2 patch tokens (timm's forward_features, normed)."""
-    enc = Encoder(ModelConfig(arch="vit_small_patch16_224"))
+    enc = Encoder(ModelConfig(arch="vit_small_patch16_224", runtime="torch"))
     x = np.random.default_rng(3).uniform(0, 0.4, (1, 12, 320, 320)).astype(np.float32)
     cells = enc.feature_maps(x, 1)
     assert cells.shape == (1, 384, 10, 10) and enc.dim == 384
@@ -201,7 +201,7 @@ def test_a_short_last_pass_runs_unpadded_once_it_is_seen_exact():
     unpadded, to compare); later ones run unpadded where the two agreed, padded where not (the
     kernels of some shapes do give other bits for one window than for four), and the bits are
     a padded pass's either way."""
-    enc = Encoder(ModelConfig(arch="resnet18", batch_size=4))
+    enc = Encoder(ModelConfig(arch="resnet18", batch_size=4, runtime="torch"))
     for px in (128, 320):
         x = np.random.default_rng(4).uniform(0, 0.4, (9, 12, px, px)).astype(np.float32)
         enc.windows_encoded = 0
@@ -222,7 +222,7 @@ def test_other_runtimes_compute_the_same_network(runtime, arch):
     """The backbone converted to OpenVINO / ONNX Runtime (once per pass shape; short passes
     padded) gives PyTorch's cells: every cell's cosine >= 0.999 (checked at conversion too)."""
     x = np.random.default_rng(5).uniform(0, 0.4, (5, 12, 320, 320)).astype(np.float32)
-    torch_enc = Encoder(ModelConfig(arch=arch))
+    torch_enc = Encoder(ModelConfig(arch=arch, runtime="torch"))
     enc = Encoder(ModelConfig(arch=arch, runtime=runtime))
     assert enc.converted is not None
     want, got = torch_enc.feature_maps(x, 4), enc.feature_maps(x, 4)

@@ -135,10 +135,10 @@ class ModelConfig(Section):
     batch_size: int = 4
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runtime: Literal["torch", "openvino", "onnxruntime"] = Field(
-        "torch",
+        "openvino",
         description="where the forward pass runs on a CPU: PyTorch, or the same network "
-        "converted to OpenVINO or ONNX Runtime per worker (checked against PyTorch on its first "
-        "pass; benchmarks/RESULTS.md 'Encoder speed'); a GPU always runs PyTorch",
+        "converted to OpenVINO or ONNX Runtime per worker (checked against PyTorch on a probe "
+        "when converted; benchmarks/RESULTS.md 'Encoder speed'); a GPU always runs PyTorch",
     )
     torch_threads: int = 1
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ def run_scenarios(
             run_cfg = cfg.with_overrides(
                 **{"source.path": str(data / name / "items"), "output": str(runs / name)}
             )
+            # A fresh run each time: a run left by an earlier evaluation would resume with
+            # nothing to do, and its embeddings would be another encoder's or runtime's.
+            shutil.rmtree(runs / name, ignore_errors=True)
             print(f"{name}: backfill {data / name / 'items'} -> {runs / name}", flush=True)
             pipe = Pipeline(run_cfg, client)
             try:
