@@ -198,6 +198,7 @@ class EncoderPlugin(WorkerPlugin):
     def __init__(self) -> None:
         self._encoders: dict[str, Encoder] = {}
         self.loads = 0
+        self.loads_by_model: dict[str, int] = {}  # model config (JSON) -> times built here
 
     def setup(self, worker: Any) -> None:
         self._encoders = {}
@@ -210,6 +211,7 @@ class EncoderPlugin(WorkerPlugin):
         if key not in self._encoders:
             enc = Encoder(cfg)
             self.loads += 1
+            self.loads_by_model[key] = self.loads_by_model.get(key, 0) + 1
             level = logging.WARNING if enc.seeded else logging.INFO
             log.log(level, "encoder %s loaded on this worker: %s", enc.model_id, enc.weights)
             self._encoders[key] = enc
