@@ -3,7 +3,6 @@ block's normalised windows into per-cell embeddings, held once per worker by a W
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from .backbones import EMBEDDING_DIM, build_backbone, is_vit
 from .checkpoints import CheckpointError, file_sha256, load_backbone_weights
 from .config import ModelConfig
 from .ingest import BlockPixels, window_inputs
-from .runtimes import ConvertedBackbone, RuntimeUnavailable
+from .runtimes import ConvertedBackbone
 
 __all__ = ["EMBEDDING_DIM", "CheckpointError", "Encoder", "EncoderPlugin", "model_identity"]
 
@@ -84,11 +83,6 @@ class Encoder:
             if self.device.type == "cuda":
                 log.info("model.runtime %s is for CPUs: PyTorch runs on the GPU", cfg.runtime)
             else:
-                if importlib.util.find_spec(cfg.runtime) is None:
-                    raise RuntimeUnavailable(
-                        f"model.runtime {cfg.runtime}: the {cfg.runtime} package is not "
-                        f"installed here (pip install {cfg.runtime}, or set model.runtime: torch)"
-                    )
                 self.converted = ConvertedBackbone(model, cfg.runtime)
         # (window shape, windows, pass size) -> whether that short pass gives a full pass's bits
         self._short_pass_exact: dict[tuple[tuple[int, ...], int, int], bool] = {}
@@ -197,8 +191,12 @@ class EncoderPlugin(WorkerPlugin):
 
     def __init__(self) -> None:
         self._encoders: dict[str, Encoder] = {}
-        self.loads = 0
         self.loads_by_model: dict[str, int] = {}  # model config (JSON) -> times built here
+
+    @property
+    def loads(self) -> int:
+        """Encoders built on this worker, every model config together."""
+        return sum(self.loads_by_model.values())
 
     def setup(self, worker: Any) -> None:
         self._encoders = {}
@@ -210,7 +208,6 @@ class EncoderPlugin(WorkerPlugin):
         key = cfg.model_dump_json()
         if key not in self._encoders:
             enc = Encoder(cfg)
-            self.loads += 1
             self.loads_by_model[key] = self.loads_by_model.get(key, 0) + 1
             level = logging.WARNING if enc.seeded else logging.INFO
             log.log(level, "encoder %s loaded on this worker: %s", enc.model_id, enc.weights)

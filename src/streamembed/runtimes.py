@@ -10,6 +10,7 @@ that agrees is the default (``model.runtime``).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import tempfile
 import time
@@ -22,6 +23,8 @@ import torch
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "openvino", "onnxruntime")
+# What a converted runtime needs installed, as pip names it.
+_PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime onnx onnxscript"}
 MIN_CELL_COSINE = 0.999
 
 
@@ -44,13 +47,8 @@ Forward = Callable[[np.ndarray], np.ndarray]
 
 
 def _openvino(model: torch.nn.Module, example: torch.Tensor) -> Forward:
-    try:
-        import openvino as ov
-    except ImportError as err:
-        raise RuntimeUnavailable(
-            "model.runtime openvino: the openvino package is not installed "
-            "(pip install openvino, or set model.runtime: torch)"
-        ) from err
+    import openvino as ov
+
     # Shapes from the example alone: naming the input's shape (``input=``) made the ViT's
     # position-embedding resampling differ from PyTorch by 0.5 % (1.5e-6 without).
     converted = ov.convert_model(_Features(model), example_input=example)
@@ -70,13 +68,8 @@ def _openvino(model: torch.nn.Module, example: torch.Tensor) -> Forward:
 
 
 def _onnxruntime(model: torch.nn.Module, example: torch.Tensor) -> Forward:
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise RuntimeUnavailable(
-            "model.runtime onnxruntime: the onnxruntime package is not installed "
-            "(pip install onnxruntime onnx onnxscript, or set model.runtime: torch)"
-        ) from err
+    import onnxruntime as ort
+
     path = Path(tempfile.mkdtemp(prefix="streamembed-onnx-")) / "encoder.onnx"
     torch.onnx.export(_Features(model), (example,), str(path), dynamo=True, optimize=True)
     opts = ort.SessionOptions()
@@ -119,6 +112,12 @@ class ConvertedBackbone:
     def __init__(self, model: torch.nn.Module, runtime: str):
         if runtime not in RUNTIMES[1:]:
             raise ValueError(f"unknown runtime {runtime!r}")
+        # Checked here, when the worker builds its encoder, not at the first block.
+        if importlib.util.find_spec(runtime) is None:
+            raise RuntimeUnavailable(
+                f"model.runtime {runtime}: the {runtime} package is not installed here "
+                f"(pip install {_PACKAGES[runtime]}, or set model.runtime: torch)"
+            )
         self.model = model
         self.runtime = runtime
         self._forwards: dict[tuple[int, ...], Forward] = {}
