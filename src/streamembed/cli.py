@@ -364,9 +364,13 @@ def cmd_synth(args: argparse.Namespace, cfg: Config) -> int:
     demo = _demo_config(args)
     tile_px = args.tile_px or demo.tile_px
     out = Path(args.outdir)
-    if tile_px > IN_MEMORY_MAX_PX:
-        items = write_fullsize_archive(out, demo, args.days, tile_px, args.tiles or 1)
-        print(f"items: {items}\n(full-size products plant no events: no truth file)")
+    if args.level == "L1C" and args.format != "safe":
+        print("streamembed synth: L1C is written as SAFE only: add --format safe", file=sys.stderr)
+        return 2
+    if tile_px > IN_MEMORY_MAX_PX or args.format == "safe":
+        items = write_fullsize_archive(out, demo, args.days, tile_px, args.tiles or 1,
+                                       args.format, args.level, args.zip)  # fmt: skip
+        print(f"items: {items}\n(products written strip by strip plant no events: no truth file)")
         return 0
     cell = cfg.ingest.cell_size
     items, truth = write_demo_archive(out, demo, cell, args.days, tile_px, args.tiles or 2)
@@ -547,6 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="MGRS tiles (default 2): the demo's two, then real tile codes over many UTM zones "
         "(thousands for a scale run; full-size products: 1 or 2)",
     )  # fmt: skip
+    p.add_argument(
+        "--format", choices=("cog", "safe"), default="cog",
+        help="cog: COGs + STAC items (the demo's events below 2048 px); safe: SAFE products "
+        "with JPEG 2000 bands and ESA's metadata XML, as CDSE serves them (no planted events)",
+    )  # fmt: skip
+    p.add_argument("--level", choices=("L2A", "L1C"), default="L2A",
+                   help="L1C: top-of-atmosphere, 13 bands, no SCL (with --format safe)")
+    p.add_argument("--zip", action="store_true", help="each SAFE product as a .zip download")
     p.set_defaults(func=cmd_synth)
     p = common(sub.add_parser("demo", help="synthetic data + local cluster + evaluation + map"))
     p.add_argument("--no-progress", action="store_true")

@@ -68,15 +68,25 @@ def write_demo_archive(
 
 
 def write_fullsize_archive(
-    out: Path, demo: DemoConfig, days: int | None, tile_px: int, tiles: int
+    out: Path,
+    demo: DemoConfig,
+    days: int | None,
+    tile_px: int,
+    tiles: int,
+    fmt: str = "cog",
+    level: str = "L2A",
+    zipped: bool = False,
 ) -> Path:
-    """Real-size products (no planted events), written strip by strip: the items folder."""
+    """Products without planted events, written strip by strip (COGs + items, or SAFE
+    products with JPEG 2000 bands): the items folder."""
     from .sources.fullsize import generate_fullsize
 
     n = max(1, (days or 2 * demo.revisit_days) // demo.revisit_days)
-    print(f"writing {n} product(s) x {tiles} tile(s) of {tile_px} px, strip by strip", flush=True)
+    what = "SAFE (JPEG 2000)" + (", zipped" if zipped else "") if fmt == "safe" else "COG"
+    print(f"writing {n} {level} {what} product(s) x {tiles} tile(s) of {tile_px} px, "
+          "strip by strip", flush=True)  # fmt: skip
     with synth_progress("strip") as step:
         return generate_fullsize(
             out, acquisitions=n, revisit_days=demo.revisit_days, tile_px=tile_px,
-            seed=demo.seed, n_tiles=tiles, progress=step,
+            seed=demo.seed, n_tiles=tiles, progress=step, fmt=fmt, level=level, zipped=zipped,
         )  # fmt: skip

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +52,11 @@ def _openvino(model: torch.nn.Module, example: torch.Tensor) -> Forward:
 
     # Shapes from the example alone: naming the input's shape (``input=``) made the ViT's
     # position-embedding resampling differ from PyTorch by 0.5 % (1.5e-6 without).
-    converted = ov.convert_model(_Features(model), example_input=example)
+    # The trace fixes Python-level branches on shapes (the ViT's position-grid check): right
+    # here, since each conversion is for one pass shape. Its TracerWarning would only alarm.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        converted = ov.convert_model(_Features(model), example_input=example)
     # f32 asked for: on a CPU with bf16 units OpenVINO would otherwise compute in bf16. No
     # pinning: each Dask worker process pins its threads from core 0, so two workers shared
     # one core (2.8 windows/s each against 5.7 unpinned, ResNet-50, two workers, this VM).

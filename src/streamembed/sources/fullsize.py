@@ -158,16 +158,36 @@ def _to_cog(tmp: Path, dst: Path) -> None:
 
 
 def _band_rasters(
-    band: str, strip: tuple[np.ndarray, np.ndarray], b: int
+    band: str, strip: tuple[np.ndarray, np.ndarray], level: str = "L2A"
 ) -> tuple[np.ndarray, int]:
     """One band of a 10 m strip at its native resolution, as written (DN or SCL), and the
-    resolution factor."""
+    resolution factor. L1C is top of atmosphere: the surface seen through a thin, bluish path
+    radiance, and a cirrus band (B10) that only clouds reach."""
     refl, scl = strip
     f = NATIVE_RESOLUTION[band] // 10
     if band == "SCL":
         return _downsample(scl, f, "pick").astype(np.uint8), f
-    a = refl[b] if f == 1 else _downsample(refl[b], f, "mean")
+    if band == "B10":
+        a = np.float32(0.004) + np.float32(0.3) * np.isin(scl, (8, 9, 10)).astype(np.float32)
+    else:
+        a = refl[BANDS_L2A.index(band)]
+        if level == "L1C":
+            a = a * np.float32(0.93) + _PATH_RADIANCE[band]
+    if f > 1:
+        a = _downsample(a, f, "mean")
     return np.clip(np.round(a * 10000 + 1000), 1, 65535).astype(np.uint16), f
+
+
+# Top-of-atmosphere minus surface reflectance of a clear, dry mid-latitude sky (blue scatters
+# most): enough for L1C to differ from L2A the way it does, not a radiative transfer model.
+_PATH_RADIANCE: dict[str, np.float32] = {
+    b: np.float32(v)
+    for b, v in zip(
+        BANDS_L2A,
+        (0.09, 0.06, 0.04, 0.025, 0.02, 0.015, 0.012, 0.01, 0.01, 0.005, 0.004, 0.003),
+        strict=True,
+    )
+}
 
 
 def _native_px(tile_px: int, band: str) -> int:
@@ -175,9 +195,19 @@ def _native_px(tile_px: int, band: str) -> int:
     return -(-tile_px * 10 // NATIVE_RESOLUTION[band])
 
 
+def _to_jp2(tmp: Path, dst: Path, tile_px: int, band: str) -> None:
+    """Lay a tiled GeoTIFF out as lossless JPEG 2000 (OpenJPEG encodes tile by tile)."""
+    import rasterio.shutil
+
+    from .safe_layout import jp2_options
+
+    rasterio.shutil.copy(str(tmp), str(dst), driver="JP2OpenJPEG", **jp2_options(tile_px, band))
+    tmp.unlink()
+    dst.with_name(dst.name + ".aux.xml").unlink(missing_ok=True)
+
+
 def _write_product(
-    folder: Path,
-    names: dict[str, str],
+    files: dict[str, Path],
     tile: SyntheticTile,
     tile_index: int,
     tile_px: int,
@@ -185,18 +215,23 @@ def _write_product(
     doy: float,
     scene: _Scene,
     on_strip: Callable[[], None],
+    level: str = "L2A",
+    fmt: str = "cog",
 ) -> None:
-    """Stream one product's strips into tiled GeoTIFFs, then lay each out as a COG."""
+    """Stream one product's strips into tiled GeoTIFFs, then lay each out as a COG or JP2.
+
+    ``files``: each band's final path (its bands and their order are the product's)."""
     import rasterio
     from rasterio.transform import from_origin
 
-    bands = (*BANDS_L2A, "SCL")
-    files = {}
-    for band in bands:
+    partial = {band: path.with_name(path.name + ".partial.tif") for band, path in files.items()}
+    opened = {}
+    for band, path in partial.items():
         res = NATIVE_RESOLUTION[band]
         n = _native_px(tile_px, band)
-        files[band] = rasterio.open(
-            folder / (names[band] + ".partial"), "w", driver="GTiff", width=n, height=n,
+        path.parent.mkdir(parents=True, exist_ok=True)
+        opened[band] = rasterio.open(
+            path, "w", driver="GTiff", width=n, height=n,
             count=1, dtype="uint8" if band == "SCL" else "uint16", crs=f"EPSG:{tile.epsg}",
             transform=from_origin(tile.x0, tile.y0, res, res), nodata=0, tiled=True,
             blockxsize=512, blockysize=512, compress="deflate",
@@ -204,16 +239,19 @@ def _write_product(
     try:
         for r0 in range(0, tile_px, STRIP_PX):
             strip = _strip(seed, tile_index, tile_px, r0, min(tile_px, r0 + STRIP_PX), doy, scene)
-            for b, band in enumerate(bands):
-                data, f = _band_rasters(band, strip, b)
+            for band, ds in opened.items():
+                data, f = _band_rasters(band, strip, level)
                 win = rasterio.windows.Window(0, r0 // f, data.shape[1], data.shape[0])
-                files[band].write(data[None], window=win)
+                ds.write(data[None], window=win)
             on_strip()
     finally:
-        for ds in files.values():
+        for ds in opened.values():
             ds.close()
-    for band in bands:
-        _to_cog(folder / (names[band] + ".partial"), folder / names[band])
+    for band, path in files.items():
+        if fmt == "safe":
+            _to_jp2(partial[band], path, tile_px, band)
+        else:
+            _to_cog(partial[band], path)
 
 
 def generate_fullsize(
@@ -225,8 +263,19 @@ def generate_fullsize(
     start: dt.date = dt.date(2024, 6, 3),
     n_tiles: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    fmt: str = "cog",
+    level: str = "L2A",
+    zipped: bool = False,
 ) -> Path:
-    """Write ``acquisitions`` products per tile of ``tile_px`` px; returns the items folder."""
+    """Write ``acquisitions`` products per tile of ``tile_px`` px; returns the items folder.
+
+    ``fmt``: ``cog`` (COGs + a STAC item per product) or ``safe`` (SAFE products with JPEG 2000
+    bands and ESA's metadata XML, ``zipped`` as downloads arrive if asked); ``level`` L2A or
+    L1C (SAFE only: L1C is top of atmosphere, 13 bands, no SCL)."""
+    if fmt not in ("cog", "safe"):
+        raise ValueError(f"format {fmt!r}: use cog or safe")
+    if level not in ("L1C", "L2A") or (level == "L1C" and fmt != "safe"):
+        raise ValueError(f"level {level!r} as {fmt}: L2A as cog or safe, L1C as safe")
     items_dir = Path(out_dir) / "items"
     items_dir.mkdir(parents=True, exist_ok=True)
     total, done = acquisitions * n_tiles * len(range(0, tile_px, STRIP_PX)), 0
@@ -241,17 +290,22 @@ def generate_fullsize(
         for k in range(acquisitions):
             date = start + dt.timedelta(days=k * revisit_days)
             when = dt.datetime.combine(date, dt.time(10, 0, 31), tzinfo=dt.timezone.utc)
+            scene = _scene_params(np.random.default_rng([seed, ti, k]))
+            doy = float(date.timetuple().tm_yday)
+            if fmt == "safe":
+                _write_safe(items_dir / tile.tile, tile, ti, tile_px, seed, doy, scene, when,
+                            level, zipped, on_strip)  # fmt: skip
+                continue
             stamp = when.strftime("%Y%m%dT%H%M%S")
             item_id = f"S2B_MSIL2A_{stamp}_N0511_R122_T{tile.tile}_{stamp[:8]}T140000"
             folder = items_dir / tile.tile / item_id
             folder.mkdir(parents=True, exist_ok=True)
-            scene = _scene_params(np.random.default_rng([seed, ti, k]))
             names = {
                 b: f"T{tile.tile}_{stamp}_{b}_{NATIVE_RESOLUTION[b]}m.tif"
                 for b in (*BANDS_L2A, "SCL")
             }
-            doy = float(date.timetuple().tm_yday)
-            _write_product(folder, names, tile, ti, tile_px, seed, doy, scene, on_strip)
+            files = {b: folder / name for b, name in names.items()}
+            _write_product(files, tile, ti, tile_px, seed, doy, scene, on_strip)
             assets = {
                 f"{b}_{NATIVE_RESOLUTION[b]}m": band_asset(
                     names[b],
@@ -266,3 +320,27 @@ def generate_fullsize(
             item = _item(item_id, tile, when, when + dt.timedelta(hours=6), assets, stats, tile_px)
             (folder / f"{item_id}.json").write_text(json.dumps(item, indent=1))
     return items_dir
+
+
+def _write_safe(
+    folder: Path,
+    tile: SyntheticTile,
+    tile_index: int,
+    tile_px: int,
+    seed: int,
+    doy: float,
+    scene: _Scene,
+    when: dt.datetime,
+    level: str,
+    zipped: bool,
+    on_strip: Callable[[], None],
+) -> Path:
+    """One SAFE product (JPEG 2000 bands + metadata XML), zipped if asked; returns its path."""
+    from .safe_layout import SafeNames, write_metadata, zip_product
+
+    names = SafeNames(level, tile.tile, when)
+    product = folder / f"{names.product_id}.SAFE"
+    files = {b: product / f"{names.image_file(b)}.jp2" for b in names.bands}
+    _write_product(files, tile, tile_index, tile_px, seed, doy, scene, on_strip, level, "safe")
+    write_metadata(product, names, tile.epsg, tile.x0, tile.y0, tile_px, 100 * scene.coverage)
+    return zip_product(product) if zipped else product

@@ -1,7 +1,9 @@
-"""Local source: a folder (searched recursively) of STAC Item JSON files or ItemCollections.
+"""Local source: a folder (searched recursively) of STAC Item JSON files or ItemCollections,
+and of SAFE products (``.SAFE`` folders or ``.zip`` downloads, read by ``safe.py``).
 
 Asset hrefs may be relative to the item file or absolute (GeoTIFF, COG, JP2). Files that are
-not STAC Items are skipped; items that cannot be parsed are reported as failures naming the file.
+not STAC Items are skipped; items and products that cannot be read are reported as failures
+naming the file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from ..acquisition import BANDS_L2A, Acquisition, SourceError
 from .items import Discovery, SourceFailure, features
+from .safe import find_products, is_product, read_product
 
 
 def discover(
@@ -25,7 +28,16 @@ def discover(
     if not base.exists():
         raise SourceError(f"source folder {base} does not exist; pass --source PATH")
     found = Discovery(mapping, bands, mask_asset)
-    for path in [base] if base.is_file() else sorted(base.rglob("*.json")):
+    for product in find_products(base):
+        try:
+            found.keep(read_product(product))
+        except SourceError as err:
+            found.fail(str(product), str(err))
+    if base.is_file():
+        json_files = [] if is_product(base) else [base]
+    else:
+        json_files = sorted(base.rglob("*.json"))
+    for path in json_files:
         try:
             doc = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
