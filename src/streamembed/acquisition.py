@@ -89,6 +89,9 @@ class Acquisition:
     searched_keys: Mapping[str, tuple[str, ...]] = field(
         default_factory=dict, hash=False, compare=False
     )
+    # The sun's mean azimuth and zenith over the tile (degrees): where cloud shadows fall.
+    sun_azimuth: float | None = field(default=None, compare=False)
+    sun_zenith: float | None = field(default=None, compare=False)
 
     def missing_bands(self, bands: Sequence[str]) -> list[str]:
         return [b for b in bands if b not in self.assets]
@@ -299,6 +302,9 @@ def parse_item(
     epsg = next((a.epsg for a in assets.values() if a.epsg), item_epsg)
     level = "L1C" if "L1C" in str(item_id) or "L1C" in str(props.get("product:type", "")) else "L2A"
     cloud = props.get("eo:cloud_cover")
+    azimuth = props.get("view:sun_azimuth", props.get("s2:mean_solar_azimuth"))
+    elevation = props.get("view:sun_elevation")
+    zenith = props.get("s2:mean_solar_zenith", None if elevation is None else 90 - elevation)
     return Acquisition(
         id=str(item_id),
         tile=tile,
@@ -310,4 +316,13 @@ def parse_item(
         processing_baseline=_baseline_of(item),
         level=level,
         searched_keys=searched,
+        sun_azimuth=_number(azimuth),
+        sun_zenith=_number(zenith),
     )
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None

@@ -101,10 +101,12 @@ class IngestConfig(Section):
         5.0, ge=0, description="wait before the second attempt, doubled before each next one"
     )
     scl_mask_classes: tuple[int, ...] = (0, 1, 3, 8, 9, 10, 11)
-    cloud_mask: Literal["scl", "asset", "none"] = Field(
-        "scl",
-        description="scl: L2A scene classification; asset: a cloud-mask raster named in each "
-        "item (L1C, e.g. s2cloudless output); none: no masking",
+    cloud_mask: Literal["auto", "scl", "computed", "asset", "none"] = Field(
+        "auto",
+        description="auto: the L2A scene classification (SCL), and for L1C products (no SCL) "
+        "the mask computed from the bands; scl: SCL only (an L1C product fails); computed: "
+        "from the bands always (s2cloudless clouds, projected shadows, NDSI snow); asset: a "
+        "cloud-mask raster named in each item; none: only nodata",
     )
     cloud_mask_asset: str = Field("CLM", description="asset key of the mask for cloud_mask: asset")
 

@@ -144,10 +144,19 @@ def embed_fragments(
     Fragments are read and encoded one grid cell at a time (25 x 224 px x bands: ~65 MB of
     float32 at 13 bands), so memory does not grow with the tile.
     """
-    from .ingest import open_bands, quality_asset, quality_masks, read_dn, scene_bands
+    from .ingest import (
+        mask_mode,
+        open_bands,
+        quality_asset,
+        quality_masks,
+        read_dn,
+        read_masked,
+        scene_bands,
+    )
 
     bands = scene_bands(acq, model)
-    quality = quality_asset(ingest)
+    mode = mask_mode(acq, ingest)
+    quality = quality_asset(acq, ingest)
     kept: list[Fragment] = []
     vecs: list[np.ndarray] = []
     clears: list[float] = []
@@ -158,9 +167,12 @@ def embed_fragments(
         for cell_fragments in by_cell.values():
             dns, here = [], []
             for f in cell_fragments:
-                dn, layer, nodata = read_dn(acq, opened, grid, f.rows, f.cols, bands, "nearest",
-                                            quality)  # fmt: skip
-                masked, _ = quality_masks(layer, nodata, ingest)
+                if mode == "computed":  # reads a halo of its own around the fragment
+                    dn, masked, _, _ = read_masked(acq, grid, f.rows, f.cols, bands, ingest)
+                else:
+                    dn, layer, nodata = read_dn(acq, opened, grid, f.rows, f.cols, bands,
+                                                "nearest", quality)  # fmt: skip
+                    masked, _ = quality_masks(layer, nodata, ingest, mode)
                 clear = 1.0 - float(masked.mean())
                 if clear < min_clear or clear <= 0:
                     continue

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import cloudmask
 from .acquisition import Acquisition, BandAsset
 from .config import IngestConfig, ModelConfig
 from .grid import PIXEL_M, TileGrid
@@ -97,18 +98,20 @@ def scl_masks(scl: np.ndarray, mask_classes: Sequence[int]) -> tuple[np.ndarray,
 
 
 def quality_masks(
-    layer: np.ndarray, nodata: np.ndarray, ingest: IngestConfig
+    layer: np.ndarray, nodata: np.ndarray, ingest: IngestConfig, mode: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(masked, snow) from the quality layer ``ingest.cloud_mask`` selects, plus band nodata.
+    """(masked, snow) from the quality layer of ``mode`` (``mask_mode``), plus band nodata.
 
     ``scl``: the L2A scene classification; ``asset``: a cloud mask raster (non-zero = cloud,
-    e.g. s2cloudless output for L1C); ``none``: only nodata is masked.
+    e.g. s2cloudless output for L1C); ``none``: only nodata is masked. (``computed`` has no
+    layer: ``read_masked`` computes it from the bands.)
     """
-    if ingest.cloud_mask == "scl":
+    mode = mode or ("scl" if ingest.cloud_mask == "auto" else ingest.cloud_mask)
+    if mode == "scl":
         layer = np.where(nodata, 0, layer)
         return scl_masks(layer, ingest.scl_mask_classes)
     snow = np.zeros(layer.shape, bool)
-    if ingest.cloud_mask == "asset":
+    if mode == "asset":
         return nodata | (layer != 0), snow
     return nodata.copy(), snow
 
@@ -379,9 +382,23 @@ def gdal_options(hrefs: Sequence[str] = (), http_retries: int = 5) -> dict[str, 
     }
 
 
-def quality_asset(ingest: IngestConfig) -> str | None:
-    """The asset that carries the cloud mask for ``ingest.cloud_mask`` (None: no mask)."""
-    return {"scl": "SCL", "asset": "MASK", "none": None}[ingest.cloud_mask]
+def mask_mode(acq: Acquisition, ingest: IngestConfig) -> str:
+    """What masks ``acq``: ``scl``, ``computed``, ``asset`` or ``none`` (``auto`` resolved:
+    SCL where the product has one, L2A; computed from the bands for L1C)."""
+    mode = ingest.cloud_mask
+    if mode == "auto":
+        return "computed" if acq.level == "L1C" else "scl"
+    if mode == "scl" and acq.level == "L1C":
+        raise IngestError(
+            f"acquisition {acq.id}: an L1C product has no SCL layer and ingest.cloud_mask is "
+            "scl; set ingest.cloud_mask: auto (computes the mask from the bands for L1C)"
+        )
+    return mode
+
+
+def quality_asset(acq: Acquisition, ingest: IngestConfig) -> str | None:
+    """The asset that carries ``acq``'s cloud mask (None: no layer is read)."""
+    return {"scl": "SCL", "asset": "MASK", "computed": None, "none": None}[mask_mode(acq, ingest)]
 
 
 def scene_bands(acq: Acquisition, model: ModelConfig) -> list[str]:
@@ -396,8 +413,11 @@ def scene_bands(acq: Acquisition, model: ModelConfig) -> list[str]:
 
 
 def required_assets(acq: Acquisition, ingest: IngestConfig, model: ModelConfig) -> list[str]:
-    quality = quality_asset(ingest)
-    return scene_bands(acq, model) + ([quality] if quality else [])
+    bands = scene_bands(acq, model)
+    if mask_mode(acq, ingest) == "computed":
+        return bands + [b for b in cloudmask.INPUT_BANDS if b not in bands]
+    quality = quality_asset(acq, ingest)
+    return bands + ([quality] if quality else [])
 
 
 def grid_for(acq: Acquisition, cell_size: int) -> TileGrid:
@@ -656,6 +676,48 @@ def _read_retrying(
     raise AssertionError("unreachable: read_attempts >= 1")
 
 
+def read_masked(
+    acq: Acquisition,
+    grid: TileGrid,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    bands: Sequence[str],
+    ingest: IngestConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """DN (band, y, x), masked and snow (y, x) of an area, and the seconds spent reading.
+
+    A computed mask (L1C) reads ``cloudmask.HALO_PX`` more on every side, on the mask's 160 m
+    lattice, so a pixel's mask is the one a whole-tile computation gives (block-size
+    invariant, like SCL's), then keeps the area asked for."""
+    mode = mask_mode(acq, ingest)
+    if mode != "computed":
+        t0 = time.perf_counter()
+        quality = quality_asset(acq, ingest)
+        dn, layer, nodata = _read_retrying(acq, grid, rows, cols, bands, quality, ingest)
+        read_s = time.perf_counter() - t0
+        masked, snow = quality_masks(layer, nodata, ingest, mode)
+        return dn, masked, snow, read_s
+    lat, halo = cloudmask.LATTICE_PX, cloudmask.HALO_PX
+    r0, c0 = (rows[0] - halo) // lat * lat, (cols[0] - halo) // lat * lat
+    r1, c1 = -(-(rows[1] + halo) // lat) * lat, -(-(cols[1] + halo) // lat) * lat
+    extra = [b for b in cloudmask.INPUT_BANDS if b not in bands]
+    every = [*bands, *extra]
+    t0 = time.perf_counter()
+    dn, _, nodata = _read_retrying(acq, grid, (r0, r1), (c0, c1), every, None, ingest)
+    read_s = time.perf_counter() - t0
+
+    def toa(band: str) -> np.ndarray:
+        return to_reflectance(dn[every.index(band)], *acq.scale_offset(band))
+
+    sun = acq.sun_azimuth if acq.sun_azimuth is not None else cloudmask.DEFAULT_SUN[0]
+    cloud, shadow, snow = cloudmask.computed_masks(toa, nodata, sun)
+    masked = nodata | cloud | shadow
+    if SNOW_CLASS in ingest.scl_mask_classes:  # snow masked as the SCL classes mask it
+        masked |= snow
+    keep = (slice(rows[0] - r0, rows[1] - r0), slice(cols[0] - c0, cols[1] - c0))
+    return dn[: len(bands), keep[0], keep[1]].copy(), masked[keep], snow[keep], read_s
+
+
 def read_block_pixels(
     acq: Acquisition, grid: TileGrid, block: Block, ingest: IngestConfig, model: ModelConfig
 ) -> BlockPixels:
@@ -666,14 +728,11 @@ def read_block_pixels(
             f"EPSG:{grid.epsg}; each tile keeps its own UTM grid"
         )
     bands = scene_bands(acq, model)
-    quality = quality_asset(ingest)
     cell = grid.cell_size
     rows, cols = block.read_rows(cell), block.read_cols(cell)
     t0 = time.perf_counter()
-    dn, layer, nodata = _read_retrying(acq, grid, rows, cols, bands, quality, ingest)
-    t1 = time.perf_counter()
-    masked, is_snow = quality_masks(layer, nodata, ingest)
-    del layer, nodata
+    dn, masked, is_snow, read_s = read_masked(acq, grid, rows, cols, bands, ingest)
+    t1 = t0 + read_s
     scale_offset = np.array([acq.scale_offset(b) for b in bands], np.float64)
     # Per-cell summaries over the block's own cells: six bands' reflectance is all they need.
     core = (

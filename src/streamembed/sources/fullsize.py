@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,5 +343,9 @@ def _write_safe(
     product = folder / f"{names.product_id}.SAFE"
     files = {b: product / f"{names.image_file(b)}.jp2" for b in names.bands}
     _write_product(files, tile, tile_index, tile_px, seed, doy, scene, on_strip, level, "safe")
-    write_metadata(product, names, tile.epsg, tile.x0, tile.y0, tile_px, 100 * scene.coverage)
+    # The sun where the scene's shadows say it is: shadows lie (dy, dx) px from their clouds.
+    away = math.degrees(math.atan2(scene.shadow_dx, -scene.shadow_dy))
+    sun = ((away + 180.0) % 360.0, 40.0)
+    write_metadata(product, names, tile.epsg, tile.x0, tile.y0, tile_px, 100 * scene.coverage,
+                   sun)  # fmt: skip
     return zip_product(product) if zipped else product

@@ -162,8 +162,11 @@ def _band_files(product: _Product, mtd: ElementTree.Element) -> dict[str, str]:
     return {band: name for band, (_, name) in best.items()}
 
 
-def _geocoding(product: _Product) -> tuple[int, tuple[float, ...], tuple[int, int]]:
-    """EPSG, 10 m transform and 10 m shape of the granule, from its MTD_TL.xml."""
+def _geocoding(
+    product: _Product,
+) -> tuple[int, tuple[float, ...], tuple[int, int], tuple[float | None, float | None]]:
+    """EPSG, 10 m transform and 10 m shape of the granule, and the sun's mean azimuth and
+    zenith, from its MTD_TL.xml."""
     tls = product.find("GRANULE/*/MTD_TL.xml")
     if len(tls) != 1:
         raise SourceError(
@@ -181,7 +184,18 @@ def _geocoding(product: _Product) -> tuple[int, tuple[float, ...], tuple[int, in
     ulx, uly = float(_text(pos, "ULX") or 0), float(_text(pos, "ULY") or 0)
     xdim, ydim = float(_text(pos, "XDIM") or 10), float(_text(pos, "YDIM") or -10)
     shape = (int(_text(size, "NROWS") or 0), int(_text(size, "NCOLS") or 0))
-    return int(code.split(":")[1]), (xdim, 0.0, ulx, 0.0, ydim, uly), shape
+    sun = next(_iter(tl, "Mean_Sun_Angle"), None)
+    angles = (None, None) if sun is None else (
+        _float(_text(sun, "AZIMUTH_ANGLE")), _float(_text(sun, "ZENITH_ANGLE"))
+    )  # fmt: skip
+    return int(code.split(":")[1]), (xdim, 0.0, ulx, 0.0, ydim, uly), shape, angles
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
 
 
 def read_product(path: Path, bands: Sequence[str] = BANDS_L1C) -> Acquisition:
@@ -219,7 +233,7 @@ def read_product(path: Path, bands: Sequence[str] = BANDS_L1C) -> Acquisition:
         ),
         0.0,
     )
-    epsg, transform, shape = _geocoding(product)
+    epsg, transform, shape, (azimuth, zenith) = _geocoding(product)
     files = _band_files(product, mtd)
     present = set(product.names)
     assets: dict[str, BandAsset] = {}
@@ -258,4 +272,6 @@ def read_product(path: Path, bands: Sequence[str] = BANDS_L1C) -> Acquisition:
         processing_baseline=f"{m.group(3)}.{m.group(4)}",
         level=level,
         searched_keys={b: (f"{b} in {mtds[0]}",) for b in (*bands, "SCL")},
+        sun_azimuth=azimuth,
+        sun_zenith=zenith,
     )

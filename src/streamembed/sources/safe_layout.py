@@ -123,8 +123,16 @@ def product_xml(names: SafeNames, cloud_cover: float) -> str:
 """
 
 
-def tile_xml(names: SafeNames, epsg: int, x0: float, y0: float, tile_px: int) -> str:
-    """The granule's MTD_TL.xml: its projection, and its size and corner per resolution."""
+def tile_xml(
+    names: SafeNames,
+    epsg: int,
+    x0: float,
+    y0: float,
+    tile_px: int,
+    sun: tuple[float, float] = (150.0, 40.0),
+) -> str:
+    """The granule's MTD_TL.xml: its projection, its size and corner per resolution, and the
+    sun's mean (azimuth, zenith) in degrees."""
     sizes = "\n".join(
         f'      <Size resolution="{r}">\n        <NROWS>{-(-tile_px * 10 // r)}</NROWS>\n'
         f"        <NCOLS>{-(-tile_px * 10 // r)}</NCOLS>\n      </Size>"
@@ -150,19 +158,32 @@ def tile_xml(names: SafeNames, epsg: int, x0: float, y0: float, tile_px: int) ->
 {sizes}
 {positions}
     </Tile_Geocoding>
+    <Tile_Angles>
+      <Mean_Sun_Angle>
+        <ZENITH_ANGLE unit="deg">{sun[1]:.4f}</ZENITH_ANGLE>
+        <AZIMUTH_ANGLE unit="deg">{sun[0]:.4f}</AZIMUTH_ANGLE>
+      </Mean_Sun_Angle>
+    </Tile_Angles>
   </n1:Geometric_Info>
 </n1:Level-{names.level[1:]}_Tile_ID>
 """
 
 
 def write_metadata(
-    product: Path, names: SafeNames, epsg: int, x0: float, y0: float, tile_px: int, cloud: float
+    product: Path,
+    names: SafeNames,
+    epsg: int,
+    x0: float,
+    y0: float,
+    tile_px: int,
+    cloud: float,
+    sun: tuple[float, float],
 ) -> None:
     mtd = "MTD_MSIL1C.xml" if names.level == "L1C" else "MTD_MSIL2A.xml"
     (product / mtd).write_text(product_xml(names, cloud))
     granule = product / names.granule
     granule.mkdir(parents=True, exist_ok=True)
-    (granule / "MTD_TL.xml").write_text(tile_xml(names, epsg, x0, y0, tile_px))
+    (granule / "MTD_TL.xml").write_text(tile_xml(names, epsg, x0, y0, tile_px, sun))
 
 
 def zip_product(product: Path) -> Path:
@@ -181,8 +202,8 @@ def zip_product(product: Path) -> Path:
 
 
 def jp2_options(tile_px: int, band: str) -> dict[str, str]:
-    """Lossless JPEG 2000 as ESA writes its bands: reversible 5/3 wavelet, 1024 px code blocks'
-    tiles, one resolution level per halving down to about a tile."""
+    """Lossless JPEG 2000 as ESA writes its bands: the reversible 5/3 wavelet, 1024 px tiles,
+    and resolution levels down to about 256 px (at most 6)."""
     side = -(-tile_px * 10 // NATIVE_RESOLUTION.get(band, 10))
     levels = 1
     while side >> levels >= 256 and levels < 6:
