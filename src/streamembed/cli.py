@@ -556,8 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="cog: COGs + STAC items (the demo's events below 2048 px); safe: SAFE products "
         "with JPEG 2000 bands and ESA's metadata XML, as CDSE serves them (no planted events)",
     )  # fmt: skip
-    p.add_argument("--level", choices=("L2A", "L1C"), default="L2A",
-                   help="L1C: top-of-atmosphere, 13 bands, no SCL (with --format safe)")
+    p.add_argument(
+        "--level",
+        choices=("L2A", "L1C"),
+        default="L2A",
+        help="L1C: top-of-atmosphere, 13 bands, no SCL (with --format safe)",
+    )
     p.add_argument("--zip", action="store_true", help="each SAFE product as a .zip download")
     p.set_defaults(func=cmd_synth)
     p = common(sub.add_parser("demo", help="synthetic data + local cluster + evaluation + map"))
