@@ -100,6 +100,12 @@ class IngestConfig(Section):
     read_backoff_seconds: float = Field(
         5.0, ge=0, description="wait before the second attempt, doubled before each next one"
     )
+    decode_cache_mib: int = Field(
+        384,
+        ge=0,
+        description="decoded JPEG 2000 tiles a worker keeps between blocks (MiB; 0: off): a "
+        "block's margins touch its neighbours' tiles (docs/operations.md)",
+    )
     scl_mask_classes: tuple[int, ...] = (0, 1, 3, 8, 9, 10, 11)
     cloud_mask: Literal["auto", "scl", "computed", "asset", "none"] = Field(
         "auto",

@@ -23,6 +23,7 @@ from . import cloudmask
 from .acquisition import Acquisition, BandAsset
 from .config import IngestConfig, ModelConfig
 from .grid import PIXEL_M, TileGrid
+from .tilecache import TileCache, read_window, worker_cache
 
 log = logging.getLogger(__name__)
 
@@ -515,6 +516,7 @@ def _read_band(
     rows: tuple[int, int],
     cols: tuple[int, int],
     resampling: str,
+    cache: TileCache | None = None,
 ) -> np.ndarray:
     """One band's pixels [rows, cols) on the tile's 10 m grid, zero outside the raster.
 
@@ -525,7 +527,6 @@ def _read_band(
     """
     from rasterio.enums import Resampling
     from rasterio.errors import RasterioError
-    from rasterio.windows import Window as RioWindow
     from rasterio.windows import from_bounds
 
     h, w = rows[1] - rows[0], cols[1] - cols[0]
@@ -548,8 +549,8 @@ def _read_band(
             r0, r1 = max(n0, 0), min(n1, src.height)
             c0, c1 = max(m0, 0), min(m1, src.width)
             if r0 < r1 and c0 < c1:
-                native[r0 - n0 : r1 - n0, c0 - m0 : c1 - m0] = src.read(
-                    index, window=RioWindow(c0, r0, c1 - c0, r1 - r0)
+                native[r0 - n0 : r1 - n0, c0 - m0 : c1 - m0] = read_window(
+                    src, index, (r0, r1), (c0, c1), cache
                 )
             if f > 1:
                 native = np.repeat(np.repeat(native, f, axis=0), f, axis=1)
@@ -578,6 +579,7 @@ def read_dn(
     bands: Sequence[str],
     resampling: str,
     quality: str | None = "SCL",
+    cache: TileCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """DN (band, y, x) in the rasters' integer type, the quality layer (y, x) uint8, nodata.
 
@@ -589,13 +591,13 @@ def read_dn(
     dn = np.empty((len(bands), h, w), np.uint16)  # open_bands let only uint8/uint16 through
     nodata = np.zeros((h, w), bool)
     for i, band in enumerate(bands):
-        dn[i] = _read_band(acq, opened.datasets[band], band, grid, rows, cols, resampling)
+        dn[i] = _read_band(acq, opened.datasets[band], band, grid, rows, cols, resampling, cache)
         nd = acq.assets[band].nodata
         nodata |= dn[i] == (0 if nd is None else nd)
     layer = (
-        _read_band(acq, opened.datasets[quality], quality, grid, rows, cols, "nearest").astype(
-            np.uint8
-        )
+        _read_band(
+            acq, opened.datasets[quality], quality, grid, rows, cols, "nearest", cache
+        ).astype(np.uint8)
         if quality
         else np.zeros((h, w), np.uint8)
     )
@@ -663,7 +665,8 @@ def _read_retrying(
     for attempt in range(1, ingest.read_attempts + 1):
         try:
             with open_bands(acq, bands, quality, ingest.http_retries) as opened:
-                return read_dn(acq, opened, grid, rows, cols, bands, ingest.resampling, quality)
+                return read_dn(acq, opened, grid, rows, cols, bands, ingest.resampling, quality,
+                               worker_cache(ingest.decode_cache_mib))  # fmt: skip
         except TransientReadError as err:
             if attempt == ingest.read_attempts:
                 raise TransientReadError(
