@@ -82,3 +82,31 @@ def test_real_l1c_scenes_end_to_end(real_items, cluster_client, tmp_path):
         np.testing.assert_allclose(got, theirs, atol=0.05)
     # Fewer clear dates than stats.min_obs: the detector learns and stays quiet.
     assert report.anomaly_rows == 0
+
+
+def test_real_l1c_scenes_masked_by_their_own_bands(real_items, cluster_client, tmp_path):
+    """The same real scenes with no mask asset: the mask computed from the L1C bands
+    (s2cloudless clouds, shadows, snow) gives each cell the clear fraction eo-learn's cloud
+    mask gives it (two overcast dates, three clear)."""
+    items, scenes, times, clm, _ = real_items
+    cfg = Config().with_overrides(
+        **{
+            "source.path": str(items),
+            "output": str(tmp_path / "out"),
+            "model.arch": "resnet18",
+            "model.bands": list(BANDS_L1C),
+            "ingest.cloud_mask": "computed",
+        }
+    )
+    pipe = Pipeline(cfg, cluster_client)
+    try:
+        report = pipe.run(progress=False)
+    finally:
+        pipe.close()
+    assert report.applied == 5 and not report.failed
+    ds = EmbeddingStore(cfg.layout.store).open_dataset("33TVL").sortby("time")
+    order = np.argsort([t.timestamp() for t in times])
+    cell = 32
+    for k, t in enumerate(order):
+        theirs = 1.0 - clm[t, : 3 * cell, : 3 * cell].reshape(3, cell, 3, cell).mean(axis=(1, 3))
+        np.testing.assert_allclose(ds["clear"].values[k], theirs, atol=0.1)
