@@ -207,14 +207,21 @@ def _to_jp2(tmp: Path, dst: Path, tile_px: int, band: str) -> None:
     dst.with_name(dst.name + ".aux.xml").unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class _Look:
+    """One acquisition of one tile, as the strips are drawn from it."""
+
+    tile: SyntheticTile
+    tile_index: int
+    tile_px: int
+    seed: int
+    doy: float
+    scene: _Scene
+
+
 def _write_product(
     files: dict[str, Path],
-    tile: SyntheticTile,
-    tile_index: int,
-    tile_px: int,
-    seed: int,
-    doy: float,
-    scene: _Scene,
+    look: _Look,
     on_strip: Callable[[], None],
     level: str = "L2A",
     fmt: str = "cog",
@@ -225,6 +232,7 @@ def _write_product(
     import rasterio
     from rasterio.transform import from_origin
 
+    tile, tile_px = look.tile, look.tile_px
     partial = {band: path.with_name(path.name + ".partial.tif") for band, path in files.items()}
     opened = {}
     for band, path in partial.items():
@@ -239,7 +247,8 @@ def _write_product(
         )  # fmt: skip
     try:
         for r0 in range(0, tile_px, STRIP_PX):
-            strip = _strip(seed, tile_index, tile_px, r0, min(tile_px, r0 + STRIP_PX), doy, scene)
+            r1 = min(tile_px, r0 + STRIP_PX)
+            strip = _strip(look.seed, look.tile_index, tile_px, r0, r1, look.doy, look.scene)
             for band, ds in opened.items():
                 data, f = _band_rasters(band, strip, level)
                 win = rasterio.windows.Window(0, r0 // f, data.shape[1], data.shape[0])
@@ -293,9 +302,9 @@ def generate_fullsize(
             when = dt.datetime.combine(date, dt.time(10, 0, 31), tzinfo=dt.timezone.utc)
             scene = _scene_params(np.random.default_rng([seed, ti, k]))
             doy = float(date.timetuple().tm_yday)
+            look = _Look(tile, ti, tile_px, seed, doy, scene)
             if fmt == "safe":
-                _write_safe(items_dir / tile.tile, tile, ti, tile_px, seed, doy, scene, when,
-                            level, zipped, on_strip)  # fmt: skip
+                _write_safe(items_dir / tile.tile, look, when, level, zipped, on_strip)
                 continue
             stamp = when.strftime("%Y%m%dT%H%M%S")
             item_id = f"S2B_MSIL2A_{stamp}_N0511_R122_T{tile.tile}_{stamp[:8]}T140000"
@@ -306,7 +315,7 @@ def generate_fullsize(
                 for b in (*BANDS_L2A, "SCL")
             }
             files = {b: folder / name for b, name in names.items()}
-            _write_product(files, tile, ti, tile_px, seed, doy, scene, on_strip)
+            _write_product(files, look, on_strip)
             assets = {
                 f"{b}_{NATIVE_RESOLUTION[b]}m": band_asset(
                     names[b],
@@ -325,12 +334,7 @@ def generate_fullsize(
 
 def _write_safe(
     folder: Path,
-    tile: SyntheticTile,
-    tile_index: int,
-    tile_px: int,
-    seed: int,
-    doy: float,
-    scene: _Scene,
+    look: _Look,
     when: dt.datetime,
     level: str,
     zipped: bool,
@@ -339,13 +343,14 @@ def _write_safe(
     """One SAFE product (JPEG 2000 bands + metadata XML), zipped if asked; returns its path."""
     from .safe_layout import SafeNames, write_metadata, zip_product
 
+    tile, scene = look.tile, look.scene
     names = SafeNames(level, tile.tile, when)
     product = folder / f"{names.product_id}.SAFE"
     files = {b: product / f"{names.image_file(b)}.jp2" for b in names.bands}
-    _write_product(files, tile, tile_index, tile_px, seed, doy, scene, on_strip, level, "safe")
+    _write_product(files, look, on_strip, level, "safe")
     # The sun where the scene's shadows say it is: shadows lie (dy, dx) px from their clouds.
     away = math.degrees(math.atan2(scene.shadow_dx, -scene.shadow_dy))
     sun = ((away + 180.0) % 360.0, 40.0)
-    write_metadata(product, names, tile.epsg, tile.x0, tile.y0, tile_px, 100 * scene.coverage,
-                   sun)  # fmt: skip
+    cloud = 100 * scene.coverage
+    write_metadata(product, names, tile.epsg, tile.x0, tile.y0, look.tile_px, cloud, sun)
     return zip_product(product) if zipped else product
