@@ -73,6 +73,19 @@ def _config(args: argparse.Namespace) -> Config:
         overrides["ledger"] = args.ledger
     if getattr(args, "detector", None) not in (None, "all"):
         overrides["stats.detector"] = args.detector
+    # The search filters, as config.yaml's source section names them.
+    if getattr(args, "tiles", None):
+        overrides["source.tiles"] = [t.strip() for t in args.tiles.split(",") if t.strip()]
+    for key in ("start", "end", "max_cloud_cover"):
+        if getattr(args, key, None) is not None:
+            overrides[f"source.{key}"] = getattr(args, key)
+    if getattr(args, "bbox", None):
+        try:
+            overrides["source.bbox"] = [float(v) for v in args.bbox.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"--bbox {args.bbox}: give west,south,east,north in degrees, e.g. 10.5,45,11,45.5"
+            ) from None
     return cfg.with_overrides(**overrides) if overrides else cfg
 
 
@@ -81,10 +94,40 @@ def _print(lines: list[str]) -> None:
         print(line, flush=True)
 
 
+# Exit codes of backfill (README, --help): a SLURM array, cron or CI step reads them.
+EXIT_OK = 0  # everything reached a final good state, or there was nothing new
+EXIT_FATAL = 1  # the run itself failed (an error message says why)
+EXIT_USAGE = 2  # command line or configuration
+EXIT_FAILED = 3  # the run finished, and some acquisitions failed (status --failed lists them)
+EXIT_EMPTY = 4  # the source yielded nothing, and the ledger has never seen anything from it
+EXIT_CODES = (
+    "exit codes: 0 everything reached a final good state, or nothing was new; 1 a fatal error; "
+    "2 usage or configuration; 3 some acquisitions failed (`streamembed status --failed` "
+    "lists them, `--retry-failed` tries them again); 4 the source yielded nothing and nothing "
+    "from it was ever processed"
+)
+
+
+def _preflight(cfg: Config) -> str | None:
+    """What is wrong with the source or output before any cluster starts, or None."""
+    src = cfg.source
+    if not src.is_stac_api and not Path(src.path).exists():
+        return f"source {src.path} does not exist; pass --source FOLDER or a STAC API URL"
+    if not cfg.layout.remote and Path(cfg.output).is_file():
+        return f"output {cfg.output} is a file; --output names a folder (or s3://…)"
+    return None
+
+
 def cmd_backfill(args: argparse.Namespace, cfg: Config) -> int:
     from .cluster import make_client
+    from .ledger import Ledger
     from .pipeline import Pipeline
+    from .sources import explain_nothing
 
+    problem = _preflight(cfg)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     with make_client(cfg.cluster) as client:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
         pipe = Pipeline(cfg, client)
@@ -92,9 +135,27 @@ def cmd_backfill(args: argparse.Namespace, cfg: Config) -> int:
             report = pipe.run(retry_failed=args.retry_failed, progress=not args.no_progress)
         finally:
             pipe.close()
+    if report.discovered == 0:
+        with Ledger(cfg.layout.ledger) as ledger:
+            ever = len(ledger.states())
+        _print([f"The source yielded no acquisition: {cfg.source.path}", *explain_nothing(cfg)])
+        if not ever:
+            print("nothing from this source was ever processed (exit 4)", flush=True)
+            return EXIT_EMPTY
     _print(report.lines())
     _print(_where(cfg))
-    return 0
+    if report.failed:
+        out = f"--output {cfg.layout.root}" + (
+            f" --ledger {cfg.layout.ledger}" if cfg.layout.remote else ""
+        )
+        _print([
+            f"{len(report.failed)} acquisition(s) failed (exit 3): "
+            f"`streamembed status --failed {out}` lists them with their reasons; once mended, "
+            f"`streamembed backfill --retry-failed {out} --source {cfg.source.path}` "
+            "tries them again.",
+        ])  # fmt: skip
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _where(cfg: Config) -> list[str]:
@@ -439,19 +500,37 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
+    def filters(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("filters (override config.yaml's source section)")
+        g.add_argument("--tiles", help="MGRS tiles to keep, comma-separated: 33UWP,32UPC")
+        g.add_argument("--start", help="first sensing date, YYYY-MM-DD (inclusive)")
+        g.add_argument("--end", help="last sensing date, YYYY-MM-DD (inclusive)")
+        g.add_argument(
+            "--bbox",
+            help="west,south,east,north in degrees (EPSG:4326); write "
+            "--bbox=W,S,E,N when W is negative",
+        )
+        g.add_argument("--max-cloud-cover", type=float, help="percent, 0-100")
+
     def detector(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--detector", choices=list(DETECTORS), default=None,
             help="anomaly detector (overrides stats.detector; default embedding+index)",
         )  # fmt: skip
 
-    p = common(sub.add_parser("backfill", help="process everything the source has (resumable)"))
+    p = common(
+        sub.add_parser(
+            "backfill", help="process everything the source has (resumable)", epilog=EXIT_CODES
+        )
+    )
     p.add_argument("--retry-failed", action="store_true", help="try failed acquisitions again")
     p.add_argument("--no-progress", action="store_true")
     detector(p)
+    filters(p)
     p.set_defaults(func=cmd_backfill)
     p = common(sub.add_parser("monitor", help="poll the source and process what is new"))
     detector(p)
+    filters(p)
     p.add_argument("--poll-seconds", type=float, default=None)
     p.add_argument(
         "--cycles", type=int, default=0, help="stop after N polls (0: run until signalled)"

@@ -9,12 +9,68 @@ naming the file.
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..acquisition import BANDS_L2A, Acquisition, SourceError
 from .items import Discovery, SourceFailure, features
-from .safe import find_products, is_product, read_product
+from .safe import is_product, read_product
+
+
+@dataclass
+class Scan:
+    """What a source folder holds: STAC JSON files, SAFE products, and everything else by
+    extension (what a source that yields nothing says it found instead)."""
+
+    json_files: list[Path] = field(default_factory=list)
+    products: list[Path] = field(default_factory=list)
+    others: Counter[str] = field(default_factory=Counter)
+
+    def describe(self) -> str:
+        if not self.others:
+            return "the folder is empty"
+        kinds = ", ".join(f"{n} {ext or '(no extension)'}" for ext, n in self.others.most_common(6))
+        return f"found instead: {kinds} file(s)"
+
+
+def scan(root: Path) -> Scan:
+    """Every STAC JSON file and SAFE product under ``root``, symlinked folders followed (each
+    real folder once, so a link loop ends); a ``.SAFE`` folder is a product, not searched."""
+    found = Scan()
+    if root.is_file():
+        if is_product(root):
+            found.products.append(root)
+        elif root.suffix == ".json":
+            found.json_files.append(root)
+        else:
+            found.others[root.suffix.lower()] += 1
+        return found
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        here = Path(dirpath)
+        for name in sorted(dirnames):
+            if name.upper().endswith(".SAFE"):
+                found.products.append(here / name)
+        dirnames[:] = sorted(d for d in dirnames if not d.upper().endswith(".SAFE"))
+        for name in sorted(filenames):
+            path = here / name
+            if name.endswith(".json"):
+                found.json_files.append(path)
+            elif is_product(path):
+                found.products.append(path)
+            else:
+                found.others[path.suffix.lower()] += 1
+    found.json_files.sort()
+    found.products.sort()
+    return found
 
 
 def discover(
@@ -28,16 +84,13 @@ def discover(
     if not base.exists():
         raise SourceError(f"source folder {base} does not exist; pass --source PATH")
     found = Discovery(mapping, bands, mask_asset)
-    for product in find_products(base):
+    files = scan(base)
+    for product in files.products:
         try:
             found.keep(read_product(product))
         except SourceError as err:
             found.fail(str(product), str(err))
-    if base.is_file():
-        json_files = [] if is_product(base) else [base]
-    else:
-        json_files = sorted(base.rglob("*.json"))
-    for path in json_files:
+    for path in files.json_files:
         try:
             doc = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -49,17 +49,6 @@ def is_product(path: Path) -> bool:
     )
 
 
-def find_products(root: Path) -> list[Path]:
-    """Every SAFE product under ``root`` (itself, or searched recursively; not inside one)."""
-    if is_product(root):
-        return [root]
-    found: list[Path] = []
-    for path in sorted(root.rglob("*")):
-        if is_product(path) and not any(p.suffix.upper() == ".SAFE" for p in path.parents):
-            found.append(path)
-    return found
-
-
 @dataclass(frozen=True)
 class _Product:
     """Read access to one product's files, whether a folder or a zip."""
