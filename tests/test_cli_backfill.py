@@ -123,3 +123,17 @@ def test_exit_codes_are_in_help(tmp_path):
     assert run.returncode == 0
     text = " ".join(run.stdout.split())
     assert "3 some acquisitions failed" in text and "4 the source yielded nothing" in text
+
+
+def test_dry_run_lists_the_work_and_writes_nothing(archive, tmp_path):
+    out = tmp_path / "out"
+    run = _backfill("--source", archive, "--output", out, "--dry-run", "--start", "2024-01-10",
+                    cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (
+        "3 acquisitions in the source (0 unreadable), 0 already done or failed, 3 to process"
+        in (run.stdout)
+    )
+    assert "33UWP: 3 acquisitions, 2024-01-13 .. 2024-02-02" in run.stdout
+    assert "GiB" in run.stdout and "core-seconds" in run.stdout
+    assert "Dask dashboard" not in run.stdout and not out.exists()

@@ -118,6 +118,82 @@ def _preflight(cfg: Config) -> str | None:
     return None
 
 
+# Worker core-seconds of one 10980 px tile acquisition on the CPU (benchmarks/RESULTS.md: the
+# many-tiles planet arithmetic for COGs, "JPEG 2000" for SAFE products); a dry run scales them
+# by the tile's area.
+CORE_SECONDS_PER_FULL_TILE = {"cog": 391.0, "jp2": 583.0}
+
+
+def _asset_bytes(href: str) -> int | None:
+    """A local band file's size (a /vsizip/ member's stored size), None where remote."""
+    import zipfile
+
+    if href.startswith("/vsizip/"):
+        inner = href[len("/vsizip/") :]
+        cut = inner.lower().find(".zip")
+        try:
+            with zipfile.ZipFile(inner[: cut + 4]) as zf:
+                return zf.getinfo(inner[cut + 5 :]).compress_size
+        except (OSError, KeyError, zipfile.BadZipFile):
+            return None
+    if "://" in href:
+        return None
+    try:
+        return Path(href).stat().st_size
+    except OSError:
+        return None
+
+
+def _dry_run(cfg: Config, retry_failed: bool) -> int:
+    """What a backfill would do, per tile, without starting a cluster or writing anything."""
+    from .ingest import IngestError, required_assets
+    from .ledger import Ledger, State
+    from .sources import discover_for, explain_nothing
+
+    acqs, failures = discover_for(cfg)
+    states: dict[str, State] = {}
+    if cfg.layout.ledger.exists():
+        with Ledger(cfg.layout.ledger) as ledger:
+            states = ledger.states(a.id for a in acqs)
+    final = {State.APPLIED, State.SKIPPED, State.LATE}
+    todo = [
+        a for a in acqs
+        if states.get(a.id) not in final and (retry_failed or states.get(a.id) != State.FAILED)
+    ]  # fmt: skip
+    print(f"dry run: {len(acqs)} acquisitions in the source ({len(failures)} unreadable), "
+          f"{len(acqs) - len(todo)} already done or failed, {len(todo)} to process; "
+          "nothing is written", flush=True)  # fmt: skip
+    if not acqs:
+        _print(explain_nothing(cfg))
+    by_tile: dict[str, list[Any]] = {}
+    for a in todo:
+        by_tile.setdefault(a.tile, []).append(a)
+    total_bytes, unknown, core_s = 0, 0, 0.0
+    for tile, tile_acqs in sorted(by_tile.items()):
+        first, last = min(a.datetime for a in tile_acqs), max(a.datetime for a in tile_acqs)
+        print(f"  {tile}: {len(tile_acqs)} acquisitions, {first:%Y-%m-%d} .. {last:%Y-%m-%d}")
+        for a in tile_acqs:
+            try:
+                keys = required_assets(a, cfg.ingest, cfg.model)
+            except IngestError:
+                keys = list(a.assets)
+            hrefs = [a.assets[k].href for k in keys if k in a.assets]
+            sizes = [_asset_bytes(h) for h in hrefs]
+            total_bytes += sum(s for s in sizes if s is not None)
+            unknown += sum(s is None for s in sizes)
+            ref = next((a.assets[b] for b in ("B02", "B04", "B08") if b in a.assets), None)
+            area = 1.0
+            if ref is not None and ref.shape is not None and ref.transform is not None:
+                px = ref.transform[0] / 10.0
+                area = ref.shape[0] * ref.shape[1] * px * px / 10980**2
+            kind = "jp2" if any(h.lower().endswith(".jp2") for h in hrefs) else "cog"
+            core_s += CORE_SECONDS_PER_FULL_TILE[kind] * area
+    remote = f" (+{unknown} remote files not sized)" if unknown else ""
+    print(f"to read: {total_bytes / 2**30:.2f} GiB{remote}; estimated {core_s:,.0f} worker "
+          f"core-seconds on CPUs like this benchmark's (benchmarks/RESULTS.md)", flush=True)  # fmt: skip
+    return EXIT_OK if acqs else EXIT_EMPTY
+
+
 def cmd_backfill(args: argparse.Namespace, cfg: Config) -> int:
     from .cluster import make_client
     from .ledger import Ledger
@@ -128,6 +204,8 @@ def cmd_backfill(args: argparse.Namespace, cfg: Config) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    if getattr(args, "dry_run", False):
+        return _dry_run(cfg, args.retry_failed)
     with make_client(cfg.cluster) as client:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
         pipe = Pipeline(cfg, client)
@@ -525,6 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retry-failed", action="store_true", help="try failed acquisitions again")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="list what would be processed per tile, bytes to read and estimated core-seconds; "
+        "starts no cluster, writes nothing",
+    )  # fmt: skip
     detector(p)
     filters(p)
     p.set_defaults(func=cmd_backfill)
