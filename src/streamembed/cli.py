@@ -128,12 +128,13 @@ def _asset_bytes(href: str) -> int | None:
     """A local band file's size (a /vsizip/ member's stored size), None where remote."""
     import zipfile
 
-    if href.startswith("/vsizip/"):
-        inner = href[len("/vsizip/") :]
-        cut = inner.lower().find(".zip")
+    from .tilecache import vsizip_parts
+
+    parts = vsizip_parts(href)
+    if parts is not None:
         try:
-            with zipfile.ZipFile(inner[: cut + 4]) as zf:
-                return zf.getinfo(inner[cut + 5 :]).compress_size
+            with zipfile.ZipFile(parts[0]) as zf:
+                return zf.getinfo(parts[1]).compress_size
         except (OSError, KeyError, zipfile.BadZipFile):
             return None
     if "://" in href:

@@ -88,15 +88,21 @@ def worker_cache(max_mib: int) -> TileCache:
     return _CACHE
 
 
+def vsizip_parts(href: str) -> tuple[str, str] | None:
+    """(zip file, member) of a GDAL ``/vsizip/`` href, or None for any other href."""
+    if not href.startswith("/vsizip/"):
+        return None
+    inner = href[len("/vsizip/") :]
+    cut = inner.lower().find(".zip/")
+    return (inner[: cut + 4], inner[cut + 5 :]) if cut >= 0 else (inner, "")
+
+
 def file_identity(href: str) -> Hashable:
     """What names a file's content in a key: its href, and for a local file (or the zip a
     /vsizip/ member lives in) its size and modification time, so a file mended in place is
     decoded again."""
-    path = href
-    if href.startswith("/vsizip/"):
-        inner = href[len("/vsizip/") :]
-        cut = inner.lower().find(".zip")
-        path = inner[: cut + 4] if cut >= 0 else inner
+    parts = vsizip_parts(href)
+    path = parts[0] if parts else href
     try:
         st = os.stat(path)
     except OSError:
