@@ -93,6 +93,12 @@ class Acquisition:
     sun_azimuth: float | None = field(default=None, compare=False)
     sun_zenith: float | None = field(default=None, compare=False)
 
+    def grid_asset(self) -> BandAsset | None:
+        """The 10 m band asset whose grid is the tile's (None: the item has no 10 m band)."""
+        return next(
+            (self.assets[b] for b in ("B02", "B03", "B04", "B08") if b in self.assets), None
+        )
+
     def missing_bands(self, bands: Sequence[str]) -> list[str]:
         return [b for b in bands if b not in self.assets]
 

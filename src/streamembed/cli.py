@@ -182,7 +182,7 @@ def _dry_run(cfg: Config, retry_failed: bool) -> int:
             sizes = [_asset_bytes(h) for h in hrefs]
             total_bytes += sum(s for s in sizes if s is not None)
             unknown += sum(s is None for s in sizes)
-            ref = next((a.assets[b] for b in ("B02", "B04", "B08") if b in a.assets), None)
+            ref = a.grid_asset()
             area = 1.0
             if ref is not None and ref.shape is not None and ref.transform is not None:
                 px = ref.transform[0] / 10.0

@@ -66,15 +66,18 @@ def _classifier() -> Callable[[np.ndarray], np.ndarray]:
     return predict
 
 
-def lattice_means(a: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Means of ``a`` over the valid pixels of each 16 x 16 px lattice cell, and whether any
-    pixel of the cell was valid (shapes divisible by 16)."""
-    h, w = a.shape[0] // LATTICE_PX, a.shape[1] // LATTICE_PX
-    shape = (h, LATTICE_PX, w, LATTICE_PX)
-    v = valid.reshape(shape)
+def _lattice(a: np.ndarray) -> np.ndarray:
+    """(y, x) -> (lattice y, 16, lattice x, 16): each lattice cell's pixels (sides divisible
+    by 16)."""
+    return a.reshape(a.shape[0] // LATTICE_PX, LATTICE_PX, a.shape[1] // LATTICE_PX, LATTICE_PX)
+
+
+def lattice_means(a: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Means of ``a`` over the valid pixels of each 16 x 16 px lattice cell."""
+    v = _lattice(valid)
     n = v.sum(axis=(1, 3), dtype=np.float32)
-    s = np.where(v, a.reshape(shape), 0).sum(axis=(1, 3), dtype=np.float32)
-    return s / np.maximum(n, 1), n > 0
+    s = np.where(v, _lattice(a), 0).sum(axis=(1, 3), dtype=np.float32)
+    return s / np.maximum(n, 1)
 
 
 def _neighbourhood(a: np.ndarray, op: Callable[..., np.ndarray]) -> np.ndarray:
@@ -137,9 +140,8 @@ def computed_masks(
     ``band(name)``: that band's TOA reflectance over the area (10 m, float32), asked for one
     band at a time so no stack of eleven float bands is ever held."""
     valid = ~nodata
-    means = {b: lattice_means(band(b), valid)[0] for b in INPUT_BANDS}
-    h, w = valid.shape[0] // LATTICE_PX, valid.shape[1] // LATTICE_PX
-    lattice_valid = np.asarray(valid.reshape(h, LATTICE_PX, w, LATTICE_PX).any(axis=(1, 3)))
+    means = {b: lattice_means(band(b), valid) for b in INPUT_BANDS}
+    lattice_valid = np.asarray(_lattice(valid).any(axis=(1, 3)))
     _, cloud, shadow = lattice_masks(means, lattice_valid, sun_azimuth)
 
     def to_pixels(a: np.ndarray) -> np.ndarray:

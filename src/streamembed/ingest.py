@@ -99,7 +99,7 @@ def scl_masks(scl: np.ndarray, mask_classes: Sequence[int]) -> tuple[np.ndarray,
 
 
 def quality_masks(
-    layer: np.ndarray, nodata: np.ndarray, ingest: IngestConfig, mode: str | None = None
+    layer: np.ndarray, nodata: np.ndarray, ingest: IngestConfig, mode: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(masked, snow) from the quality layer of ``mode`` (``mask_mode``), plus band nodata.
 
@@ -107,7 +107,6 @@ def quality_masks(
     e.g. s2cloudless output for L1C); ``none``: only nodata is masked. (``computed`` has no
     layer: ``read_masked`` computes it from the bands.)
     """
-    mode = mode or ("scl" if ingest.cloud_mask == "auto" else ingest.cloud_mask)
     if mode == "scl":
         layer = np.where(nodata, 0, layer)
         return scl_masks(layer, ingest.scl_mask_classes)
@@ -425,9 +424,7 @@ def grid_for(acq: Acquisition, cell_size: int) -> TileGrid:
     """The tile grid from the acquisition's 10 m band (item metadata, else the raster header)."""
     import rasterio
 
-    ref = next((acq.assets[b] for b in ("B02", "B03", "B04", "B08") if b in acq.assets), None)
-    if ref is None:
-        ref = next(iter(acq.assets.values()), None)
+    ref = acq.grid_asset() or next(iter(acq.assets.values()), None)
     if ref is None:
         raise GridMismatchError(f"acquisition {acq.id}: no band assets to take the grid from")
     transform, shape, epsg = ref.transform, ref.shape, ref.epsg

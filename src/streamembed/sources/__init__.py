@@ -13,6 +13,7 @@ from ..acquisition import Acquisition
 from ..config import Config
 from .items import SourceFailure
 from .local import discover
+from .stac import SearchWindow, search_window
 
 
 def source_key(cfg: Config) -> str:
@@ -26,55 +27,48 @@ def discover_for(
 ) -> tuple[list[Acquisition], list[SourceFailure]]:
     """Acquisitions of the configured source; a STAC source with a watermark searches only
     from the watermark minus ``source.overlap_days``."""
-    mask = cfg.ingest.cloud_mask_asset if cfg.ingest.cloud_mask == "asset" else None
+    mask = _mask_asset(cfg)
     if cfg.source.is_stac_api:
-        from .stac import discover_stac, search_window
+        from .stac import discover_stac
 
         return discover_stac(
             cfg.source, cfg.model.bands, search_window(cfg.source, watermark), mask
         )
     acqs, failures = discover(cfg.source.path, cfg.source.band_mapping, cfg.model.bands, mask)
     # The same filters as a STAC search, so a folder and an API holding the same items agree.
-    return [a for a in acqs if not _removed_by(a, cfg)], failures
+    window = search_window(cfg.source)
+    return [a for a in acqs if not _removed_by(a, cfg, window)], failures
 
 
-def _removed_by(acq: Acquisition, cfg: Config) -> str | None:
-    """The first filter of ``source`` that drops ``acq`` (tiles, dates, cloud, bbox), or None."""
-    from .stac import search_window
+def _mask_asset(cfg: Config) -> str | None:
+    """The item asset of a cloud mask, where ``ingest.cloud_mask`` asks for one."""
+    return cfg.ingest.cloud_mask_asset if cfg.ingest.cloud_mask == "asset" else None
 
-    src = cfg.source
-    window = search_window(src)
-    if src.tiles and acq.tile not in src.tiles:
-        return "tiles"
-    if (window.start is not None and acq.datetime < window.start) or (
-        window.end is not None and acq.datetime > window.end
-    ):
-        return "start/end"
-    if acq.cloud_cover is not None and acq.cloud_cover > src.max_cloud_cover:
-        return "max_cloud_cover"
-    if src.bbox is not None:
+
+def _removed_by(acq: Acquisition, cfg: Config, window: SearchWindow) -> str | None:
+    """The first filter of ``source`` that drops ``acq`` (a STAC search's filters, then the
+    bbox against the product's grid footprint), or None."""
+    from .stac import filtered_by
+
+    why = filtered_by(acq, cfg.source, window)
+    if why is None and cfg.source.bbox is not None:
         box = footprint_lonlat(acq)
-        w, s, e, n = src.bbox
+        w, s, e, n = cfg.source.bbox
         if box is not None and (box[0] > e or box[2] < w or box[1] > n or box[3] < s):
             return "bbox"
-    return None
+    return why
 
 
-def footprint_lonlat(acq: Acquisition) -> tuple[float, float, float, float] | None:
-    """(west, south, east, north) of the acquisition's 10 m raster, from its asset's grid, or
+def footprint_lonlat(acq: Acquisition) -> list[float] | None:
+    """[west, south, east, north] of the acquisition's 10 m raster, from its asset's grid, or
     None where the item gives no grid."""
-    ref = next((acq.assets[b] for b in ("B02", "B04", "B08") if b in acq.assets), None)
+    from .synthetic import utm_footprint
+
+    ref = acq.grid_asset()
     if ref is None or ref.transform is None or ref.shape is None or ref.epsg is None:
         return None
-    from pyproj import Transformer
-
     a, _, c, _, e, f = ref.transform
-    xs = (c, c + a * ref.shape[1])
-    ys = (f, f + e * ref.shape[0])
-    to_lonlat = Transformer.from_crs(ref.epsg, 4326, always_xy=True)
-    corners = [to_lonlat.transform(x, y) for x in xs for y in ys]
-    lons, lats = zip(*corners, strict=True)
-    return min(lons), min(lats), max(lons), max(lats)
+    return utm_footprint(ref.epsg, c, f, a * ref.shape[1], -e * ref.shape[0])[0]
 
 
 def explain_nothing(cfg: Config) -> list[str]:
@@ -98,11 +92,11 @@ def explain_nothing(cfg: Config) -> list[str]:
             f"{files.describe()}"
         )
         return lines
-    mask = cfg.ingest.cloud_mask_asset if cfg.ingest.cloud_mask == "asset" else None
-    acqs, failures = discover(src.path, src.band_mapping, cfg.model.bands, mask)
+    acqs, failures = discover(src.path, src.band_mapping, cfg.model.bands, _mask_asset(cfg))
+    window = search_window(src)
     counts: dict[str, int] = {}
     for a in acqs:
-        why = _removed_by(a, cfg)
+        why = _removed_by(a, cfg, window)
         if why:
             counts[why] = counts.get(why, 0) + 1
     lines.append(

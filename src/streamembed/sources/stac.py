@@ -164,18 +164,26 @@ def _item_href(item: Mapping[str, Any], cfg: SourceConfig) -> str:
     return f"{root}/collections/{cfg.collection}/items/{item.get('id')}"
 
 
-def matches(acq: Acquisition, cfg: SourceConfig, window: SearchWindow | None = None) -> bool:
-    """The tile, cloud-cover and (optionally) sensing-time filters every source applies."""
+def filtered_by(
+    acq: Acquisition, cfg: SourceConfig, window: SearchWindow | None = None
+) -> str | None:
+    """The first of the tile, sensing-time (where a window is given) and cloud-cover filters
+    every source applies that drops ``acq`` (named as config.yaml's source keys), or None."""
     if cfg.tiles and acq.tile not in cfg.tiles:
-        return False
+        return "tiles"
+    if window is not None and (
+        (window.start is not None and acq.datetime < window.start)
+        or (window.end is not None and acq.datetime > window.end)
+    ):
+        return "start/end"
     if acq.cloud_cover is not None and acq.cloud_cover > cfg.max_cloud_cover:
-        return False
-    if window is not None:
-        if window.start is not None and acq.datetime < window.start:
-            return False
-        if window.end is not None and acq.datetime > window.end:
-            return False
-    return True
+        return "max_cloud_cover"
+    return None
+
+
+def matches(acq: Acquisition, cfg: SourceConfig, window: SearchWindow | None = None) -> bool:
+    """Whether ``acq`` passes every filter of ``filtered_by``."""
+    return filtered_by(acq, cfg, window) is None
 
 
 def keep_item(item: Mapping[str, Any], acq: Acquisition, cfg: SourceConfig, geom: Any) -> bool:
