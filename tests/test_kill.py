@@ -53,6 +53,23 @@ MORE = [
     ("state.written", 6),
     ("actor.checkpointed", 1),
 ]
+# A retry after mending folds its look in late (tests/test_late_looks.py): killed while the tile
+# is rewound and replayed (``actor.sunk:2`` is the first look replayed after the late one) and
+# while the store puts its rows back in sensing order, then the retry run again.
+REWIND = [
+    ("actor.rewound", 1),
+    ("actor.sunk", 2),
+    ("store.compaction_copied", 1),
+    ("store.compaction_placed", 1),
+    ("store.compaction_cut", 1),
+]
+REWIND_CASES = [pytest.param(*REWIND[0], id="rewind-actor.rewound:1")] + [
+    pytest.param(p, n, id=f"rewind-{p}:{n}", marks=pytest.mark.faults) for p, n in REWIND[1:]
+]
+# reached once a rewinding run: one timing each
+ONCE_A_RUN = {"actor.rewound", "store.compaction_copied", "store.compaction_placed",
+              "store.compaction_cut"}  # fmt: skip
+
 CASES = (
     [pytest.param(p, n, id=f"{p}:{n}") for p, n in FAST]
     + [pytest.param(p, n, id=f"{p}:{n}", marks=pytest.mark.faults) for p, n in SLOW]
@@ -65,11 +82,13 @@ CASES = (
 
 def test_the_suite_covers_every_point():
     # CI (FAST + SLOW) kills at every point; with MORE, every point at two timings or more
-    assert {p for p, _ in FAST + SLOW} == set(POINTS)
-    every = Counter(p for p, _ in FAST + SLOW + MORE)
-    assert set(every) == set(POINTS) and min(every.values()) >= 2
+    assert {p for p, _ in FAST + SLOW + REWIND} == set(POINTS)
+    every = Counter(p for p, _ in FAST + SLOW + MORE + REWIND)
+    assert set(every) == set(POINTS)
+    assert min(n for p, n in every.items() if p not in ONCE_A_RUN) >= 2
     assert len(set(FAST + SLOW + MORE)) == len(FAST + SLOW + MORE)
-    print(f"kill suite: {len(FAST + SLOW + MORE)} kill points/timings over {len(POINTS)} points")
+    cases = len(FAST + SLOW + MORE + REWIND)
+    print(f"kill suite: {cases} kill points/timings over {len(POINTS)} points")
 
 
 @pytest.mark.parametrize(("point", "nth"), CASES)
@@ -117,3 +136,48 @@ def test_killed_writing_to_a_bucket_then_restarted(
     assert np.array_equal(embedding, ref_embedding), "embeddings bit for bit, local or on S3"
     pd.testing.assert_frame_equal(rows, ref_rows, check_exact=True)
     assert set(states.values()) == {State.APPLIED} and len(states) == N_ACQUISITIONS
+
+
+@pytest.fixture(scope="session")
+def failed_look(kill_series, tmp_path_factory):
+    """The series with one look's B04 cut short, backfilled (exit 3): (data, output, the band
+    file, its good bytes)."""
+    import json
+    import shutil
+
+    base = tmp_path_factory.mktemp("failed-look")
+    data = base / "data"
+    shutil.copytree(kill_series, data)
+    look = sorted(p.parent for p in data.rglob("*.json"))[3]
+    (item,) = look.glob("*.json")
+    band = look / json.loads(item.read_text())["assets"]["B04_10m"]["href"]
+    good = band.read_bytes()
+    band.write_bytes(good[: len(good) // 3])
+    out = base / "out"
+    code, log = backfill(data, out, check=False)
+    assert code == 3, log
+    return data, out, band.relative_to(data), good
+
+
+@pytest.mark.parametrize(("point", "nth"), REWIND_CASES)
+def test_killed_while_a_late_look_is_folded_in_then_restarted(
+    failed_look, kill_reference, tmp_path, point, nth
+):
+    import shutil
+
+    data0, out0, band, good = failed_look
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(data0, data)
+    shutil.copytree(out0, out)
+    (data / band).write_bytes(good)  # mended
+    code, log = backfill(data, out, kill=f"{point}:{nth}", args=("--retry-failed",))
+    assert code == -signal.SIGKILL, f"the run was not killed at {point}:{nth} (exit {code}):\n{log}"
+    backfill(data, out, args=("--retry-failed",))  # the operator runs it again
+    ids, embedding, rows, states = outputs(out)
+    _, ref_ids, ref_embedding, ref_rows = kill_reference
+    assert ids == ref_ids, "each acquisition stored exactly once"
+    assert np.array_equal(embedding, ref_embedding), "embeddings bit for bit"
+    pd.testing.assert_frame_equal(rows, ref_rows, check_exact=True)
+    assert set(states.values()) == {State.APPLIED} and len(states) == N_ACQUISITIONS
+    times = xr.open_zarr(out / "embeddings.zarr" / "33UWP").time.values
+    assert len(times) == N_ACQUISITIONS and (np.diff(times) > np.timedelta64(0)).all()

@@ -105,13 +105,15 @@ def test_an_acquisition_is_invisible_until_committed_and_a_restart_reuses_its_ro
 def test_plain_readers_see_committed_acquisitions_only(tmp_path):
     """The readers' view (``xarray.open_zarr`` of the tile, consolidated) ends at the last
     commit: reserved rows, half-written blocks and later commits behind an acquisition still
-    in flight are not in it; a failed acquisition's released row becomes a gap with no id."""
+    in flight are not in it; a failed acquisition's released row is never seen (no phantom
+    step), and the compaction at the end of a run closes the gap."""
     store = EmbeddingStore(tmp_path / "embeddings.zarr", FLOAT16)
     store.append(_batch(0))
 
     def readers() -> list[str]:
         ds = xr.open_zarr(tmp_path / "embeddings.zarr" / "33UWP")  # no options: as anyone
         assert ds.embedding.shape[0] == ds.clear.shape[0] == ds.time.shape[0]
+        assert (np.diff(ds.time.values) > np.timedelta64(0)).all()  # sorted, no 1970 step
         return [str(v) for v in ds.acquisition_id.values]
 
     b1, b2, b3 = _batch(1), _batch(2), _batch(3)
@@ -124,12 +126,53 @@ def test_plain_readers_see_committed_acquisitions_only(tmp_path):
     store.write_block(r2, (0, 3), (0, 4), b2.embedding, b2.clear, b2.snow, b2.indices)
     store.commit(r2, b2.time)
     assert readers() == ["acq0"]  # acq2 is committed behind acq1, still in flight
-    store.release(r1)  # acq1 failed
-    assert readers() == ["acq0", "", "acq2"]
-    assert store.open_dataset("33UWP").acquisition_id.values.tolist() == ["acq0", "acq2"]
-    assert store.append(b3) and readers() == ["acq0", "", "acq2", "acq3"]
+    store.release(r1)  # acq1 failed: its row is a gap, and nothing past it is shown yet
+    assert readers() == ["acq0"]
+    assert store.append(b3) and readers() == ["acq0"]
+    done = store.compact("33UWP")
+    assert done is not None and (done.start, done.rows, done.moved, done.dropped) == (1, 3, 2, 1)
+    assert readers() == ["acq0", "acq2", "acq3"]
     ds = xr.open_zarr(tmp_path / "embeddings.zarr" / "33UWP")
-    assert np.array_equal(ds.embedding.values[3], b3.embedding.astype(np.float16))
+    assert np.array_equal(ds.embedding.values[2], b3.embedding.astype(np.float16))
+    assert np.array_equal(ds.clear.values[1], b2.clear)
+    assert store.compact("33UWP") is None  # in order: nothing to do
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float16"])
+def test_a_late_look_is_put_in_sensing_order_and_reads_back_whole(dtype, tmp_path):
+    """Looks stored out of sensing order (a late product, a retry after a mend) land in order
+    after the compaction: the rows from the late one on are rewritten, the rows before it not;
+    every variable reads back the look's own values."""
+    root = tmp_path / "embeddings.zarr"
+    store = EmbeddingStore(root, StoreConfig(dtype=dtype))
+    order = [0, 1, 3, 4, 2, 5]  # look 2 arrives after 3 and 4
+    for i in order:
+        assert store.append(_batch(i))
+    ds = xr.open_zarr(root / "33UWP")
+    assert ds.acquisition_id.values.tolist() == ["acq0", "acq1", "acq3", "acq4"]  # 2 not yet
+    before = {n: (root / "33UWP" / "embedding" / "c" / "0" / "0" / "0" / "0").stat().st_ino
+              for n in ["row0"]}  # fmt: skip
+    done = store.compact("33UWP")
+    assert done is not None and done.start == 2 and done.moved == 4 and done.dropped == 0
+    ds = store.open_dataset("33UWP", decode=False)
+    assert ds.acquisition_id.values.tolist() == [f"acq{i}" for i in range(6)]
+    assert (np.diff(ds.time.values) > np.timedelta64(0)).all()
+    fresh = EmbeddingStore(tmp_path / "clean.zarr", StoreConfig(dtype=dtype))
+    for i in range(6):
+        fresh.append(_batch(i))
+    clean = fresh.open_dataset("33UWP", decode=False)
+    for name in ds.data_vars:
+        assert np.array_equal(ds[name].values, clean[name].values), name
+    assert np.array_equal(ds.time.values, clean.time.values)
+    # the rows before the late look were not rewritten
+    assert (root / "33UWP" / "embedding" / "c" / "0" / "0" / "0" / "0").stat().st_ino == before[
+        "row0"
+    ]
+    assert store.read("33UWP", "acq2").time == _batch(2).time
+    # the next look appends after the compacted rows
+    assert store.append(_batch(6))
+    assert store.compact("33UWP") is None
+    assert store.open_dataset("33UWP").acquisition_id.values.tolist()[-1] == "acq6"
 
 
 def test_store_keeps_sensing_seconds_and_the_stored_dtype(tmp_path):
@@ -432,3 +475,41 @@ def test_a_run_writes_the_catalogue_of_the_tiles_it_changed(tmp_path):
     write_catalog(layout)  # every tile: the same Collection
     assert json.loads((tmp_path / "stac" / "collection.json").read_text()) == full
     assert coll["extent"]["temporal"]["interval"][0][0].startswith("2024-01-01")
+
+
+class _Killed(BaseException):
+    """A kill at a crash point, in process: nothing after it runs, no cleanup."""
+
+
+@pytest.mark.parametrize(
+    "point", ["store.compaction_copied", "store.compaction_placed", "store.compaction_cut"]
+)
+def test_a_compaction_killed_part_way_is_finished_by_the_next_open(point, tmp_path, monkeypatch):
+    import streamembed.store as store_module
+
+    root = tmp_path / "embeddings.zarr"
+    store = EmbeddingStore(root, FLOAT16)
+    for i in [0, 2, 3, 1]:
+        store.append(_batch(i))
+    failed = store.begin("acq9", GRID, 8, PROVENANCE)
+    assert failed is not None
+    store.release(failed)
+
+    def crash(name: str) -> None:
+        if name == point:
+            raise _Killed(name)
+
+    monkeypatch.setattr(store_module, "crash_point", crash)
+    with pytest.raises(_Killed):
+        store.compact("33UWP")
+    ids = xr.open_zarr(root / "33UWP").acquisition_id.values.tolist()
+    assert ids == ["acq0"]  # mid-compaction: the rows before the first moved one only
+    monkeypatch.undo()
+    again = EmbeddingStore(root, FLOAT16)  # a restart: opening the tile finishes the job
+    assert sorted(again.acquisition_ids("33UWP")) == ["acq0", "acq1", "acq2", "acq3"]
+    assert again.compact("33UWP") is None
+    ds = again.open_dataset("33UWP")
+    assert ds.acquisition_id.values.tolist() == ["acq0", "acq1", "acq2", "acq3"]
+    for i in range(4):
+        assert np.array_equal(ds.embedding.values[i], _batch(i).embedding.astype(np.float16))
+    assert not (root / "33UWP" / "embedding" / "c" / "4").exists()  # scratch rows gone

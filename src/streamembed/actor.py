@@ -24,22 +24,43 @@ from typing import Protocol
 import numpy as np
 from distributed.actor import BaseActorFuture
 
-from . import storage
+from . import history, storage
 from .config import StatsConfig, StoreConfig
 from .faults import crash_point
 from .layout import OutputLayout
 from .sink import records_from_result, write_alert_table, write_anomalies
 from .stages import StageSeconds
 from .stats import TileState, checkpoint_applied_ids, update, usable_cells
-from .store import EmbeddingStore
+from .store import EmbeddingStore, StoredAcquisition
 
 
 class ApplyStatus(StrEnum):
     """What applying an acquisition to its tile's statistics did."""
 
     APPLIED = "applied"
-    LATE = "late"  # older than the tile's last applied acquisition: not applied
+    LATE = "late"  # older than the tile's last applied look by more than the allowed lateness
     ALREADY = "already_applied"  # in the state already (a replay after a crash)
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A look replayed after an earlier one was folded in: its anomaly rows before and now."""
+
+    acquisition_id: str
+    rows_before: int
+    rows_after: int
+    path: str | None  # its anomaly file now (None: it has no rows any more)
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """What folding a late look in (or a rebuild) replayed and what it cost."""
+
+    base_generation: int  # the kept checkpoint gone back to (-1: the tile's first look)
+    replayed: int  # looks applied again after it (the late one included)
+    seconds: float
+    bytes_read: int  # store and state bytes read
+    bytes_written: int  # state bytes written (anomaly files aside)
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,8 @@ class ApplyResult:
     snow_cells: int | None = None
     masked_cells: int | None = None
     seconds: StageSeconds = field(default_factory=StageSeconds)
+    revised: tuple[Revision, ...] = ()  # the later looks a late one changed
+    rewind: Rewind | None = None
 
 
 @dataclass(frozen=True)
@@ -73,7 +96,13 @@ class StatsShard(Protocol):
     """The driver's handle on a ``StatsActor`` (a ``distributed.Actor``): each call returns a
     future of what the actor method returns, so mypy checks the contract across processes."""
 
-    def apply(self, tile: str, acquisition_id: str) -> BaseActorFuture[ApplyResult]: ...
+    def apply(
+        self, tile: str, acquisition_id: str, lateness_days: float | None = None
+    ) -> BaseActorFuture[ApplyResult]: ...
+
+    def rebuild(
+        self, tile: str, from_day: float, ids: list[str]
+    ) -> BaseActorFuture[ApplyResult]: ...
 
     def applied_ids(self, tile: str) -> BaseActorFuture[list[str]]: ...
 
@@ -114,6 +143,7 @@ class StatsActor:
         # checkpoint bytes of states no longer resident (a resident state counts its own)
         self._gone_read = 0
         self._gone_written = 0
+        self._history: dict[str, history.Entry] = {}  # kept manifests read (they never change)
 
     def _state_path(self, tile: str) -> str:
         return self.layout.state(tile)
@@ -145,11 +175,7 @@ class StatsActor:
             tile = next(t for t in self.states if t != keep)
             if self._dirty.get(tile):
                 self.checkpoint(tile)
-            gone = self.states.pop(tile)
-            self._resident -= self._nbytes.pop(tile)
-            self._gone_read += gone.bytes_read
-            self._gone_written += gone.bytes_written
-            self._dirty.pop(tile, None)
+            self._drop(tile)
             self.evictions += 1
 
     def applied_ids(self, tile: str) -> list[str]:
@@ -164,20 +190,26 @@ class StatsActor:
         driver's start-up check), reading only the id list of a checkpoint not in memory."""
         return {t: len(self.applied_ids(t)) for t in tiles}
 
-    def apply(self, tile: str, acquisition_id: str) -> ApplyResult:
-        """Fold one stored acquisition into its tile's state and write its anomalies."""
+    def apply(
+        self, tile: str, acquisition_id: str, lateness_days: float | None = None
+    ) -> ApplyResult:
+        """Fold one stored acquisition into its tile's state and write its anomalies.
+
+        A look older than the tile's newest applied one is folded in where it belongs: the
+        tile goes back to a kept checkpoint from before it and the looks after it are applied
+        again, their anomaly files rewritten (``Revision``). ``lateness_days``: how far back
+        that may go (the daemon's ``stats.allowed_lateness_days``); an older look is LATE.
+        None: any look (a backfill's retry, a rebuild).
+        """
         t0 = time.perf_counter()
         grid = self.store.grid(tile)
         if grid is None:
             raise KeyError(f"tile {tile} has no embeddings in {self.store.root}")
         stored = self.store.read(tile, acquisition_id)
         t_read = time.perf_counter()
-        state = self._state(
-            tile,
-            (grid.n_cells_y, grid.n_cells_x),
-            stored.embedding.shape[-1],
-            usable_cells(stored.clear, self.cfg),
-        )
+        usable = usable_cells(stored.clear, self.cfg)
+        state = self._state(tile, (grid.n_cells_y, grid.n_cells_x), stored.embedding.shape[-1],
+                            usable)  # fmt: skip
         t_load = time.perf_counter()
         path = self.layout.anomaly_file(tile, stored.time.strftime("%Y-%m-%d"), acquisition_id)
         if acquisition_id in state.applied_ids:
@@ -185,22 +217,128 @@ class StatsActor:
             return ApplyResult(ApplyStatus.ALREADY, n, str(path) if n else None)
         day = day_number(stored.time)
         if state.applied_ids and day <= state.last_time_day:
-            return ApplyResult(ApplyStatus.LATE)
+            if lateness_days is not None and day < state.last_time_day - lateness_days:
+                return ApplyResult(ApplyStatus.LATE)
+            return self._rewind(tile, state, stored, day)
+        result, seconds = self._fold(tile, state, stored)
+        return _result(result, StageSeconds(stats_read=t_read - t0, state_load=t_load - t_read,
+                                            **seconds))  # fmt: skip
+
+    def rebuild(self, tile: str, from_day: float, ids: list[str]) -> ApplyResult:
+        """Replay the tile's looks ``ids`` (its stored ones) from the newest kept checkpoint
+        before ``from_day`` (none: from its first look), rewriting their anomaly files."""
+        state = self._resident_state(tile)
+        applied = dict(zip(state.applied_ids, state.applied_days, strict=True))
+        days = self.store.days(tile)
+        todo = {i: days[i] for i in ids if i in days}
+        return self._replay(tile, state, from_day, {**applied, **todo}, None)
+
+    def _resident_state(self, tile: str) -> TileState:
+        grid = self.store.grid(tile)
+        if grid is None:
+            raise KeyError(f"tile {tile} has no embeddings in {self.store.root}")
+        dim = self.store.dim(tile)
+        none = np.zeros(grid.n_cells_y * grid.n_cells_x, bool)
+        return self._state(tile, (grid.n_cells_y, grid.n_cells_x), dim, none)
+
+    def _rewind(
+        self, tile: str, state: TileState, late: StoredAcquisition, day: float
+    ) -> ApplyResult:
+        """Fold the late look ``late`` in at its day (see ``apply``)."""
+        applied = dict(zip(state.applied_ids, state.applied_days, strict=True))
+        if any(np.isnan(d) for d in applied.values()):  # a checkpoint from before the days
+            days = self.store.days(tile)
+            applied = {i: days.get(i, d) for i, d in applied.items()}
+        applied[late.acquisition_id] = day
+        return self._replay(tile, state, day, applied, late)
+
+    def _replay(
+        self,
+        tile: str,
+        state: TileState,
+        day: float,
+        looks: dict[str, float],
+        late: StoredAcquisition | None,
+    ) -> ApplyResult:
+        """Go back to the newest kept checkpoint before ``day`` and apply the looks of
+        ``looks`` (id -> day) after it in sensing order; the result is the last one's, with
+        every earlier look whose anomaly rows were rewritten."""
+        t0 = time.perf_counter()
+        path = self._state_path(tile)
+        if self._dirty.get(tile):  # the timeline gone back from is kept whole until replaced
+            self.checkpoint(tile)
+        known = {i: d for i, d in looks.items() if i != (late.acquisition_id if late else None)}
+        base_entry = history.base_for(history.entries(path, self._history), known, day)
+        if base_entry is None:
+            base = TileState.empty(*state.shape, state.mean.shape[1], self.cfg.state_dtype,
+                                   self.cfg.state_block_cells)  # fmt: skip
+            base.source = path if storage.exists(path) else None
+        else:
+            base = TileState.load(base_entry.path, lazy=True, blocks_at=path)
+        base.generation = state.generation  # new saves never reuse a replaced timeline's names
+        self._drop(tile)
+        self.states[tile] = base
+        self._nbytes[tile] = 0
+        replay = sorted((d, i) for i, d in looks.items() if i not in base.applied_ids)
+        revised: list[Revision] = []
+        result: ApplyResult | None = None
+        own: ApplyResult | None = None  # the late look's (a rebuild: the last look's)
+        read = 0
+        for _, acq in replay:
+            stored = late if late is not None and acq == late.acquisition_id else None
+            if stored is None:
+                stored = self.store.read(tile, acq)
+            read += stored.embedding.nbytes
+            before_path = self.layout.anomaly_file(tile, stored.time.strftime("%Y-%m-%d"), acq)
+            before = _count_rows(before_path)
+            result, _ = self._fold(tile, base, stored)
+            if late is None or acq != late.acquisition_id:
+                revised.append(Revision(acq, before, result.n_anomalies, result.path))
+            else:
+                own = result
+        own = own or result
+        assert own is not None
+        self.checkpoint(tile)
+        rewind = Rewind(
+            -1 if base_entry is None else base_entry.generation,
+            len(replay),
+            time.perf_counter() - t0,
+            read + base.bytes_read,
+            base.bytes_written,
+        )
+        crash_point("actor.rewound")
+        return ApplyResult(own.status, own.n_anomalies, own.path, own.snow_cells,
+                           own.masked_cells, own.seconds, tuple(revised), rewind)  # fmt: skip
+
+    def _fold(
+        self, tile: str, state: TileState, stored: StoredAcquisition
+    ) -> tuple[ApplyResult, dict[str, float]]:
+        """Apply one look newer than every look in ``state``, write its anomalies (a file
+        from an earlier timeline replaced, or removed when the look has no rows now) and alert
+        table, checkpoint per ``stats.checkpoint_every``."""
+        t0 = time.perf_counter()
+        grid = self.store.grid(tile)
+        assert grid is not None
+        state.ensure_loaded(state.blocks_of(usable_cells(stored.clear, self.cfg)))
+        nbytes = state.nbytes
+        self._resident += nbytes - self._nbytes.get(tile, 0)
+        self._nbytes[tile] = nbytes
+        t_load = time.perf_counter()
+        day = day_number(stored.time)
+        acquisition_id = stored.acquisition_id
         result = update(
             state, stored.embedding, stored.clear, stored.snow, stored.indices, day, self.cfg
         )
         t_stats = time.perf_counter()
         state.applied_ids.append(acquisition_id)
+        state.applied_days.append(day)
         records = records_from_result(
             result, grid, acquisition_id, stored.time, stored.clear, self.model_id
         )
-        written = write_anomalies(
-            self.layout.anomalies,
-            records,
-            grid,
-            stored.time.strftime("%Y-%m-%d"),
-            acquisition_id,
-        )
+        date = stored.time.strftime("%Y-%m-%d")
+        written = write_anomalies(self.layout.anomalies, records, grid, date, acquisition_id)
+        if written is None:  # a replay (or one after a killed rewind): no rows left
+            storage.remove_tree(self.layout.anomaly_file(tile, date, acquisition_id))
         write_alert_table(self.layout.alert_table(tile), state.alerts, grid, day, acquisition_id)
         t_sink = time.perf_counter()
         crash_point("actor.sunk")
@@ -212,28 +350,50 @@ class StatsActor:
         t_end = time.perf_counter()
         self.cell_updates += int(result.valid.sum())
         self.busy_seconds += t_end - t0
-        return ApplyResult(
+        res = ApplyResult(
             ApplyStatus.APPLIED,
             len(records),
             str(written) if written else None,
             result.snow_cells,
             result.masked_cells,
-            StageSeconds(
-                stats_read=t_read - t0,
-                stats_apply=t_stats - t_load,
-                sink_write=t_sink - t_stats,
-                stats_checkpoint=t_end - t_sink,
-                state_load=t_load - t_read,
-            ),
         )
+        return res, {
+            "stats_apply": t_stats - t_load,
+            "sink_write": t_sink - t_stats,
+            "stats_checkpoint": t_end - t_sink,
+        }
+
+    def _drop(self, tile: str) -> None:
+        """Forget the tile's state in memory (checkpointed first where it changed)."""
+        gone = self.states.pop(tile, None)
+        self._resident -= self._nbytes.pop(tile, 0)
+        if gone is not None:
+            self._gone_read += gone.bytes_read
+            self._gone_written += gone.bytes_written
+        self._dirty.pop(tile, None)
 
     def checkpoint(self, tile: str | None = None) -> int:
         """Write dirty tile states (one tile, or all); returns how many were written."""
         tiles = [tile] if tile else [t for t, n in self._dirty.items() if n and t in self.states]
         for t in tiles:
-            self.states[t].save(self._state_path(t))
+            self._save(t, self.states[t])
             self._dirty[t] = 0
         return len(tiles)
+
+    def _save(self, tile: str, state: TileState) -> None:
+        """Checkpoint, keep the manifest for rewinds, and drop the kept checkpoints (and the
+        blocks only they name) that fell out of ``stats.allowed_lateness_days``."""
+        path = self._state_path(tile)
+        state.save(path, keep_replaced=True)
+        storage.copy_file(path, history.entry_path(path, state.generation))
+        applied = dict(zip(state.applied_ids, state.applied_days, strict=True))
+        kept = history.entries(path, self._history)
+        drop, blocks = history.pruned(
+            kept, applied, state.last_time_day, self.cfg.allowed_lateness_days
+        )
+        history.remove(path, drop, blocks)
+        for entry in drop:
+            self._history.pop(entry.path, None)
 
     def metrics(self) -> ShardMetrics:
         return ShardMetrics(
@@ -245,6 +405,11 @@ class StatsActor:
             (self._gone_read + sum(s.bytes_read for s in self.states.values())) / 2**20,
             (self._gone_written + sum(s.bytes_written for s in self.states.values())) / 2**20,
         )
+
+
+def _result(res: ApplyResult, seconds: StageSeconds) -> ApplyResult:
+    return ApplyResult(res.status, res.n_anomalies, res.path, res.snow_cells, res.masked_cells,
+                       seconds)  # fmt: skip
 
 
 def _count_rows(path: str) -> int:

@@ -209,6 +209,13 @@ class StatsConfig(Section):
     spatial_correction: bool = True
     shards: int = Field(1, ge=1)
     checkpoint_every: int = Field(1, ge=1)
+    allowed_lateness_days: float = Field(
+        30.0,
+        ge=0,
+        description="the daemon folds a look older than its tile's newest applied one into "
+        "the statistics (rewind and replay) when it is at most this much older; an older one "
+        "stays late until `streamembed rebuild`. Checkpoints of this span are kept for it",
+    )
     state_dtype: Literal["float32", "float16"] = Field(
         "float16",
         description="the expected embeddings' type in memory and in checkpoints (computed in "

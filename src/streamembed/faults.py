@@ -31,6 +31,10 @@ POINTS = (
     "actor.sunk",  # the anomaly file is in place, the state not checkpointed
     "state.written",  # the checkpoint's temporary is written, not yet renamed
     "actor.checkpointed",  # the state is checkpointed, the ledger does not say applied
+    "store.compaction_copied",  # a tile's out-of-place rows are copied to scratch rows
+    "store.compaction_placed",  # they are in place, the time and id chunks not yet written
+    "store.compaction_cut",  # the tail is cut, the plan not yet cleared
+    "actor.rewound",  # a late look and the looks after it are replayed, the ledger not told
 )
 
 

@@ -82,6 +82,18 @@ CREATE TABLE IF NOT EXISTS announcements (
     updated TEXT NOT NULL,
     PRIMARY KEY (acquisition_id, url_key)
 );
+CREATE TABLE IF NOT EXISTS revisions (
+    acquisition_id TEXT NOT NULL,
+    revised_by TEXT NOT NULL,
+    rows_before INTEGER NOT NULL,
+    rows_after INTEGER NOT NULL,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (acquisition_id, revised_by)
+);
+CREATE TABLE IF NOT EXISTS compactions (
+    tile TEXT PRIMARY KEY,
+    started TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS watermarks (
     source TEXT PRIMARY KEY,
     sensed TEXT NOT NULL,
@@ -222,6 +234,50 @@ class Ledger:
             " WHERE id=?",
             (state, reason, n_anomalies, snow_cells, masked_cells, state, failure, _now(), acq_id),
         )
+
+    def record_revision(
+        self, acq_id: str, revised_by: str, rows_before: int, rows_after: int
+    ) -> None:
+        """An applied acquisition's anomaly rows rewritten because ``revised_by`` (a late look,
+        or a rebuild) was folded in before it: its count made current, the change kept."""
+        self._db.executescript("BEGIN;")
+        try:
+            self._db.execute(
+                "UPDATE acquisitions SET n_anomalies=?, updated=? WHERE id=?",
+                (rows_after, _now(), acq_id),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?)",
+                (acq_id, revised_by, rows_before, rows_after, _now()),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def mark_compacting(self, tile: str, done: bool = False) -> None:
+        """A tile whose store rows are being put in order (``done``: finished): a run killed
+        meanwhile finishes it when it starts again, even with nothing new to do."""
+        if done:
+            self._db.execute("DELETE FROM compactions WHERE tile=?", (tile,))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO compactions VALUES (?, ?)", (tile, _now()))
+
+    def compacting(self) -> list[str]:
+        return [str(r[0]) for r in self._db.execute("SELECT tile FROM compactions ORDER BY tile")]
+
+    def revisions(self, tile: str | None = None) -> list[tuple[str, str, int, int]]:
+        """(acquisition, revised by, rows before, rows after), oldest first."""
+        query = (
+            "SELECT r.acquisition_id, r.revised_by, r.rows_before, r.rows_after FROM revisions r"
+            " JOIN acquisitions a ON a.id = r.acquisition_id"
+        )
+        args: tuple[str, ...] = ()
+        if tile is not None:
+            query += " WHERE a.tile = ?"
+            args = (tile,)
+        rows = self._db.execute(query + " ORDER BY r.updated, r.acquisition_id", args)
+        return [(str(a), str(b), int(c), int(d)) for a, b, c, d in rows]
 
     def progress(self) -> dict[str, TileProgress]:
         """Per tile: the newest sensing time seen and applied, and the anomaly rows written."""

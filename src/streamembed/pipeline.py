@@ -178,6 +178,8 @@ class RunReport:
     applied: int = 0
     replayed: int = 0
     late: int = 0
+    revised: int = 0  # applied looks whose anomaly rows a late one rewrote
+    compacted: int = 0  # tiles whose store rows were put back in sensing order
     anomaly_rows: int = 0
     files: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -228,6 +230,11 @@ class RunReport:
             + f", late {self.late}, failed {len(self.failed)}, skipped {len(self.skipped)}.",
             f"anomalies: {self.anomaly_rows} rows in {len(self.files)} new files.",
         ]
+        if self.revised:
+            out.append(
+                f"revised: {self.revised} applied acquisitions replayed after a late one was "
+                "folded in before them (streamembed status --revisions)."
+            )
         if self.blocks:
             stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.as_dict().items())
             out.append(
@@ -446,6 +453,8 @@ class Pipeline:
     ) -> RunReport:
         cpu0 = time.process_time()
         driver = DriverSeconds()
+        # how far back a late look is folded in: the daemon's bound; a backfill, any look
+        self._lateness = self.cfg.stats.allowed_lateness_days if incremental else None
         key = source_key(self.cfg)
         with driver.timed("discover"):
             watermark = self.ledger.watermark(key) if incremental else None
@@ -468,6 +477,8 @@ class Pipeline:
                 replay = []
             else:
                 replay = self._replay_plan(states)
+                for tile in self.ledger.compacting():  # one a kill interrupted
+                    self._compact(tile, report)
             self._states_checked = True
         report.already_done = plan.already_done
         if plan.apply or replay:
@@ -481,6 +492,10 @@ class Pipeline:
             layout, sim = self.cfg.layout, self.cfg.similarity
             # what this run changed: the catalogue and indexes of other tiles stay as they are
             touched = sorted({a.tile for a in (*replay, *plan.apply)})
+            with driver.timed("store_compact"):
+                for tile in touched:
+                    self._after_run(f"the store's rows of {tile}",
+                                    partial(self._compact, tile, report))  # fmt: skip
             with driver.timed("catalog"):
                 catalog = partial(write_catalog, layout, touched)
                 self._after_run("the outputs' STAC catalogue", catalog)
@@ -495,6 +510,21 @@ class Pipeline:
             self._advance_watermark(key, acqs)
         driver.cpu = time.process_time() - cpu0
         return report
+
+    def _compact(self, tile: str, report: RunReport) -> None:
+        """Put the tile's stored looks in sensing order (a late or retried look, a failed
+        one's row) once the run's applies are done: the actors read rows by id meanwhile."""
+        if not self.store.out_of_order(tile):
+            return
+        self.ledger.mark_compacting(tile)
+        done = self.store.compact(tile)
+        self.ledger.mark_compacting(tile, done=True)
+        if done is not None:
+            report.compacted += 1
+            log.info(
+                "tile %s: store rows put in sensing order from row %d (%d moved, %d released "
+                "rows removed)", tile, done.start, done.moved, done.dropped,
+            )  # fmt: skip
 
     def _after_run(self, what: str, step: Callable[[], object]) -> None:
         """A step that keeps a derived output current: its failure is logged, not the run's
@@ -822,12 +852,12 @@ class Pipeline:
         shard = self._shard(a.tile)
         actor = self.actors[shard]
         try:
-            return _Applying(a, actor.apply(a.tile, a.id), actor)
+            return _Applying(a, actor.apply(a.tile, a.id, self._lateness), actor)
         except Exception:  # distributed refuses calls on an actor whose worker was lost
             if not self._lost_actor_replaced(shard, actor, report):
                 raise
         actor = self.actors[shard]
-        return _Applying(a, actor.apply(a.tile, a.id), actor)
+        return _Applying(a, actor.apply(a.tile, a.id, self._lateness), actor)
 
     def _lost_actor_replaced(self, shard: int, actor: StatsShard, report: RunReport) -> bool:
         """After a call on ``actor`` failed: whether the shard now has a live replacement (made
@@ -873,7 +903,7 @@ class Pipeline:
             if not self._lost_actor_replaced(shard, item.actor, report):
                 raise
         with report.driver.timed("apply_wait"):
-            return self.actors[shard].apply(item.acq.tile, item.acq.id).result()
+            return self.actors[shard].apply(item.acq.tile, item.acq.id, self._lateness).result()
 
     def _applied(
         self,
@@ -890,11 +920,16 @@ class Pipeline:
         if a.id in replay_ids:
             report.replayed += 1
             states[a.id] = State.APPLIED
+            if res.status == ApplyStatus.APPLIED:  # its rows may differ (a killed rewind)
+                with report.driver.timed("ledger"):
+                    self.ledger.set_state(a.id, State.APPLIED, n_anomalies=res.n_anomalies)
             return
         if res.status == ApplyStatus.LATE:
             reason = (
-                f"acquired {a.datetime.isoformat()} before tile {a.tile}'s last applied "
-                "acquisition: embedded and stored, not applied to the statistics"
+                f"acquired {a.datetime.isoformat()}, more than stats.allowed_lateness_days "
+                f"({self.cfg.stats.allowed_lateness_days:g}) before tile {a.tile}'s last applied "
+                "acquisition: embedded and stored, not in the statistics; fold it in with "
+                f"`streamembed rebuild --tile {a.tile}`"
             )
             with report.driver.timed("ledger"):
                 self.ledger.set_state(a.id, State.LATE, reason)
@@ -911,6 +946,7 @@ class Pipeline:
                 )
             states[a.id] = State.APPLIED
             report.applied += 1
+            self._record_revisions(a, res, report)
             events.info(
                 "applied %s: %d anomaly rows", a.id, res.n_anomalies,
                 extra={"acquisition_id": a.id, "tile": a.tile, "stage": "stats_apply",
@@ -922,6 +958,26 @@ class Pipeline:
                 if res.path:
                     report.files.append(res.path)
         bar.update(1)
+
+    def _record_revisions(self, a: Acquisition, res: ApplyResult, report: RunReport) -> None:
+        """A late look folded in: the looks it replayed, their new row counts, in the ledger."""
+        if res.rewind is None:
+            return
+        with report.driver.timed("ledger"):
+            for rev in res.revised:
+                self.ledger.record_revision(rev.acquisition_id, a.id, rev.rows_before,
+                                            rev.rows_after)  # fmt: skip
+        report.revised += len(res.revised)
+        changed = sum(r.rows_before != r.rows_after for r in res.revised)
+        events.info(
+            "folded %s into tile %s: %d looks replayed from checkpoint %d in %.1f s, %d with "
+            "other anomaly row counts", a.id, a.tile, res.rewind.replayed,
+            res.rewind.base_generation, res.rewind.seconds, changed,
+            extra={"acquisition_id": a.id, "tile": a.tile, "stage": "rewind",
+                   "seconds": round(res.rewind.seconds, 3), "replayed": res.rewind.replayed,
+                   "bytes_read": res.rewind.bytes_read,
+                   "bytes_written": res.rewind.bytes_written},
+        )  # fmt: skip
 
 
 def _check_block_chunks(cfg: Config, grid: TileGrid, reservation: Reservation) -> None:

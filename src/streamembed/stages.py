@@ -57,6 +57,7 @@ class DriverSeconds:
     store_create: float = 0.0  # a tile's first acquisition: its Zarr group written
     store_begin: float = 0.0
     store_commit: float = 0.0
+    store_compact: float = 0.0  # the run's late looks put in sensing order (after its applies)
     submit: float = 0.0  # building and submitting block tasks
     apply_wait: float = 0.0
     catalog: float = 0.0  # the STAC catalogue (and indexes) after the run

@@ -89,6 +89,8 @@ class TileState:
     alerts: AlertState
     last_time_day: float = float("nan")
     applied_ids: list[str] = field(default_factory=list)
+    applied_days: list[float] = field(default_factory=list)  # each applied look's day (a rewind
+    # replays the looks after the day it goes back to; NaN in checkpoints from before 0.31)
     block_cells: int = BLOCK_CELLS
     # per block: the save that wrote it (-1: never written, all zeros), whether it is in
     # memory, whether it changed since the last save; left empty: a state all in memory,
@@ -189,6 +191,7 @@ class TileState:
             "shape": np.array(self.shape),
             "last_time_day": np.array(self.last_time_day),
             "applied_ids": np.array(self.applied_ids, dtype=str),
+            "applied_days": np.array(self.applied_days, dtype=np.float64),
             **{f"index_{name}": getattr(self.index_model, name) for name in INDEX_MODEL_ARRAYS},
             **{f"alert_{name}": getattr(self.alerts, name) for name in ALERT_ARRAYS},
         }
@@ -225,10 +228,13 @@ class TileState:
         """The cells ``cells`` ((C,) bool) changed their mean: their blocks are saved next."""
         self.dirty |= self.blocks_of(cells)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, keep_replaced: bool = False) -> None:
         """Atomic checkpoint to a local path or a URL: the changed mean blocks under new
         names, then the manifest (small arrays and which save wrote each block) published
-        whole. A kill before the manifest leaves the previous checkpoint whole."""
+        whole. A kill before the manifest leaves the previous checkpoint whole.
+
+        ``keep_replaced``: the blocks this save supersedes stay (earlier checkpoints kept for
+        rewinds still name them; ``history`` removes them with the last one that does)."""
         path = str(path)
         if path != self.source:  # a new place: every block with a look goes there
             self.ensure_loaded()
@@ -255,7 +261,7 @@ class TileState:
             }
             np.savez(f, **manifest)  # type: ignore[arg-type]  # numpy stubs: allow_pickle
             written += f.tell()
-        if path == self.source:  # the blocks this save replaced are no one's now
+        if path == self.source and not keep_replaced:  # the replaced blocks are no one's now
             for block in np.flatnonzero(self.dirty & (self.block_gen >= 0)):
                 remove_tree(block_location(path, int(block), int(self.block_gen[block])))
         self.block_gen = block_gen
@@ -265,9 +271,10 @@ class TileState:
         self.bytes_written += written
 
     @classmethod
-    def load(cls, path: str | Path, lazy: bool = False) -> TileState:
+    def load(cls, path: str | Path, lazy: bool = False, blocks_at: str | None = None) -> TileState:
         """The checkpoint at ``path``; ``lazy``: no mean block read yet (``ensure_loaded``
-        reads those asked for), else all."""
+        reads those asked for), else all. ``blocks_at``: the checkpoint whose block folder
+        holds the blocks (an earlier manifest kept for rewinds names the tile's blocks)."""
         with open_input(path) as f, np.load(f) as z:
             manifest_bytes = f.seek(0, 2)  # every array in it is read
             # A checkpoint from before the alert lifecycle starts its cells with no alert.
@@ -300,11 +307,16 @@ class TileState:
                 alerts=alerts,
                 last_time_day=float(z["last_time_day"]),
                 applied_ids=[str(s) for s in z["applied_ids"]],
+                applied_days=(
+                    [float(d) for d in z["applied_days"]]
+                    if "applied_days" in z
+                    else [float("nan")] * int(z["applied_ids"].size)
+                ),
                 block_cells=BLOCK_CELLS if whole else int(z["block_cells"]),
                 block_gen=np.zeros(0, np.int64) if whole else z["block_gen"].astype(np.int64),
                 loaded=np.zeros(0 if whole else z["block_gen"].size, bool),
                 generation=0 if whole else int(z["generation"]),
-                source=None if whole else str(path),
+                source=None if whole else str(blocks_at or path),
                 bytes_read=manifest_bytes,
             )
             if whole:  # its next save writes the mean as blocks

@@ -147,12 +147,28 @@ def _repair(g: zarr.Group) -> tuple[int, list[str]]:
     return longest - n, ids[:n]
 
 
-def _visible_rows(ids: list[str], pending: dict[str, int]) -> int:
-    """The readers' time dimension: rows up to the last committed one, but never as far as a
-    row still reserved (an acquisition in flight). A released row (a failed acquisition) before
-    a later commit stays visible as a gap with an empty id."""
-    committed = max((i + 1 for i, v in enumerate(ids) if v), default=0)
-    return min([committed, *pending.values()])
+def _visible_rows(ids: list[str], times: list[int], attrs: dict[str, Any]) -> int:
+    """The readers' time dimension: the longest run of rows from the first that are committed
+    and in sensing order, never as far as a row still reserved (an acquisition in flight) nor
+    past where a compaction is rewriting rows.
+
+    So a plain reader never sees a released row (a failed acquisition: a phantom step with
+    fill values) or a late look out of order; rows past the cut become visible when the run's
+    compaction (``EmbeddingStore.compact``) has put them in order.
+    """
+    n = 0
+    while n < len(ids) and ids[n] and (n == 0 or times[n] > times[n - 1]):
+        n += 1
+    cuts = [*_pending_of(attrs).values()]
+    if "compaction" in attrs:
+        cuts.append(int(attrs["compaction"]["start"]))
+    return min([n, *cuts])
+
+
+def _row_vars(arrays: dict[str, Any]) -> tuple[str, ...]:
+    """The time variables chunked one row a chunk (all but ``time`` and ``acquisition_id``,
+    whose rows share chunks of TIME_CHUNK): a row of them is a folder of chunk objects."""
+    return tuple(n for n in _time_vars(arrays) if n not in ("time", "acquisition_id"))
 
 
 def _pending(g: zarr.Group) -> dict[str, int]:
@@ -273,6 +289,18 @@ class Reservation:
     chunk_cells: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class Compaction:
+    """What ``EmbeddingStore.compact`` did to a tile."""
+
+    tile: str
+    start: int  # the first row rewritten (the rows before it did not move)
+    rows: int  # the tile's committed rows, now all visible in sensing order
+    moved: int  # rows copied into place
+    dropped: int  # rows removed (released by failed acquisitions)
+    bytes_copied: int  # bytes of chunk objects copied (both passes; local copies are links)
+
+
 @dataclass
 class _TileMeta:
     """What the writing process knows of a tile's metadata between its own writes: the group
@@ -283,6 +311,7 @@ class _TileMeta:
     doc: dict[str, Any]
     arrays: dict[str, dict[str, Any]]
     ids: list[str]
+    times: list[int]  # each row's sensing second (0 for a row not committed)
     checked: tuple[Any, ...] = ()  # the (provenance, grid, dim) last found compatible
 
     @property
@@ -326,17 +355,26 @@ class EmbeddingStore:
         g = self._group(tile)
         if g is None:
             return None
+        job = self._read_doc(tile).get("attributes", {}).get("compaction")
+        if job is not None:  # a compaction was killed part way: finished before anything else
+            self._finish_compaction(tile, job)
         _, ids = _repair(g)
-        doc = json.loads(storage.read_bytes(storage.join(self.root, tile, "zarr.json")))
-        doc.pop("consolidated_metadata", None)
+        doc = self._read_doc(tile)
+        times = [int(v) for v in np.asarray(_arr(g, "time")[: len(ids)])]
         arrays = {
             name: json.loads(storage.read_bytes(storage.join(self.root, tile, name, "zarr.json")))
             for name in sorted(g.array_keys())
         }
-        meta = self._meta[tile] = _TileMeta(doc, arrays, ids)
+        meta = self._meta[tile] = _TileMeta(doc, arrays, ids, times)
         while len(self._meta) > META_TILES:
             self._meta.popitem(last=False)
         return meta
+
+    def _read_doc(self, tile: str) -> dict[str, Any]:
+        """The tile group's document without its consolidated view."""
+        doc = json.loads(storage.read_bytes(storage.join(self.root, tile, "zarr.json")))
+        doc.pop("consolidated_metadata", None)
+        return dict(doc)
 
     @contextmanager
     def _writing(self, tile: str) -> Iterator[_TileMeta]:
@@ -363,7 +401,7 @@ class EmbeddingStore:
         ids = meta.ids
         # An acquisition committed before a crash took its view with it is no longer pending.
         attrs["pending"] = {k: v for k, v in pending.items() if not (v < len(ids) and ids[v] == k)}
-        visible = _visible_rows(ids, attrs["pending"])
+        visible = _visible_rows(ids, meta.times, attrs)
         arrays: dict[str, Any] = {}
         for name, array_meta in meta.arrays.items():
             dims = array_meta.get("dimension_names") or []
@@ -391,6 +429,7 @@ class EmbeddingStore:
             where = storage.join(self.root, tile, name, "zarr.json")
             storage.publish(where, json.dumps(array_meta).encode())
         meta.ids.extend([""] * (rows - len(meta.ids)))
+        meta.times.extend([0] * (rows - len(meta.times)))
 
     def drop_root_view(self) -> bool:
         """Remove a store-root consolidated view written by versions before 0.23 (it listed
@@ -420,6 +459,25 @@ class EmbeddingStore:
                 return None
             attrs = json.loads(storage.read_bytes(where)).get("attributes", {})
         return TileGrid.from_attrs(attrs["grid"]) if "grid" in attrs else None
+
+    def days(self, tile: str) -> dict[str, float]:
+        """Committed acquisitions of the tile and their sensing days since the epoch."""
+        g = self._group(tile)
+        if g is None:
+            return {}
+        ids = _ids(g)
+        seconds = np.asarray(_arr(g, "time")[: len(ids)])
+        return {i: int(t) / 86400.0 for i, t in zip(ids, seconds, strict=True) if i}
+
+    def dim(self, tile: str) -> int:
+        """The tile's embedding length."""
+        meta = self._meta.get(tile)
+        if meta is not None:
+            return int(meta.arrays["embedding"]["shape"][-1])
+        doc = json.loads(
+            storage.read_bytes(storage.join(self.root, tile, "embedding", "zarr.json"))
+        )
+        return int(doc["shape"][-1])
 
     def acquisition_ids(self, tile: str) -> list[str]:
         """Committed acquisitions of the tile, in row order."""
@@ -487,6 +545,7 @@ class EmbeddingStore:
             for name in _time_vars(meta.arrays):
                 meta.arrays[name]["shape"] = [n, *meta.arrays[name]["shape"][1:]]
             del meta.ids[n:]
+            del meta.times[n:]
 
     def write_block(
         self,
@@ -517,17 +576,149 @@ class EmbeddingStore:
             ids_arr = zarr.open_array(self.root, path=f"{tile}/acquisition_id", mode="r+")
             ids_arr[row] = np.asarray(reservation.acquisition_id, dtype=object)
             meta.ids[row] = reservation.acquisition_id
+            meta.times[row] = _sensing_second(when)
             pending = meta.pending
             pending.pop(reservation.acquisition_id, None)
             self._publish_view(tile, meta, pending)
 
     def release(self, reservation: Reservation) -> None:
-        """Give up a reserved row (its acquisition failed): a retry takes a new row, and the
-        commits after it become visible (this row a gap with an empty id, cut if it is last)."""
+        """Give up a reserved row (its acquisition failed): a retry takes a new row. The row
+        stays out of the readers' view (and the commits after it with it) until the run's
+        compaction closes the gap, or the next begin cuts it if it is last."""
         with self._writing(reservation.tile) as meta:
             pending = meta.pending
             if pending.pop(reservation.acquisition_id, None) is not None:
                 self._publish_view(reservation.tile, meta, pending)
+
+    # ------------------------------------------------------------ compaction
+
+    def out_of_order(self, tile: str) -> bool:
+        """Whether the tile has rows ``compact`` would move or cut (from what this writer
+        knows: no read for a tile it wrote)."""
+        meta = self._tile(tile)
+        if meta is None:
+            return False
+        attrs = meta.doc.get("attributes", {})
+        return _visible_rows(meta.ids, meta.times, attrs) != len(meta.ids) or bool(
+            attrs.get("compaction")
+        )
+
+    def compact(self, tile: str) -> Compaction | None:
+        """Put the tile's committed rows in sensing order with no gap (a failed acquisition's
+        released row, a late or retried look stored at the end); None when there is nothing to
+        do or an acquisition of the tile is still reserved (its row must stay where its blocks
+        go: the next run's compaction does it).
+
+        Only the rows from the first one out of place are rewritten, so the cost is what moved
+        (a late look and the looks after it), not what the tile holds. Each row of the chunked
+        variables is a folder of chunk objects, copied whole: first every source row to a
+        scratch row past the end, then each scratch row to its place (hard links locally,
+        server-side copies on an object store), then the time and id chunks, then the tail cut.
+        The plan is recorded in the tile's attributes first and its phase as it advances, so a
+        kill at any point is finished by the next open of the tile; meanwhile readers see the
+        rows before the first one rewritten.
+        """
+        with self._writing(tile) as meta:
+            if meta.pending:
+                return None
+            rows = sorted(
+                (meta.times[r], meta.ids[r], r) for r in range(len(meta.ids)) if meta.ids[r]
+            )
+            start = next((t for t, (_, _, r) in enumerate(rows) if r != t), len(rows))
+            if start == len(rows) == len(meta.ids):
+                return None
+            moved = rows[start:]
+            job = {
+                "start": start,
+                "scratch": len(meta.ids),
+                "old_rows": len(meta.ids),
+                "sources": [r for _, _, r in moved],
+                "ids": [i for _, i, _ in moved],
+                "times": [t for t, _, _ in moved],
+                "phase": "copy",
+            }
+            meta.doc.setdefault("attributes", {})["compaction"] = job
+            self._publish_view(tile, meta, meta.pending)
+        self._meta.pop(tile, None)
+        copied = self._finish_compaction(tile, job)
+        self._tile(tile)
+        return Compaction(tile, start, len(rows), len(moved), len(meta.ids) - len(rows), copied)
+
+    def _row(self, tile: str, name: str, row: int) -> str:
+        return storage.join(self.root, tile, name, "c", str(row))
+
+    def _finish_compaction(self, tile: str, job: dict[str, Any]) -> int:
+        """Carry out (or finish, after a kill) the compaction ``job``; returns bytes copied."""
+        start, scratch = int(job["start"]), int(job["scratch"])
+        sources, ids, times = list(job["sources"]), list(job["ids"]), list(job["times"])
+        arrays = {
+            name: json.loads(storage.read_bytes(storage.join(self.root, tile, name, "zarr.json")))
+            for name in _time_vars(dict.fromkeys(self._array_names(tile)))
+        }
+        names = _row_vars(arrays)
+        copied = 0
+        if job["phase"] == "copy":
+            for i, src in enumerate(sources):
+                for name in names:
+                    copied += storage.copy_tree(
+                        self._row(tile, name, src), self._row(tile, name, scratch + i)
+                    )
+            crash_point("store.compaction_copied")
+            job = self._set_phase(tile, job, "place")
+        if job["phase"] == "place":
+            for i in range(len(sources)):
+                for name in names:
+                    copied += storage.copy_tree(
+                        self._row(tile, name, scratch + i), self._row(tile, name, start + i)
+                    )
+            crash_point("store.compaction_placed")
+            # the id and time of every row from the first moved to the old end: those past
+            # the new end emptied, so that a later growth never shows a stale id
+            old_end = int(job["old_rows"])
+            tail = old_end - start - len(ids)
+            for name, values, empty, dtype in (
+                ("time", times, 0, np.int64),
+                ("acquisition_id", ids, "", object),
+            ):
+                arr = zarr.open_array(self.root, path=f"{tile}/{name}", mode="r+")
+                arr[start:old_end] = np.asarray([*values, *[empty] * tail], dtype=dtype)
+            job = self._set_phase(tile, job, "cut")
+        end = start + len(sources)
+        for name in names:
+            for row in range(end, scratch + len(sources)):
+                storage.remove_tree(self._row(tile, name, row))
+        for name, array_meta in arrays.items():
+            if array_meta["shape"][0] != end:
+                array_meta["shape"] = [end, *array_meta["shape"][1:]]
+                where = storage.join(self.root, tile, name, "zarr.json")
+                storage.publish(where, json.dumps(array_meta).encode())
+        crash_point("store.compaction_cut")
+        doc = self._read_doc(tile)
+        g = self._group(tile)
+        assert g is not None
+        all_arrays = {
+            name: json.loads(storage.read_bytes(storage.join(self.root, tile, name, "zarr.json")))
+            for name in sorted(g.array_keys())
+        }
+        done = _TileMeta(doc, all_arrays, _ids(g), [int(v) for v in np.asarray(_arr(g, "time")[:])])
+        done.doc["attributes"].pop("compaction", None)
+        self._publish_view(tile, done, done.pending)
+        return copied
+
+    def _array_names(self, tile: str) -> list[str]:
+        g = self._group(tile)
+        assert g is not None
+        return sorted(g.array_keys())
+
+    def _set_phase(self, tile: str, job: dict[str, Any], phase: str) -> dict[str, Any]:
+        """Record the compaction's next phase in the tile's attributes (one object write)."""
+        doc = self._read_doc(tile)
+        job = {**job, "phase": phase}
+        doc["attributes"]["compaction"] = job
+        views = json.loads(storage.read_bytes(storage.join(self.root, tile, "zarr.json")))
+        doc["consolidated_metadata"] = views.get("consolidated_metadata")
+        storage.publish(storage.join(self.root, tile, "zarr.json"), json.dumps(doc).encode())
+        return job
 
     def append(self, batch: EmbeddingBatch) -> bool:
         """A whole acquisition in one call (begin, one block, commit); False if already stored."""

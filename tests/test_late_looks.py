@@ -1,0 +1,118 @@
+"""Late and retried looks: the store's time axis stays real and sorted, and a look folded in
+late (a retry after mending, a product published after newer ones) leaves the store, the
+anomalies and the alert tables equal to a run that had every look in order."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from streamembed.ledger import Ledger
+
+from .daemon import count_states, monitor_process, stop, wait_until
+from .kill_series import N_ACQUISITIONS, SERIES_ENV, backfill, outputs
+
+
+def _looks(items: Path) -> list[Path]:
+    """The series' acquisition folders in sensing order."""
+    return sorted(p.parent for p in items.rglob("*.json"))
+
+
+def _plain_reader_times(out: Path) -> np.ndarray:
+    """The tile as anyone opens it: no options, no streamembed."""
+    (tile,) = [p for p in (out / "embeddings.zarr").iterdir() if p.is_dir()]
+    ds = xr.open_zarr(tile)
+    return ds.time.values
+
+
+def _alerts(out: Path) -> pd.DataFrame:
+    (table,) = (out / "alerts").rglob("alerts.parquet")
+    return pd.read_parquet(table).drop(columns="geometry")
+
+
+def _assert_equal_outputs(out: Path, reference: Path, ref_ids, ref_embedding, ref_rows) -> None:
+    ids, embedding, rows, _ = outputs(out)
+    assert ids == ref_ids, "each look stored exactly once"
+    assert np.array_equal(embedding, ref_embedding), "embeddings bit for bit"
+    pd.testing.assert_frame_equal(rows, ref_rows, check_exact=True)  # every row, any status
+    pd.testing.assert_frame_equal(_alerts(out), _alerts(reference), check_exact=True)
+    times = _plain_reader_times(out)
+    assert len(times) == N_ACQUISITIONS and (np.diff(times) > np.timedelta64(0)).all()
+    assert np.array_equal(times, _plain_reader_times(reference))
+    assert times.min() > np.datetime64("2000-01-01")  # no phantom 1970 step
+
+
+def test_a_retry_after_mending_equals_a_clean_run(kill_series, kill_reference, tmp_path):
+    """A corrupt band fails its look (exit 3): the plain reader sees the other looks in order
+    and no phantom step; after mending, --retry-failed folds the look in where it belongs (its
+    tile rewound and the looks after it replayed) and every output equals the clean run's."""
+    data = tmp_path / "data"
+    shutil.copytree(kill_series, data)
+    look = _looks(data)[3]
+    (item,) = look.glob("*.json")
+    band = look / json.loads(item.read_text())["assets"]["B04_10m"]["href"]
+    good = band.read_bytes()
+    band.write_bytes(good[: len(good) // 3])
+    out = tmp_path / "out"
+    code, log = backfill(data, out, check=False)
+    assert code == 3, log
+    times = _plain_reader_times(out)
+    assert len(times) == N_ACQUISITIONS - 1 and (np.diff(times) > np.timedelta64(0)).all()
+    assert times.min() > np.datetime64("2000-01-01")
+    with Ledger(out / "ledger.sqlite") as ledger:
+        (failed,) = [r.id for r in ledger.rows("failed")]
+    band.write_bytes(good)
+    code, log = backfill(data, out, args=("--retry-failed",))
+    assert code == 0 and "failed 0" in log, log
+    assert f"revised: {N_ACQUISITIONS - 4} applied acquisitions replayed" in log, log
+    reference, ref_ids, ref_embedding, ref_rows = kill_reference
+    _assert_equal_outputs(out, reference, ref_ids, ref_embedding, ref_rows)
+    with Ledger(out / "ledger.sqlite") as ledger:
+        revised = ledger.revisions()
+        counts = {r.id: r.n_anomalies for r in ledger.rows("applied")}
+    assert len(revised) == N_ACQUISITIONS - 4
+    assert {r[1] for r in revised} == {failed}
+    with Ledger(reference / "ledger.sqlite") as ledger:
+        ref_counts = {r.id: r.n_anomalies for r in ledger.rows("applied")}
+    assert counts == ref_counts  # the ledger's row counts revised
+
+
+def test_the_daemon_fed_a_shuffled_publication_order_equals_the_in_order_backfill(
+    kill_series, kill_reference, tmp_path
+):
+    """Products published out of order (late looks within the allowed lateness, one of them
+    the first look with anomaly rows): the daemon folds each in when it comes, and ends with
+    the in-order backfill's outputs."""
+    reference, ref_ids, ref_embedding, ref_rows = kill_reference
+    looks = _looks(kill_series)
+    first_rows = sorted(set(ref_rows.acquisition_id))[0]
+    with Ledger(reference / "ledger.sqlite") as ledger:
+        ids = [r.id for r in sorted(ledger.rows(), key=lambda r: r.datetime)]
+    event = ids.index(first_rows)
+    assert 3 <= event < N_ACQUISITIONS - 2, event
+    order = [i for i in range(N_ACQUISITIONS) if i not in (event, N_ACQUISITIONS - 2)]
+    # the event's first look after the two looks that follow it; the next-to-last after the last
+    at = order.index(event + 2) + 1
+    batches = [order[:at], [event], order[at:], [N_ACQUISITIONS - 2]]
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    out = tmp_path / "out"
+    env = {**SERIES_ENV, "STREAMEMBED__CLUSTER__N_WORKERS": "2"}
+    with monitor_process(str(watched), out, extra_env=env) as proc:
+        done = 0
+        for batch in batches:
+            for i in batch:
+                shutil.copytree(looks[i], watched / looks[i].name)
+            done += len(batch)
+            wait_until(lambda n=done: count_states(out / "ledger.sqlite", "applied") == n,
+                       180, proc)  # fmt: skip
+        output = stop(proc)
+    assert proc.returncode == 0, output
+    _assert_equal_outputs(out, reference, ref_ids, ref_embedding, ref_rows)
+    with Ledger(out / "ledger.sqlite") as ledger:
+        assert {by for _, by, _, _ in ledger.revisions()} == {ids[event], ids[N_ACQUISITIONS - 2]}
