@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
@@ -78,3 +82,36 @@ def stop(proc: subprocess.Popen) -> str:
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
     return output
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that fails each file's first ``failures`` POSTs (500)."""
+
+    def __init__(self, failures: int = 2):
+        self.posts: list[tuple[str, int, dict]] = []  # (Idempotency-Key, answered code, body)
+        self.failures = failures
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                key = self.headers["Idempotency-Key"]
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                seen = sum(1 for k, _, _ in receiver.posts if k == key)
+                code = 500 if seen < receiver.failures else 200
+                receiver.posts.append((key, code, body))
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook?token=s3cret"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def delivered(self) -> Counter[str]:
+        return Counter(k for k, code, _ in self.posts if code == 200)
+
+    def close(self) -> None:
+        self.httpd.shutdown()

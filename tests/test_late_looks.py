@@ -14,7 +14,7 @@ import xarray as xr
 
 from streamembed.ledger import Ledger
 
-from .daemon import count_states, monitor_process, stop, wait_until
+from .daemon import Receiver, count_states, monitor_process, stop, wait_until
 from .kill_series import N_ACQUISITIONS, SERIES_ENV, backfill, outputs
 
 
@@ -102,7 +102,12 @@ def test_the_daemon_fed_a_shuffled_publication_order_equals_the_in_order_backfil
     watched = tmp_path / "watched"
     watched.mkdir()
     out = tmp_path / "out"
-    env = {**SERIES_ENV, "STREAMEMBED__CLUSTER__N_WORKERS": "2"}
+    receiver = Receiver(failures=0)
+    env = {
+        **SERIES_ENV,
+        "STREAMEMBED__CLUSTER__N_WORKERS": "2",
+        "STREAMEMBED__DAEMON__WEBHOOK__URL": receiver.url,
+    }
     with monitor_process(str(watched), out, extra_env=env) as proc:
         done = 0
         for batch in batches:
@@ -111,8 +116,25 @@ def test_the_daemon_fed_a_shuffled_publication_order_equals_the_in_order_backfil
             done += len(batch)
             wait_until(lambda n=done: count_states(out / "ledger.sqlite", "applied") == n,
                        180, proc)  # fmt: skip
+        per_look = ref_rows.groupby("acquisition_id").size().to_dict()
+        wait_until(lambda: _webhook_view(receiver) == per_look, 60, proc)
         output = stop(proc)
+    receiver.close()
     assert proc.returncode == 0, output
     _assert_equal_outputs(out, reference, ref_ids, ref_embedding, ref_rows)
+    # a receiver that keeps each acquisition's latest payload holds the current rows: the
+    # looks the late ones were folded in before were announced again as "revised"
+    events = [body["event"] for _, _, body in receiver.posts]
+    assert "revised" in events and set(events) == {"new", "revised"}
     with Ledger(out / "ledger.sqlite") as ledger:
         assert {by for _, by, _, _ in ledger.revisions()} == {ids[event], ids[N_ACQUISITIONS - 2]}
+
+
+def _webhook_view(receiver: Receiver) -> dict[str, int]:
+    """Each acquisition's rows by the latest payload the webhook received (none left: gone)."""
+    latest: dict[str, int] = {}
+    for key, code, body in receiver.posts:
+        if code == 200:
+            feats = body["features"]
+            latest[key.split(":")[0]] = feats[0]["properties"]["rows"] if feats else 0
+    return {k: v for k, v in latest.items() if v}

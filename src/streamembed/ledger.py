@@ -250,6 +250,12 @@ class Ledger:
                 "INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?)",
                 (acq_id, revised_by, rows_before, rows_after, _now()),
             )
+            # a webhook told of the old rows is told of the new ones (its "revised" event)
+            self._db.execute(
+                "UPDATE announcements SET status='revise', updated=? WHERE acquisition_id=?"
+                " AND status IN ('sent', 'revised')",
+                (_now(), acq_id),
+            )
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -401,6 +407,21 @@ class Ledger:
         sql = (
             _ROW + " WHERE state='applied' AND n_anomalies > 0 AND id NOT IN"
             " (SELECT acquisition_id FROM announcements WHERE url_key=?) ORDER BY updated, id"
+        )
+        return [LedgerRow(*r) for r in self._db.execute(sql, (url_key,))]
+
+    def revised_at(self, acq_id: str) -> str:
+        """When the acquisition's anomaly rows were last revised ('' if never)."""
+        row = self._db.execute(
+            "SELECT MAX(updated) FROM revisions WHERE acquisition_id=?", (acq_id,)
+        ).fetchone()
+        return str(row[0] or "")
+
+    def revisions_due(self, url_key: str) -> list[LedgerRow]:
+        """Acquisitions announced to ``url_key`` whose anomaly rows were revised since."""
+        sql = (
+            _ROW + " WHERE id IN (SELECT acquisition_id FROM announcements WHERE url_key=?"
+            " AND status='revise') ORDER BY updated, id"
         )
         return [LedgerRow(*r) for r in self._db.execute(sql, (url_key,))]
 

@@ -1,5 +1,10 @@
 """Alerts pushed out: an HTTP POST per new anomaly file, from a thread beside the daemon's loop.
 
+Each payload's ``event`` is ``new`` (an acquisition's anomaly file, first time) or ``revised``
+(a file already announced was rewritten because a late look was folded in before it: the
+payload carries its rows now, none when all were withdrawn; ``Idempotency-Key`` is the id
+with ``:revised:`` and the revision's time).
+
 What is due comes from the ledger, not from memory: every applied acquisition with anomaly rows
 that the webhook has not been told of. So a restart resends what a crash left unsent, and a
 file already announced is never announced again (each announcement is recorded once the
@@ -39,12 +44,19 @@ def url_key(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
-def summary(row: LedgerRow, href: str, rows: gpd.GeoDataFrame) -> dict[str, Any]:
-    """A GeoJSON FeatureCollection of one anomaly file: one Feature, its bbox as geometry."""
+def summary(
+    row: LedgerRow, href: str, rows: gpd.GeoDataFrame, event: str = "new"
+) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection of one anomaly file: one Feature, its bbox as geometry (a
+    revision that withdrew every row: no feature)."""
+    date = parse_datetime(row.datetime).strftime("%Y-%m-%d")
+    if len(rows) == 0:
+        return {"type": "FeatureCollection", "event": event, "acquisition_id": row.id,
+                "tile": row.tile, "date": date, "rows": 0, "features": []}  # fmt: skip
     west, south, east, north = (float(v) for v in rows.total_bounds)
     ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
-    date = parse_datetime(row.datetime).strftime("%Y-%m-%d")
     props = {
+        "event": event,
         "acquisition_id": row.id,
         "tile": row.tile,
         "date": date,
@@ -57,6 +69,7 @@ def summary(row: LedgerRow, href: str, rows: gpd.GeoDataFrame) -> dict[str, Any]
         props["statuses"] = dict(sorted(Counter(rows["status"].astype(str)).items()))
     return {
         "type": "FeatureCollection",
+        "event": event,
         "bbox": [west, south, east, north],
         "features": [
             {
@@ -132,11 +145,26 @@ class Announcer:
             if status is None:
                 return  # stopping mid-retry: not recorded, resent after the next start
             ledger.record_announcement(row.id, self.key, status, attempts)
+        for row in ledger.revisions_due(self.key):
+            if self._stop.is_set():
+                return
+            date = parse_datetime(row.datetime).strftime("%Y-%m-%d")
+            href = self.layout.anomaly_file(row.tile, date, row.id)
+            rows = gpd.GeoDataFrame()
+            if storage.exists(href):  # none: every row of it was withdrawn
+                with storage.open_input(href) as f:
+                    rows = gpd.read_parquet(f)
+            key = f"{row.id}:revised:{ledger.revised_at(row.id)}"
+            status, attempts = self._post(key, summary(row, href, rows, event="revised"))
+            if status is None:
+                return
+            ledger.record_announcement(row.id, self.key, "revised", attempts)
 
     def _post(self, acq_id: str, payload: dict[str, Any]) -> tuple[str | None, int]:
         """POST with doubling back-off; (sent | given_up | None when stopped, tries made)."""
         body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/geo+json", "Idempotency-Key": acq_id}
+        rows = payload["features"][0]["properties"]["rows"] if payload["features"] else 0
         wait = self.cfg.backoff_seconds
         for attempt in range(1, self.cfg.attempts + 1):
             try:
@@ -144,8 +172,7 @@ class Announcer:
                     self.url, data=body, headers=headers, timeout=self.cfg.timeout_seconds
                 )
                 if 200 <= resp.status_code < 300:
-                    log.info("webhook: announced %s (%d rows)", acq_id,
-                             payload["features"][0]["properties"]["rows"])  # fmt: skip
+                    log.info("webhook: announced %s (%d rows)", acq_id, rows)
                     self._count("webhook_sent")
                     return SENT, attempt
                 problem = f"HTTP {resp.status_code}"
