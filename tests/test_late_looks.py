@@ -5,7 +5,10 @@ anomalies and the alert tables equal to a run that had every look in order."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +141,54 @@ def _webhook_view(receiver: Receiver) -> dict[str, int]:
             feats = body["features"]
             latest[key.split(":")[0]] = feats[0]["properties"]["rows"] if feats else 0
     return {k: v for k, v in latest.items() if v}
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "streamembed.cli", *args]
+    return subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+def test_a_look_past_the_lateness_stays_late_until_rebuild(kill_series, kill_reference, tmp_path):
+    """The daemon with no lateness allowed leaves a look published after newer ones `late`
+    (stored, sorted into the time axis, not in the statistics); `streamembed rebuild --tile`
+    folds it in and the outputs equal the in-order backfill's; `--from` replays a date on."""
+    reference, ref_ids, ref_embedding, ref_rows = kill_reference
+    looks = _looks(kill_series)
+    watched, out = tmp_path / "watched", tmp_path / "out"
+    watched.mkdir()
+    env = {**SERIES_ENV, "STREAMEMBED__CLUSTER__N_WORKERS": "1",
+           "STREAMEMBED__DAEMON__METRICS_PORT": "null",
+           "STREAMEMBED__STATS__ALLOWED_LATENESS_DAYS": "0"}  # fmt: skip
+    for i, f in enumerate(looks):
+        if i != 4:
+            shutil.copytree(f, watched / f.name)
+    poll = ("monitor", "--source", str(watched), "--output", str(out), "--cycles", "1",
+            "--poll-seconds", "0.1")  # fmt: skip
+    assert _cli(*poll, env=env).returncode == 0
+    shutil.copytree(looks[4], watched / looks[4].name)
+    run = _cli(*poll, env=env)
+    assert run.returncode == 0 and "late 1" in run.stdout, run.stdout + run.stderr
+    with Ledger(out / "ledger.sqlite") as ledger:
+        (late,) = ledger.rows("late")
+    assert "streamembed rebuild --tile 33UWP" in (late.reason or "")
+    times = _plain_reader_times(out)  # stored and in order, though not in the statistics
+    assert len(times) == N_ACQUISITIONS and (np.diff(times) > np.timedelta64(0)).all()
+    ids, _, rows, _ = outputs(out)
+    assert late.id not in set(rows.acquisition_id)
+    done = _cli("rebuild", "--tile", "33UWP", "--output", str(out), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 folded in" in done.stdout and "looks replayed" in done.stdout, done.stdout
+    _assert_equal_outputs(out, reference, ref_ids, ref_embedding, ref_rows)
+    with Ledger(out / "ledger.sqlite") as ledger:
+        assert set(ledger.states().values()) == {"applied"}
+    again = _cli("rebuild", "--tile", "33UWP", "--output", str(out), env=env)
+    assert "nothing late to fold in" in again.stdout, again.stdout
+    campaign = _cli("rebuild", "--tile", "33UWP", "--from", "2024-04-20", "--output", str(out),
+                    env=env)  # fmt: skip
+    assert campaign.returncode == 0 and "0 folded in" in campaign.stdout, campaign.stdout
+    _assert_equal_outputs(out, reference, ref_ids, ref_embedding, ref_rows)  # same looks: same
+    status = _cli("status", "--output", str(out), "--revisions", env=env)
+    assert "revised" in status.stdout and "(by rebuild)" in status.stdout, status.stdout
+    bad = _cli("rebuild", "--tile", "31UFU", "--output", str(out), env=env)
+    assert bad.returncode == 2 and "has no stored looks" in bad.stderr

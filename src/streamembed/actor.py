@@ -296,8 +296,7 @@ class StatsActor:
                 revised.append(Revision(acq, before, result.n_anomalies, result.path))
             else:
                 own = result
-        own = own or result
-        assert own is not None
+        own = own or result or ApplyResult(ApplyStatus.ALREADY)  # nothing after the base
         self.checkpoint(tile)
         rewind = Rewind(
             -1 if base_entry is None else base_entry.generation,

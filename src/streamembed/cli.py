@@ -296,7 +296,53 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         _print(_status_table(ledger))
         _print(_warm_up_lines(cfg))
         _print(_failure_lines(ledger, args.failed))
+        _print(_revision_lines(ledger, args.revisions))
     return 0
+
+
+def _revision_lines(ledger: Ledger, listing: bool) -> list[str]:
+    """Applied looks whose anomaly rows were rewritten when a late look was folded in."""
+    revised = ledger.revisions()
+    if not revised:
+        return []
+    if not listing:
+        return [f"revisions: {len(revised)} (`streamembed status --revisions` lists them)"]
+    return [f"revised {acq} (by {by}): {a} -> {b} anomaly rows" for acq, by, a, b in revised]
+
+
+def cmd_rebuild(args: argparse.Namespace, cfg: Config) -> int:
+    import datetime as dt
+
+    from .cluster import make_client
+    from .pipeline import Pipeline
+    from .rebuild import rebuild
+
+    since = None
+    if args.since:
+        try:
+            since = dt.datetime.fromisoformat(args.since)
+        except ValueError:
+            print(f"error: --from {args.since!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
+            return EXIT_USAGE
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=dt.timezone.utc)
+    if not cfg.layout.ledger.exists():
+        print(f"error: no ledger at {cfg.layout.ledger}; nothing has run with --output "
+              f"{cfg.output}", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    with make_client(cfg.cluster) as client:
+        pipe = Pipeline(cfg, client)
+        try:
+            for tile in args.tile:
+                try:
+                    done = rebuild(pipe, tile, since)
+                except ValueError as err:
+                    print(f"error: {err}", file=sys.stderr)
+                    return EXIT_USAGE
+                _print(done.lines())
+        finally:
+            pipe.close()
+    return EXIT_OK
 
 
 def _warm_up_lines(cfg: Config) -> list[str]:
@@ -623,9 +669,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = common(sub.add_parser("status", help="ledger summary per tile"))
     p.add_argument("--failed", action="store_true", help="list failed acquisitions and reasons")
     p.add_argument(
+        "--revisions", action="store_true",
+        help="list applied acquisitions whose anomaly rows a late look rewrote",
+    )  # fmt: skip
+    p.add_argument(
         "--json", action="store_true", help="the numbers of the daemon's /metrics, as JSON"
     )
     p.set_defaults(func=cmd_status)
+    p = common(sub.add_parser(
+        "rebuild",
+        help="fold a tile's late looks into its statistics, or replay it from a date",
+        description="Rewind each --tile to a kept checkpoint before its oldest late look (or "
+        "--from DATE) and replay its stored looks in sensing order; their anomaly files are "
+        "rewritten and the revisions recorded (streamembed status --revisions).",
+    ))  # fmt: skip
+    p.add_argument("--tile", action="append", required=True, help="MGRS tile (repeatable)")
+    p.add_argument("--from", dest="since", default=None,
+                   help="replay every look sensed on or after this date (YYYY-MM-DD)")  # fmt: skip
+    p.set_defaults(func=cmd_rebuild)
     p = common(sub.add_parser("map", help="anomaly cells over an RGB quicklook (PNG)"))
     p.add_argument("tile")
     p.add_argument("date", help="YYYY-MM-DD")

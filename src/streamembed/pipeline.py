@@ -370,6 +370,10 @@ class Pipeline:
     def _shard(self, tile: str) -> int:
         return shard_of(tile, len(self.actors))
 
+    def actor_for(self, tile: str) -> StatsShard:
+        """The statistics shard holding ``tile``'s state."""
+        return self._actor(tile)
+
     def _actor(self, tile: str) -> StatsShard:
         return self.actors[self._shard(tile)]
 
@@ -478,7 +482,7 @@ class Pipeline:
             else:
                 replay = self._replay_plan(states)
                 for tile in self.ledger.compacting():  # one a kill interrupted
-                    self._compact(tile, report)
+                    self.compact_tile(tile, report)
             self._states_checked = True
         report.already_done = plan.already_done
         if plan.apply or replay:
@@ -495,7 +499,7 @@ class Pipeline:
             with driver.timed("store_compact"):
                 for tile in touched:
                     self._after_run(f"the store's rows of {tile}",
-                                    partial(self._compact, tile, report))  # fmt: skip
+                                    partial(self.compact_tile, tile, report))  # fmt: skip
             with driver.timed("catalog"):
                 catalog = partial(write_catalog, layout, touched)
                 self._after_run("the outputs' STAC catalogue", catalog)
@@ -511,7 +515,7 @@ class Pipeline:
         driver.cpu = time.process_time() - cpu0
         return report
 
-    def _compact(self, tile: str, report: RunReport) -> None:
+    def compact_tile(self, tile: str, report: RunReport) -> None:
         """Put the tile's stored looks in sensing order (a late or retried look, a failed
         one's row) once the run's applies are done: the actors read rows by id meanwhile."""
         if not self.store.out_of_order(tile):
