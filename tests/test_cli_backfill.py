@@ -134,6 +134,26 @@ def test_dry_run_lists_the_work_and_writes_nothing(archive, tmp_path):
         "3 acquisitions in the source (0 unreadable), 0 already done or failed, 3 to process"
         in (run.stdout)
     )
-    assert "33UWP: 3 acquisitions, 2024-01-13 .. 2024-02-02" in run.stdout
+    assert "33UWP                3  2024-01-13 .. 2024-02-02" in run.stdout
     assert "GiB" in run.stdout and "core-seconds" in run.stdout
     assert "Dask dashboard" not in run.stdout and not out.exists()
+
+
+def test_monitor_dry_run_says_what_the_next_poll_folds_in_late(archive, tmp_path):
+    """After a backfill of the three later looks, one monitor poll would process the first
+    look: older than the tile's newest applied one, so folded in by a rewind."""
+    out = tmp_path / "out"
+    done = _backfill("--source", archive, "--output", out, "--start", "2024-01-10", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cmd = [sys.executable, "-m", "streamembed.cli", "monitor", "--dry-run", "--source",
+           str(archive), "--output", str(out)]  # fmt: skip
+    before = sorted(p.name for p in out.rglob("*"))
+    run = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "dry run of the next monitor poll: 4 acquisitions" in run.stdout
+    assert "3 already done or failed, 1 to process" in run.stdout
+    assert "1 of them older than their tile's newest applied look: folded in" in run.stdout
+    assert "allowed_lateness_days (30) back" in run.stdout
+    assert "33UWP                1  2024-01-03 .. 2024-01-03" in run.stdout
+    assert "Dask dashboard" not in run.stdout
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing written

@@ -145,25 +145,46 @@ def _asset_bytes(href: str) -> int | None:
         return None
 
 
-def _dry_run(cfg: Config, retry_failed: bool) -> int:
-    """What a backfill would do, per tile, without starting a cluster or writing anything."""
+def _dry_run(cfg: Config, retry_failed: bool, poll: bool = False) -> int:
+    """What a backfill (``poll``: the monitor's next poll) would do, per tile, without starting
+    a cluster or writing anything."""
+    from .acquisition import parse_datetime
     from .ingest import IngestError, required_assets
     from .ledger import Ledger, State
-    from .sources import discover_for, explain_nothing
+    from .sources import discover_for, explain_nothing, source_key
 
-    acqs, failures = discover_for(cfg)
     states: dict[str, State] = {}
+    newest: dict[str, Any] = {}  # tile -> its newest applied look's time
+    watermark = None
     if cfg.layout.ledger.exists():
         with Ledger(cfg.layout.ledger) as ledger:
+            watermark = ledger.watermark(source_key(cfg)) if poll else None
+            acqs, failures = discover_for(cfg, watermark)
             states = ledger.states(a.id for a in acqs)
+            newest = {t: parse_datetime(p.newest_applied) for t, p in ledger.progress().items()
+                      if p.newest_applied}  # fmt: skip
+    else:
+        acqs, failures = discover_for(cfg)
     final = {State.APPLIED, State.SKIPPED, State.LATE}
     todo = [
         a for a in acqs
         if states.get(a.id) not in final and (retry_failed or states.get(a.id) != State.FAILED)
     ]  # fmt: skip
-    print(f"dry run: {len(acqs)} acquisitions in the source ({len(failures)} unreadable), "
-          f"{len(acqs) - len(todo)} already done or failed, {len(todo)} to process; "
-          "nothing is written", flush=True)  # fmt: skip
+    what = "the next monitor poll" if poll else "a backfill"
+    since = f" since the watermark {watermark:%Y-%m-%d %H:%M}" if watermark else ""
+    print(f"dry run of {what}: {len(acqs)} acquisitions in the source{since} ({len(failures)} "
+          f"unreadable), {len(acqs) - len(todo)} already done or failed, {len(todo)} to "
+          "process; nothing is written", flush=True)  # fmt: skip
+    late = [a for a in todo if a.tile in newest and a.datetime <= newest[a.tile]]
+    if late:
+        bound = (f"up to stats.allowed_lateness_days ({cfg.stats.allowed_lateness_days:g}) back, "
+                 "older ones stay late" if poll else "any age")  # fmt: skip
+        print(
+            f"  {len(late)} of them older than their tile's newest applied look: folded in "
+            f"by rewinding the tile and replaying the looks after them ({bound})",
+            flush=True,
+        )
+    print("  " + ("tile      acquisitions  first .. last"), flush=True)
     if not acqs:
         _print(explain_nothing(cfg))
     by_tile: dict[str, list[Any]] = {}
@@ -172,7 +193,7 @@ def _dry_run(cfg: Config, retry_failed: bool) -> int:
     total_bytes, unknown, core_s = 0, 0, 0.0
     for tile, tile_acqs in sorted(by_tile.items()):
         first, last = min(a.datetime for a in tile_acqs), max(a.datetime for a in tile_acqs)
-        print(f"  {tile}: {len(tile_acqs)} acquisitions, {first:%Y-%m-%d} .. {last:%Y-%m-%d}")
+        print(f"  {tile:<9} {len(tile_acqs):>12}  {first:%Y-%m-%d} .. {last:%Y-%m-%d}")
         for a in tile_acqs:
             try:
                 keys = required_assets(a, cfg.ingest, cfg.model)
@@ -251,6 +272,13 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
     from .cluster import make_client
     from .daemon import Daemon
     from .pipeline import RunReport
+
+    if getattr(args, "dry_run", False):
+        problem = _preflight(cfg)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        return _dry_run(cfg, retry_failed=False, poll=True)
 
     stop = threading.Event()
 
@@ -662,6 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
     detector(p)
     filters(p)
     p.add_argument("--poll-seconds", type=float, default=None)
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="what the next poll would process (from the source's watermark), per tile; starts "
+        "no cluster, writes nothing",
+    )  # fmt: skip
     p.add_argument(
         "--cycles", type=int, default=0, help="stop after N polls (0: run until signalled)"
     )
