@@ -157,3 +157,13 @@ def test_monitor_dry_run_says_what_the_next_poll_folds_in_late(archive, tmp_path
     assert "33UWP                1  2024-01-03 .. 2024-01-03" in run.stdout
     assert "Dask dashboard" not in run.stdout
     assert sorted(p.name for p in out.rglob("*")) == before  # nothing written
+
+
+def test_synth_tiles_is_a_count_not_the_backfill_filter(tmp_path):
+    """`synth --tiles N` (how many tiles to write) is not read as the filter flag of the same
+    name that backfill and monitor take."""
+    cmd = [sys.executable, "-m", "streamembed.cli", "synth", str(tmp_path / "a"), "--tiles", "3",
+           "--days", "5", "--tile-px", "128"]  # fmt: skip
+    run = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert len({p.parent.parent.name for p in (tmp_path / "a").rglob("*.json")}) == 3

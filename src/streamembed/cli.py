@@ -74,17 +74,19 @@ def _config(args: argparse.Namespace) -> Config:
     if getattr(args, "detector", None) not in (None, "all"):
         overrides["stats.detector"] = args.detector
     # The search filters, as config.yaml's source section names them.
-    if getattr(args, "tiles", None):
-        overrides["source.tiles"] = [t.strip() for t in args.tiles.split(",") if t.strip()]
+    tiles = getattr(args, "filter_tiles", None)
+    if tiles:
+        overrides["source.tiles"] = [t.strip() for t in tiles.split(",") if t.strip()]
     for key in ("start", "end", "max_cloud_cover"):
-        if getattr(args, key, None) is not None:
-            overrides[f"source.{key}"] = getattr(args, key)
-    if getattr(args, "bbox", None):
+        if getattr(args, f"filter_{key}", None) is not None:
+            overrides[f"source.{key}"] = getattr(args, f"filter_{key}")
+    bbox = getattr(args, "filter_bbox", None)
+    if bbox:
         try:
-            overrides["source.bbox"] = [float(v) for v in args.bbox.split(",")]
+            overrides["source.bbox"] = [float(v) for v in bbox.split(",")]
         except ValueError:
             raise ConfigError(
-                f"--bbox {args.bbox}: give west,south,east,north in degrees, e.g. 10.5,45,11,45.5"
+                f"--bbox {bbox}: give west,south,east,north in degrees, e.g. 10.5,45,11,45.5"
             ) from None
     return cfg.with_overrides(**overrides) if overrides else cfg
 
@@ -655,15 +657,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     def filters(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("filters (override config.yaml's source section)")
-        g.add_argument("--tiles", help="MGRS tiles to keep, comma-separated: 33UWP,32UPC")
-        g.add_argument("--start", help="first sensing date, YYYY-MM-DD (inclusive)")
-        g.add_argument("--end", help="last sensing date, YYYY-MM-DD (inclusive)")
+        # their own dests: other commands have a --tiles, --start or --end of their own
+        g.add_argument("--tiles", dest="filter_tiles",
+                       help="MGRS tiles to keep, comma-separated: 33UWP,32UPC")  # fmt: skip
+        g.add_argument("--start", dest="filter_start",
+                       help="first sensing date, YYYY-MM-DD (inclusive)")  # fmt: skip
+        g.add_argument("--end", dest="filter_end",
+                       help="last sensing date, YYYY-MM-DD (inclusive)")  # fmt: skip
         g.add_argument(
-            "--bbox",
+            "--bbox", dest="filter_bbox",
             help="west,south,east,north in degrees (EPSG:4326); write "
             "--bbox=W,S,E,N when W is negative",
-        )
-        g.add_argument("--max-cloud-cover", type=float, help="percent, 0-100")
+        )  # fmt: skip
+        g.add_argument("--max-cloud-cover", dest="filter_max_cloud_cover", type=float,
+                       help="percent, 0-100")  # fmt: skip
 
     def detector(p: argparse.ArgumentParser) -> None:
         p.add_argument(
