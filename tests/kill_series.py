@@ -102,3 +102,29 @@ def outputs(
     with Ledger(out / "ledger.sqlite") as ledger:
         states = {k: str(v) for k, v in ledger.states().items()}
     return sorted(ids), embedding, rows, states
+
+
+def corrupt_band(data: Path, look: int) -> tuple[Path, bytes]:
+    """Cut the B04 file of the series' ``look``-th acquisition (sensing order) to a third;
+    returns the file and its good bytes (to mend it)."""
+    import json
+
+    folder = sorted(p.parent for p in data.rglob("*.json"))[look]
+    (item,) = folder.glob("*.json")
+    band = folder / json.loads(item.read_text())["assets"]["B04_10m"]["href"]
+    good = band.read_bytes()
+    band.write_bytes(good[: len(good) // 3])
+    return band, good
+
+
+def assert_like_reference(out: Path, reference: tuple, url: str | None = None) -> None:
+    """The outputs at ``out`` (or ``url``) equal the uninterrupted run's: each acquisition
+    stored once, embeddings bit for bit, the same anomaly rows, every acquisition applied."""
+    from streamembed.ledger import State
+
+    ids, embedding, rows, states = outputs(out, url)
+    _, ref_ids, ref_embedding, ref_rows = reference
+    assert ids == ref_ids, "each acquisition stored exactly once"
+    assert np.array_equal(embedding, ref_embedding), "embeddings bit for bit"
+    pd.testing.assert_frame_equal(rows, ref_rows, check_exact=True)
+    assert set(states.values()) == {State.APPLIED} and len(states) == N_ACQUISITIONS

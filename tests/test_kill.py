@@ -14,15 +14,13 @@ import signal
 from collections import Counter
 
 import numpy as np
-import pandas as pd
 import pytest
 import xarray as xr
 
 from streamembed.faults import POINTS
-from streamembed.ledger import State
 from streamembed.store import EmbeddingStore
 
-from .kill_series import N_ACQUISITIONS, backfill, outputs
+from .kill_series import N_ACQUISITIONS, assert_like_reference, backfill, corrupt_band
 
 # (point, n-th arrival): early and late in the series, on the driver, a worker and the actor.
 # FAST runs in `make test`; SLOW (`make test-faults`, CI) reaches every other point once;
@@ -97,12 +95,7 @@ def test_killed_at_a_crash_point_then_restarted(kill_series, kill_reference, tmp
     code, log = backfill(kill_series, out, kill=f"{point}:{nth}")
     assert code == -signal.SIGKILL, f"the run was not killed at {point}:{nth} (exit {code}):\n{log}"
     backfill(kill_series, out)  # the restart, uninterrupted
-    ids, embedding, rows, states = outputs(out)
-    _, ref_ids, ref_embedding, ref_rows = kill_reference
-    assert ids == ref_ids, "each acquisition stored exactly once"
-    assert np.array_equal(embedding, ref_embedding), "embeddings bit for bit"
-    pd.testing.assert_frame_equal(rows, ref_rows, check_exact=True)
-    assert set(states.values()) == {State.APPLIED} and len(states) == N_ACQUISITIONS
+    assert_like_reference(out, kill_reference)
 
 
 # On a bucket (moto's S3 server, outside the killed process group): mid-commit, and an anomaly
@@ -130,29 +123,19 @@ def test_killed_writing_to_a_bucket_then_restarted(
         assert len(set(ds.acquisition_id.values)) == ds.sizes["time"] < N_ACQUISITIONS
         assert np.isfinite(ds.embedding.values).all()
     backfill(kill_series, out, url=url, s3_env=s3.env)
-    ids, embedding, rows, states = outputs(out, url)
-    _, ref_ids, ref_embedding, ref_rows = kill_reference
-    assert ids == ref_ids, "each acquisition stored exactly once"
-    assert np.array_equal(embedding, ref_embedding), "embeddings bit for bit, local or on S3"
-    pd.testing.assert_frame_equal(rows, ref_rows, check_exact=True)
-    assert set(states.values()) == {State.APPLIED} and len(states) == N_ACQUISITIONS
+    assert_like_reference(out, kill_reference, url)  # local or on S3, the same
 
 
 @pytest.fixture(scope="session")
 def failed_look(kill_series, tmp_path_factory):
     """The series with one look's B04 cut short, backfilled (exit 3): (data, output, the band
     file, its good bytes)."""
-    import json
     import shutil
 
     base = tmp_path_factory.mktemp("failed-look")
     data = base / "data"
     shutil.copytree(kill_series, data)
-    look = sorted(p.parent for p in data.rglob("*.json"))[3]
-    (item,) = look.glob("*.json")
-    band = look / json.loads(item.read_text())["assets"]["B04_10m"]["href"]
-    good = band.read_bytes()
-    band.write_bytes(good[: len(good) // 3])
+    band, good = corrupt_band(data, 3)
     out = base / "out"
     code, log = backfill(data, out, check=False)
     assert code == 3, log
@@ -173,11 +156,6 @@ def test_killed_while_a_late_look_is_folded_in_then_restarted(
     code, log = backfill(data, out, kill=f"{point}:{nth}", args=("--retry-failed",))
     assert code == -signal.SIGKILL, f"the run was not killed at {point}:{nth} (exit {code}):\n{log}"
     backfill(data, out, args=("--retry-failed",))  # the operator runs it again
-    ids, embedding, rows, states = outputs(out)
-    _, ref_ids, ref_embedding, ref_rows = kill_reference
-    assert ids == ref_ids, "each acquisition stored exactly once"
-    assert np.array_equal(embedding, ref_embedding), "embeddings bit for bit"
-    pd.testing.assert_frame_equal(rows, ref_rows, check_exact=True)
-    assert set(states.values()) == {State.APPLIED} and len(states) == N_ACQUISITIONS
+    assert_like_reference(out, kill_reference)
     times = xr.open_zarr(out / "embeddings.zarr" / "33UWP").time.values
     assert len(times) == N_ACQUISITIONS and (np.diff(times) > np.timedelta64(0)).all()

@@ -4,7 +4,6 @@ anomalies and the alert tables equal to a run that had every look in order."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import xarray as xr
 from streamembed.ledger import Ledger
 
 from .daemon import Receiver, count_states, monitor_process, stop, wait_until
-from .kill_series import N_ACQUISITIONS, SERIES_ENV, backfill, outputs
+from .kill_series import N_ACQUISITIONS, SERIES_ENV, backfill, corrupt_band, outputs
 
 
 def _looks(items: Path) -> list[Path]:
@@ -56,11 +55,7 @@ def test_a_retry_after_mending_equals_a_clean_run(kill_series, kill_reference, t
     tile rewound and the looks after it replayed) and every output equals the clean run's."""
     data = tmp_path / "data"
     shutil.copytree(kill_series, data)
-    look = _looks(data)[3]
-    (item,) = look.glob("*.json")
-    band = look / json.loads(item.read_text())["assets"]["B04_10m"]["href"]
-    good = band.read_bytes()
-    band.write_bytes(good[: len(good) // 3])
+    band, good = corrupt_band(data, 3)
     out = tmp_path / "out"
     code, log = backfill(data, out, check=False)
     assert code == 3, log

@@ -176,3 +176,27 @@ def test_views_by_tile_date_and_bbox_read_their_partitions(kill_reference):
     assert len(got["features"]) == len(expected)
     bad = client.get("/api/anomalies?bbox=1,2,3")
     assert bad.status_code == 400 and "west,south,east,north" in bad.json()["error"]
+
+
+def test_the_summary_reads_a_revised_file_again(kill_reference, tmp_path):
+    """A file rewritten under its own name (a late look's replay revised it) is summarised
+    again; a removed one leaves the summary."""
+    import shutil
+
+    import geopandas as gpd
+
+    from streamembed.layout import OutputLayout
+    from streamembed.web.view import OutputView
+
+    out = tmp_path / "out"
+    shutil.copytree(kill_reference[0] / "anomalies", out / "anomalies")
+    view = OutputView(OutputLayout(str(out)))
+    total = view.summary()["rows"]
+    files = sorted((out / "anomalies").rglob("*.parquet"))
+    first, last = gpd.read_parquet(files[0]), files[-1]
+    assert len(first) > 1
+    first.iloc[:1].to_parquet(files[0].with_name(".tmp.parquet"))
+    files[0].with_name(".tmp.parquet").replace(files[0])  # published whole, as the sink does
+    gone = len(gpd.read_parquet(last))
+    last.unlink()
+    assert view.summary()["rows"] == total - (len(first) - 1) - gone

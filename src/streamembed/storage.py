@@ -88,6 +88,29 @@ def glob(location: str | Path, pattern: str) -> list[str]:
     return sorted(f"{scheme}://{p}" for p in found)
 
 
+def glob_stamped(location: str | Path, pattern: str) -> dict[str, str]:
+    """``glob``'s files with a stamp that changes when a file is replaced under the same name
+    (size and modification time; an object store's ETag), from one listing."""
+    base = normalise(location)
+    if not is_remote(base):
+        out = {}
+        for p in sorted(Path(base).glob(pattern)):
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # replaced or removed since the listing
+                continue
+            out[str(p)] = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        return out
+    fs, path = filesystem(base)
+    scheme = base.split("://", 1)[0]
+    fs.invalidate_cache(path)
+    found = fs.glob(f"{path.rstrip('/')}/{pattern}", detail=True)
+    return {
+        f"{scheme}://{p}": str(info.get("ETag") or info.get("LastModified") or info.get("size"))
+        for p, info in sorted(found.items())
+    }
+
+
 def tree_bytes(location: str | Path) -> int:
     """Bytes of every file under ``location`` (0 when there is none)."""
     if not exists(location):

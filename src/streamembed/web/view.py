@@ -80,7 +80,7 @@ class OutputView:
         self.layout = layout
         self.store = EmbeddingStore(layout.store)
         self._lock = threading.Lock()
-        self._file_summaries: dict[str, _FileSummary] = {}
+        self._file_summaries: dict[str, tuple[str, _FileSummary]] = {}  # path: (stamp, it)
         self._bounds: dict[str, list[float] | None] = {}
         # rendered quicklooks, least recently served first: a daemon's map runs for months
         self._quicklooks: OrderedDict[tuple[str, str], Quicklook] = OrderedDict()
@@ -91,14 +91,17 @@ class OutputView:
 
     def summary(self) -> dict[str, Any]:
         """Tiles, dates with anomalies, counts by label and status, and the bounds of it all."""
-        files = self.files()
+        # stamped: a file a late look's replay rewrote under its name is read again
+        stamped = storage.glob_stamped(self.layout.anomalies, "tile=*/date=*/*.parquet")
+        files = list(stamped)
         with self._lock:
-            for f in files:
-                if f not in self._file_summaries:
-                    self._file_summaries[f] = _summarise(f)
+            for f, stamp in stamped.items():
+                known = self._file_summaries.get(f)
+                if known is None or known[0] != stamp:
+                    self._file_summaries[f] = (stamp, _summarise(f))
             for gone in set(self._file_summaries) - set(files):
                 del self._file_summaries[gone]
-            summaries = [self._file_summaries[f] for f in files]
+            summaries = [self._file_summaries[f][1] for f in files]
         labels: dict[str, int] = {}
         statuses: dict[str, int] = {}
         for fs in summaries:
