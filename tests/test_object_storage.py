@@ -134,3 +134,24 @@ def test_a_published_object_is_whole_or_absent(s3):
     assert not storage.exists(url)
     storage.publish(url, b"whole")
     assert storage.read_bytes(url) == b"whole"
+
+
+def test_a_late_look_is_put_in_order_in_a_bucket(s3):
+    """The compaction's row copies are the object store's own (server-side), and the kept
+    checkpoint manifests too: the store in a bucket ends sorted, each row its own values."""
+    from .test_store_sink_ledger import FLOAT16, GRID, _batch
+
+    url = s3.make_bucket("streamembed-late") + "/run/embeddings.zarr"
+    store = EmbeddingStore(url, FLOAT16)
+    for i in (0, 2, 3, 1):
+        assert store.append(_batch(i))
+    done = store.compact(GRID.tile)
+    assert done is not None and done.start == 1 and done.moved == 3 and done.bytes_copied > 0
+    ds = xr.open_zarr(f"{url}/{GRID.tile}")
+    assert ds.acquisition_id.values.tolist() == [f"acq{i}" for i in range(4)]
+    for i in range(4):
+        assert np.array_equal(ds.embedding.values[i], _batch(i).embedding.astype(np.float16))
+    assert not storage.exists(f"{url}/{GRID.tile}/embedding/c/4")  # scratch rows gone
+    storage.publish(f"{url}/a.npz", b"manifest")
+    storage.copy_file(f"{url}/a.npz", f"{url}/history/g1.npz")
+    assert storage.read_bytes(f"{url}/history/g1.npz") == b"manifest"

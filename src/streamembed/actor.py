@@ -306,8 +306,9 @@ class StatsActor:
             base.bytes_written,
         )
         crash_point("actor.rewound")
+        seconds = StageSeconds(stats_apply=rewind.seconds)  # the whole replay, as one apply
         return ApplyResult(own.status, own.n_anomalies, own.path, own.snow_cells,
-                           own.masked_cells, own.seconds, tuple(revised), rewind)  # fmt: skip
+                           own.masked_cells, seconds, tuple(revised), rewind)  # fmt: skip
 
     def _fold(
         self, tile: str, state: TileState, stored: StoredAcquisition

@@ -521,13 +521,15 @@ class Pipeline:
         if not self.store.out_of_order(tile):
             return
         self.ledger.mark_compacting(tile)
+        t0 = time.perf_counter()
         done = self.store.compact(tile)
         self.ledger.mark_compacting(tile, done=True)
         if done is not None:
             report.compacted += 1
             log.info(
-                "tile %s: store rows put in sensing order from row %d (%d moved, %d released "
-                "rows removed)", tile, done.start, done.moved, done.dropped,
+                "tile %s: store rows put in sensing order from row %d in %.2f s (%d moved, %d "
+                "released rows removed, %.0f MiB of chunks copied)", tile, done.start,
+                time.perf_counter() - t0, done.moved, done.dropped, done.bytes_copied / 2**20,
             )  # fmt: skip
 
     def _after_run(self, what: str, step: Callable[[], object]) -> None:
