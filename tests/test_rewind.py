@@ -122,3 +122,6 @@ def test_the_base_is_the_newest_prefix_in_time_before_the_look():
     assert history.base_for([*kept, replaced], with_x, 5.0).generation == 2  # type: ignore[union-attr]
     drop, _ = history.pruned([*kept, replaced], with_x, 4.0, window_days=1.5)
     assert {e.generation for e in drop} == {1, 3, 4}  # 3 and 4 lack x; 1 is older than base 2
+    again = _entry(5, {"a": 1.0, "b": 2.0})  # a rebuild's checkpoint of the same looks
+    drop, _ = history.pruned([*kept, again], applied, 4.0, window_days=10.0)
+    assert {e.generation for e in drop} == {2}

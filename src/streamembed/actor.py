@@ -219,7 +219,10 @@ class StatsActor:
         if state.applied_ids and day <= state.last_time_day:
             if lateness_days is not None and day < state.last_time_day - lateness_days:
                 return ApplyResult(ApplyStatus.LATE)
-            return self._rewind(tile, state, stored, day)
+            # Nothing of this apply stays referenced: a full tile's state and look are ~0.5 GB
+            # each, and the rewind holds a second state beside the look it replays.
+            del state, stored
+            return self._rewind(tile, acquisition_id, day)
         result, seconds = self._fold(tile, state, stored)
         return _result(result, StageSeconds(stats_read=t_read - t0, state_load=t_load - t_read,
                                             **seconds))  # fmt: skip
@@ -229,9 +232,10 @@ class StatsActor:
         before ``from_day`` (none: from its first look), rewriting their anomaly files."""
         state = self._resident_state(tile)
         applied = dict(zip(state.applied_ids, state.applied_days, strict=True))
+        del state
         days = self.store.days(tile)
         todo = {i: days[i] for i in ids if i in days}
-        return self._replay(tile, state, from_day, {**applied, **todo}, None)
+        return self._replay(tile, from_day, {**applied, **todo}, None)
 
     def _resident_state(self, tile: str) -> TileState:
         grid = self.store.grid(tile)
@@ -241,42 +245,40 @@ class StatsActor:
         none = np.zeros(grid.n_cells_y * grid.n_cells_x, bool)
         return self._state(tile, (grid.n_cells_y, grid.n_cells_x), dim, none)
 
-    def _rewind(
-        self, tile: str, state: TileState, late: StoredAcquisition, day: float
-    ) -> ApplyResult:
-        """Fold the late look ``late`` in at its day (see ``apply``)."""
+    def _rewind(self, tile: str, late: str, day: float) -> ApplyResult:
+        """Fold the look ``late`` in at its ``day`` (see ``apply``)."""
+        state = self.states[tile]
         applied = dict(zip(state.applied_ids, state.applied_days, strict=True))
+        del state
         if any(np.isnan(d) for d in applied.values()):  # a checkpoint from before the days
             days = self.store.days(tile)
             applied = {i: days.get(i, d) for i, d in applied.items()}
-        applied[late.acquisition_id] = day
-        return self._replay(tile, state, day, applied, late)
+        applied[late] = day
+        return self._replay(tile, day, applied, late)
 
     def _replay(
-        self,
-        tile: str,
-        state: TileState,
-        day: float,
-        looks: dict[str, float],
-        late: StoredAcquisition | None,
+        self, tile: str, day: float, looks: dict[str, float], late: str | None
     ) -> ApplyResult:
         """Go back to the newest kept checkpoint before ``day`` and apply the looks of
-        ``looks`` (id -> day) after it in sensing order; the result is the last one's, with
-        every earlier look whose anomaly rows were rewritten."""
+        ``looks`` (id -> day) after it in sensing order, each read from the store in its turn;
+        the result is the ``late`` look's (else the last one's), with every other replayed
+        look's anomaly rows before and after."""
         t0 = time.perf_counter()
         path = self._state_path(tile)
         if self._dirty.get(tile):  # the timeline gone back from is kept whole until replaced
             self.checkpoint(tile)
-        known = {i: d for i, d in looks.items() if i != (late.acquisition_id if late else None)}
+        old = self.states[tile]
+        shape, dim, generation = old.shape, old.mean.shape[1], old.generation
+        del old
+        self._drop(tile)  # gone before the base is read: one state in memory at a time
+        known = {i: d for i, d in looks.items() if i != late}
         base_entry = history.base_for(history.entries(path, self._history), known, day)
         if base_entry is None:
-            base = TileState.empty(*state.shape, state.mean.shape[1], self.cfg.state_dtype,
-                                   self.cfg.state_block_cells)  # fmt: skip
+            base = TileState.empty(*shape, dim, self.cfg.state_dtype, self.cfg.state_block_cells)
             base.source = path if storage.exists(path) else None
         else:
             base = TileState.load(base_entry.path, lazy=True, blocks_at=path)
-        base.generation = state.generation  # new saves never reuse a replaced timeline's names
-        self._drop(tile)
+        base.generation = generation  # new saves never reuse a replaced timeline's names
         self.states[tile] = base
         self._nbytes[tile] = 0
         replay = sorted((d, i) for i, d in looks.items() if i not in base.applied_ids)
@@ -285,14 +287,13 @@ class StatsActor:
         own: ApplyResult | None = None  # the late look's (a rebuild: the last look's)
         read = 0
         for _, acq in replay:
-            stored = late if late is not None and acq == late.acquisition_id else None
-            if stored is None:
-                stored = self.store.read(tile, acq)
+            stored = self.store.read(tile, acq)
             read += stored.embedding.nbytes
             before_path = self.layout.anomaly_file(tile, stored.time.strftime("%Y-%m-%d"), acq)
             before = _count_rows(before_path)
             result, _ = self._fold(tile, base, stored)
-            if late is None or acq != late.acquisition_id:
+            del stored
+            if acq != late:
                 revised.append(Revision(acq, before, result.n_anomalies, result.path))
             else:
                 own = result

@@ -91,8 +91,16 @@ def pruned(
     entries_: list[Entry], applied: Mapping[str, float], newest_day: float, window_days: float
 ) -> tuple[list[Entry], set[tuple[int, int]]]:
     """The checkpoints to drop and the block files only they name: those of another timeline,
-    and those older than the window but for the newest of them (the window's base)."""
+    those a newer checkpoint of the same looks replaced, and those older than the window but
+    for the newest of them (the window's base)."""
     valid = [e for e in entries_ if is_prefix(e, applied)]
+    # a rebuild makes checkpoints of the same looks again: the newest of each set stands
+    newest: dict[frozenset[str], Entry] = {}
+    for e in valid:
+        key = frozenset(e.applied)
+        if key not in newest or e.generation > newest[key].generation:
+            newest[key] = e
+    valid = [e for e in valid if newest[frozenset(e.applied)] is e]
     inside = [e for e in valid if e.last_day >= newest_day - window_days]
     older = [e for e in valid if e.last_day < newest_day - window_days]
     keep = inside + ([max(older, key=lambda e: e.generation)] if older else [])

@@ -976,9 +976,11 @@ class Pipeline:
         report.revised += len(res.revised)
         changed = sum(r.rows_before != r.rows_after for r in res.revised)
         events.info(
-            "folded %s into tile %s: %d looks replayed from checkpoint %d in %.1f s, %d with "
-            "other anomaly row counts", a.id, a.tile, res.rewind.replayed,
-            res.rewind.base_generation, res.rewind.seconds, changed,
+            "folded %s into tile %s: %d looks replayed from checkpoint %d in %.1f s (%.0f MiB "
+            "of looks and state read, %.0f MiB of state written), %d with other anomaly row "
+            "counts", a.id, a.tile, res.rewind.replayed, res.rewind.base_generation,
+            res.rewind.seconds, res.rewind.bytes_read / 2**20, res.rewind.bytes_written / 2**20,
+            changed,
             extra={"acquisition_id": a.id, "tile": a.tile, "stage": "rewind",
                    "seconds": round(res.rewind.seconds, 3), "replayed": res.rewind.replayed,
                    "bytes_read": res.rewind.bytes_read,
