@@ -112,6 +112,24 @@ def kill_reference(kill_series, tmp_path_factory):
     return out, ids, embedding, rows
 
 
+@pytest.fixture(scope="session")
+def failed_look(kill_series, tmp_path_factory):
+    """The series with one look's B04 cut short, backfilled (exit 3): (data, output, the band
+    file, its good bytes)."""
+    import shutil
+
+    from .kill_series import backfill, corrupt_band
+
+    base = tmp_path_factory.mktemp("failed-look")
+    data = base / "data"
+    shutil.copytree(kill_series, data)
+    band, good = corrupt_band(data, 3)
+    out = base / "out"
+    code, log = backfill(data, out, check=False)
+    assert code == 3, log
+    return data, out, band.relative_to(data), good
+
+
 def pytest_terminal_summary(terminalreporter):
     """Say how many kill points/timings the kill suite ran (issue: the number is printed)."""
     ran = [

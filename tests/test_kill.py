@@ -20,7 +20,7 @@ import xarray as xr
 from streamembed.faults import POINTS
 from streamembed.store import EmbeddingStore
 
-from .kill_series import N_ACQUISITIONS, assert_like_reference, backfill, corrupt_band
+from .kill_series import N_ACQUISITIONS, assert_like_reference, backfill
 
 # (point, n-th arrival): early and late in the series, on the driver, a worker and the actor.
 # FAST runs in `make test`; SLOW (`make test-faults`, CI) reaches every other point once;
@@ -124,22 +124,6 @@ def test_killed_writing_to_a_bucket_then_restarted(
         assert np.isfinite(ds.embedding.values).all()
     backfill(kill_series, out, url=url, s3_env=s3.env)
     assert_like_reference(out, kill_reference, url)  # local or on S3, the same
-
-
-@pytest.fixture(scope="session")
-def failed_look(kill_series, tmp_path_factory):
-    """The series with one look's B04 cut short, backfilled (exit 3): (data, output, the band
-    file, its good bytes)."""
-    import shutil
-
-    base = tmp_path_factory.mktemp("failed-look")
-    data = base / "data"
-    shutil.copytree(kill_series, data)
-    band, good = corrupt_band(data, 3)
-    out = base / "out"
-    code, log = backfill(data, out, check=False)
-    assert code == 3, log
-    return data, out, band.relative_to(data), good
 
 
 @pytest.mark.parametrize(("point", "nth"), REWIND_CASES)

@@ -17,7 +17,7 @@ import xarray as xr
 from streamembed.ledger import Ledger
 
 from .daemon import Receiver, count_states, monitor_process, stop, wait_until
-from .kill_series import N_ACQUISITIONS, SERIES_ENV, backfill, corrupt_band, outputs
+from .kill_series import N_ACQUISITIONS, SERIES_ENV, backfill, outputs
 
 
 def _looks(items: Path) -> list[Path]:
@@ -49,16 +49,15 @@ def _assert_equal_outputs(out: Path, reference: Path, ref_ids, ref_embedding, re
     assert times.min() > np.datetime64("2000-01-01")  # no phantom 1970 step
 
 
-def test_a_retry_after_mending_equals_a_clean_run(kill_series, kill_reference, tmp_path):
+def test_a_retry_after_mending_equals_a_clean_run(failed_look, kill_reference, tmp_path):
     """A corrupt band fails its look (exit 3): the plain reader sees the other looks in order
     and no phantom step; after mending, --retry-failed folds the look in where it belongs (its
     tile rewound and the looks after it replayed) and every output equals the clean run's."""
-    data = tmp_path / "data"
-    shutil.copytree(kill_series, data)
-    band, good = corrupt_band(data, 3)
-    out = tmp_path / "out"
-    code, log = backfill(data, out, check=False)
-    assert code == 3, log
+    data0, out0, band, good = failed_look
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(data0, data)
+    shutil.copytree(out0, out)
+    band = data / band
     times = _plain_reader_times(out)
     assert len(times) == N_ACQUISITIONS - 1 and (np.diff(times) > np.timedelta64(0)).all()
     assert times.min() > np.datetime64("2000-01-01")
