@@ -498,18 +498,18 @@ class Pipeline:
             touched = sorted({a.tile for a in (*replay, *plan.apply)})
             with driver.timed("store_compact"):
                 for tile in touched:
-                    self._after_run(f"the store's rows of {tile}",
+                    self.after_run(f"the store's rows of {tile}",
                                     partial(self.compact_tile, tile, report))  # fmt: skip
             with driver.timed("catalog"):
                 catalog = partial(write_catalog, layout, touched)
-                self._after_run("the outputs' STAC catalogue", catalog)
+                self.after_run("the outputs' STAC catalogue", catalog)
             if sim.index_on_commit:
                 from .similar import update_index
 
                 # after the run's applies: the index reads the store, never delays a commit
                 for tile in touched:
                     step = partial(update_index, layout, tile, sim.min_clear)
-                    self._after_run(f"the similarity index of {tile}", step)
+                    self.after_run(f"the similarity index of {tile}", step)
         with driver.timed("plan"):
             self._advance_watermark(key, acqs)
         driver.cpu = time.process_time() - cpu0
@@ -532,7 +532,7 @@ class Pipeline:
                 time.perf_counter() - t0, done.moved, done.dropped, done.bytes_copied / 2**20,
             )  # fmt: skip
 
-    def _after_run(self, what: str, step: Callable[[], object]) -> None:
+    def after_run(self, what: str, step: Callable[[], object]) -> None:
         """A step that keeps a derived output current: its failure is logged, not the run's
         (a full volume still stops the run, as everywhere)."""
         try:

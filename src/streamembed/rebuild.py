@@ -77,6 +77,6 @@ def rebuild(pipe: Pipeline, tile: str, since: dt.datetime | None = None) -> Rebu
             folded += 1
     report = RunReport()
     pipe.compact_tile(tile, report)
-    pipe._after_run("the outputs' STAC catalogue", partial(write_catalog, pipe.cfg.layout, [tile]))
+    pipe.after_run("the outputs' STAC catalogue", partial(write_catalog, pipe.cfg.layout, [tile]))
     replayed = res.rewind.replayed if res.rewind else 0
     return Rebuilt(tile, folded, replayed, changed, res)
