@@ -393,12 +393,16 @@ def test_monitor_daemon_over_http_two_batches_exactly_once(server, archive, tmp_
     assert proc.returncode == 0, output
     with Ledger(ledger_path) as ledger:
         states = ledger.states()
-    # The back-dated product is older than the tile's last applied one: the documented rule
-    # stores it and marks it late instead of applying it out of order.
-    assert states[late["id"]] == "late"
-    assert all(states[i["id"]] == State.APPLIED for i in items if i is not late)
+    # The back-dated product is older than the tile's last applied one but within
+    # stats.allowed_lateness_days: folded in where it belongs (the looks after it replayed,
+    # their revisions recorded), and the store's rows put in sensing order.
+    assert all(states[i["id"]] == State.APPLIED for i in items)
+    with Ledger(ledger_path) as ledger:
+        assert {by for _, by, _, _ in ledger.revisions()} == {late["id"]}
     stored = EmbeddingStore(out / "embeddings.zarr").acquisition_ids("33UWP")
     assert sorted(stored) == sorted(i["id"] for i in items)  # each embedded exactly once
+    times = EmbeddingStore(out / "embeddings.zarr").open_dataset("33UWP").time.values
+    assert len(times) == len(items) and (np.diff(times) > np.timedelta64(0)).all()
 
 
 def test_monitor_survives_a_long_source_outage_and_catches_up(server, archive, tmp_path):
