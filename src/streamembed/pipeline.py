@@ -515,7 +515,7 @@ class Pipeline:
         driver.cpu = time.process_time() - cpu0
         return report
 
-    def compact_tile(self, tile: str, report: RunReport) -> None:
+    def compact_tile(self, tile: str, report: RunReport | None = None) -> None:
         """Put the tile's stored looks in sensing order (a late or retried look, a failed
         one's row) once the run's applies are done: the actors read rows by id meanwhile."""
         if not self.store.out_of_order(tile):
@@ -525,7 +525,8 @@ class Pipeline:
         done = self.store.compact(tile)
         self.ledger.mark_compacting(tile, done=True)
         if done is not None:
-            report.compacted += 1
+            if report is not None:
+                report.compacted += 1
             log.info(
                 "tile %s: store rows put in sensing order from row %d in %.2f s (%d moved, %d "
                 "released rows removed, %.0f MiB of chunks copied)", tile, done.start,

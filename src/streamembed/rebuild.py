@@ -18,7 +18,7 @@ from functools import partial
 from .actor import ApplyResult, day_number
 from .catalog import write_catalog
 from .ledger import State
-from .pipeline import Pipeline, RunReport
+from .pipeline import Pipeline
 
 # ledger states of a stored look that belongs in the tile's statistics
 IN_STATISTICS = (State.APPLIED, State.LATE, State.EMBEDDED)
@@ -75,8 +75,7 @@ def rebuild(pipe: Pipeline, tile: str, since: dt.datetime | None = None) -> Rebu
         else:
             pipe.ledger.set_state(rev.acquisition_id, State.APPLIED, n_anomalies=rev.rows_after)
             folded += 1
-    report = RunReport()
-    pipe.compact_tile(tile, report)
+    pipe.compact_tile(tile)
     pipe.after_run("the outputs' STAC catalogue", partial(write_catalog, pipe.cfg.layout, [tile]))
     replayed = res.rewind.replayed if res.rewind else 0
     return Rebuilt(tile, folded, replayed, changed, res)

@@ -361,11 +361,7 @@ class EmbeddingStore:
         _, ids = _repair(g)
         doc = self._read_doc(tile)
         times = [int(v) for v in np.asarray(_arr(g, "time")[: len(ids)])]
-        arrays = {
-            name: json.loads(storage.read_bytes(storage.join(self.root, tile, name, "zarr.json")))
-            for name in sorted(g.array_keys())
-        }
-        meta = self._meta[tile] = _TileMeta(doc, arrays, ids, times)
+        meta = self._meta[tile] = _TileMeta(doc, self._array_docs(tile, g), ids, times)
         while len(self._meta) > META_TILES:
             self._meta.popitem(last=False)
         return meta
@@ -375,6 +371,13 @@ class EmbeddingStore:
         doc = json.loads(storage.read_bytes(storage.join(self.root, tile, "zarr.json")))
         doc.pop("consolidated_metadata", None)
         return dict(doc)
+
+    def _array_docs(self, tile: str, g: zarr.Group) -> dict[str, dict[str, Any]]:
+        """Every array's own metadata document of the tile (the writers' view)."""
+        return {
+            name: json.loads(storage.read_bytes(storage.join(self.root, tile, name, "zarr.json")))
+            for name in sorted(g.array_keys())
+        }
 
     @contextmanager
     def _writing(self, tile: str) -> Iterator[_TileMeta]:
@@ -651,10 +654,9 @@ class EmbeddingStore:
         """Carry out (or finish, after a kill) the compaction ``job``; returns bytes copied."""
         start, scratch = int(job["start"]), int(job["scratch"])
         sources, ids, times = list(job["sources"]), list(job["ids"]), list(job["times"])
-        arrays = {
-            name: json.loads(storage.read_bytes(storage.join(self.root, tile, name, "zarr.json")))
-            for name in _time_vars(dict.fromkeys(self._array_names(tile)))
-        }
+        g = self._group(tile)
+        assert g is not None
+        arrays = self._array_docs(tile, g)
         names = _row_vars(arrays)
         copied = 0
         if job["phase"] == "copy":
@@ -687,36 +689,31 @@ class EmbeddingStore:
         for name in names:
             for row in range(end, scratch + len(sources)):
                 storage.remove_tree(self._row(tile, name, row))
-        for name, array_meta in arrays.items():
+        for name in _time_vars(arrays):
+            array_meta = arrays[name]
             if array_meta["shape"][0] != end:
                 array_meta["shape"] = [end, *array_meta["shape"][1:]]
                 where = storage.join(self.root, tile, name, "zarr.json")
                 storage.publish(where, json.dumps(array_meta).encode())
         crash_point("store.compaction_cut")
         doc = self._read_doc(tile)
-        g = self._group(tile)
-        assert g is not None
-        all_arrays = {
-            name: json.loads(storage.read_bytes(storage.join(self.root, tile, name, "zarr.json")))
-            for name in sorted(g.array_keys())
-        }
-        done = _TileMeta(doc, all_arrays, _ids(g), [int(v) for v in np.asarray(_arr(g, "time")[:])])
+        # the documents as now written (the time variables' cut just above)
+        done = _TileMeta(
+            doc,
+            arrays,
+            [str(v) for v in np.asarray(_arr(g, "acquisition_id")[:end])],
+            [int(v) for v in np.asarray(_arr(g, "time")[:end])],
+        )
         done.doc["attributes"].pop("compaction", None)
         self._publish_view(tile, done, done.pending)
         return copied
 
-    def _array_names(self, tile: str) -> list[str]:
-        g = self._group(tile)
-        assert g is not None
-        return sorted(g.array_keys())
-
     def _set_phase(self, tile: str, job: dict[str, Any], phase: str) -> dict[str, Any]:
         """Record the compaction's next phase in the tile's attributes (one object write)."""
-        doc = self._read_doc(tile)
+        # the whole document, its readers' view (cut before the rows moving) kept as it is
+        doc = json.loads(storage.read_bytes(storage.join(self.root, tile, "zarr.json")))
         job = {**job, "phase": phase}
         doc["attributes"]["compaction"] = job
-        views = json.loads(storage.read_bytes(storage.join(self.root, tile, "zarr.json")))
-        doc["consolidated_metadata"] = views.get("consolidated_metadata")
         storage.publish(storage.join(self.root, tile, "zarr.json"), json.dumps(doc).encode())
         return job
 
