@@ -47,8 +47,8 @@ test-faults: $(STAMP)
 test-faults-all: $(STAMP)
 	$(BIN)/pytest -q -m faults
 
-# Every detector on every synthetic scenario, side by side: docs/evaluation.md and its maps
-# (10 min 37 s from a fresh clone here; the 1.5 GB of archives in evaluation/ are reused).
+# Every detector on the scenario set and on the second generator's tuning and held-out seeds:
+# docs/evaluation.md and its maps (the archives in evaluation/ are reused by a later run).
 evaluate: $(STAMP)
 	$(BIN)/streamembed evaluate --scenarios all --work evaluation --doc docs/evaluation.md \
 		--encoders resnet18,resnet50,vit_small_patch16_224

@@ -19,14 +19,16 @@ from streamembed.sink import read_anomalies
 from streamembed.store import EmbeddingStore
 
 N_ACQUISITIONS = 9
-# The series' config: a low threshold without the index gate (noise gives anomaly rows to
-# compare), small chunks and four blocks per acquisition.
+# The series' config: a low threshold and no index evidence asked for (noise gives anomaly
+# rows to compare), small chunks and four blocks per acquisition.
 SERIES_ENV = {
     "STREAMEMBED__MODEL__ARCH": "resnet18",
     "STREAMEMBED__CLUSTER__DASHBOARD_ADDRESS": ":0",
     "STREAMEMBED__STATS__MIN_OBS": "3",
     "STREAMEMBED__STATS__THRESHOLD": "1.5",
     "STREAMEMBED__STATS__MIN_INDEX_CHANGE": "0",
+    "STREAMEMBED__STATS__MIN_STEP": "0",
+    "STREAMEMBED__STATS__MIN_NOVELTY": "0",
     "STREAMEMBED__STORE__CHUNK_CELLS": "4",
     "STREAMEMBED__INGEST__BLOCK_PX": "256",
 }

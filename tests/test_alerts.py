@@ -31,9 +31,10 @@ class Cell:
         now: np.ndarray = GRASS,
         expected: np.ndarray = GRASS,
         label: np.int8 = WATER_GAIN,
+        progress: float | None = None,
     ) -> tuple[bool, str]:
         self.day += 5.0
-        row = advance(
+        row, _ = advance(
             self.alerts,
             np.array([clear]),
             np.array([anomalous]),
@@ -43,6 +44,7 @@ class Cell:
             self.day,
             self.confirm_looks,
             self.recover,
+            None if progress is None else np.array([progress]),
         )
         return bool(row[0]), AlertStatus(int(self.alerts.status[0])).label
 

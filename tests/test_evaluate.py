@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from streamembed.alerts import AlertStatus
-from streamembed.evaluate import WINDOW_CLEAR_LOOKS, score_replay
+from streamembed.evaluate import WINDOW_CLEAR_LOOKS, score_alerts, score_replay
 from streamembed.labels import LABELS
 from streamembed.replay import Replay
 
@@ -111,3 +111,88 @@ def test_the_document_tables_carry_the_scores():
     md = render_markdown([run], 60.0, "make evaluate", encoders=encoders)
     assert "| haze | resnet18 | 512 | 0.67 / 0 | - | 1 |" in md
     assert "| haze | vit_small_patch16_224 | 384 | 0.67 / 0 | - | 1 |" in md
+    # The summary: the held-out half of the second generator first, the tuning half and the
+    # set beside it, from the alert scores.
+    from streamembed.sources import fieldsim
+
+    later = truth.assign(start=_ts(DAY0 + 5))  # a look before it: the cells are warm
+    alerts = score_alerts(rep, later, "x")
+    held = ScenarioRun(fieldsim.scenario_name(fieldsim.HELD_OUT_SEEDS[0]), {"embedding+index": rep},
+                       {"embedding+index": score}, True, 1.0, True,
+                       {"embedding+index": alerts})  # fmt: skip
+    tuned = ScenarioRun(fieldsim.scenario_name(fieldsim.TUNING_SEEDS[0]), {"embedding+index": rep},
+                        {"embedding+index": score}, True, 1.0, True,
+                        {"embedding+index": alerts})  # fmt: skip
+    assert held.split == "held-out" and tuned.split == "tuning" and run.split == "set"
+    from streamembed.evaluation import summary_lines
+
+    lines = summary_lines([held, tuned], "embedding+index")
+    text = "\n".join(lines)
+    assert text.index("second generator, held-out seeds") < text.index("tuning seeds |")
+    # one event (cells 0 and 1) from look 1, cell 0 confirmed at look 3: not in time
+    assert "| second generator, held-out seeds | 1 | 0/1 | 0.50 (1/2) | 1.00 (1/1) |" in text
+    assert "| flood (1/2 cells) |" in text
+
+
+def test_alert_accuracy_counts_core_edge_warm_up_gradual_and_lifecycle_apart():
+    """score_alerts on a hand-made replay of 3 x 3 cells, 12 looks, every number by hand."""
+    t, c = 12, 9
+    status = np.zeros((t, c), np.int8)
+    anomaly = np.zeros((t, c), bool)
+    scored = np.ones((t, c), bool)
+    label = np.full((t, c), LABELS.index("unknown"), np.int8)
+    water, veg = LABELS.index("water_gain"), LABELS.index("vegetation_loss")
+    # cell 0 (flood core, 0.9 inside): anomalous at looks 4 and 5, confirmed at 5, water_gain
+    anomaly[4:6, 0] = True
+    status[4, 0], status[5:, 0] = AlertStatus.PROVISIONAL, AlertStatus.CONFIRMED
+    label[4:, 0] = water
+    # cell 1 (flood core): confirmed at look 6 but labelled vegetation_loss, a late look missed
+    scored[5, 1] = False
+    anomaly[4, 1] = anomaly[6, 1] = True
+    status[4:6, 1], status[6:, 1] = AlertStatus.PROVISIONAL, AlertStatus.CONFIRMED
+    label[4:, 1] = veg
+    # cell 2 (flood edge, 0.3 inside): nothing, which is no fault
+    # cell 3 (flood core, but scored only from look 5: not yet warm when it began)
+    scored[:5, 3] = False
+    # cell 4 (clean): a provisional alert retracted, and one anomalous look: a false look
+    anomaly[8, 4] = True
+    status[8, 4], status[9:, 4] = AlertStatus.PROVISIONAL, AlertStatus.RETRACTED
+    # cell 5 (clean): confirmed at look 10: a false confirmation
+    status[9, 5], status[10:, 5] = AlertStatus.PROVISIONAL, AlertStatus.CONFIRMED
+    label[9:, 5] = veg
+    # cell 8 (decline core): a gradual alert from look 9, and no sudden one
+    gradual = np.zeros((t, c), bool)
+    gradual[9:, 8] = True
+    # cell 0 recovers at look 11
+    status[11, 0] = AlertStatus.RECOVERED
+    truth = pd.DataFrame(
+        {
+            "tile": "33UWP",
+            "cell_y": [0, 0, 0, 1, 2],
+            "cell_x": [0, 1, 2, 0, 2],
+            "fraction": [0.9, 0.6, 0.3, 1.0, 0.8],
+            "event": ["flood"] * 4 + ["decline"],
+            "event_id": ["flood-0"] * 4 + ["decline-0"],
+            "label": ["water_gain"] * 4 + ["gradual"],
+            "kind": ["sudden"] * 4 + ["gradual"],
+            "start": [_ts(DAY0 + 20)] * 4 + [_ts(DAY0 + 30)],
+            "end": [_ts(DAY0 + 40)] * 4 + [_ts(DAY0 + 60)],
+        }
+    )
+    rep = Replay("33UWP", "embedding+index", (3, 3), [f"a{i}" for i in range(t)],
+                 DAY0 + 5.0 * np.arange(t), scored, anomaly, anomaly, status, label,
+                 gradual)  # fmt: skip
+    s = score_alerts(rep, truth, "hand")
+    assert (s.event_cells, s.found_cells, s.unmonitored) == (2, 2, 1)
+    assert (s.edge_cells, s.edge_found) == (1, 0)
+    assert (s.confirmations, s.correct) == (3, 2) and s.precision == pytest.approx(2 / 3)
+    assert s.labelled_right == 1 and s.label_agreement == 0.5
+    assert s.per_type["flood"] == (1, 1, 2, 2)  # named water_gain once, right once; 2 of 2
+    assert s.per_type["clear-cut"][:2] == (2, 0)  # two vegetation_loss confirmations, both wrong
+    (event,) = s.events
+    assert (event.cells, event.found, event.looks) == (2, 2, 2.0) and event.in_time
+    # the flood lasted looks 4-8: cells 0 and 1 anomalous twice each, cell 0 labelled water_gain
+    assert (s.flood_looks, s.flood_looks_water) == (4, 2)
+    assert (s.gradual_cells, s.gradual_reported, s.gradual_sudden, s.gradual_false) == (1, 1, 0, 0)
+    assert (s.false_looks, s.clean_looks) == (1, 4 * t)  # cells 4-7 are clean; cell 4 at look 8
+    assert (s.retracted, s.recovered) == (1, 1)

@@ -157,7 +157,8 @@ def _fill(volume: Path, leave_kib: int) -> Path:
 def _local_run(items: Path, out: Path, client) -> object:
     cfg = Config().with_overrides(
         **{"source.path": str(items), "output": str(out), "model.arch": "resnet18",
-           "stats.min_obs": 2, "stats.threshold": 1.5, "stats.min_index_change": 0}
+           "stats.min_obs": 2, "stats.threshold": 1.5, "stats.min_index_change": 0,
+           "stats.min_step": 0, "stats.min_novelty": 0}
     )  # fmt: skip
     pipe = Pipeline(cfg, client)
     try:

@@ -67,6 +67,8 @@ def _cfg(source: str, output: str, ledger: str | None = None) -> Config:
             "stats.min_obs": 2,
             "stats.threshold": 1.5,  # noise gives anomaly rows to compare
             "stats.min_index_change": 0.0,
+            "stats.min_step": 0.0,
+            "stats.min_novelty": 0.0,
             "stats.shards": 2,
         }
     )

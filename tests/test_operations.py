@@ -99,6 +99,8 @@ def test_monitor_metrics_probes_and_webhook(kill_series, kill_reference, local_d
         "STREAMEMBED__STATS__MIN_OBS": "3",
         "STREAMEMBED__STATS__THRESHOLD": "1.5",
         "STREAMEMBED__STATS__MIN_INDEX_CHANGE": "0",
+        "STREAMEMBED__STATS__MIN_STEP": "0",
+        "STREAMEMBED__STATS__MIN_NOVELTY": "0",
         "STREAMEMBED__STORE__CHUNK_CELLS": "4",
         "STREAMEMBED__INGEST__BLOCK_PX": "256",
         "STREAMEMBED__CLUSTER__KIND": "address",

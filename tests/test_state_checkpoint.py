@@ -19,7 +19,7 @@ from streamembed.stats import TileState, block_location, update, usable_cells
 
 SHAPE = (150, 140)  # 3 x 3 blocks of 64 cells, the last row and column partial
 DIM = 8
-P = StatsConfig(min_obs=2, threshold=1.0, min_index_change=0.0)
+P = StatsConfig(min_obs=2, threshold=1.0, min_index_change=0.0, min_step=0.0, min_novelty=0.0)
 
 
 def _look(rng: np.random.Generator, t: int, clear_box: tuple[slice, slice] | None = None):

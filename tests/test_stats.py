@@ -46,15 +46,12 @@ def naive_update(state, emb, clear, indices, day, p):
     if k >= 8:
         med = float(np.median([z[i] for i in range(c) if scorable[i]]))
         z = [zi - med for zi in z]
-    # The gate's expectation is the seasonal index model's (tested in test_seasonal.py).
+    # The index model is folded in as the runtime does (tested in test_seasonal.py); the gate
+    # is the embedding detector's (every cell): the index evidence is tested in test_change.py.
     model = copy.deepcopy(state.index_model)
     usable = np.array(valid) & np.isfinite(idx).all(axis=1)
-    _, expected = index_scores(model, idx, usable, day, p.half_life_days, p.min_obs)
-    anomaly = []
-    for i in range(c):
-        delta = idx[i] - expected[i]
-        own = np.nanmax(np.abs(delta)) >= p.min_index_change if np.isfinite(delta).any() else False
-        anomaly.append(scorable[i] and z[i] >= p.threshold and bool(own))
+    index_scores(model, idx, usable, day, p.half_life_days, p.min_obs)
+    anomaly = [scorable[i] and z[i] >= p.threshold for i in range(c)]
     new = TileState.empty(cy, cx, dim)
     for name in ("n", "mean", "dist_mean", "dist_var", "last_day"):
         getattr(new, name)[...] = getattr(state, name)
@@ -94,7 +91,7 @@ def _random_series(rng, steps, cy, cx, dim):
 
 def test_vectorised_matches_naive_loop():
     rng = np.random.default_rng(3)
-    p = StatsConfig(min_obs=3, threshold=0.5, min_index_change=0.3)
+    p = StatsConfig(min_obs=3, threshold=0.5, detector="embedding")
     cy, cx, dim = 4, 5, 16
     fast = TileState.empty(cy, cx, dim)
     slow = TileState.empty(cy, cx, dim)

@@ -340,7 +340,9 @@ class StatsActor:
         written = write_anomalies(self.layout.anomalies, records, grid, date, acquisition_id)
         if written is None:  # a replay (or one after a killed rewind): no rows left
             storage.remove_tree(self.layout.anomaly_file(tile, date, acquisition_id))
-        write_alert_table(self.layout.alert_table(tile), state.alerts, grid, day, acquisition_id)
+        write_alert_table(
+            self.layout.alert_table(tile), state.alerts, grid, day, acquisition_id, state.change
+        )
         t_sink = time.perf_counter()
         crash_point("actor.sunk")
         self._dirty[tile] = self._dirty.get(tile, 0) + 1

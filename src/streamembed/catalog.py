@@ -38,6 +38,7 @@ _COLUMN_TYPES = {
     "model_id": "string", "utm_epsg": "int32", "geometry": "binary (WKB, EPSG:4326)",
     "onset": "timestamp[us, UTC]", "confirmed": "timestamp[us, UTC]",
     "last_anomalous": "timestamp[us, UTC]", "looks": "int32", "updated": "timestamp[us, UTC]",
+    "kind": "string", "gradual": "string", "gradual_onset": "timestamp[us, UTC]",
 }  # fmt: skip
 _VARIABLES = {
     "embedding": ("encoder feature map at the output stride, one per cell", None),

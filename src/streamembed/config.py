@@ -190,11 +190,31 @@ class StatsConfig(Section):
     min_clear: float = Field(0.9, ge=0, le=1)
     min_context_clear: float = Field(0.8, ge=0, le=1)
     threshold: float = Field(2.5, gt=0)
-    min_index_change: float = Field(0.25, ge=0)
+    min_index_change: float = Field(
+        0.25, ge=0, description="a sudden change departs this far from the seasonal expectation "
+        "on NDVI, NBR or MNDWI (index units)",
+    )  # fmt: skip
+    min_step: float = Field(
+        0.2, ge=0, description="... and stepped this far since the cell's last clear look (a "
+        "change that built up over many looks is gradual, not sudden)",
+    )  # fmt: skip
+    min_novelty: float = Field(
+        0.1, ge=0, description="... and went this far past the most changed state the cell "
+        "showed in the past year (a harvest returns to the field's own bare season)",
+    )  # fmt: skip
+    gradual_threshold: float = Field(
+        0.1, gt=0, description="the gradual test: a cell's decline built up look by look "
+        "(NDVI, each look's share clipped to 0.05) that raises a gradual alert",
+    )  # fmt: skip
+    gradual_min_loss: float = Field(
+        0.08, gt=0, description="... when its NDVI is also at least this far below its "
+        "seasonal expectation",
+    )  # fmt: skip
     detector: Detector = Field(
         "embedding+index",
-        description="embedding+index: embedding z-score gated by the cell's own index change; "
-        "embedding: the z-score alone; index: per-cell seasonal index z-scores (the baseline)",
+        description="embedding+index: a step past the cell's own seasons on its indices "
+        "(change.py), or half its departure with the embedding z-score; embedding: the z-score "
+        "alone; index: per-cell seasonal index z-scores (the baseline)",
     )
     index_threshold: float = Field(4.0, gt=0, description="z of the index detector")
     confirm_looks: int = Field(

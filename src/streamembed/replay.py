@@ -11,11 +11,12 @@ runtime's default (``stats.detector``), ``embedding`` the z-score without the in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .actor import day_number
+from .change import Gradual
 from .config import DETECTORS, StatsConfig
 from .stats import TileState, update
 from .store import EmbeddingStore
@@ -37,6 +38,15 @@ class Replay:
     row: np.ndarray  # (T, C) bool: an output row (anomalous, or its alert ended on this look)
     status: np.ndarray  # (T, C) int8 AlertStatus after the look
     label: np.ndarray  # (T, C) int8 the alert's label after the look (labels.LABELS)
+    gradual: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))  # (T, C) bool:
+    # a gradual alert stands after the look (empty: none recorded)
+    gradual_row: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))  # (T, C)
+    # bool: a gradual row (its alert raised or ended on the look)
+
+    def __post_init__(self) -> None:
+        for name in ("gradual", "gradual_row"):
+            if getattr(self, name).size == 0:
+                object.__setattr__(self, name, np.zeros(self.status.shape, bool))
 
 
 def replay_tile(
@@ -63,7 +73,8 @@ def replay_tile(
     ids = [a for _, a in order]
     out = {
         d: Replay(tile, d, shape, ids, days, np.zeros((t, c), bool), np.zeros((t, c), bool),
-                  np.zeros((t, c), bool), np.zeros((t, c), np.int8), np.zeros((t, c), np.int8))
+                  np.zeros((t, c), bool), np.zeros((t, c), np.int8), np.zeros((t, c), np.int8),
+                  np.zeros((t, c), bool), np.zeros((t, c), bool))
         for d in detectors
     }  # fmt: skip
     runs = {d: params.model_copy(update={"detector": d}) for d in detectors}
@@ -80,6 +91,9 @@ def replay_tile(
             )
             r = out[d]
             r.scored[k], r.anomaly[k] = res.scored, res.anomaly
-            r.row[k, res.rows] = True
+            gradual = res.kinds == "gradual" if res.kinds.size else np.zeros(res.rows.size, bool)
+            r.row[k, res.rows[~gradual]] = True
+            r.gradual_row[k, res.rows[gradual]] = True
             r.status[k], r.label[k] = state.alerts.status, state.alerts.label
+            r.gradual[k] = state.change.gradual == Gradual.ACTIVE
     return out

@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import storage
 from .alerts import STATUS_NAMES, AlertState, AlertStatus
+from .change import GRADUAL_NAMES, ChangeState, Gradual
 from .grid import TileGrid
 from .labels import LABELS
 from .layout import partition_path
@@ -27,7 +28,8 @@ from .stats import ScoreResult
 # does not see the same column twice.
 COLUMNS = (
     "acquisition_id", "mgrs_tile", "datetime", "cell_y", "cell_x", "score", "distance",
-    "n_obs", "clear_fraction", "label", "status", "model_id", "utm_epsg", "geometry",
+    "n_obs", "clear_fraction", "label", "status", "kind", "onset", "model_id", "utm_epsg",
+    "geometry",
 )  # fmt: skip
 
 
@@ -48,6 +50,8 @@ class AnomalyRecord:
     status: str  # the cell's alert status after this look (alerts.AlertStatus)
     model_id: str
     utm_epsg: int
+    kind: str = "sudden"  # sudden (a step between two looks) or gradual (change.py)
+    onset: dt.datetime | None = None  # the day the row's alert began
 
 
 def records_from_result(
@@ -60,6 +64,8 @@ def records_from_result(
 ) -> list[AnomalyRecord]:
     nx = grid.n_cells_x
     flat_clear = clear.reshape(-1)
+    kinds = result.kinds if result.kinds.size else np.full(result.rows.size, "sudden", object)
+    onsets = result.onsets if result.onsets.size else np.full(result.rows.size, np.nan)
     return [
         AnomalyRecord(
             acquisition_id=acquisition_id,
@@ -75,9 +81,20 @@ def records_from_result(
             status=str(status),
             model_id=model_id,
             utm_epsg=grid.epsg,
+            kind=str(kind),
+            onset=_day_datetime(onset),
         )
-        for i, label, status in zip(result.rows, result.labels, result.status, strict=True)
+        for i, label, status, kind, onset in zip(
+            result.rows, result.labels, result.status, kinds, onsets, strict=True
+        )
     ]
+
+
+def _day_datetime(day: float) -> dt.datetime | None:
+    """A day number (days since 1970-01-01, as the statistics count) as a UTC datetime."""
+    if not np.isfinite(day):
+        return None
+    return dt.datetime.fromtimestamp(round(day * 86400.0), dt.timezone.utc)
 
 
 def to_geodataframe(records: list[AnomalyRecord], grid: TileGrid) -> gpd.GeoDataFrame:
@@ -94,6 +111,8 @@ def to_geodataframe(records: list[AnomalyRecord], grid: TileGrid) -> gpd.GeoData
             "clear_fraction": np.array([r.clear_fraction for r in records], np.float32),
             "label": [r.label for r in records],
             "status": [r.status for r in records],
+            "kind": [r.kind for r in records],
+            "onset": pd.to_datetime([r.onset for r in records], utc=True),
             "model_id": [r.model_id for r in records],
             "utm_epsg": np.array([r.utm_epsg for r in records], np.int32),
         }
@@ -135,7 +154,7 @@ def _read_partitioned(root: str | Path, pattern: str, columns: tuple[str, ...]) 
 
 ALERT_COLUMNS = (
     "mgrs_tile", "cell_y", "cell_x", "status", "label", "onset", "confirmed", "last_anomalous",
-    "looks", "updated", "acquisition_id", "geometry",
+    "looks", "gradual", "gradual_onset", "updated", "acquisition_id", "geometry",
 )  # fmt: skip
 
 
@@ -144,10 +163,18 @@ def _days_to_datetime(days: np.ndarray) -> pd.DatetimeIndex:
 
 
 def alert_table(
-    alerts: AlertState, grid: TileGrid, day: float, acquisition_id: str
+    alerts: AlertState,
+    grid: TileGrid,
+    day: float,
+    acquisition_id: str,
+    change: ChangeState | None = None,
 ) -> gpd.GeoDataFrame:
-    """The current alert status of every cell that has had one (one row per cell)."""
-    cells = np.flatnonzero(alerts.status != AlertStatus.NONE)
+    """The current alert status of every cell that has had one (one row per cell): its sudden
+    alert (``status`` and the rest) and its gradual one (``gradual``: none, confirmed or
+    recovered, from ``gradual_onset``)."""
+    gradual = np.zeros(alerts.status.size, np.int8) if change is None else change.gradual
+    gradual_onset = np.full(gradual.size, np.nan) if change is None else change.gradual_onset
+    cells = np.flatnonzero((alerts.status != AlertStatus.NONE) | (gradual != Gradual.NONE))
     nx = grid.n_cells_x
     cy, cx = (cells // nx).astype(np.int32), (cells % nx).astype(np.int32)
     frame = pd.DataFrame(
@@ -161,6 +188,8 @@ def alert_table(
             "confirmed": _days_to_datetime(alerts.confirmed_day[cells]),
             "last_anomalous": _days_to_datetime(alerts.last_day[cells]),
             "looks": alerts.looks[cells].astype(np.int16),
+            "gradual": [GRADUAL_NAMES[g] for g in gradual[cells]],
+            "gradual_onset": _days_to_datetime(gradual_onset[cells]),
             "updated": _days_to_datetime(np.full(cells.size, day)),
             "acquisition_id": acquisition_id,
         }
@@ -169,10 +198,15 @@ def alert_table(
 
 
 def write_alert_table(
-    path: str | Path, alerts: AlertState, grid: TileGrid, day: float, acquisition_id: str
+    path: str | Path,
+    alerts: AlertState,
+    grid: TileGrid,
+    day: float,
+    acquisition_id: str,
+    change: ChangeState | None = None,
 ) -> str:
     """Replace a tile's alert table atomically: readers see the old table or the new one."""
-    return _publish(alert_table(alerts, grid, day, acquisition_id), str(path))
+    return _publish(alert_table(alerts, grid, day, acquisition_id, change), str(path))
 
 
 def read_alerts(root: str | Path) -> gpd.GeoDataFrame:

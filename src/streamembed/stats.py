@@ -14,12 +14,16 @@ Scoring one acquisition:
    shift such as haze, low sun or a tile-wide green-up is not an anomaly); on tiles with more
    than SPATIAL_SAMPLE scorable cells the tile-wide medians come from an evenly spaced sample;
 3. the distance is a z-score against the cell's own distance history, again centred by the
-   tile median; cells past ``threshold`` after ``min_obs`` observations whose own indices also
-   moved from their seasonal expectation (the ``detector``'s gate) are anomalies;
+   tile median; with the default detector (embedding+index) a look is a sudden change's
+   onset when its own indices stepped past the cell's seasons (change.py: departed from the
+   expectation, stepped since the last clear look, new to the cell), or did so by half the
+   departure while the z-score passes ``threshold``, after ``min_obs`` observations;
 4. updates are robust: an anomalous cell moves its mean only by a clipped step and leaves its
    distance history alone, so a permanent change is learnt gradually (and stays anomalous
    while it is), and a passing one barely moves the state at all;
-5. the alert lifecycle advances: provisional, confirmed, retracted, recovered (alerts.py).
+5. the alert lifecycle advances: provisional, confirmed, retracted, recovered (alerts.py),
+   each later look measured against the onset; the gradual test (change.py) raises or ends
+   gradual alerts, and the change memories take the look in (``advance_cells``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,16 @@ from llvmlite import binding as llvm
 from llvmlite import ir
 
 from .alerts import ALERT_ARRAYS, STATUS_NAMES, AlertState, AlertStatus, advance
+from .change import (
+    CHANGE_ARRAYS,
+    COLS,
+    SIGN,
+    ChangeState,
+    Evidence,
+    evidence,
+    fold,
+    gradual_step,
+)
 from .config import StatsConfig
 from .labels import LABELS, UNKNOWN, label_cells, label_index
 from .seasonal import (
@@ -87,6 +101,8 @@ class TileState:
     shape: tuple[int, int]
     index_model: IndexModel  # the cell's own spectral indices: their seasonal expectation
     alerts: AlertState
+    change: ChangeState = field(default_factory=lambda: ChangeState.empty(0))  # step, envelope
+    # and the gradual test (change.py); empty: one for every cell is made
     last_time_day: float = float("nan")
     applied_ids: list[str] = field(default_factory=list)
     applied_days: list[float] = field(default_factory=list)  # each applied look's day (a rewind
@@ -104,6 +120,8 @@ class TileState:
     bytes_written: int = 0
 
     def __post_init__(self) -> None:
+        if self.change.trend.size != self.n.size:
+            self.change = ChangeState.empty(int(self.n.size))
         blocks = self.blocks_y * self.blocks_x
         if self.block_gen.size == 0:
             self.block_gen = np.full(blocks, -1, np.int64)
@@ -152,6 +170,7 @@ class TileState:
         blocks in memory (the others are zero pages never touched) and the rest whole."""
         arrays = (self.n, self.dist_mean, self.dist_var, self.last_day)
         small = int(sum(a.nbytes for a in arrays)) + self.index_model.nbytes + self.alerts.nbytes
+        small += self.change.nbytes
         return small + self.mean_block_bytes
 
     @classmethod
@@ -194,6 +213,7 @@ class TileState:
             "applied_days": np.array(self.applied_days, dtype=np.float64),
             **{f"index_{name}": getattr(self.index_model, name) for name in INDEX_MODEL_ARRAYS},
             **{f"alert_{name}": getattr(self.alerts, name) for name in ALERT_ARRAYS},
+            **{f"change_{name}": getattr(self.change, name) for name in CHANGE_ARRAYS},
         }
 
     def ensure_loaded(self, blocks: np.ndarray | None = None) -> int:
@@ -279,9 +299,17 @@ class TileState:
             manifest_bytes = f.seek(0, 2)  # every array in it is read
             # A checkpoint from before the alert lifecycle starts its cells with no alert.
             alerts = (
-                AlertState(**{name: z[f"alert_{name}"] for name in ALERT_ARRAYS})
+                AlertState.from_arrays(
+                    {name: z[f"alert_{name}"] for name in ALERT_ARRAYS if f"alert_{name}" in z}
+                )
                 if "alert_status" in z
                 else AlertState.empty(int(z["n"].size))
+            )
+            # One from before the change memories starts them empty (change.py).
+            change = (
+                ChangeState(**{name: z[f"change_{name}"] for name in CHANGE_ARRAYS})
+                if "change_trend" in z
+                else ChangeState.empty(int(z["n"].size))
             )
             # One from before the seasonal index model starts it from the rolling index mean.
             index_model = (
@@ -305,6 +333,7 @@ class TileState:
                 shape=(int(z["shape"][0]), int(z["shape"][1])),
                 index_model=index_model,
                 alerts=alerts,
+                change=change,
                 last_time_day=float(z["last_time_day"]),
                 applied_ids=[str(s) for s in z["applied_ids"]],
                 applied_days=(
@@ -368,6 +397,10 @@ class ScoreResult:
     status: np.ndarray  # (R,) object: alert status of each row's cell after this look
     snow_cells: int
     masked_cells: int
+    kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, object))  # (R,) object:
+    # sudden or gradual (empty: all sudden)
+    onsets: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (R,) float64 day each
+    # row's alert began (empty: unknown)
 
 
 # ------------------------------------------------------------------ the compiled core
@@ -747,16 +780,19 @@ def update(
     z_idx, expected_idx = index_scores(
         state.index_model, idx, usable, day, params.half_life_days, params.min_obs
     )
-    delta = (idx - expected_idx).astype(np.float32)
+    change = evidence(state.change, idx, expected_idx, usable)
+    strong = np.zeros(c, bool)
     if params.detector == "index":
         gate = index_anomalies(z_idx, params.index_threshold)
     elif params.detector == "embedding":
         gate = np.ones(c, bool)
     else:
-        # The encoder's receptive field spans several cells: a cell whose embedding moved only
-        # because a neighbour changed shows no change in its own pixels' indices.
-        own = np.nan_to_num(np.abs(delta), nan=0.0).max(axis=1)
-        gate = own >= params.min_index_change
+        # A sudden change is a step past the cell's own seasons (change.py). Clear evidence
+        # on the indices opens an alert alone; half the departure needs the embedding to agree
+        # (the encoder sees what the indices miss, such as texture). Either way the look must
+        # have stepped and be new to the cell: a harvest looks sudden to both.
+        strong = change.onset(params.min_index_change, params.min_step, params.min_novelty)
+        gate = change.onset(params.min_index_change / 2, params.min_step, params.min_novelty)
 
     shift, z_median = np.zeros(state.mean.shape[1], np.float32), 0.0
     if params.spatial_correction:
@@ -776,31 +812,133 @@ def update(
     )  # fmt: skip
     state.last_time_day = day
     state.mark_changed(valid)
-
-    flagged = np.flatnonzero(anomaly)
-    look_label = np.full(c, UNKNOWN, np.int8)
-    if flagged.size:
-        look_label[flagged] = label_index(delta[flagged], idx[flagged])
     scored = valid & (n_before >= params.min_obs)
-    emit = advance(
-        state.alerts, scored, anomaly, look_label, idx, expected_idx.astype(np.float32), day,
-        params.confirm_looks, params.recover_index_change,
+    alerts = state.alerts
+    onset = anomaly | (strong & scored)
+
+    look = advance_cells(
+        alerts, state.change, state.index_model.seasonal(), idx, expected_idx, change, onset,
+        scored, usable, day, params, params.detector == "embedding+index",
     )  # fmt: skip
+    emit, look_label, raised, ended_gradual = look.emit, look.label, look.raised, look.ended
+    status = alerts.status
+
     rows = np.flatnonzero(emit)
-    status = state.alerts.status
     # An anomalous look is labelled by itself; an alert that just ended by the alert's label.
     ended = (status[rows] == AlertStatus.RECOVERED) | (status[rows] == AlertStatus.RETRACTED)
-    row_label = np.where(ended, state.alerts.label[rows], look_label[rows])
+    row_label = np.where(ended, alerts.label[rows], look_label[rows])
+    labels = [LABELS[i] for i in row_label]
+    statuses = [STATUS_NAMES[i] for i in status[rows]]
+    kinds = ["sudden"] * rows.size
+    onsets = list(alerts.onset_day[rows])
+    grows = np.flatnonzero(raised | ended_gradual)
+    if grows.size:  # the gradual alerts raised or ended on this look
+        rows = np.concatenate([rows, grows])
+        labels += ["vegetation_loss"] * grows.size
+        statuses += [
+            STATUS_NAMES[AlertStatus.CONFIRMED if r else AlertStatus.RECOVERED]
+            for r in raised[grows]
+        ]
+        kinds += ["gradual"] * grows.size
+        onsets += list(state.change.gradual_onset[grows])
     return ScoreResult(
         score=score,
         distance=dist,
-        anomaly=anomaly,
+        anomaly=look.anomalous if look.tracked else anomaly,
         valid=valid,
         n_obs=n_before,
         scored=scored,
         rows=rows,
-        labels=np.array([LABELS[i] for i in row_label], dtype=object),
-        status=np.array([STATUS_NAMES[i] for i in status[rows]], dtype=object),
+        labels=np.array(labels, dtype=object),
+        status=np.array(statuses, dtype=object),
         snow_cells=int(np.count_nonzero(snow.reshape(c) > 0.5)),
         masked_cells=c - int(np.count_nonzero(valid)),
+        kinds=np.array(kinds, dtype=object),
+        onsets=np.array(onsets, np.float64),
     )
+
+
+@dataclass(frozen=True)
+class CellLook:
+    """What one look did to each cell's alerts (``advance_cells``)."""
+
+    emit: np.ndarray  # (C,) bool: a sudden row (anomalous, persisting, or its alert ended)
+    anomalous: np.ndarray  # (C,) bool: an onset or a look that persists and still departs
+    label: np.ndarray  # (C,) int8 each look's label (labels.LABELS)
+    raised: np.ndarray  # (C,) bool: a gradual alert raised
+    ended: np.ndarray  # (C,) bool: a gradual alert ended
+    tracked: bool  # later looks measured against the onset (else by their own anomaly)
+
+
+def advance_cells(
+    alerts: AlertState,
+    memory: ChangeState,
+    seasonal: np.ndarray,
+    idx: np.ndarray,
+    expected: np.ndarray,
+    change: Evidence,
+    onset: np.ndarray,
+    scored: np.ndarray,
+    usable: np.ndarray,
+    day: float,
+    params: StatsConfig,
+    track: bool,
+) -> CellLook:
+    """One look through the alert lifecycle, the gradual test and the change memories (in
+    place), for any detector: ``onset`` (C,) are its anomalous looks; ``track``: later looks
+    of an alert are measured against its onset (change.py), else by their own ``onset``."""
+    c = idx.shape[0]
+    delta = (idx - expected).astype(np.float32)
+    # Each later look of an alert against its onset (alerts.advance): the share of the change
+    # on the index it began on that is still there; an alert without one (the embedding or
+    # index detector, an older checkpoint) goes by its look's own anomaly.
+    progress = None
+    if track:
+        progress = np.where(onset, 1.0, 0.0)
+        axis = alerts.axis.astype(np.intp)
+        has = axis >= 0
+        rows_ = np.flatnonzero(has)
+        col = COLS[axis[rows_]]
+        moved = SIGN[axis[rows_]] * (idx[rows_, col] - alerts.reference[rows_, col])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            progress[rows_] = moved / alerts.magnitude[rows_]
+    before = alerts.status.copy()
+    active_before = (before == AlertStatus.PROVISIONAL) | (before == AlertStatus.CONFIRMED)
+    # A later look of an alert is labelled by its change since the onset (a flood stays
+    # water_gain while it lasts, though the expectation learns it).
+    label_delta = np.where(active_before[:, None], idx - alerts.reference, delta)
+    named = onset | active_before
+    look_label = np.full(c, UNKNOWN, np.int8)
+    if named.any():
+        look_label[named] = label_index(label_delta[named], idx[named])
+    emit, going = advance(
+        alerts, scored, onset, look_label, idx, expected.astype(np.float32), day,
+        params.confirm_looks, params.recover_index_change, progress,
+    )  # fmt: skip
+    fresh = scored & onset & ~active_before
+    if fresh.any():
+        dominant = change.dominant()[fresh]
+        alerts.axis[fresh] = dominant
+        col = COLS[dominant.astype(np.intp)]
+        # the change on it, floored: a weak onset's index may have moved less than the
+        # tile-wide shift removed from its departure
+        moved = SIGN[dominant] * delta[np.flatnonzero(fresh), col]
+        alerts.magnitude[fresh] = np.maximum(moved, max(0.5 * params.min_index_change, 0.01))
+    # A persisting change is a row while it still departs from the expectation, which learns
+    # it: a clear-cut's alert stays confirmed, its rows stop.
+    if progress is not None:
+        axis = np.maximum(alerts.axis.astype(np.intp), 0)
+        departing = change.departure[np.arange(c), axis] >= 0.5 * params.min_index_change
+        emit &= ~(going & ~departing)
+        going &= departing
+    anomalous = fresh | going
+
+    status = alerts.status
+    active_after = (status == AlertStatus.PROVISIONAL) | (status == AlertStatus.CONFIRMED)
+    raised, ended_gradual = gradual_step(
+        memory, idx, usable, seasonal, active_after, day, params.gradual_threshold,
+        params.gradual_min_loss,
+    )  # fmt: skip
+    fold(memory, idx, usable, ~onset & ~active_after & ~active_before, day)
+
+    return CellLook(emit, anomalous, look_label, raised, ended_gradual, progress is not None)

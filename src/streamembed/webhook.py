@@ -67,6 +67,8 @@ def summary(
     }
     if "status" in rows:
         props["statuses"] = dict(sorted(Counter(rows["status"].astype(str)).items()))
+    if "kind" in rows:  # sudden and gradual rows (files from before gradual alerts have none)
+        props["kinds"] = dict(sorted(Counter(rows["kind"].fillna("sudden").astype(str)).items()))
     return {
         "type": "FeatureCollection",
         "event": event,

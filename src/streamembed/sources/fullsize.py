@@ -30,10 +30,10 @@ from .synthetic import (
     WATER,
     SyntheticTile,
     _downsample,
-    _item,
     _Landscape,
     _surface,
     band_asset,
+    stac_item,
     synthetic_tiles,
 )
 
@@ -327,7 +327,9 @@ def generate_fullsize(
                 for b in names
             }
             stats = {"cloud": scene.coverage, "snow": 0.0}
-            item = _item(item_id, tile, when, when + dt.timedelta(hours=6), assets, stats, tile_px)
+            item = stac_item(
+                item_id, tile, when, when + dt.timedelta(hours=6), assets, stats, tile_px
+            )
             (folder / f"{item_id}.json").write_text(json.dumps(item, indent=1))
     return items_dir
 

@@ -356,7 +356,30 @@ def write_cog(path: Path, data: np.ndarray, epsg: int, x0: float, y0: float, res
         dst.write(data[None])
 
 
-def _item(
+def write_bands(
+    folder: Path, refl: np.ndarray, scl: np.ndarray, tile: SyntheticTile, stamp: str
+) -> dict[str, dict[str, object]]:
+    """One product's 12 bands (10 m reflectance (band, y, x), block-averaged to their native
+    resolution, L2A DN convention >= 04.00) and SCL (picked) as COGs in ``folder``; returns
+    their STAC assets."""
+    folder.mkdir(parents=True, exist_ok=True)
+    assets: dict[str, dict[str, object]] = {}
+    for b, band in enumerate((*BANDS_L2A, "SCL")):
+        res = NATIVE_RESOLUTION[band]
+        f = res // 10
+        if band == "SCL":
+            data = _downsample(scl, f, "pick").astype(np.uint8)
+        else:
+            r = refl[b] if f == 1 else _downsample(refl[b], f, "mean")
+            data = np.clip(np.round(r * 10000 + 1000), 0, 65535).astype(np.uint16)
+        key = f"{band}_{res}m"
+        name = f"T{tile.tile}_{stamp}_{key}.tif"
+        write_cog(folder / name, data, tile.epsg, tile.x0, tile.y0, float(res))
+        assets[key] = band_asset(name, band, tile, data.shape, str(data.dtype))
+    return assets
+
+
+def stac_item(
     item_id: str,
     tile: SyntheticTile,
     when: dt.datetime,
@@ -438,23 +461,10 @@ def generate(
                 rng, land, day, date.timetuple().tm_yday, ti, cell_size, scenario, weather
             )
             folder = items_dir / tile.tile / item_id
-            folder.mkdir(parents=True, exist_ok=True)
-            assets: dict[str, dict[str, object]] = {}
-            for b, band in enumerate((*BANDS_L2A, "SCL")):
-                res = NATIVE_RESOLUTION[band]
-                f = res // 10
-                if band == "SCL":
-                    data = _downsample(scl, f, "pick").astype(np.uint8)
-                else:
-                    r = refl[b] if f == 1 else _downsample(refl[b], f, "mean")
-                    data = np.clip(np.round(r * 10000 + 1000), 0, 65535).astype(np.uint16)
-                key = f"{band}_{res}m"
-                name = f"T{tile.tile}_{stamp}_{key}.tif"
-                write_cog(folder / name, data, tile.epsg, tile.x0, tile.y0, float(res))
-                assets[key] = band_asset(name, band, tile, data.shape, str(data.dtype))
+            assets = write_bands(folder, refl, scl, tile, stamp)
             published = when + dt.timedelta(hours=6)
             platform = f"sentinel-2{unit.lower()}"
-            item = _item(item_id, tile, when, published, assets, stats, tile_px, platform)
+            item = stac_item(item_id, tile, when, published, assets, stats, tile_px, platform)
             (folder / f"{item_id}.json").write_text(json.dumps(item, indent=1))
             done += 1
             if progress:

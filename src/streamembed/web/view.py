@@ -26,7 +26,7 @@ from ..sink import read_anomalies
 from ..store import EmbeddingStore
 
 FEATURE_COLUMNS = (
-    "acquisition_id", "tile", "date", "cell_y", "cell_x", "label", "status", "score",
+    "acquisition_id", "tile", "date", "cell_y", "cell_x", "label", "status", "kind", "score",
     "distance", "clear_fraction", "n_obs",
 )  # fmt: skip
 
@@ -164,12 +164,15 @@ class OutputView:
         """The rows as a GeoJSON FeatureCollection (cell polygons, the map's properties)."""
         features = []
         for rec, geom in zip(
-            rows[list(FEATURE_COLUMNS)].to_dict("records"), rows.geometry, strict=True
-        ):
+            # rows written before gradual alerts existed have no kind: they were all sudden
+            rows.reindex(columns=list(FEATURE_COLUMNS)).fillna({"kind": "sudden"})
+            .to_dict("records"), rows.geometry, strict=True
+        ):  # fmt: skip
             props = {k: _plain(v) for k, v in rec.items()}
+            gradual = "/gradual" if props["kind"] == "gradual" else ""
             features.append({
                 "type": "Feature",
-                "id": f"{props['acquisition_id']}/{props['cell_y']}/{props['cell_x']}",
+                "id": f"{props['acquisition_id']}/{props['cell_y']}/{props['cell_x']}{gradual}",
                 "geometry": geom.__geo_interface__,
                 "properties": props,
             })  # fmt: skip

@@ -1,0 +1,264 @@
+"""What kind of change a cell shows: a sudden step, a gradual decline, or a state it has had before.
+
+Per cell, beside the seasonal expectation of its indices (seasonal.py), four memories:
+
+- its **last clear look**: a sudden change (a flood, a burn, a clear-cut, a building) is a step
+  between two clear looks; a decline that built up over many looks never is, however far it
+  has gone from the expectation;
+- its **envelope**: per scored index, the most changed value (lowest NDVI and NBR, highest
+  MNDWI) the cell has shown on two normal looks in a row (one look at a thin cloud edge does
+  not count), drifting back by ``ENVELOPE_DRIFT`` a year. A
+  crop's harvest or a meadow's mowing goes back to a state the cell had in its own bare season;
+  a change of interest goes beyond anything it has shown;
+- its **year**, NDVI by time of year in bins of ~10 days (``PROFILE_BINS``): the baseline of
+  the gradual test, the same time last year (as DIST-ALERT's same-season baseline; a
+  first-order harmonic fits a crop's sharp green-up and harvest, or a forest's leaf fall, too
+  loosely to measure a slow decline against);
+- its **trend**, the gradual test, once the cell has a year of clear looks: a CUSUM of the
+  look-to-look growth of its loss (last year's NDVI at this time of year minus this look's,
+  the tile-wide shift removed), each growth clipped to ``TREND_STEP`` so a step counts as no
+  more than a slow look, decaying with ``TREND_HALF_LIFE_DAYS``: a MOSUM of the loss's slope
+  in effect, as BFAST Monitor's on its residuals. A decline of a few hundredths a look for
+  months raises it; a harvest or a mowing (one step, then flat or regrowing) does not. A
+  cell's decline is *gradual* when, on ``GRADUAL_LOOKS`` clear looks in a row, its trend
+  passes ``gradual_threshold``, its loss passes ``gradual_min_loss`` and ``SPREAD_SIGMAS`` of
+  the cell's own spread of it (on its quiet looks: a crop varies from year to year more than a
+  forest), and ``GRADUAL_SHARE`` of the loss was built look by look (a season that came late
+  stands out by a jump). The gradual alert is dated from the last look its trend was still at
+  noise level (``TREND_FLOOR``) and ends when the loss is back under half of
+  ``gradual_min_loss``.
+
+A look opens a sudden alert (``onset``) when, on one index, it departs ``min_index_change``
+from the expectation, stepped ``min_step`` since the last clear look (the tile's median step
+removed) and goes ``min_novelty`` beyond the envelope. Pure NumPy over the cells of one tile;
+the state is part of ``stats.TileState`` and checkpointed with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ingest import INDEX_NAMES
+
+# The indices a change is judged on, and the direction that is a change of interest on each:
+# vegetation and burn-ratio loss, water or built-surface gain (MNDWI rises on both).
+CHANGE_INDICES: tuple[str, ...] = ("ndvi", "nbr", "mndwi")
+COLS = np.array([INDEX_NAMES.index(n) for n in CHANGE_INDICES])
+SIGN = np.array([-1.0, -1.0, 1.0], np.float32)
+NDVI = INDEX_NAMES.index("ndvi")
+ENVELOPE_DRIFT = 0.1  # index units a year: a state not seen again fades over a few years
+TREND_STEP = 0.03  # the most one look adds to the trend
+TREND_HALF_LIFE_DAYS = 365.0
+TREND_FLOOR = 0.02  # a trend this small is noise: a decline begins where the trend leaves it
+SPREAD_HALF_LIFE_DAYS = 365.0  # the loss residual's spread: a year of the cell's seasons
+SPREAD_FLOOR = 0.02
+SPREAD_SIGMAS = 2.0  # a gradual loss stands out this many of the cell's own spreads
+MIN_SEASONAL_LOOKS = 6  # quiet seasonal looks before the spread is trusted
+GRADUAL_SHARE = 0.7  # ... of it built up look by look (a late season stands out by a jump)
+GRADUAL_LOOKS = 4  # clear looks in a row a decline stands out before it is reported (a
+# season a week or two early stands out for a look or two, then is back)
+CHANGE_ARRAYS = (
+    "last", "last_day", "envelope", "envelope_day", "previous", "trend", "trend_start", "prev_loss",
+    "loss_var", "seasonal_looks", "streak", "gradual", "gradual_onset", "gradual_day",
+    "profile", "profile_year",
+)  # fmt: skip
+PROFILE_BINS = 36  # the cell's NDVI through the year, in bins of ~10 days
+YEAR_DAYS = 365.25
+YEAR_CODES = 100
+
+
+class Gradual:
+    """A cell's gradual alert (``ChangeState.gradual``)."""
+
+    NONE = 0
+    ACTIVE = 1
+    RECOVERED = 2
+
+
+GRADUAL_NAMES = ("none", "confirmed", "recovered")  # what the alert table says of each
+
+
+@dataclass
+class ChangeState:
+    """Per-cell memories of one tile (flattened cells, as ``TileState``)."""
+
+    last: np.ndarray  # (C, K) float32 indices of the last clear look (NaN: none)
+    last_day: np.ndarray  # (C,) float64
+    envelope: np.ndarray  # (C, 3) float32 most changed signed value on normal looks (NaN: none)
+    envelope_day: np.ndarray  # (C,) float64 day the envelope was last drifted
+    previous: np.ndarray  # (C, 3) float32 signed values of the last normal look (NaN: none)
+    trend: np.ndarray  # (C,) float32 the gradual test's CUSUM
+    trend_start: np.ndarray  # (C,) float64 last look the trend was at noise level
+    prev_loss: np.ndarray  # (C,) float32 loss residual at the last clear seasonal look
+    loss_var: np.ndarray  # (C,) float32 mean square of the loss residual on quiet looks
+    seasonal_looks: np.ndarray  # (C,) int32 quiet seasonal looks in it
+    streak: np.ndarray  # (C,) int16 clear seasonal looks in a row the decline has stood out
+    gradual: np.ndarray  # (C,) int8 Gradual
+    gradual_onset: np.ndarray  # (C,) float64 the alert's onset (its trend's start)
+    gradual_day: np.ndarray  # (C,) float64 the day it was raised
+    profile: np.ndarray  # (C, PROFILE_BINS) float16 NDVI of the cell's looks by time of year
+    profile_year: np.ndarray  # (C, PROFILE_BINS) int8 the year each bin was written, modulo
+    # YEAR_CODES (-1: never): a bin is last year's when its code is not this year's
+
+    @classmethod
+    def empty(cls, cells: int) -> ChangeState:
+        nan = np.full(cells, np.nan)
+        return cls(
+            last=np.full((cells, len(INDEX_NAMES)), np.nan, np.float32),
+            last_day=nan.copy(),
+            envelope=np.full((cells, len(CHANGE_INDICES)), np.nan, np.float32),
+            envelope_day=nan.copy(),
+            previous=np.full((cells, len(CHANGE_INDICES)), np.nan, np.float32),
+            trend=np.zeros(cells, np.float32),
+            trend_start=nan.copy(),
+            prev_loss=np.full(cells, np.nan, np.float32),
+            loss_var=np.zeros(cells, np.float32),
+            seasonal_looks=np.zeros(cells, np.int32),
+            streak=np.zeros(cells, np.int16),
+            gradual=np.zeros(cells, np.int8),
+            gradual_onset=nan.copy(),
+            gradual_day=nan.copy(),
+            profile=np.full((cells, PROFILE_BINS), np.nan, np.float16),
+            profile_year=np.full((cells, PROFILE_BINS), -1, np.int8),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(getattr(self, name).nbytes for name in CHANGE_ARRAYS))
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One look's evidence of a sudden change, per cell and change index (C, 3), signed so
+    that positive is the direction of interest."""
+
+    departure: np.ndarray  # from the expectation, the tile-wide shift removed
+    step: np.ndarray  # since the cell's last clear look, the tile's median step removed
+    novelty: np.ndarray  # beyond the cell's envelope
+
+    def onset(self, departure: float, step: float, novelty: float) -> np.ndarray:
+        """(C,) cells where one index passes all three (NaN passes nothing)."""
+        with np.errstate(invalid="ignore"):
+            ok = (self.departure >= departure) & (self.step >= step) & (self.novelty >= novelty)
+        return np.asarray(ok.any(axis=1))
+
+    def dominant(self) -> np.ndarray:
+        """(C,) int8 the change index that departed most (the one an alert follows)."""
+        return np.argmax(np.nan_to_num(self.departure, nan=-np.inf), axis=1).astype(np.int8)
+
+
+def evidence(
+    state: ChangeState, indices: np.ndarray, expected: np.ndarray, usable: np.ndarray
+) -> Evidence:
+    """The sudden-change evidence of one look (``indices`` and ``expected`` (C, K); ``usable``
+    the cells clear enough to score), before it is folded in."""
+    x = indices[:, COLS].astype(np.float32)
+    raw = x - expected[:, COLS]
+    ok = usable & np.isfinite(raw).all(axis=1)
+    shift = np.median(raw[ok], axis=0) if ok.sum() >= 8 else np.zeros(len(COLS), np.float32)
+    departure = SIGN * (raw - shift)
+    jump = x - state.last[:, COLS]
+    seen = ok & np.isfinite(jump).all(axis=1)
+    step_shift = np.median(jump[seen], axis=0) if seen.sum() >= 8 else np.zeros(len(COLS))
+    step = SIGN * (jump - step_shift)
+    novelty = SIGN * x - state.envelope
+    return Evidence(departure.astype(np.float32), step.astype(np.float32),
+                    novelty.astype(np.float32))  # fmt: skip
+
+
+def fold(
+    state: ChangeState, indices: np.ndarray, usable: np.ndarray, normal: np.ndarray, day: float
+) -> None:
+    """Fold one look in: the last clear look of every usable cell, and the envelope of those
+    whose look was normal (no alert on it: a change must not widen what counts as seen)."""
+    ok = usable & np.isfinite(indices).all(axis=1)
+    state.last[ok] = indices[ok]
+    state.last_day[ok] = day
+    grow = ok & normal
+    signed = SIGN * indices[:, COLS].astype(np.float32)
+    # A state is seen when two normal looks in a row reach it: one look at a cloud's thin
+    # unflagged edge or a missed shadow does not widen the envelope.
+    both = np.fmin(state.previous[grow], signed[grow])  # NaN where there is no previous
+    gap = np.nan_to_num(day - state.envelope_day[grow], nan=0.0)
+    drifted = state.envelope[grow] - np.float32(ENVELOPE_DRIFT / 365.0) * gap[:, None]
+    both = np.where(np.isnan(state.previous[grow]), np.nan, both)
+    state.envelope[grow] = np.fmax(drifted, both)  # fmax: NaN on one side takes the other
+    state.envelope_day[grow] = day
+    state.previous[grow] = signed[grow]
+    state.previous[ok & ~normal] = np.nan  # an alerted look breaks the pair
+
+
+def gradual_step(
+    state: ChangeState,
+    indices: np.ndarray,
+    usable: np.ndarray,
+    seasonal: np.ndarray,
+    sudden: np.ndarray,
+    day: float,
+    threshold: float,
+    min_loss: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Advance the gradual test by one look (in place). ``seasonal``: cells with a year of
+    clear looks; ``sudden``: cells with a sudden alert standing (a step is not a decline).
+    Returns (raised, ended): the cells whose gradual alert was raised or ended on this look."""
+    ndvi = indices[:, NDVI]
+    year = int(day // YEAR_DAYS) % YEAR_CODES
+    b = int((day % YEAR_DAYS) * PROFILE_BINS / YEAR_DAYS) % PROFILE_BINS
+    # The same time last year: the bins around this look's, written in an earlier year.
+    near = [(b + k) % PROFILE_BINS for k in (-1, 0, 1)]
+    values = state.profile[:, near].astype(np.float32)
+    codes = state.profile_year[:, near]
+    values[(codes == year) | (codes < 0)] = np.nan
+    count = np.isfinite(values).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        baseline = np.nansum(values, axis=1) / count  # NaN: no look there last year
+    raw = ndvi - baseline
+    write = usable & np.isfinite(ndvi) & ~sudden
+    fresh = write & (state.profile_year[:, b] != year)
+    state.profile[fresh, b] = ndvi[fresh]
+    again = write & ~fresh  # a second look in the bin this year: their mean
+    state.profile[again, b] = (state.profile[again, b].astype(np.float32) + ndvi[again]) / 2
+    state.profile_year[write, b] = year
+    ok = usable & seasonal & np.isfinite(raw)
+    shift = float(np.median(raw[ok])) if ok.sum() >= 8 else 0.0
+    loss = (shift - raw).astype(np.float32)  # positive: browner than expected
+    i = np.flatnonzero(ok)
+    growth = np.clip(np.nan_to_num(loss[i] - state.prev_loss[i], nan=0.0), -TREND_STEP, TREND_STEP)
+    gap = np.nan_to_num(day - state.last_day[i], nan=0.0)  # last_day: the previous clear look
+    decay = np.float32(0.5) ** (gap / TREND_HALF_LIFE_DAYS).astype(np.float32)
+    trend = np.maximum(0.0, state.trend[i] * decay + growth).astype(np.float32)
+    # The decline is dated from the last look its trend was still at the level of noise.
+    state.trend_start[i[trend <= TREND_FLOOR]] = day
+    state.trend[i] = trend
+    state.prev_loss[i] = loss[i]
+
+    # The cell's own spread of the loss on quiet looks (no alert, no decline building): a
+    # field whose harmonic fits its season poorly (a crop's sharp green-up and harvest) needs
+    # a larger loss than a meadow or a forest that follows its season closely.
+    quiet = ~sudden[i] & (state.gradual[i] != Gradual.ACTIVE) & (trend <= 2 * TREND_FLOOR)
+    q = i[quiet]
+    looks = state.seasonal_looks[q] + 1
+    beta = np.maximum(1.0 / looks, 1.0 - 0.5 ** (gap[quiet] / SPREAD_HALF_LIFE_DAYS))
+    state.loss_var[q] += (beta * (loss[q] ** 2 - state.loss_var[q])).astype(np.float32)
+    state.seasonal_looks[q] = looks
+    spread = np.sqrt(state.loss_var[i]) + SPREAD_FLOOR
+
+    active = state.gradual[i] == Gradual.ACTIVE
+    stands_out = (loss[i] >= min_loss) & (loss[i] >= SPREAD_SIGMAS * spread)
+    known = state.seasonal_looks[i] >= MIN_SEASONAL_LOOKS
+    # ... and most of it built look by look: a season that came late stands out by a jump
+    built = trend >= GRADUAL_SHARE * loss[i]
+    standing = known & (trend >= threshold) & stands_out & built & ~sudden[i]
+    state.streak[i] = np.where(standing, state.streak[i] + 1, 0)
+    raise_ = ~active & (state.streak[i] >= GRADUAL_LOOKS)
+    end = active & (loss[i] < 0.5 * min_loss)
+    raised, ended = np.zeros(indices.shape[0], bool), np.zeros(indices.shape[0], bool)
+    raised[i[raise_]] = True
+    ended[i[end]] = True
+    state.gradual[raised] = Gradual.ACTIVE
+    state.gradual_onset[raised] = state.trend_start[raised]
+    state.gradual_day[raised] = day
+    state.gradual[ended] = Gradual.RECOVERED
+    return raised, ended
