@@ -196,3 +196,31 @@ def test_alert_accuracy_counts_core_edge_warm_up_gradual_and_lifecycle_apart():
     assert (s.gradual_cells, s.gradual_reported, s.gradual_sudden, s.gradual_false) == (1, 1, 0, 0)
     assert (s.false_looks, s.clean_looks) == (1, 4 * t)  # cells 4-7 are clean; cell 4 at look 8
     assert (s.retracted, s.recovered) == (1, 1)
+
+
+def test_the_replay_matches_written_rows_by_kind_and_status():
+    """evaluation._same_rows: sudden rows by their alert status, gradual rows by theirs."""
+    import geopandas as gpd
+
+    from streamembed.evaluation import _same_rows
+
+    t, c = 3, 6
+    status = np.zeros((t, c), np.int8)
+    status[1:, 0] = AlertStatus.PROVISIONAL
+    row = np.zeros((t, c), bool)
+    row[1, 0] = True
+    gradual = np.zeros((t, c), bool)
+    gradual[2:, 4] = True
+    gradual_row = np.zeros((t, c), bool)
+    gradual_row[2, 4] = True
+    label = np.zeros((t, c), np.int8)
+    rep = Replay("33UWP", "embedding+index", (2, 3), ["a0", "a1", "a2"], DAY0 + np.arange(t),
+                 np.ones((t, c), bool), row, row, status, label, gradual, gradual_row)  # fmt: skip
+    written = gpd.GeoDataFrame({
+        "acquisition_id": ["a1", "a2"], "cell_y": [0, 1], "cell_x": [0, 1],
+        "kind": ["sudden", "gradual"], "status": ["provisional", "confirmed"],
+    })  # fmt: skip
+    assert _same_rows(rep, written)
+    assert not _same_rows(rep, written.assign(kind=["sudden", "sudden"]))
+    # files from before gradual alerts have no kind: their rows are sudden
+    assert not _same_rows(rep, written.drop(columns="kind"))
