@@ -27,7 +27,7 @@ def test_a_step_past_the_cells_own_seasons_is_an_onset():
         fold(state, _indices(0.8), usable, usable, float(day))
     now = _indices(0.8)
     now[3, MNDWI], now[3, NDVI] = 0.5, -0.1  # a flood on one cell
-    ev = evidence(state, now, _indices(0.8), usable)
+    ev = evidence(state, now, _indices(0.8), usable, 60.0)
     onset = ev.onset(0.25, 0.2, 0.1)
     assert onset.tolist() == [i == 3 for i in range(C)]
     assert ev.dominant()[3] in (0, 2)  # NDVI or MNDWI, whichever moved most
@@ -40,7 +40,7 @@ def test_a_change_built_up_look_by_look_never_steps():
     for day in range(0, 300, 5):
         look = _indices(0.8)
         look[:, NDVI] = ndvi
-        ev = evidence(state, look, _indices(0.8), usable)
+        ev = evidence(state, look, _indices(0.8), usable, float(day))
         # Far from the expectation at the end (0.8 expected, 0.3 seen), but never a step.
         assert not ev.onset(0.25, 0.2, 0.1).any(), day
         fold(state, look, usable, usable, float(day))
@@ -58,14 +58,61 @@ def test_going_back_to_the_fields_own_bare_season_is_not_new():
         day += 5
     harvest = _indices(0.85, nbr=0.55)
     harvest[:6, NDVI], harvest[:6, NBR] = 0.21, -0.08  # six of the fields are harvested
-    ev = evidence(state, harvest, _indices(0.85, nbr=0.55), usable)
+    ev = evidence(state, harvest, _indices(0.85, nbr=0.55), usable, day)
     assert (ev.step[:6, 0] > 0.5).all()  # a step it is
     assert not ev.onset(0.25, 0.2, 0.1).any()  # but not past what the cell has been
     evergreen = ChangeState.empty(C)  # a cell with no bare season behind it
     for day in range(0, 80, 5):
         fold(evergreen, _indices(0.85, nbr=0.55), usable, usable, float(day))
-    ev = evidence(evergreen, harvest, _indices(0.85, nbr=0.55), usable)
+    ev = evidence(evergreen, harvest, _indices(0.85, nbr=0.55), usable, 80.0)
     assert ev.onset(0.25, 0.2, 0.1).tolist() == [i < 6 for i in range(C)]  # the same look is new
+
+
+def _year_of_looks(state: ChangeState, ndvi_on, days: range, normal: np.ndarray) -> None:
+    usable = np.ones(C, bool)
+    for day in days:
+        fold(state, _indices(ndvi_on(day), nbr=ndvi_on(day) - 0.4), usable, normal, float(day))
+
+
+def test_a_state_seen_only_in_another_season_excuses_a_look_only_in_part():
+    """A deciduous forest: leafless (NDVI 0.45) in winter, 0.85 in summer. A clear-cut to 0.3 in
+    its second June is barely past its winter, yet far from any June it has shown."""
+    state = ChangeState.empty(C)
+    usable = np.ones(C, bool)
+
+    def forest(day: float) -> float:
+        return 0.45 if (day % 365.25) < 100 or (day % 365.25) > 300 else 0.85
+
+    _year_of_looks(state, forest, range(0, 520, 5), usable)
+    cut = _indices(0.85, nbr=0.45)
+    cut[:4, NDVI], cut[:4, NBR] = 0.4, 0.02
+    first_year = ChangeState.empty(C)  # the same cell seen only since January
+    _year_of_looks(first_year, forest, range(0, 155, 5), usable)
+    expected = _indices(0.85, nbr=0.45)
+    early = evidence(first_year, cut, expected, usable, 155.0)
+    assert early.novelty[0, 0] < 0.1  # its first June: the winter excuses the cut
+    late = evidence(state, cut, expected, usable, 520.0)  # its second June (day 155 + 365)
+    assert late.onset(0.25, 0.2, 0.1).tolist() == [i < 4 for i in range(C)]
+    assert np.isclose(late.novelty[0, 0], early.novelty[0, 0] + 0.1, atol=0.01)  # SEASON_MARGIN
+
+
+def test_a_harvest_alerted_in_its_first_year_is_the_fields_season_the_next():
+    """A field harvested each July: the first year's harvest is new to it (an alert, which the
+    all-time envelope never takes in); the second July's is a state of its own season."""
+    state = ChangeState.empty(C)
+
+    def field(day: float) -> float:
+        return 0.25 if 185 <= (day % 365.25) <= 240 else 0.8
+
+    for day in range(0, 550, 5):
+        look = _indices(field(day), nbr=field(day) - 0.4)
+        harvested = 185 <= day % 365.25 <= 240
+        normal = np.full(C, not harvested)  # the first harvest was alerted on
+        fold(state, look, np.ones(C, bool), normal, float(day))
+    harvest = _indices(0.25, nbr=-0.15)
+    ev = evidence(state, harvest, _indices(0.8, nbr=0.4), np.ones(C, bool), 550.0 + 5)
+    assert (-0.25 - state.envelope[:, 0] > 0.3).all()  # the all-time envelope never saw it ...
+    assert not ev.onset(0.25, 0.2, 0.1).any()  # ... but last July did
 
 
 def _seasonal(cells: int) -> np.ndarray:

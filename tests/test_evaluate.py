@@ -194,6 +194,12 @@ def test_alert_accuracy_counts_core_edge_warm_up_gradual_and_lifecycle_apart():
     # the flood lasted looks 4-8: cells 0 and 1 anomalous twice each, cell 0 labelled water_gain
     assert (s.flood_looks, s.flood_looks_water) == (4, 2)
     assert (s.gradual_cells, s.gradual_reported, s.gradual_sudden, s.gradual_false) == (1, 1, 0, 0)
+    assert (s.declines, s.declines_reported, s.declines_sudden) == (1, 1, 0)
+    before = np.zeros_like(gradual)
+    before[2:5, 8] = True  # looks 2-4: days 10-20, before the decline began (day 30)
+    early = Replay("33UWP", "embedding+index", (3, 3), rep.acquisition_ids, rep.days, scored,
+                   anomaly, anomaly, status, label, before)  # fmt: skip
+    assert score_alerts(early, truth, "hand").declines_reported == 0  # raised before it began
     assert (s.false_looks, s.clean_looks) == (1, 4 * t)  # cells 4-7 are clean; cell 4 at look 8
     assert (s.retracted, s.recovered) == (1, 1)
 

@@ -10,6 +10,11 @@ Per cell, beside the seasonal expectation of its indices (seasonal.py), four mem
   not count), drifting back by ``ENVELOPE_DRIFT`` a year. A
   crop's harvest or a meadow's mowing goes back to a state the cell had in its own bare season;
   a change of interest goes beyond anything it has shown;
+- its **envelope by month** (``SEASON_BINS``), from every pair of clear looks in a row, alerted
+  or not: once the cell has been seen around this time of year in an earlier year, a state it
+  showed only in another season (a deciduous forest's leafless winter, against a clear-cut in
+  June) excuses a look by no more than ``SEASON_MARGIN``, and one it showed within a month of
+  this date (last July's stubble, though that first harvest was alerted on) excuses it fully;
 - its **year**, NDVI by time of year in bins of ~10 days (``PROFILE_BINS``): the baseline of
   the gradual test, the same time last year (as DIST-ALERT's same-season baseline; a
   first-order harmonic fits a crop's sharp green-up and harvest, or a forest's leaf fall, too
@@ -30,12 +35,13 @@ Per cell, beside the seasonal expectation of its indices (seasonal.py), four mem
 
 A look opens a sudden alert (``onset``) when, on one index, it departs ``min_index_change``
 from the expectation, stepped ``min_step`` since the last clear look (the tile's median step
-removed) and goes ``min_novelty`` beyond the envelope. Pure NumPy over the cells of one tile;
+removed) and goes ``min_novelty`` beyond the envelope (by month, where the cell has a season). Pure NumPy over the cells of one tile;
 the state is part of ``stats.TileState`` and checkpointed with it.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,9 +68,11 @@ GRADUAL_LOOKS = 4  # clear looks in a row a decline stands out before it is repo
 CHANGE_ARRAYS = (
     "last", "last_day", "envelope", "envelope_day", "previous", "trend", "trend_start", "prev_loss",
     "loss_var", "seasonal_looks", "streak", "gradual", "gradual_onset", "gradual_day",
-    "profile", "profile_year",
+    "profile", "profile_year", "season_envelope", "season_year",
 )  # fmt: skip
 PROFILE_BINS = 36  # the cell's NDVI through the year, in bins of ~10 days
+SEASON_BINS = 12  # the envelope by time of year, in bins of a month
+SEASON_MARGIN = 0.1  # how far a state seen only in another season excuses a look
 YEAR_DAYS = 365.25
 YEAR_CODES = 100
 
@@ -101,6 +109,8 @@ class ChangeState:
     profile: np.ndarray  # (C, PROFILE_BINS) float16 NDVI of the cell's looks by time of year
     profile_year: np.ndarray  # (C, PROFILE_BINS) int8 the year each bin was written, modulo
     # YEAR_CODES (-1: never): a bin is last year's when its code is not this year's
+    season_envelope: np.ndarray  # (C, SEASON_BINS, 3) float16 the envelope by month of year
+    season_year: np.ndarray  # (C, SEASON_BINS) int8 the year code of a bin's first state
 
     @classmethod
     def empty(cls, cells: int) -> ChangeState:
@@ -122,7 +132,16 @@ class ChangeState:
             gradual_day=nan.copy(),
             profile=np.full((cells, PROFILE_BINS), np.nan, np.float16),
             profile_year=np.full((cells, PROFILE_BINS), -1, np.int8),
+            season_envelope=np.full((cells, SEASON_BINS, len(CHANGE_INDICES)), np.nan, np.float16),
+            season_year=np.full((cells, SEASON_BINS), -1, np.int8),
         )
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], cells: int) -> ChangeState:
+        """The state from its saved arrays; one missing (a checkpoint from before it) starts
+        empty."""
+        empty = cls.empty(cells)
+        return cls(**{name: arrays.get(name, getattr(empty, name)) for name in CHANGE_ARRAYS})
 
     @property
     def nbytes(self) -> int:
@@ -149,8 +168,18 @@ class Evidence:
         return np.argmax(np.nan_to_num(self.departure, nan=-np.inf), axis=1).astype(np.int8)
 
 
+def _season_bin(day: float) -> tuple[int, int]:
+    """(year code, month bin) of a day."""
+    year = int(day // YEAR_DAYS) % YEAR_CODES
+    return year, int((day % YEAR_DAYS) * SEASON_BINS / YEAR_DAYS) % SEASON_BINS
+
+
 def evidence(
-    state: ChangeState, indices: np.ndarray, expected: np.ndarray, usable: np.ndarray
+    state: ChangeState,
+    indices: np.ndarray,
+    expected: np.ndarray,
+    usable: np.ndarray,
+    day: float,
 ) -> Evidence:
     """The sudden-change evidence of one look (``indices`` and ``expected`` (C, K); ``usable``
     the cells clear enough to score), before it is folded in."""
@@ -164,6 +193,20 @@ def evidence(
     step_shift = np.median(jump[seen], axis=0) if seen.sum() >= 8 else np.zeros(len(COLS))
     step = SIGN * (jump - step_shift)
     novelty = SIGN * x - state.envelope
+    # Once the cell has been seen at this time of year in an earlier year, a state it showed
+    # only in another season (a deciduous forest's leafless winter, against a clear-cut in
+    # June) excuses a look by no more than SEASON_MARGIN; one it showed around this time of
+    # year (a crop's stubble after last year's harvest) excuses it fully.
+    year, b = _season_bin(day)
+    near = [(b + k) % SEASON_BINS for k in (-1, 0, 1)]
+    codes = state.season_year[:, near]
+    known = ((codes >= 0) & (codes != year)).any(axis=1)
+    if known.any():
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no known season
+            seen = np.nanmax(state.season_envelope[known][:, near].astype(np.float32), axis=1)
+        by_season = SIGN * x[known] - seen
+        novelty[known] = np.fmin(by_season, novelty[known] + SEASON_MARGIN)
     return Evidence(departure.astype(np.float32), step.astype(np.float32),
                     novelty.astype(np.float32))  # fmt: skip
 
@@ -174,10 +217,22 @@ def fold(
     """Fold one look in: the last clear look of every usable cell, and the envelope of those
     whose look was normal (no alert on it: a change must not widen what counts as seen)."""
     ok = usable & np.isfinite(indices).all(axis=1)
+    signed = SIGN * indices[:, COLS].astype(np.float32)
+    # The envelope by time of year takes every pair of clear looks in a row, alerted or not: a
+    # state the cell showed at this time of year (a harvest, alerted in its first year, when
+    # no earlier season excused it) is its season the next year. No drift: a month is
+    # written again every year.
+    pair = np.fmin(SIGN * state.last[:, COLS], signed)
+    rows = np.flatnonzero(ok & np.isfinite(pair).all(axis=1))
+    year, b = _season_bin(day)
+    state.season_envelope[rows, b] = np.fmax(
+        state.season_envelope[rows, b].astype(np.float32), pair[rows]
+    ).astype(np.float16)
+    first = rows[state.season_year[rows, b] < 0]
+    state.season_year[first, b] = year
     state.last[ok] = indices[ok]
     state.last_day[ok] = day
     grow = ok & normal
-    signed = SIGN * indices[:, COLS].astype(np.float32)
     # A state is seen when two normal looks in a row reach it: one look at a cloud's thin
     # unflagged edge or a missed shadow does not widen the envelope.
     both = np.fmin(state.previous[grow], signed[grow])  # NaN where there is no previous

@@ -200,11 +200,12 @@ class StatsConfig(Section):
     )  # fmt: skip
     min_novelty: float = Field(
         0.1, ge=0, description="... and went this far past the most changed state the cell "
-        "showed in the past year (a harvest returns to the field's own bare season)",
+        "showed in the past year, or around this date last year once it has a year (a harvest "
+        "returns to the field's own bare season)",
     )  # fmt: skip
     gradual_threshold: float = Field(
         0.1, gt=0, description="the gradual test: a cell's decline built up look by look "
-        "(NDVI, each look's share clipped to 0.05) that raises a gradual alert",
+        "(NDVI, each look's share clipped to 0.03) that raises a gradual alert",
     )  # fmt: skip
     gradual_min_loss: float = Field(
         0.08, gt=0, description="... when its NDVI is also at least this far below its "

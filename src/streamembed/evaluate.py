@@ -263,6 +263,9 @@ class AlertScore:
     gradual_reported: int
     gradual_sudden: int  # gradual cells with a confirmed sudden alert
     gradual_false: int  # cells with a gradual alert that no gradual change touches
+    declines: int  # gradual changes (events)
+    declines_reported: int  # ... with a gradual alert on at least one of their cells
+    declines_sudden: int  # ... with a confirmed sudden alert on any of their cells
     clean_looks: int
     false_looks: int
     retracted: int
@@ -391,6 +394,13 @@ def score_alerts(replay: Replay, truth: pd.DataFrame, scenario: str) -> AlertSco
         cell = int(flat[row])
         reported += int((replay.gradual[:, cell] & (days >= start[row])).any())
         sudden_on_gradual += int(newly[:, cell].any())
+    declines = declines_reported = declines_sudden = 0
+    for _, group in rows[gradual_rows].groupby("event_id", sort=False):
+        cells = flat[group.index.to_numpy()]
+        after = days[:, None] >= start[group.index.to_numpy()][None, :]
+        declines += 1
+        declines_reported += int((replay.gradual[:, cells] & after).any())
+        declines_sudden += int(newly[:, cells].any())
     anywhere_gradual = np.zeros(ny * nx, bool)
     anywhere_gradual[flat[~sudden]] = True
     gradual_false = int((replay.gradual.any(axis=0) & ~anywhere_gradual).sum())
@@ -416,6 +426,9 @@ def score_alerts(replay: Replay, truth: pd.DataFrame, scenario: str) -> AlertSco
         gradual_reported=reported,
         gradual_sudden=sudden_on_gradual,
         gradual_false=gradual_false,
+        declines=declines,
+        declines_reported=declines_reported,
+        declines_sudden=declines_sudden,
         clean_looks=int(replay.scored[:, clean].sum()),
         false_looks=int((replay.anomaly & replay.scored)[:, clean].sum()),
         retracted=int((changed & (status == AlertStatus.RETRACTED)).sum()),

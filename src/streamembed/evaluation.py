@@ -282,6 +282,9 @@ class Totals:
     gradual_reported: int
     gradual_sudden: int
     gradual_false: int
+    declines: int
+    declines_reported: int
+    declines_sudden: int
     clean_looks: int
     false_looks: int
     retracted: int
@@ -302,7 +305,7 @@ class Totals:
             **{name: total(name) for name in (
                 "event_cells", "found_cells", "confirmations", "correct", "labelled_right",
                 "flood_looks", "gradual_cells", "gradual_reported", "gradual_sudden",
-                "gradual_false", "clean_looks", "false_looks", "retracted", "recovered",
+                "gradual_false", "declines", "declines_reported", "declines_sudden", "clean_looks", "false_looks", "retracted", "recovered",
                 "edge_cells", "edge_found", "unmonitored")},
             flood_water=total("flood_looks_water"),
         )  # fmt: skip
@@ -333,10 +336,11 @@ def summary_lines(runs: Sequence[ScenarioRun], detector: str) -> list[str]:
         "to choose anything.",
         "",
         "| data | scenarios | events confirmed in time | cell recall (PA) | precision (UA) | "
-        "labels | flood looks water_gain | gradual cells reported | sudden alerts on gradual "
-        "cells | false gradual cells | false cell-looks | retracted / recovered rows | edge "
-        "recall | cells not yet warm |",
-        "| --- | ---: | --- | --- | --- | --- | --- | --- | ---: | ---: | --- | --- | --- | ---: |",
+        "labels | flood looks water_gain | declines reported gradual (with a sudden alert) | "
+        "gradual cells reported | sudden alerts on gradual cells | false gradual cells | false "
+        "cell-looks | retracted / recovered rows | edge recall | cells not yet warm |",
+        "| --- | ---: | --- | --- | --- | --- | --- | --- | --- | ---: | ---: | --- | --- | --- "
+        "| ---: |",
     ]
     for half, title in halves:
         if not groups[half]:
@@ -347,6 +351,7 @@ def summary_lines(runs: Sequence[ScenarioRun], detector: str) -> list[str]:
             f"| {title} | {t.scenarios} | {t.in_time}/{t.events} | "
             f"{_ratio(t.found_cells, t.event_cells)} | {_ratio(t.correct, t.confirmations)} | "
             f"{_ratio(t.labelled_right, t.found_cells)} | {_ratio(t.flood_water, t.flood_looks)} "
+            f"| {t.declines_reported}/{t.declines} ({t.declines_sudden}) "
             f"| {t.gradual_reported}/{t.gradual_cells} | {t.gradual_sudden} | {t.gradual_false} "
             f"| {false} | {t.retracted} / {t.recovered} | {_ratio(t.edge_found, t.edge_cells)} "
             f"| {t.unmonitored} |"
@@ -358,7 +363,10 @@ def summary_lines(runs: Sequence[ScenarioRun], detector: str) -> list[str]:
         "least half inside an event with a confirmed alert inside its window. *Precision* "
         "(user's accuracy): confirmations on an event's cells or its edge inside its window, "
         "of all confirmations (those on a gradual change count as false). *Labels*: found "
-        "cells whose alert carries the event's label. *False cell-looks*: anomalous looks on "
+        "cells whose alert carries the event's label. *Declines reported gradual*: slow "
+        "declines with a gradual alert on at least one of their cells after they began (in "
+        "brackets, those with a confirmed sudden alert on any of their cells: 0 is the aim). "
+        "*False cell-looks*: anomalous looks on "
         "cells no event or decline touches, per scored look of them. Retracted and recovered "
         "rows are the lifecycle's, not detections. Cells of an event that had no scored look "
         "before it began (still warming up) are counted apart. OPERA DIST-ALERT reports UA "
@@ -689,7 +697,7 @@ def run_real_series(folder: Path, cfg: Config, cell_px: int = 10) -> RealSeries:
         ok = (clear[i] >= p.min_clear) & np.isfinite(ndvi[i])
         sc = ok & (model.n >= p.min_obs)
         z, expected = index_scores(model, idx, ok, days[i], p.half_life_days, p.min_obs)
-        change = evidence(memory, idx, expected, ok)
+        change = evidence(memory, idx, expected, ok, float(days[i]))
         if p.detector == "index":
             onset, track = index_anomalies(z, p.index_threshold) & sc, False
         else:  # the index half of the default detector (no embeddings exist for this series)

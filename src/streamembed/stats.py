@@ -306,10 +306,9 @@ class TileState:
                 else AlertState.empty(int(z["n"].size))
             )
             # One from before the change memories starts them empty (change.py).
-            change = (
-                ChangeState(**{name: z[f"change_{name}"] for name in CHANGE_ARRAYS})
-                if "change_trend" in z
-                else ChangeState.empty(int(z["n"].size))
+            change = ChangeState.from_arrays(
+                {name: z[f"change_{name}"] for name in CHANGE_ARRAYS if f"change_{name}" in z},
+                int(z["n"].size),
             )
             # One from before the seasonal index model starts it from the rolling index mean.
             index_model = (
@@ -780,7 +779,7 @@ def update(
     z_idx, expected_idx = index_scores(
         state.index_model, idx, usable, day, params.half_life_days, params.min_obs
     )
-    change = evidence(state.change, idx, expected_idx, usable)
+    change = evidence(state.change, idx, expected_idx, usable, day)
     strong = np.zeros(c, bool)
     if params.detector == "index":
         gate = index_anomalies(z_idx, params.index_threshold)
