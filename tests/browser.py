@@ -45,12 +45,21 @@ def chromium() -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def serve_process(out: Path, port: int, refresh_seconds: float = 1) -> Iterator[str]:
-    """`streamembed serve --output OUT` on 127.0.0.1:PORT until the block ends; its URL."""
-    env = {**os.environ, "STREAMEMBED__SERVE__REFRESH_SECONDS": str(refresh_seconds)}
+def serve_process(
+    out: Path,
+    port: int,
+    refresh_seconds: float = 1,
+    env: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    log: list[str] | None = None,
+) -> Iterator[str]:
+    """`streamembed serve --output OUT` on HOST:PORT until the block ends; its URL (on
+    127.0.0.1). ``env``: more environment; ``log``: gets the server's output when it ends."""
+    env = {**os.environ, "STREAMEMBED__SERVE__REFRESH_SECONDS": str(refresh_seconds), **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamembed.cli", "serve", "--output", str(out), "--port",
-         str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+         str(port), "--host", host], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -64,7 +73,9 @@ def serve_process(out: Path, port: int, refresh_seconds: float = 1) -> Iterator[
         yield url
     finally:
         proc.kill()
-        proc.wait()
+        output = proc.communicate()[0]
+        if log is not None:
+            log.append(output)
 
 
 def wait_for(driver: Any, script: str, timeout: float = 30) -> Any:

@@ -97,6 +97,9 @@ def test_kubernetes_manifests_validate_against_the_operator_and_api():
     assert daemon_cfg.cluster.kind == "address"
     assert daemon_cfg.cluster.address == "tcp://streamembed-scheduler:8786"
     assert daemon_cfg.cluster.has_gpu_groups and daemon_cfg.output.startswith("s3://")
+    # Its metrics bind the pod's address (probes, Prometheus); a laptop's stay on loopback.
+    assert daemon_cfg.daemon.metrics_host == "0.0.0.0"
+    assert load_config(REPO / "config.yaml").daemon.metrics_host == "127.0.0.1"
     # Only the ledger needs a disk: a small claim one pod mounts.
     assert (
         pvc["spec"]["accessModes"] == ["ReadWriteOnce"]

@@ -359,6 +359,9 @@ def test_s3_reads_get_the_cdse_endpoint_and_keys_from_the_environment():
     anonymous = Credentials.from_env({}).gdal_options(["s3://eodata/x.jp2"])
     assert anonymous["AWS_NO_SIGN_REQUEST"] == "YES" and "AWS_ACCESS_KEY_ID" not in anonymous
     assert Credentials.from_env(env).gdal_options(["/data/B02.tif"]) == {}
+    # The keys are for the S3 endpoint only: an http(s) read carries none of them.
+    https = Credentials.from_env(env).gdal_options(["https://example.com/B02.tif"])
+    assert not {k for k in https if k.startswith("AWS_")}
 
 
 def test_monitor_daemon_over_http_two_batches_exactly_once(server, archive, tmp_path):

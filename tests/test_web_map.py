@@ -200,3 +200,62 @@ def test_the_summary_reads_a_revised_file_again(kill_reference, tmp_path):
     gone = len(gpd.read_parquet(last))
     last.unlink()
     assert view.summary()["rows"] == total - (len(first) - 1) - gone
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {})) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), dict(err.headers)
+
+
+def test_served_beyond_loopback_it_warns_or_asks_for_credentials(kill_reference):
+    """Real `streamembed serve` processes bound to 0.0.0.0: without credentials in the
+    environment it serves and warns; with them every request but /healthz needs them."""
+    import base64
+
+    out = kill_reference[0]
+    log: list[str] = []
+    with serve_process(out, free_port(), host="0.0.0.0", log=log) as url:
+        status, body, _ = _get(f"{url}/api/config")
+        assert status == 200 and str(out) not in body.decode()  # no server path in it
+        assert json.loads(body)["output"] == out.name
+    assert "no authentication" in log[0] and "STREAMEMBED_SERVE_USER" in log[0]
+
+    env = {"STREAMEMBED_SERVE_USER": "analyst", "STREAMEMBED_SERVE_PASSWORD": "s3cret-pw",
+           "STREAMEMBED_SERVE_TOKEN": "tok-8e1f"}  # fmt: skip
+    log.clear()
+    with serve_process(out, free_port(), host="0.0.0.0", env=env, log=log) as url:
+        status, _, headers = _get(f"{url}/api/summary")
+        assert status == 401 and headers["www-authenticate"].startswith("Basic realm=")
+        for path in ("/", "/api/config", "/api/download", "/static/app.js"):
+            assert _get(url + path)[0] == 401, path
+        assert _get(f"{url}/healthz")[0] == 200  # probes need no credentials
+        basic = base64.b64encode(b"analyst:s3cret-pw").decode()
+        status, body, _ = _get(f"{url}/api/summary", {"Authorization": f"Basic {basic}"})
+        assert status == 200 and json.loads(body)["rows"] > 0
+        wrong = base64.b64encode(b"analyst:guess").decode()
+        assert _get(f"{url}/api/summary", {"Authorization": f"Basic {wrong}"})[0] == 401
+        assert _get(f"{url}/api/summary", {"Authorization": "Basic !!"})[0] == 401
+        assert _get(f"{url}/api/summary", {"Authorization": "Bearer tok-8e1f"})[0] == 200
+        assert _get(f"{url}/api/summary", {"Authorization": "Bearer tok-8e1"})[0] == 401
+    assert "no authentication" not in log[0]
+    assert "s3cret-pw" not in log[0] and "tok-8e1f" not in log[0]
+
+
+def test_a_download_larger_than_the_limit_is_refused_with_the_way_round(kill_reference):
+    from starlette.testclient import TestClient
+
+    from streamembed.layout import OutputLayout
+    from streamembed.web import create_app
+
+    out = kill_reference[0]
+    rows = read_anomalies(out / "anomalies")
+    client = TestClient(create_app(OutputLayout(str(out)), max_download_rows=len(rows) - 1))
+    big = client.get("/api/download?format=geojson")
+    assert big.status_code == 413 and "serve.max_download_rows" in big.json()["error"]
+    date = str(rows["date"].astype(str).iloc[0])
+    assert client.get(f"/api/download?format=geojson&date={date}").status_code == 200

@@ -479,7 +479,7 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     print(
         f"streamembed map of {cfg.layout.root}: http://{host}:{port}/  (Ctrl-C stops)", flush=True
     )
-    serve(cfg.layout, host, port, basemap, sc.refresh_seconds)
+    serve(cfg.layout, host, port, basemap, sc.refresh_seconds, sc.max_download_rows)
     return 0
 
 

@@ -22,6 +22,16 @@ from .storage import is_remote
 ENV_PREFIX = "STREAMEMBED__"
 # Sections of config.yaml that belong to the harness commands (demo, bench), not the runtime.
 HARNESS_SECTIONS = ("demo", "bench")
+# Where an item of a STAC API may point its assets beside the API's own host (sources/reach.py):
+# the object stores of CDSE (the eodata bucket, its HTTPS hosts), Earth Search (the
+# sentinel-cogs bucket) and Planetary Computer (Azure blob storage).
+DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = (
+    "eodata",
+    "*.dataspace.copernicus.eu",
+    "sentinel-cogs",
+    "sentinel-cogs.s3.us-west-2.amazonaws.com",
+    "*.blob.core.windows.net",
+)
 
 
 class ConfigError(ValueError):
@@ -60,6 +70,13 @@ class SourceConfig(Section):
     )
     timeout_seconds: float = Field(30.0, gt=0)
     max_retries: int = Field(5, ge=0)
+    allowed_hosts: tuple[str, ...] = Field(
+        DEFAULT_ALLOWED_HOSTS,
+        description="hosts (fnmatch patterns; an s3:// URL's host is its bucket) an item of a "
+        "STAC API may point its assets at, beside the API's own host; its items may name no "
+        "local path or file:// URL. Default: the object stores of CDSE, Earth Search and "
+        "Planetary Computer; ['*']: any host",
+    )
 
     @field_validator("tiles")
     @classmethod
@@ -384,7 +401,11 @@ class DaemonConfig(Section):
         description="`streamembed monitor` serves /metrics, /healthz and /readyz here "
         "(0: any free port, null: off)",
     )
-    metrics_host: str = Field("0.0.0.0", description="address the metrics server binds")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="address the metrics server binds: loopback on a laptop; 0.0.0.0 where a "
+        "Prometheus elsewhere scrapes it (the Kubernetes manifests)",
+    )
     stale_polls: float = Field(
         3.0, gt=0, description="/healthz fails when the loop has not turned for this many polls"
     )
@@ -392,8 +413,15 @@ class DaemonConfig(Section):
 
 
 class ServeConfig(Section):
-    host: str = Field("127.0.0.1", description="`streamembed serve` binds here")
+    host: str = Field(
+        "127.0.0.1",
+        description="`streamembed serve` binds here; beyond loopback, set credentials in the "
+        "environment (docs/operations.md, Security)",
+    )
     port: int = Field(8000, ge=0, le=65535)
+    max_download_rows: int = Field(
+        200_000, gt=0, description="the largest view /api/download returns (413 beyond it)"
+    )
     basemap: str | None = Field(
         None,
         description="XYZ tile URL template under the anomalies, e.g. "

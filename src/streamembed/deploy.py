@@ -65,9 +65,11 @@ def kubernetes_manifests(cfg: Config) -> dict[str, list[dict[str, Any]]]:
         _mount_data(cluster["spec"]["worker"]["spec"], claim)
         for group in groups:
             _mount_data(group["spec"]["worker"]["spec"], claim)
-    daemon_cfg = cfg.with_overrides(**overrides, **{"cluster.kind": "address"}).with_overrides(
-        **{"cluster.address": f"tcp://{name}-scheduler:8786"}
-    )
+    # In a pod the probes and Prometheus reach the daemon's metrics on the pod's address, not
+    # on loopback (a laptop's default, config.yaml).
+    daemon_cfg = cfg.with_overrides(
+        **overrides, **{"cluster.kind": "address", "daemon.metrics_host": "0.0.0.0"}
+    ).with_overrides(**{"cluster.address": f"tcp://{name}-scheduler:8786"})
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",

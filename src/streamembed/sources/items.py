@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..acquisition import Acquisition, SourceError, parse_item
+from .reach import Reach
 
 
 @dataclass(frozen=True)
@@ -35,16 +36,27 @@ class Discovery:
     mapping: str | Mapping[str, str]
     bands: Sequence[str]
     mask_asset: str | None = None
+    reach: Reach | None = None  # where its items' assets may point (None: anywhere)
     found: dict[str, Acquisition] = field(default_factory=dict)
     failures: list[SourceFailure] = field(default_factory=list)
 
     def parse(self, feature: Mapping[str, Any], href: str) -> Acquisition | None:
-        """The feature as an Acquisition, or None with its failure recorded."""
+        """The feature as an Acquisition, or None with its failure recorded (an item that does
+        not parse, or one whose assets point where its source may not reach)."""
         try:
-            return parse_item(feature, href, self.mapping, self.bands, self.mask_asset)
+            acq = parse_item(feature, href, self.mapping, self.bands, self.mask_asset)
         except SourceError as err:
             self.failures.append(SourceFailure(str(feature.get("id") or href), href, str(err)))
             return None
+        reach = self.reach or Reach("")
+        for asset in acq.assets.values():
+            why = reach.refusal(asset.href)
+            if why is not None:
+                reason = (f"{href}: item {acq.id} asset {asset.key} ({asset.band}) is refused: "
+                          f"{asset.href} is {why}")  # fmt: skip
+                self.failures.append(SourceFailure(acq.id, href, reason))
+                return None
+        return acq
 
     def fail(self, href: str, reason: str) -> None:
         self.failures.append(SourceFailure(href, href, reason))

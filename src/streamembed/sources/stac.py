@@ -25,6 +25,7 @@ from ..acquisition import Acquisition, SourceError, parse_datetime
 from ..config import SourceConfig
 from ..credentials import Credentials
 from .items import Discovery, SourceFailure
+from .reach import Reach
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,8 @@ def discover_stac(
 ) -> tuple[list[Acquisition], list[SourceFailure]]:
     """Acquisitions the API holds in ``window`` after the AOI, tile and cloud filters."""
     geom = aoi_geometry(cfg)
-    found = Discovery(cfg.band_mapping, bands, mask_asset)
+    reach = Reach.for_source(cfg.path, remote=True, allowed_hosts=cfg.allowed_hosts)
+    found = Discovery(cfg.band_mapping, bands, mask_asset, reach)
     n_items = 0
     for item in search_items(cfg, window, geom, credentials):
         n_items += 1

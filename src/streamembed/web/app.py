@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -20,21 +21,29 @@ from starlette.staticfiles import StaticFiles
 
 from ..anomaly_map import LABEL_COLOURS
 from ..layout import OutputLayout
+from .auth import RequireAuth, ServeAuth, warn_if_exposed
 from .view import OutputView
 
 STATIC = Path(__file__).parent / "static"
 
 
 def create_app(
-    layout: OutputLayout, basemap: str | None = None, refresh_seconds: float = 10.0
+    layout: OutputLayout,
+    basemap: str | None = None,
+    refresh_seconds: float = 10.0,
+    auth: ServeAuth | None = None,
+    max_download_rows: int = 200_000,
 ) -> Starlette:
-    """The web app over the outputs in ``layout``; ``basemap``: an XYZ tile URL template."""
+    """The web app over the outputs in ``layout``; ``basemap``: an XYZ tile URL template;
+    ``auth``: the credentials every request but ``/healthz`` needs (None or none set: open);
+    ``max_download_rows``: the largest view a download returns (413 beyond it)."""
     view = OutputView(layout)
     page_config = {
         "basemap": basemap,
         "refreshSeconds": refresh_seconds,
         "labelColours": LABEL_COLOURS,
-        "output": layout.root,
+        # The output's name only: where it lives on the server is not the page's business.
+        "output": layout.root.rstrip("/").rsplit("/", 1)[-1],
     }
 
     async def index(_: Request) -> Response:
@@ -63,6 +72,10 @@ def create_app(
             rows = await run_in_threadpool(_rows, request)
         except ValueError as err:
             return JSONResponse({"error": str(err)}, 400)
+        if len(rows) > max_download_rows:
+            return JSONResponse({"error": f"{len(rows)} rows, over this server's limit of "
+                                 f"{max_download_rows} (serve.max_download_rows): narrow the view "
+                                 "by date, tile or bbox, or read the GeoParquet files"}, 413)  # fmt: skip
         fmt = request.query_params.get("format", "geojson")
         q = request.query_params
         stem = "anomalies" + "".join(f"_{q[k]}" for k in ("tile", "date") if q.get(k))
@@ -105,7 +118,9 @@ def create_app(
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         return JSONResponse({"ok": True, "time": now})
 
+    guard = [Middleware(RequireAuth, auth=auth)] if auth is not None and auth.enabled else []
     return Starlette(
+        middleware=guard,
         routes=[
             Route("/", index),
             Route("/api/config", config),
@@ -116,7 +131,7 @@ def create_app(
             Route("/api/quicklook/{tile}.{ext:str}", quicklook),
             Route("/healthz", health),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
-        ]
+        ],
     )
 
 
@@ -137,9 +152,13 @@ def serve(
     port: int,
     basemap: str | None = None,
     refresh_seconds: float = 10.0,
+    max_download_rows: int = 200_000,
 ) -> None:
-    """Run the app with uvicorn until interrupted."""
+    """Run the app with uvicorn until interrupted; credentials from the environment (auth.py),
+    a warning where it binds beyond loopback without them."""
     import uvicorn
 
-    uvicorn.run(create_app(layout, basemap, refresh_seconds), host=host, port=port,
-                log_level="warning")  # fmt: skip
+    auth = ServeAuth.from_env()
+    warn_if_exposed(host, auth, "streamembed serve")
+    app = create_app(layout, basemap, refresh_seconds, auth, max_download_rows)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
