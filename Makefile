@@ -39,9 +39,11 @@ test-timm: $(TIMM_VENV)/.installed
 	$(TIMM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_timm
 
 # The slow half of the fault suite (CI): the real backfill SIGKILLed at every crash point once,
-# and workers killed mid-block (~7 min).
+# and workers killed mid-block (~7 min); then the fuzzed items and rasters at 4x the cases of
+# make test, drawn afresh (~1 min).
 test-faults: $(STAMP)
 	$(BIN)/pytest -q -m "faults and not soak"
+	FUZZ_SCALE=4 $(BIN)/pytest -q tests/test_fuzz_inputs.py
 
 # All of it: every crash point at two timings or more (~14 min).
 test-faults-all: $(STAMP)

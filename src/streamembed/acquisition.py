@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+import numpy as np
 
 BANDS_L1C: tuple[str, ...] = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07",
@@ -171,6 +174,10 @@ def baseline_has_offset(baseline: str | None) -> bool:
 MGRS_TILE = r"\d{2}[C-HJ-NP-X][A-HJ-NP-Z]{2}"
 _TILE_RE = re.compile(rf"(?:^|[_T])({MGRS_TILE})(?:_|$)")
 _BASELINE_RE = re.compile(r"_N(\d{2})(\d{2})_")
+# An acquisition id names files of the output (anomalies/tile=…/date=…/<id>.parquet) and keys
+# the ledger: letters, digits and . _ - only, as every Sentinel-2 product id is.
+FIRST_SENSING = dt.datetime(2015, 6, 23, tzinfo=dt.timezone.utc)  # Sentinel-2A's launch
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 def _tile_of(item: Mapping[str, Any]) -> str | None:
@@ -217,6 +224,18 @@ def _epsg_of(obj: Mapping[str, Any]) -> int | None:
     return None
 
 
+def is_product_id(value: Any) -> bool:
+    """Whether ``value`` may be an acquisition id (it names files of the output)."""
+    return isinstance(value, str) and bool(_ID_RE.fullmatch(value)) and ".." not in value
+
+
+def one_line(value: Any, limit: int = 80) -> str:
+    """``value`` as it may appear in a one-line reason: repr'd, on one line, cut to ``limit``."""
+    text = value if isinstance(value, str) else reprlib.repr(value)  # bounded depth and size
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def parse_datetime(text: str) -> dt.datetime:
     """An ISO 8601 date or time as UTC (a trailing Z, or no zone at all, means UTC)."""
     value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -249,13 +268,30 @@ def _band_asset(
     band_meta = _first(a.get("bands")) or {}
     transform = a.get("proj:transform")
     shape = a.get("proj:shape")
+    href = a["href"]
+    if not isinstance(href, str) or not href.strip():
+        raise SourceError(f"{item_href}: asset {key} has href {one_line(href)}, not a URL or path")
+
+    def number(name: str, value: Any) -> float | None:
+        # a value of the item's that reaches the workers: a number or nothing, never a
+        # structure (an untrusted item's)
+        if value is None or (name == "nodata" and value in ("nan", "inf", "-inf")):
+            return None  # STAC's float nodata: no integer DN band holds it
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            raise SourceError(
+                f"{item_href}: asset {key} has {name} {one_line(value)}, not a finite number"
+            )
+        return float(value)
+
     return BandAsset(
         band=band,
         key=key,
-        href=resolve_href(str(a["href"]), item_href),
-        scale=a.get("raster:scale", raster_band.get("scale")),
-        offset=a.get("raster:offset", raster_band.get("offset")),
-        nodata=a.get("nodata", raster_band.get("nodata", band_meta.get("nodata"))),
+        href=resolve_href(href, item_href),
+        scale=number("raster:scale", a.get("raster:scale", raster_band.get("scale"))),
+        offset=number("raster:offset", a.get("raster:offset", raster_band.get("offset"))),
+        nodata=number(
+            "nodata", a.get("nodata", raster_band.get("nodata", band_meta.get("nodata")))
+        ),
         epsg=_epsg_of(a) or item_epsg,
         transform=tuple(float(v) for v in transform[:6]) if transform else None,
         shape=(int(shape[0]), int(shape[1])) if shape else None,
@@ -278,14 +314,32 @@ def parse_item(
     item_id = item.get("id")
     if item.get("type") != "Feature" or not item_id:
         raise SourceError(f"{item_href}: not a STAC Item (type Feature with an id)")
+    if not is_product_id(item_id):
+        raise SourceError(
+            f"{item_href}: item id {one_line(item_id)} is not a product id (letters, digits and "
+            ". _ - only, at most 200; it names the output's files)"
+        )
+    if not isinstance(item.get("properties") or {}, Mapping):
+        raise SourceError(f"{item_href}: item {item_id} has properties that are not an object")
     props = item.get("properties") or {}
     if not props.get("datetime"):
         raise SourceError(f"{item_href}: item {item_id} has no properties.datetime")
-    sensed = parse_datetime(str(props["datetime"]))
+    try:
+        sensed = parse_datetime(str(props["datetime"]))
+    except (ValueError, OverflowError):
+        raise SourceError(
+            f"{item_href}: item {item_id} has properties.datetime "
+            f"{one_line(props['datetime'])}, not an ISO 8601 time"
+        ) from None
     if sensed > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1):
         raise SourceError(
             f"{item_href}: item {item_id} is sensed at {sensed:%Y-%m-%dT%H:%M}Z, in the future; "
             "its properties.datetime is wrong"
+        )
+    if sensed < FIRST_SENSING:
+        raise SourceError(
+            f"{item_href}: item {item_id} is sensed at {sensed:%Y-%m-%d}, before Sentinel-2A's "
+            f"launch ({FIRST_SENSING:%Y-%m-%d}); its properties.datetime is wrong"
         )
     tile = _tile_of(item)
     if tile is None:
@@ -308,6 +362,10 @@ def parse_item(
     epsg = next((a.epsg for a in assets.values() if a.epsg), item_epsg)
     level = "L1C" if "L1C" in str(item_id) or "L1C" in str(props.get("product:type", "")) else "L2A"
     cloud = props.get("eo:cloud_cover")
+    if cloud is not None and not (_number(cloud) is not None and 0 <= float(cloud) <= 100):
+        raise SourceError(
+            f"{item_href}: item {item_id} has eo:cloud_cover {one_line(cloud)}, not a percentage"
+        )
     azimuth = props.get("view:sun_azimuth", props.get("s2:mean_solar_azimuth"))
     elevation = props.get("view:sun_elevation")
     zenith = props.get("s2:mean_solar_zenith", None if elevation is None else 90 - elevation)

@@ -439,6 +439,21 @@ def grid_for(acq: Acquisition, cell_size: int) -> TileGrid:
     if epsg is None:
         raise GridMismatchError(f"acquisition {acq.id}: {ref.href} has no EPSG code")
     res = float(transform[0])
+    x0, y0 = float(transform[2]), float(transform[5])
+    # The item's proj:shape and proj:transform are an untrusted catalogue's: a tile of 1e9 px
+    # or at 1e300 m would plan blocks without end.
+    if not (
+        MIN_PIXEL_M <= res <= MAX_PIXEL_M
+        and abs(x0) <= MAX_UTM_M
+        and abs(y0) <= MAX_UTM_M
+        and 0 < shape[0] * res <= MAX_BAND_PX * PIXEL_M
+        and 0 < shape[1] * res <= MAX_BAND_PX * PIXEL_M
+    ):
+        raise GridMismatchError(
+            f"acquisition {acq.id}: {ref.href} is {shape[0]} x {shape[1]} px of {res:g} m at "
+            f"({x0:g}, {y0:g}) by its item or header; no Sentinel-2 tile is (proj:shape, "
+            "proj:transform)"
+        )
     height = round(shape[0] * res / PIXEL_M)
     width = round(shape[1] * res / PIXEL_M)
     grid = TileGrid(
@@ -491,11 +506,27 @@ def open_bands(
                 ds.close()  # type: ignore[attr-defined]
 
 
+MIN_PIXEL_M, MAX_PIXEL_M = 1.0, 1000.0  # a band's pixel size, metres (Sentinel-2: 10-60)
+MAX_BAND_PX = 4 * 10980  # a band raster's side (a tile's 10 m band is 10980)
+MAX_UTM_M = 2.0e7  # a UTM coordinate, metres (northings reach 10 000 km south)
+
+
 def _layout_problem(src: Any, asset: BandAsset) -> str | None:
     """What makes an opened band raster unusable as the asset's Sentinel-2 band, or None."""
     expected = asset.file_bands
     if (expected is not None and src.count != expected) or src.count < asset.index:
         return f"has {src.count} bands; its item describes {expected or asset.index}"
+    # The raster's own grid, before any window is computed from it: an untrusted file's
+    # transform can be anything (metres of 1e30, origins off the planet, 200 000 px sides).
+    x_res, y_res = (abs(float(v)) for v in src.res)
+    if not (MIN_PIXEL_M <= x_res <= MAX_PIXEL_M and MIN_PIXEL_M <= y_res <= MAX_PIXEL_M):
+        return f"has pixels of {x_res:g} x {y_res:g} units; Sentinel-2's are 10, 20 or 60 m"
+    if max(src.width, src.height) > MAX_BAND_PX:
+        return (f"is {src.width} x {src.height} px; a Sentinel-2 band is at most 10980 px a "
+                "side")  # fmt: skip
+    west, south, east, north = src.bounds
+    if not all(abs(v) <= MAX_UTM_M for v in (west, south, east, north)):
+        return f"lies at {src.bounds}, outside any UTM zone"
     dtype = src.dtypes[asset.index - 1]
     if dtype not in ("uint8", "uint16"):
         return (

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..acquisition import Acquisition, SourceError, parse_item
+from ..acquisition import Acquisition, SourceError, is_product_id, one_line, parse_item
 from .reach import Reach
 
 
@@ -20,13 +20,32 @@ class SourceFailure:
     reason: str
 
 
+STAC_METADATA = ("Catalog", "Collection")  # the JSON of a STAC folder that holds no items
+
+
 def features(doc: Any) -> list[Mapping[str, Any]]:
     """The STAC Items of a document: an Item, or the Items of an ItemCollection; else none."""
-    if isinstance(doc, dict) and doc.get("type") == "Feature" and "assets" in doc:
+    if isinstance(doc, dict) and doc.get("type") == "Feature":
         return [doc]
     if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-        return [f for f in doc.get("features", []) if isinstance(f, dict)]
+        found = doc.get("features")
+        return [f for f in found if isinstance(f, dict)] if isinstance(found, list) else []
     return []
+
+
+def not_items(doc: Any) -> str | None:
+    """Why a JSON document that yields no items is not what a folder of items holds (a STAC
+    Catalog or Collection is: None)."""
+    if isinstance(doc, dict) and doc.get("type") in STAC_METADATA:
+        return None
+    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
+        return (
+            None
+            if isinstance(doc.get("features"), list)
+            else "a FeatureCollection whose features are not a list"
+        )
+    kind = doc.get("type") if isinstance(doc, dict) else type(doc).__name__
+    return f"JSON but not a STAC Item or ItemCollection (type {one_line(kind, 40)})"
 
 
 @dataclass
@@ -43,10 +62,19 @@ class Discovery:
     def parse(self, feature: Mapping[str, Any], href: str) -> Acquisition | None:
         """The feature as an Acquisition, or None with its failure recorded (an item that does
         not parse, or one whose assets point where its source may not reach)."""
+        # Filed under its id where that is a product id, else under its file: a garbled id
+        # (a list, a path, a megabyte of text) keys nothing, and two never collide.
+        item_id = feature.get("id")
+        key = str(item_id) if is_product_id(item_id) else href
         try:
             acq = parse_item(feature, href, self.mapping, self.bands, self.mask_asset)
         except SourceError as err:
-            self.failures.append(SourceFailure(str(feature.get("id") or href), href, str(err)))
+            self.failures.append(SourceFailure(key, href, one_line(str(err), 500)))
+            return None
+        except Exception as err:
+            reason = (f"{href}: item {one_line(item_id)} is not a well-formed STAC Item "
+                      f"({type(err).__name__}: {one_line(str(err), 200)})")  # fmt: skip
+            self.failures.append(SourceFailure(key, href, reason))
             return None
         reach = self.reach or Reach("")
         for asset in acq.assets.values():

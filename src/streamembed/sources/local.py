@@ -15,9 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..acquisition import BANDS_L2A, Acquisition, SourceError
-from .items import Discovery, SourceFailure, features
+from ..acquisition import BANDS_L2A, Acquisition, SourceError, one_line
+from .items import Discovery, SourceFailure, features, not_items
 from .safe import is_product, read_product
+
+MAX_ITEM_BYTES = 64 << 20  # an item collection of thousands of items is a few MiB
 
 
 @dataclass
@@ -92,11 +94,20 @@ def discover(
             found.fail(str(product), str(err))
     for path in files.json_files:
         try:
+            size = path.stat().st_size
+            if size > MAX_ITEM_BYTES:
+                found.fail(str(path), f"{path}: {size / 2**20:.0f} MiB, not a STAC item or item "
+                           f"collection (at most {MAX_ITEM_BYTES >> 20} MiB read)")  # fmt: skip
+                continue
             doc = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            found.fail(str(path), f"{path}: not readable JSON: {err}")
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+            # ValueError: JSON's own errors; RecursionError: nesting deeper than any item's
+            found.fail(str(path), f"{path}: not readable JSON: {one_line(str(err), 200)}")
             continue
-        for feature in features(doc):
+        items = features(doc)
+        if not items and (why := not_items(doc)) is not None:
+            found.fail(str(path), f"{path}: {why}")
+        for feature in items:
             acq = found.parse(feature, str(path.resolve()))
             if acq is not None:
                 found.keep(acq)
