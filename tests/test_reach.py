@@ -70,6 +70,14 @@ def _served(archive: Path, url_of) -> list[dict]:
     return sorted(out, key=lambda d: d["properties"]["datetime"])
 
 
+def _backfill(cfg: Config, client) -> None:
+    pipe = Pipeline(cfg, client)
+    try:
+        pipe.run(progress=False)
+    finally:
+        pipe.close()
+
+
 def test_over_http_items_pointing_at_local_files_or_other_hosts_are_refused(
     server, archive, cluster_client, tmp_path
 ):
@@ -102,11 +110,7 @@ def test_over_http_items_pointing_at_local_files_or_other_hosts_are_refused(
             "source.allowed_hosts": [],
         }
     )
-    pipe = Pipeline(cfg, cluster_client)
-    try:
-        pipe.run(progress=False)
-    finally:
-        pipe.close()
+    _backfill(cfg, cluster_client)
     with Ledger(tmp_path / "out" / "ledger.sqlite") as ledger:
         states = ledger.states()
         refused = {key: reason for key, _, reason in ledger.source_failures()}
@@ -126,11 +130,7 @@ def test_over_http_items_pointing_at_local_files_or_other_hosts_are_refused(
     trusting = cfg.with_overrides(
         **{"source.allowed_hosts": ["localhost"], "output": str(tmp_path / "out2")}
     )
-    pipe = Pipeline(trusting, cluster_client)
-    try:
-        pipe.run(progress=False)
-    finally:
-        pipe.close()
+    _backfill(trusting, cluster_client)
     with Ledger(tmp_path / "out2" / "ledger.sqlite") as ledger:
         assert ledger.states()[other_host["id"]] == State.APPLIED
         assert {k for k, _, _ in ledger.source_failures()} == {local_path["id"], file_url["id"]}

@@ -20,6 +20,19 @@ from .browser import move_slider, serve_process, wait_for
 from .daemon import free_port
 
 
+def _click_first(browser, selector: str, tries: int = 5) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    for attempt in range(tries):
+        try:
+            browser.find_elements(By.CSS_SELECTOR, selector)[0].click()
+            return
+        except StaleElementReferenceException:
+            if attempt == tries - 1:
+                raise
+
+
 @pytest.fixture
 def served(kill_reference, tmp_path):
     """A copy of a real backfill's outputs, its newest anomaly file held back, served."""
@@ -55,19 +68,23 @@ def test_the_map_shows_the_anomalies_and_follows_new_files(browser, served):
     date = per_date.index[busiest]
     wait_for(browser, f"return document.getElementById('date-label').textContent == '{date}'")
     wait_for(browser, f"return window.streamembed.features == {per_date.iloc[busiest]}")
-    cells = browser.find_elements(By.CSS_SELECTOR, "path.anomaly-cell")
-    assert len(cells) == per_date.iloc[busiest]
+    # The page refreshes every second and may redraw its cells between two calls: read them
+    # in one script, click a freshly found one.
+    classes = browser.execute_script(
+        "return [...document.querySelectorAll('path.anomaly-cell')].map(e => e.getAttribute('class'))"
+    )
+    assert len(classes) == per_date.iloc[busiest]
     statuses = set(rows.loc[rows["date"] == date, "status"])
     shown = {
         token.removeprefix("status-")
-        for c in cells
-        for token in c.get_attribute("class").split()
+        for c in classes
+        for token in c.split()
         if token.startswith("status-")
     }
     assert shown == statuses
 
     # A click on a cell opens its history: every stored look, every anomalous one listed.
-    cells[0].click()
+    _click_first(browser, "path.anomaly-cell")
     wait_for(browser, "return window.streamembed.historyOpen")
     title = browser.find_element(By.ID, "history-title").text
     cy, cx = (int(v) for v in title.split()[1].split("/"))
