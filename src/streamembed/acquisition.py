@@ -174,9 +174,9 @@ def baseline_has_offset(baseline: str | None) -> bool:
 MGRS_TILE = r"\d{2}[C-HJ-NP-X][A-HJ-NP-Z]{2}"
 _TILE_RE = re.compile(rf"(?:^|[_T])({MGRS_TILE})(?:_|$)")
 _BASELINE_RE = re.compile(r"_N(\d{2})(\d{2})_")
+FIRST_SENSING = dt.datetime(2015, 6, 23, tzinfo=dt.timezone.utc)  # Sentinel-2A's launch
 # An acquisition id names files of the output (anomalies/tile=…/date=…/<id>.parquet) and keys
 # the ledger: letters, digits and . _ - only, as every Sentinel-2 product id is.
-FIRST_SENSING = dt.datetime(2015, 6, 23, tzinfo=dt.timezone.utc)  # Sentinel-2A's launch
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 

@@ -1,6 +1,6 @@
 """What kind of change a cell shows: a sudden step, a gradual decline, or a state it has had before.
 
-Per cell, beside the seasonal expectation of its indices (seasonal.py), four memories:
+Per cell, beside the seasonal expectation of its indices (seasonal.py), five memories:
 
 - its **last clear look**: a sudden change (a flood, a burn, a clear-cut, a building) is a step
   between two clear looks; a decline that built up over many looks never is, however far it
@@ -35,8 +35,9 @@ Per cell, beside the seasonal expectation of its indices (seasonal.py), four mem
 
 A look opens a sudden alert (``onset``) when, on one index, it departs ``min_index_change``
 from the expectation, stepped ``min_step`` since the last clear look (the tile's median step
-removed) and goes ``min_novelty`` beyond the envelope (by month, where the cell has a season). Pure NumPy over the cells of one tile;
-the state is part of ``stats.TileState`` and checkpointed with it.
+removed) and goes ``min_novelty`` beyond the envelope (by month, where the cell has a
+season). Pure NumPy over the cells of one tile; the state is part of ``stats.TileState`` and
+checkpointed with it.
 """
 
 from __future__ import annotations
@@ -168,10 +169,10 @@ class Evidence:
         return np.argmax(np.nan_to_num(self.departure, nan=-np.inf), axis=1).astype(np.int8)
 
 
-def _season_bin(day: float) -> tuple[int, int]:
-    """(year code, month bin) of a day."""
+def _year_bin(day: float, bins: int) -> tuple[int, int]:
+    """(year code, bin of the year in ``bins``) of a day."""
     year = int(day // YEAR_DAYS) % YEAR_CODES
-    return year, int((day % YEAR_DAYS) * SEASON_BINS / YEAR_DAYS) % SEASON_BINS
+    return year, int((day % YEAR_DAYS) * bins / YEAR_DAYS) % bins
 
 
 def evidence(
@@ -197,7 +198,7 @@ def evidence(
     # only in another season (a deciduous forest's leafless winter, against a clear-cut in
     # June) excuses a look by no more than SEASON_MARGIN; one it showed around this time of
     # year (a crop's stubble after last year's harvest) excuses it fully.
-    year, b = _season_bin(day)
+    year, b = _year_bin(day, SEASON_BINS)
     near = [(b + k) % SEASON_BINS for k in (-1, 0, 1)]
     codes = state.season_year[:, near]
     known = ((codes >= 0) & (codes != year)).any(axis=1)
@@ -224,7 +225,7 @@ def fold(
     # written again every year.
     pair = np.fmin(SIGN * state.last[:, COLS], signed)
     rows = np.flatnonzero(ok & np.isfinite(pair).all(axis=1))
-    year, b = _season_bin(day)
+    year, b = _year_bin(day, SEASON_BINS)
     state.season_envelope[rows, b] = np.fmax(
         state.season_envelope[rows, b].astype(np.float32), pair[rows]
     ).astype(np.float16)
@@ -259,8 +260,7 @@ def gradual_step(
     clear looks; ``sudden``: cells with a sudden alert standing (a step is not a decline).
     Returns (raised, ended): the cells whose gradual alert was raised or ended on this look."""
     ndvi = indices[:, NDVI]
-    year = int(day // YEAR_DAYS) % YEAR_CODES
-    b = int((day % YEAR_DAYS) * PROFILE_BINS / YEAR_DAYS) % PROFILE_BINS
+    year, b = _year_bin(day, PROFILE_BINS)
     # The same time last year: the bins around this look's, written in an earlier year.
     near = [(b + k) % PROFILE_BINS for k in (-1, 0, 1)]
     values = state.profile[:, near].astype(np.float32)
