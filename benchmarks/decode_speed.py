@@ -56,8 +56,8 @@ def _blocks(
     import rasterio
 
     from streamembed.config import IngestConfig
-    from streamembed.ingest import _read_band, grid_for, plan_blocks
-    from streamembed.tilecache import TileCache
+    from streamembed.runtime.ingest import _read_band, grid_for, plan_blocks
+    from streamembed.runtime.tilecache import TileCache
 
     ingest = IngestConfig()
     grid = grid_for(acq, ingest.cell_size)

@@ -73,8 +73,8 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def measure(
     arch: str, batch: int, px: int, bands: int, reps: int, runtimes: list[str]
 ) -> list[dict]:
-    from streamembed.backbones import build_backbone, is_vit
-    from streamembed.runtimes import convert
+    from streamembed.runtime.backbones import build_backbone, is_vit
+    from streamembed.runtime.runtimes import convert
 
     torch.manual_seed(0)
     model = build_backbone(arch, bands).eval()

@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from streamembed.config import IngestConfig, ModelConfig
-    from streamembed.ingest import (
+    from streamembed.runtime.ingest import (
         _read_retrying,
         grid_for,
         plan_blocks,

@@ -29,8 +29,8 @@ import numpy as np
 
 from streamembed.config import StoreConfig
 from streamembed.grid import TileGrid
-from streamembed.ingest import INDEX_NAMES
-from streamembed.store import EmbeddingBatch, EmbeddingStore, Provenance
+from streamembed.runtime.ingest import INDEX_NAMES
+from streamembed.outputs.store import EmbeddingBatch, EmbeddingStore, Provenance
 
 PROVENANCE = Provenance(
     "bench-64d", "seeded", True, "resnet18", ("B02",), "divide_10000", 256, 32, (0, 8, 9)

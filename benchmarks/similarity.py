@@ -41,7 +41,7 @@ def load(store_path: str, tile: str | None, min_clear: float) -> tuple[np.ndarra
     cells of 2048 dimensions are 8 GiB: no second copy), acquisition by acquisition; how many
     of them are the first acquisition's that has any (the tool's centre is their mean); and
     each vector's cell (flat index in the tile), which its other looks share."""
-    from streamembed.store import EmbeddingStore
+    from streamembed.outputs.store import EmbeddingStore
 
     store = EmbeddingStore(store_path)
     tile = tile or store.tiles()[0]
@@ -317,7 +317,7 @@ def bench_ivf(
     build = time.perf_counter() - t0
     del vecs
     sweep = {}
-    from streamembed.similar import NPROBE
+    from streamembed.outputs.similar import NPROBE
 
     for nprobe in sorted({8, NPROBE, 32, 64, 128}):
         index.nprobe = nprobe
@@ -329,7 +329,7 @@ def bench_ivf(
         sweep[nprobe] = {"query_ms": query_ms, f"recall@{k}": recall(found, truth.ids),
                          f"recall@{k}_ties": recall_ties(sims, truth)}  # fmt: skip
         print(f"faiss-ivf nprobe {nprobe}: {sweep[nprobe]}", flush=True)
-    from streamembed.similar import NPROBE
+    from streamembed.outputs.similar import NPROBE
 
     return {"train_s": train, "build_s": build, "nlist": nlist, "nprobe": NPROBE,
             **sweep.get(NPROBE, {}), "by_nprobe": sweep}  # fmt: skip
@@ -358,7 +358,7 @@ def main() -> None:
     vecs, first, cells = load(args.store, args.tile, args.min_clear)
     looks = Looks(cells)
     if not args.raw_cosine:
-        from streamembed.similar import centred
+        from streamembed.outputs.similar import centred
 
         # the tool's centre: the mean of the first acquisition's clear cells (store_centre)
         centre = vecs[:first].mean(axis=0, dtype=np.float64).astype(np.float32)
@@ -398,7 +398,7 @@ def main() -> None:
                                    args.hnsw_m, args.ef_construction, looks)  # fmt: skip
         print(lib, records[lib], flush=True)
     if "faiss-ivf" in libraries:
-        from streamembed.similar import TRAINING_VECTORS, lists
+        from streamembed.outputs.similar import TRAINING_VECTORS, lists
 
         # the tool trains on whole acquisitions until it holds TRAINING_VECTORS: about this
         n_train = max(first, min(len(box[0]), TRAINING_VECTORS))

@@ -27,7 +27,7 @@ import numpy as np
 
 from streamembed.config import StoreConfig
 from streamembed.storage import tree_bytes
-from streamembed.store import EmbeddingBatch, EmbeddingStore, Provenance
+from streamembed.outputs.store import EmbeddingBatch, EmbeddingStore, Provenance
 
 DTYPES = ("float32", "float16", "int8")
 CODECS = ("none", "zstd", "blosc-zstd-shuffle")

@@ -24,14 +24,14 @@ def main() -> None:
     from matplotlib.patches import Rectangle
 
     from streamembed.acquisition import BANDS_L1C
-    from streamembed.cluster import make_client
+    from streamembed.deployment.cluster import make_client
     from streamembed.config import ClusterConfig, Config
-    from streamembed.pipeline import Pipeline
-    from streamembed.sink import read_anomalies
+    from streamembed.runtime.pipeline import Pipeline
+    from streamembed.outputs.sink import read_anomalies
     # The eo-learn export's reader and item writer are the tests' (tests/scene_items.py).
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.scene_items import load_eolearn_example, write_scene_items
-    from streamembed.store import EmbeddingStore
+    from streamembed.outputs.store import EmbeddingStore
 
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/s2/eolearn_slovenia_2015_2017")
     out = Path(sys.argv[2] if len(sys.argv) > 2 else "output-real")

@@ -24,8 +24,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def cluster_client():
-    from streamembed.cluster import make_client
     from streamembed.config import ClusterConfig
+    from streamembed.deployment.cluster import make_client
 
     with make_client(
         ClusterConfig(n_workers=2, threads_per_worker=1, dashboard_address=":0")
@@ -37,7 +37,7 @@ def cluster_client():
 def browser():
     """A real headless Chromium through Selenium (skipped, with the reason, without Debian's
     chromium and chromium-driver)."""
-    from .browser import chromium, why_no_browser
+    from tests.browser import chromium, why_no_browser
 
     reason = why_no_browser()
     if reason:
@@ -49,7 +49,7 @@ def browser():
 @pytest.fixture
 def server(archive):
     """A STAC API on 127.0.0.1 serving the test module's ``archive`` (items and rasters)."""
-    from .stac_server import StacServer
+    from tests.stac_server import StacServer
 
     srv = StacServer(archive).start()
     yield srv
@@ -60,7 +60,7 @@ def server(archive):
 def s3_server():
     """An S3 API on 127.0.0.1 (moto's server) with this process's AWS_* environment pointing
     at it; ``.env`` for subprocesses."""
-    from .s3_server import S3Server, set_environ
+    from tests.s3_server import S3Server, set_environ
 
     srv = S3Server().start()
     old = set_environ(dict(srv.env))
@@ -84,9 +84,8 @@ def kill_series(tmp_path_factory) -> Path:
     """Nine acquisitions of one 512 px tile through the demo's planted flood (anomaly rows)."""
     import datetime as dt
 
-    from streamembed.sources.synthetic import generate
-
-    from .kill_series import N_ACQUISITIONS
+    from streamembed.harness.synthetic import generate
+    from tests.kill_series import N_ACQUISITIONS
 
     items, _ = generate(
         tmp_path_factory.mktemp("kill-series"), days=45, revisit_days=5, tile_px=512,
@@ -100,9 +99,8 @@ def kill_series(tmp_path_factory) -> Path:
 def kill_reference(kill_series, tmp_path_factory):
     """The uninterrupted CLI backfill of ``kill_series`` to a local folder: (folder, sorted ids,
     embeddings in id order, anomaly rows)."""
-    from streamembed.ledger import State
-
-    from .kill_series import N_ACQUISITIONS, backfill, outputs
+    from streamembed.outputs.ledger import State
+    from tests.kill_series import N_ACQUISITIONS, backfill, outputs
 
     out = tmp_path_factory.mktemp("uninterrupted") / "out"
     backfill(kill_series, out)
@@ -118,7 +116,7 @@ def failed_look(kill_series, tmp_path_factory):
     file, its good bytes)."""
     import shutil
 
-    from .kill_series import backfill, corrupt_band
+    from tests.kill_series import backfill, corrupt_band
 
     base = tmp_path_factory.mktemp("failed-look")
     data = base / "data"

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from streamembed.faults import KILL_AT, KILL_COUNT
-from streamembed.ledger import Ledger
-from streamembed.sink import read_anomalies
-from streamembed.store import EmbeddingStore
+from streamembed.outputs.ledger import Ledger
+from streamembed.outputs.sink import read_anomalies
+from streamembed.outputs.store import EmbeddingStore
 
 N_ACQUISITIONS = 9
 # The series' config: a low threshold and no index evidence asked for (noise gives anomaly
@@ -122,7 +122,7 @@ def corrupt_band(data: Path, look: int) -> tuple[Path, bytes]:
 def assert_like_reference(out: Path, reference: tuple, url: str | None = None) -> None:
     """The outputs at ``out`` (or ``url``) equal the uninterrupted run's: each acquisition
     stored once, embeddings bit for bit, the same anomaly rows, every acquisition applied."""
-    from streamembed.ledger import State
+    from streamembed.outputs.ledger import State
 
     ids, embedding, rows, states = outputs(out, url)
     _, ref_ids, ref_embedding, ref_rows = reference

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from streamembed.sources.synthetic import cog_asset, utm_footprint, write_cog
+from streamembed.harness.synthetic import cog_asset, utm_footprint, write_cog
 
 
 def write_scene_items(

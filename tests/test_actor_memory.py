@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from streamembed.actor import ApplyStatus, StatsActor
 from streamembed.config import StatsConfig, StoreConfig
+from streamembed.detection.stats import TileState
 from streamembed.grid import TileGrid
-from streamembed.ingest import INDEX_NAMES
-from streamembed.sink import read_anomalies
-from streamembed.stats import TileState
-from streamembed.store import EmbeddingBatch, EmbeddingStore, Provenance
+from streamembed.indices import INDEX_NAMES
+from streamembed.outputs.sink import read_anomalies
+from streamembed.outputs.store import EmbeddingBatch, EmbeddingStore, Provenance
+from streamembed.runtime.actor import ApplyStatus, StatsActor
 
 TILES = ("33UWP", "32UPC", "31UFT")
 PROVENANCE = Provenance(

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from streamembed.alerts import AlertState, AlertStatus, advance
 from streamembed.config import StatsConfig
-from streamembed.ingest import INDEX_NAMES
-from streamembed.labels import LABELS, UNKNOWN
-from streamembed.stats import TileState, update
+from streamembed.detection.alerts import AlertState, AlertStatus, advance
+from streamembed.detection.labels import LABELS, UNKNOWN
+from streamembed.detection.stats import TileState, update
+from streamembed.indices import INDEX_NAMES
 
 K = len(INDEX_NAMES)
 GRASS = np.array([0.55, -0.56, 0.30, -0.13, -0.46, 0.09], np.float32)

@@ -13,10 +13,10 @@ import rasterio
 import yaml
 
 from streamembed.config import Config
-from streamembed.ledger import Ledger, State
-from streamembed.pipeline import Pipeline
-from streamembed.sources.synthetic import generate, write_cog
-from streamembed.store import EmbeddingStore
+from streamembed.harness.synthetic import generate, write_cog
+from streamembed.outputs.ledger import Ledger, State
+from streamembed.outputs.store import EmbeddingStore
+from streamembed.runtime.pipeline import Pipeline
 
 CASES = yaml.safe_load((Path(__file__).parent / "data" / "bad" / "cases.yaml").read_text())
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from streamembed.bench import BenchRecord, table_row, update_results_md
-from streamembed.bench.measure import stats_bandwidth
-from streamembed.bench.records import Hardware, PipelineRun
+from streamembed.harness.bench import BenchRecord, table_row, update_results_md
+from streamembed.harness.bench.measure import stats_bandwidth
+from streamembed.harness.bench.records import Hardware, PipelineRun
 
 
 def test_bench_command_on_a_tiny_profile(tmp_path):
@@ -129,8 +129,8 @@ def test_results_table_keeps_one_row_per_profile(tmp_path):
 
 def test_committed_records_still_read():
     """Every record in benchmarks/results (older ones lack later fields) reads as a record."""
-    from streamembed.bench.many_tiles import SCHEMA as MANY_TILES
-    from streamembed.bench.many_tiles import from_record
+    from streamembed.harness.bench.many_tiles import SCHEMA as MANY_TILES
+    from streamembed.harness.bench.many_tiles import from_record
 
     results = Path(__file__).parents[1] / "benchmarks" / "results"
     paths = sorted(results.glob("*.json"))

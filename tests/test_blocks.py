@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 
 from streamembed.config import Config
-from streamembed.ledger import Ledger, State
-from streamembed.pipeline import Pipeline
-from streamembed.sink import read_anomalies
-from streamembed.sources.synthetic import generate
-from streamembed.stats import TileState
-from streamembed.store import EmbeddingStore
+from streamembed.detection.stats import TileState
+from streamembed.harness.synthetic import generate
+from streamembed.outputs.ledger import Ledger, State
+from streamembed.outputs.sink import read_anomalies
+from streamembed.outputs.store import EmbeddingStore
+from streamembed.runtime.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +116,8 @@ def test_losing_the_actor_worker_loses_nothing(series, whole_tile_blocks, tmp_pa
     """SIGKILL the worker holding the statistics actor after 5 applies: the actor is recreated
     from its checkpoint and every acquisition is applied exactly once (same rows as a run that
     was never interrupted)."""
-    from streamembed.cluster import make_client
     from streamembed.config import ClusterConfig
+    from streamembed.deployment.cluster import make_client
 
     ref_out, _ = whole_tile_blocks
     cfg = _cfg(series, tmp_path, **{"ingest.block_px": 2048})
@@ -163,8 +163,8 @@ def test_a_worker_killed_mid_block_loses_nothing(
     """SIGKILL the worker running a block (not the driver, not the actor's) in the middle of
     its task: distributed reruns the block on a live worker and the run ends with every
     acquisition stored and applied once, the same rows as an uninterrupted run."""
-    from streamembed.cluster import make_client
     from streamembed.config import ClusterConfig
+    from streamembed.deployment.cluster import make_client
     from streamembed.faults import KILL_AT, KILL_COUNT, KILL_SCOPE
 
     ref_out, _ = whole_tile_blocks

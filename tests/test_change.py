@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from streamembed.alerts import AlertState, AlertStatus, advance
-from streamembed.change import ChangeState, evidence, fold, gradual_step
 from streamembed.config import StatsConfig
-from streamembed.ingest import INDEX_NAMES
-from streamembed.stats import TileState, update
+from streamembed.detection.alerts import AlertState, AlertStatus, advance
+from streamembed.detection.change import ChangeState, evidence, fold, gradual_step
+from streamembed.detection.stats import TileState, update
+from streamembed.indices import INDEX_NAMES
 
 K = len(INDEX_NAMES)
 NDVI, NBR, MNDWI = (INDEX_NAMES.index(n) for n in ("ndvi", "nbr", "mndwi"))

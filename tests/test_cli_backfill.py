@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streamembed.sources.synthetic import generate
+from streamembed.harness.synthetic import generate
 
 ENV = {
     **os.environ,

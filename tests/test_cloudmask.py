@@ -10,14 +10,14 @@ import json
 import numpy as np
 import pytest
 
-from streamembed import cloudmask
 from streamembed.config import Config, IngestConfig, ModelConfig
-from streamembed.ingest import IngestError, grid_for, mask_mode, read_masked, scene_bands
-from streamembed.ledger import Ledger, State
-from streamembed.pipeline import Pipeline
-from streamembed.sources.fullsize import generate_fullsize
+from streamembed.harness.fullsize import generate_fullsize
+from streamembed.outputs.ledger import Ledger, State
+from streamembed.outputs.store import EmbeddingStore
+from streamembed.runtime import cloudmask
+from streamembed.runtime.ingest import IngestError, grid_for, mask_mode, read_masked, scene_bands
+from streamembed.runtime.pipeline import Pipeline
 from streamembed.sources.local import discover
-from streamembed.store import EmbeddingStore
 
 # The order of REFERENCE_SCENES_L1C_13band.npy (shared/data/s2/PROVENANCE.md).
 SCENE_DATES = ("2015-08-20", "2015-07-31", "2015-09-09", "2015-08-30", "2015-07-11")

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from streamembed.bench import BenchConfig
 from streamembed.config import Config, ConfigError, load_config, load_section
-from streamembed.demo import DemoConfig
+from streamembed.harness.bench import BenchConfig
+from streamembed.harness.demo import DemoConfig
 
 SHIPPED = Path(__file__).parents[1] / "config.yaml"
 

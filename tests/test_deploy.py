@@ -12,9 +12,9 @@ import jsonschema
 import pytest
 import yaml
 
-from streamembed.cluster import job_kwargs
 from streamembed.config import Config, load_config
-from streamembed.deploy import kubernetes_manifests, write_manifests
+from streamembed.deployment.cluster import job_kwargs
+from streamembed.deployment.deploy import kubernetes_manifests, write_manifests
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "cluster" / "kubernetes"
@@ -277,8 +277,8 @@ def test_address_kind_connects_over_tls_only_with_the_certificates(tmp_path):
     from distributed import LocalCluster
     from distributed.security import Security
 
-    from streamembed.cluster import make_client
     from streamembed.config import ClusterConfig, TLSConfig
+    from streamembed.deployment.cluster import make_client
 
     ca, cert, key = _self_signed(tmp_path)
     server_security = Security(

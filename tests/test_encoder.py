@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from streamembed.acquisition import BANDS_L1C, BANDS_L2A
-from streamembed.backbones import ResNet
-from streamembed.checkpoints import CheckpointError, map_checkpoint_keys
 from streamembed.config import ModelConfig
-from streamembed.encoder import Encoder
+from streamembed.runtime.backbones import ResNet
+from streamembed.runtime.checkpoints import CheckpointError, map_checkpoint_keys
+from streamembed.runtime.encoder import Encoder
 
 
 def _reference(arch: str, in_chans: int, seed: int = 11) -> ResNet:
@@ -108,7 +108,7 @@ def test_passes_are_padded_to_the_tile_not_beyond():
     pass size depends on the tile alone, so every block of a tile runs the same passes."""
     from streamembed.config import IngestConfig
     from streamembed.grid import TileGrid
-    from streamembed.ingest import plan_blocks
+    from streamembed.runtime.ingest import plan_blocks
 
     enc = Encoder(ModelConfig(arch="resnet18", bands=BANDS_L2A, batch_size=4))
     small = TileGrid("31UFU", 32631, 600000.0, 5900000.0, 256, 256, 32)
@@ -125,7 +125,7 @@ def test_passes_are_padded_to_the_tile_not_beyond():
 
 
 def _vit_state(in_chans: int, seed: int = 7) -> dict[str, torch.Tensor]:
-    from streamembed.backbones import VisionTransformer
+    from streamembed.runtime.backbones import VisionTransformer
 
     torch.manual_seed(seed)
     return VisionTransformer("vit_small_patch16_224", in_chans).state_dict()
@@ -238,7 +238,7 @@ def test_other_runtimes_compute_the_same_network(runtime, arch):
 
 
 def test_the_conversion_check_lets_blank_cells_agree_and_nothing_else():
-    from streamembed.runtimes import _worst_cell_cosine
+    from streamembed.runtime.runtimes import _worst_cell_cosine
 
     a = np.random.default_rng(6).random((2, 8, 3, 3)).astype(np.float32)
     b = a.copy()

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamembed.alerts import AlertStatus
-from streamembed.evaluate import WINDOW_CLEAR_LOOKS, score_alerts, score_replay
-from streamembed.labels import LABELS
-from streamembed.replay import Replay
+from streamembed.detection.alerts import AlertStatus
+from streamembed.detection.labels import LABELS
+from streamembed.harness.evaluate import WINDOW_CLEAR_LOOKS, score_alerts, score_replay
+from streamembed.harness.replay import Replay
 
 DAY0 = 19800.0  # day numbers (days since 1970)
 
@@ -83,7 +83,7 @@ def test_a_cloudy_window_reaches_to_the_cells_clear_looks():
 
 
 def test_the_document_tables_carry_the_scores():
-    from streamembed.evaluation import ScenarioRun, render_markdown
+    from streamembed.harness.evaluation import ScenarioRun, render_markdown
 
     t, c = 10, 6
     status = np.zeros((t, c), np.int8)
@@ -104,7 +104,7 @@ def test_the_document_tables_carry_the_scores():
     assert "haze yes" in md and "reusing" not in md
     assert "## Per encoder" not in md
     # The per-encoder table: mean F1 over the event types found in the truth, false cells.
-    from streamembed.evaluation import EncoderRuns
+    from streamembed.harness.evaluation import EncoderRuns
 
     encoders = [EncoderRuns("resnet18", 512, [run]), EncoderRuns("vit_small_patch16_224", 384,
                                                                   [run])]  # fmt: skip
@@ -113,7 +113,7 @@ def test_the_document_tables_carry_the_scores():
     assert "| haze | vit_small_patch16_224 | 384 | 0.67 / 0 | - | 1 |" in md
     # The summary: the held-out half of the second generator first, the tuning half and the
     # set beside it, from the alert scores.
-    from streamembed.sources import fieldsim
+    from streamembed.harness import fieldsim
 
     later = truth.assign(start=_ts(DAY0 + 5))  # a look before it: the cells are warm
     alerts = score_alerts(rep, later, "x")
@@ -124,7 +124,7 @@ def test_the_document_tables_carry_the_scores():
                         {"embedding+index": score}, True, 1.0, True,
                         {"embedding+index": alerts})  # fmt: skip
     assert held.split == "held-out" and tuned.split == "tuning" and run.split == "set"
-    from streamembed.evaluation import summary_lines
+    from streamembed.harness.evaluation import summary_lines
 
     lines = summary_lines([held, tuned], "embedding+index")
     text = "\n".join(lines)
@@ -208,7 +208,7 @@ def test_the_replay_matches_written_rows_by_kind_and_status():
     """evaluation._same_rows: sudden rows by their alert status, gradual rows by theirs."""
     import geopandas as gpd
 
-    from streamembed.evaluation import _same_rows
+    from streamembed.harness.evaluation import _same_rows
 
     t, c = 3, 6
     status = np.zeros((t, c), np.int8)

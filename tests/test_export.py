@@ -13,9 +13,9 @@ import pytest
 import shapely
 
 from streamembed.cli import main
-from streamembed.export import ExportFilter, MajorTomGrid, export
 from streamembed.layout import OutputLayout
-from streamembed.store import EmbeddingStore
+from streamembed.outputs.store import EmbeddingStore
+from streamembed.products.export import ExportFilter, MajorTomGrid, export
 
 MAJOR_TOM_COLUMNS = [
     "unique_id", "embedding", "timestamp", "product_id", "grid_cell", "grid_row_u",
@@ -124,9 +124,15 @@ def test_a_backfill_indexes_its_acquisitions_when_asked(kill_series, kill_refere
     and a query then adds nothing; the hits are those of exact search. The index is built
     around the store's centre (the first acquisition's mean, written once); an index built
     around another centre (or none, before centring) is built again, not mixed."""
-    from streamembed.similar import TileIndex, centre_key, centred, lists, similar, update_index
-
-    from .kill_series import N_ACQUISITIONS, backfill
+    from streamembed.outputs.similar import (
+        TileIndex,
+        centre_key,
+        centred,
+        lists,
+        similar,
+        update_index,
+    )
+    from tests.kill_series import N_ACQUISITIONS, backfill
 
     out = tmp_path / "out"
     backfill(kill_series, out, extra_env={"STREAMEMBED__SIMILARITY__INDEX_ON_COMMIT": "true"})

@@ -18,16 +18,15 @@ import pytest
 import rasterio
 
 from streamembed.config import Config
-from streamembed.ingest import gdal_options
+from streamembed.harness.synthetic import generate
 from streamembed.layout import OutputFullError
-from streamembed.ledger import Failure, Ledger, State
-from streamembed.pipeline import Pipeline
-from streamembed.sink import read_anomalies
-from streamembed.sources.synthetic import generate
-from streamembed.store import EmbeddingStore
-
-from .stac_server import StacServer
-from .test_stac import _served
+from streamembed.outputs.ledger import Failure, Ledger, State
+from streamembed.outputs.sink import read_anomalies
+from streamembed.outputs.store import EmbeddingStore
+from streamembed.runtime.ingest import gdal_options
+from streamembed.runtime.pipeline import Pipeline
+from tests.stac_server import StacServer
+from tests.test_stac import _served
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,14 @@
-"""The second scenario generator (sources/fieldsim.py): its worlds, archives and truth."""
+"""The second scenario generator (harness/fieldsim.py): its worlds, archives and truth."""
 
 import json
 
 import geopandas as gpd
 import numpy as np
 
-from streamembed.evaluate import CORE_FRACTION
-from streamembed.sources import fieldsim
+from streamembed.harness import fieldsim
+from streamembed.harness.evaluate import CORE_FRACTION
+from streamembed.harness.spectral_library import LIBRARY_JSON, build, library
 from streamembed.sources.local import discover
-from streamembed.sources.spectral_library import LIBRARY_JSON, build, library
 
 
 def test_the_kept_spectral_library_is_the_one_the_real_scenes_give(shared_data):

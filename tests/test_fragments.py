@@ -12,14 +12,13 @@ from pyproj import Transformer
 
 from streamembed.cli import main
 from streamembed.config import Config
-from streamembed.encoder import Encoder
-from streamembed.export import MajorTomGrid
-from streamembed.fragments import FRAGMENT_PX, fragment_offsets, majortom_fragments
 from streamembed.grid import TileGrid
-from streamembed.sources.synthetic import generate
-from streamembed.store import EmbeddingStore
-
-from .majortom_image import major_tom_image
+from streamembed.harness.synthetic import generate
+from streamembed.outputs.store import EmbeddingStore
+from streamembed.products.export import MajorTomGrid
+from streamembed.products.fragments import FRAGMENT_PX, fragment_offsets, majortom_fragments
+from streamembed.runtime.encoder import Encoder
+from tests.majortom_image import major_tom_image
 
 
 def test_fragment_offsets_are_major_toms():

@@ -18,12 +18,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamembed.ledger import Ledger, State
+from streamembed.harness.synthetic import generate
+from streamembed.outputs.ledger import Ledger, State
 from streamembed.sources.items import Discovery
 from streamembed.sources.reach import Reach
-from streamembed.sources.synthetic import generate
-
-from .fuzz import (
+from tests.fuzz import (
     ItemCase,
     RasterCase,
     collect_settings,

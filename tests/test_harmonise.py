@@ -12,8 +12,8 @@ import numpy as np
 
 from streamembed.acquisition import BANDS_L1C, Acquisition, BandAsset, parse_item
 from streamembed.grid import TileGrid
-from streamembed.ingest import open_bands, read_block
-from streamembed.sources.synthetic import write_cog
+from streamembed.harness.synthetic import write_cog
+from streamembed.runtime.ingest import open_bands, read_block
 
 X0, Y0 = 600000.0, 5700000.0
 

@@ -6,7 +6,8 @@ import pytest
 from streamembed.acquisition import Acquisition, BandAsset
 from streamembed.config import IngestConfig
 from streamembed.grid import TileGrid
-from streamembed.ingest import (
+from streamembed.harness.synthetic import write_cog
+from streamembed.runtime.ingest import (
     INDEX_NAMES,
     SCL_CLASSES,
     cell_summaries,
@@ -19,7 +20,6 @@ from streamembed.ingest import (
     scl_masks,
     to_reflectance,
 )
-from streamembed.sources.synthetic import write_cog
 
 EXPECTED_MASKED = {0: True, 1: True, 2: False, 3: True, 4: False, 5: False, 6: False,
                    7: False, 8: True, 9: True, 10: True, 11: True}  # fmt: skip
@@ -142,8 +142,8 @@ def test_reader_matches_odc_stac(tmp_path):
     from odc.geo.geobox import GeoBox
 
     from streamembed.acquisition import BANDS_L2A, parse_item
-    from streamembed.ingest import grid_for
-    from streamembed.sources.synthetic import generate
+    from streamembed.harness.synthetic import generate
+    from streamembed.runtime.ingest import grid_for
 
     items, _ = generate(tmp_path, days=10, revisit_days=5, tile_px=256, n_tiles=1, seed=2)
     for path in sorted(items.rglob("*.json")):
@@ -208,8 +208,8 @@ def test_block_reads_are_the_same_whatever_the_block_size(tmp_path, resampling):
 
     from streamembed.acquisition import parse_item
     from streamembed.config import ModelConfig
-    from streamembed.ingest import grid_for, read_block_pixels, window_inputs
-    from streamembed.sources.synthetic import generate
+    from streamembed.harness.synthetic import generate
+    from streamembed.runtime.ingest import grid_for, read_block_pixels, window_inputs
 
     items, _ = generate(tmp_path, days=5, revisit_days=5, tile_px=704, n_tiles=1, seed=4)
     path = sorted(items.rglob("*.json"))[0]

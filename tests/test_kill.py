@@ -18,9 +18,8 @@ import pytest
 import xarray as xr
 
 from streamembed.faults import POINTS
-from streamembed.store import EmbeddingStore
-
-from .kill_series import N_ACQUISITIONS, assert_like_reference, backfill
+from streamembed.outputs.store import EmbeddingStore
+from tests.kill_series import N_ACQUISITIONS, assert_like_reference, backfill
 
 # (point, n-th arrival): early and late in the series, on the driver, a worker and the actor.
 # FAST runs in `make test`; SLOW (`make test-faults`, CI) reaches every other point once;

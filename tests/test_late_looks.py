@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from streamembed.ledger import Ledger
-
-from .daemon import Receiver, count_states, monitor_process, stop, wait_until
-from .kill_series import N_ACQUISITIONS, SERIES_ENV, backfill, outputs
+from streamembed.outputs.ledger import Ledger
+from tests.daemon import Receiver, count_states, monitor_process, stop, wait_until
+from tests.kill_series import N_ACQUISITIONS, SERIES_ENV, backfill, outputs
 
 
 def _looks(items: Path) -> list[Path]:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from streamembed.sources.synthetic import generate
-
-from .daemon import count_states, monitor_process, stop, wait_until
+from streamembed.harness.synthetic import generate
+from tests.daemon import count_states, monitor_process, stop, wait_until
 
 
 def test_monitor_picks_up_new_items_and_stops_cleanly(tmp_path):

@@ -19,16 +19,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamembed.cluster import make_client
 from streamembed.config import ClusterConfig, Config
+from streamembed.deployment.cluster import make_client
 from streamembed.layout import OutputLayout
-from streamembed.ledger import Ledger, State
-from streamembed.pipeline import Pipeline
-from streamembed.sink import read_anomalies
-from streamembed.store import EmbeddingStore
-
-from .drain import QUICK_ADAPT, draining
-from .test_stac import _served
+from streamembed.outputs.ledger import Ledger, State
+from streamembed.outputs.sink import read_anomalies
+from streamembed.outputs.store import EmbeddingStore
+from streamembed.runtime.pipeline import Pipeline
+from tests.drain import QUICK_ADAPT, draining
+from tests.test_stac import _served
 
 ORDER = ["acquisition_id", "cell_y", "cell_x"]
 N_TILES, N_LOOKS = 3, 4
@@ -50,7 +49,7 @@ def _why_no_namespaces() -> str | None:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
     """Three tiles in three UTM zones, four looks each (the STAC server serves its files)."""
-    from streamembed.sources.synthetic import generate
+    from streamembed.harness.synthetic import generate
 
     root = tmp_path_factory.mktemp("unshared-archive")
     generate(root, days=5 * N_LOOKS, revisit_days=5, tile_px=256, n_tiles=N_TILES, seed=5)
@@ -105,7 +104,7 @@ def reference(archive, server_module, cluster_client, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server_module(archive):
-    from .stac_server import StacServer
+    from tests.stac_server import StacServer
 
     srv = StacServer(archive).start()
     srv.publish(_served(archive / "items", srv))

@@ -19,12 +19,11 @@ import xarray as xr
 from streamembed import storage
 from streamembed.config import Config
 from streamembed.layout import LedgerLocationError, OutputLayout
-from streamembed.ledger import State
-from streamembed.pipeline import Pipeline
-from streamembed.sink import read_alerts, read_anomalies
-from streamembed.store import EmbeddingStore
-
-from .kill_series import N_ACQUISITIONS, backfill, outputs
+from streamembed.outputs.ledger import State
+from streamembed.outputs.sink import read_alerts, read_anomalies
+from streamembed.outputs.store import EmbeddingStore
+from streamembed.runtime.pipeline import Pipeline
+from tests.kill_series import N_ACQUISITIONS, backfill, outputs
 
 ORDER = ["acquisition_id", "cell_y", "cell_x"]
 
@@ -89,7 +88,7 @@ def test_the_bucket_holds_the_outputs_and_the_ledger_stays_local(runs, s3):
     # The checkpoint reads back from the bucket as it does from disk.
     (state,) = storage.glob(f"{url}/state", "*.npz")
     assert state.startswith("s3://streamembed-run/run/state/")
-    from streamembed.stats import TileState
+    from streamembed.detection.stats import TileState
 
     here = TileState.load(local / "state" / Path(state).name)
     there = TileState.load(state)
@@ -139,7 +138,7 @@ def test_a_published_object_is_whole_or_absent(s3):
 def test_a_late_look_is_put_in_order_in_a_bucket(s3):
     """The compaction's row copies are the object store's own (server-side), and the kept
     checkpoint manifests too: the store in a bucket ends sorted, each row its own values."""
-    from .test_store_sink_ledger import FLOAT16, GRID, _batch
+    from tests.test_store_sink_ledger import FLOAT16, GRID, _batch
 
     url = s3.make_bucket("streamembed-late") + "/run/embeddings.zarr"
     store = EmbeddingStore(url, FLOAT16)

@@ -25,11 +25,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamembed.acquisition import Acquisition
-from streamembed.ledger import Ledger, State
-from streamembed.logs import JsonFormatter
-from streamembed.webhook import url_key
-
-from .daemon import Receiver, count_states, free_port, wait_until
+from streamembed.operations.logs import JsonFormatter
+from streamembed.operations.webhook import url_key
+from streamembed.outputs.ledger import Ledger, State
+from tests.daemon import Receiver, count_states, free_port, wait_until
 
 
 def get(url: str) -> tuple[int, str]:

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from streamembed.config import Config
-from streamembed.evaluate import evaluate
-from streamembed.ledger import Ledger, State
-from streamembed.pipeline import Pipeline
-from streamembed.sink import read_anomalies
-from streamembed.sources.synthetic import generate
-from streamembed.store import EmbeddingStore
+from streamembed.harness.evaluate import evaluate
+from streamembed.harness.synthetic import generate
+from streamembed.outputs.ledger import Ledger, State
+from streamembed.outputs.sink import read_anomalies
+from streamembed.outputs.store import EmbeddingStore
+from streamembed.runtime.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,9 @@ def test_backfill_outputs(archive, first_run):
 def test_replay_from_the_store_reproduces_the_pipeline_rows_and_alert_tables(first_run):
     """The evaluation's replay (no Dask) and the actor's statistics are one algorithm: every
     anomalous row and every tile's final alert status agree."""
-    from streamembed.alerts import STATUS_NAMES, AlertStatus
-    from streamembed.replay import replay_tile
-    from streamembed.sink import read_alerts
+    from streamembed.detection.alerts import STATUS_NAMES, AlertStatus
+    from streamembed.harness.replay import replay_tile
+    from streamembed.outputs.sink import read_alerts
 
     out, _ = first_run
     cfg = _cfg(Path("unused"), out)
@@ -131,7 +131,7 @@ def test_status_shows_the_warm_up_of_each_tile(first_run):
     import subprocess
     import sys
 
-    from streamembed.stats import TileState
+    from streamembed.detection.stats import TileState
 
     out, _ = first_run
     status = subprocess.run(
@@ -230,8 +230,8 @@ def test_the_web_map_shows_the_planted_events(archive, first_run, browser):
     busiest date shows exactly its anomaly rows, and they are planted event cells."""
     from selenium.webdriver.common.by import By
 
-    from .browser import move_slider, serve_process, wait_for
-    from .daemon import free_port
+    from tests.browser import move_slider, serve_process, wait_for
+    from tests.daemon import free_port
 
     _, truth, _ = archive
     out, _ = first_run
@@ -323,7 +323,7 @@ def test_similar_cells_of_an_event_cell_are_the_event(archive, first_run, tmp_pa
 
     from streamembed.cli import main
     from streamembed.layout import OutputLayout
-    from streamembed.similar import similar
+    from streamembed.outputs.similar import similar
 
     _, truth, _ = archive
     src, _ = first_run

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 from streamembed.acquisition import Acquisition
-from streamembed.ledger import LedgerRow, State
-from streamembed.plan import Decision, TileSequencer, plan_run
+from streamembed.outputs.ledger import LedgerRow, State
+from streamembed.runtime.plan import Decision, TileSequencer, plan_run
 
 T0 = dt.datetime(2024, 5, 1, 10, 0, 31, tzinfo=dt.timezone.utc)
 

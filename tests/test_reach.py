@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from streamembed.config import Config
-from streamembed.ledger import Ledger, State
-from streamembed.pipeline import Pipeline
+from streamembed.harness.synthetic import generate
+from streamembed.outputs.ledger import Ledger, State
+from streamembed.runtime.pipeline import Pipeline
 from streamembed.sources import discover
 from streamembed.sources.reach import Reach
-from streamembed.sources.synthetic import generate
 
 
 def test_a_remote_sources_items_reach_only_urls_on_its_host_and_the_allowed_ones():

@@ -12,11 +12,10 @@ import pytest
 
 from streamembed.acquisition import BANDS_L1C
 from streamembed.config import Config
-from streamembed.ledger import Ledger, State
-from streamembed.pipeline import Pipeline
-from streamembed.store import EmbeddingStore
-
-from .scene_items import load_eolearn_example, write_scene_items
+from streamembed.outputs.ledger import Ledger, State
+from streamembed.outputs.store import EmbeddingStore
+from streamembed.runtime.pipeline import Pipeline
+from tests.scene_items import load_eolearn_example, write_scene_items
 
 
 @pytest.fixture(scope="module")

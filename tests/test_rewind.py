@@ -12,13 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamembed import history
-from streamembed.actor import ApplyStatus, StatsActor
 from streamembed.config import StatsConfig, StoreConfig
-from streamembed.sink import read_anomalies
-from streamembed.stats import TileState
-
-from .test_actor_memory import TILES, _fill_store
+from streamembed.detection import history
+from streamembed.detection.stats import TileState
+from streamembed.outputs.sink import read_anomalies
+from streamembed.runtime.actor import ApplyStatus, StatsActor
+from tests.test_actor_memory import TILES, _fill_store
 
 
 def _actor(out: Path, **stats: float) -> StatsActor:

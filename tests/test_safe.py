@@ -16,13 +16,13 @@ import rasterio
 
 from streamembed.acquisition import BANDS_L1C
 from streamembed.config import Config
-from streamembed.ledger import Ledger, State
-from streamembed.pipeline import Pipeline
-from streamembed.sources.fullsize import generate_fullsize
+from streamembed.harness.fullsize import generate_fullsize
+from streamembed.harness.safe_layout import SafeNames, tile_xml
+from streamembed.outputs.ledger import Ledger, State
+from streamembed.outputs.store import EmbeddingStore
+from streamembed.runtime.pipeline import Pipeline
 from streamembed.sources.local import discover
 from streamembed.sources.safe import read_product
-from streamembed.sources.safe_layout import SafeNames, tile_xml
-from streamembed.store import EmbeddingStore
 
 REAL = {
     "02.09": "S2B_MSIL1C_20200406T101559_N0209_R065_T32UPC_20200406T130159",
@@ -157,7 +157,7 @@ def test_safe_products_give_the_embeddings_of_the_same_pixels_as_cogs(tmp_path, 
     safe = generate_fullsize(tmp_path / "safe", acquisitions=2, tile_px=px, seed=seed, fmt="safe")
     # The second product as a download arrives (a zip), and a broken one beside them.
     second = sorted((safe / "33UWP").glob("*.SAFE"))[1]
-    from streamembed.sources.safe_layout import zip_product
+    from streamembed.harness.safe_layout import zip_product
 
     zip_product(second)
     truncated = safe / "33UWP" / "S2B_MSIL2A_20240613T100031_N0511_R122_T33UWP_X.zip"

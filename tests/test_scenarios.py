@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from streamembed.sources.scenarios import DEMO, SCENARIOS, scenario
-from streamembed.sources.synthetic import _landscape, _scene, write_truth
+from streamembed.harness.scenarios import DEMO, SCENARIOS, scenario
+from streamembed.harness.synthetic import _landscape, _scene, write_truth
 
 CELL, SIZE = 32, 512
 

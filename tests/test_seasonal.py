@@ -4,8 +4,7 @@ detector on series with and without a change."""
 import numpy as np
 import pytest
 
-from streamembed.ingest import INDEX_NAMES
-from streamembed.seasonal import (
+from streamembed.detection.seasonal import (
     HARMONIC_HALF_LIFE_DAYS,
     OMEGA,
     IndexModel,
@@ -14,6 +13,7 @@ from streamembed.seasonal import (
     index_anomalies,
     index_scores,
 )
+from streamembed.indices import INDEX_NAMES
 
 K = len(INDEX_NAMES)
 

@@ -13,14 +13,13 @@ import pandas as pd
 import pytest
 from distributed import get_task_stream
 
-from streamembed.cluster import make_client
 from streamembed.config import ClusterConfig, Config, WorkerGroup
-from streamembed.encoder import EncoderPlugin
-from streamembed.pipeline import Pipeline
-from streamembed.sink import read_anomalies
-from streamembed.sources.synthetic import generate
-
-from .slurm_cluster import LocalSlurm, why_unavailable
+from streamembed.deployment.cluster import make_client
+from streamembed.harness.synthetic import generate
+from streamembed.outputs.sink import read_anomalies
+from streamembed.runtime.encoder import EncoderPlugin
+from streamembed.runtime.pipeline import Pipeline
+from tests.slurm_cluster import LocalSlurm, why_unavailable
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +123,8 @@ def test_slurm_adaptive_scaling_during_a_backfill_loses_and_doubles_nothing(
     LocalCluster run, every acquisition applied once."""
     import dask
 
-    from streamembed.ledger import Ledger, State
-
-    from .drain import QUICK_ADAPT, draining
+    from streamembed.outputs.ledger import Ledger, State
+    from tests.drain import QUICK_ADAPT, draining
 
     group = WorkerGroup(
         name="cpu", cores=1, memory="3GB", queue=slurm.partition, walltime="00:30:00",

@@ -16,15 +16,14 @@ import pytest
 from streamembed.acquisition import NATIVE_RESOLUTION, SourceError
 from streamembed.config import Config, SourceConfig, load_config
 from streamembed.credentials import Credentials, Secret
-from streamembed.ledger import Ledger, State
-from streamembed.pipeline import Pipeline
+from streamembed.harness.synthetic import generate
+from streamembed.outputs.ledger import Ledger, State
+from streamembed.outputs.store import EmbeddingStore
+from streamembed.runtime.pipeline import Pipeline
 from streamembed.sources import discover, source_key
 from streamembed.sources.stac import discover_stac, search_window
-from streamembed.sources.synthetic import generate
-from streamembed.store import EmbeddingStore
-
-from .daemon import count_states, monitor_process, stop, wait_until
-from .stac_server import StacServer
+from tests.daemon import count_states, monitor_process, stop, wait_until
+from tests.stac_server import StacServer
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "cdse-test-token-5f1d9c"

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from streamembed.config import StatsConfig
-from streamembed.ingest import INDEX_NAMES
-from streamembed.stats import TileState, block_location, update, usable_cells
+from streamembed.detection.stats import TileState, block_location, update, usable_cells
+from streamembed.indices import INDEX_NAMES
 
 SHAPE = (150, 140)  # 3 x 3 blocks of 64 cells, the last row and column partial
 DIM = 8
@@ -57,7 +57,7 @@ def _values_and_midpoints() -> np.ndarray:
 def test_float16_encode_rounds_like_numpy(native):
     import numba
 
-    from streamembed.stats import _make_to_storage, _native_half
+    from streamembed.detection.stats import _make_to_storage, _native_half
 
     if native and not _native_half():
         pytest.skip("this CPU has no float16 conversion instruction (the other case runs)")
@@ -182,8 +182,8 @@ def test_a_damaged_block_is_named_with_the_fix(tmp_path):
 KILLED_SAVE = """
 import numpy as np, sys
 from streamembed.config import StatsConfig
-from streamembed.ingest import INDEX_NAMES
-from streamembed.stats import TileState, update
+from streamembed.indices import INDEX_NAMES
+from streamembed.detection.stats import TileState, update
 path, = sys.argv[1:]
 state = TileState.load(path)
 rng = np.random.default_rng(1)

@@ -8,10 +8,10 @@ import pytest
 
 from streamembed.acquisition import BANDS_L2A
 from streamembed.config import StatsConfig
-from streamembed.ingest import INDEX_NAMES, cell_summaries
-from streamembed.seasonal import index_scores
-from streamembed.sources.synthetic import SPECTRA
-from streamembed.stats import LABELS, TileState, label_cells, update
+from streamembed.detection.seasonal import index_scores
+from streamembed.detection.stats import LABELS, TileState, label_cells, update
+from streamembed.harness.synthetic import SPECTRA
+from streamembed.runtime.ingest import INDEX_NAMES, cell_summaries
 
 
 def naive_update(state, emb, clear, indices, day, p):
@@ -259,7 +259,7 @@ def _decode_all_codes(to_float32):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_float16_decode_matches_numpy_for_every_code(native):
-    from streamembed.stats import _make_to_float32, _native_half
+    from streamembed.detection.stats import _make_to_float32, _native_half
 
     if native and not _native_half():
         pytest.skip("this CPU has no float16 conversion instruction (the other case runs)")
@@ -286,7 +286,7 @@ def test_float16_embeddings_update_exactly_like_their_float32_values():
 
 def test_large_tile_sampled_reference_keeps_shift_quiet_and_finds_change():
     """Beyond SPATIAL_SAMPLE scorable cells the tile-wide medians come from a sample."""
-    from streamembed.stats import SPATIAL_SAMPLE
+    from streamembed.detection.stats import SPATIAL_SAMPLE
 
     rng = np.random.default_rng(12)
     p = StatsConfig()

@@ -11,10 +11,10 @@ import xarray as xr
 
 from streamembed.config import StoreConfig
 from streamembed.grid import TileGrid
-from streamembed.ingest import INDEX_NAMES
-from streamembed.ledger import Ledger, State
-from streamembed.sink import AnomalyRecord, read_anomalies, write_anomalies
-from streamembed.store import EmbeddingBatch, EmbeddingStore, Provenance, StoreMismatchError
+from streamembed.indices import INDEX_NAMES
+from streamembed.outputs.ledger import Ledger, State
+from streamembed.outputs.sink import AnomalyRecord, read_anomalies, write_anomalies
+from streamembed.outputs.store import EmbeddingBatch, EmbeddingStore, Provenance, StoreMismatchError
 
 GRID = TileGrid("33UWP", 32633, 499980.0, 5400000.0, 96, 128, 32)
 # A float16 store: what the exact round-trip tests compare against (the default is int8)
@@ -347,7 +347,7 @@ def test_unparseable_source_entries_are_filed_apart_from_acquisitions(tmp_path):
 
 
 def test_int8_quantisation_is_within_half_a_level_of_each_cell():
-    from streamembed.store import dequantise, quantise
+    from streamembed.outputs.store import dequantise, quantise
 
     rng = np.random.default_rng(3)
     # ReLU-like features (non-negative, a few large), one constant cell, one NaN cell
@@ -445,8 +445,8 @@ def test_a_run_writes_the_catalogue_of_the_tiles_it_changed(tmp_path):
     """write_catalog(tiles) rewrites those tiles' Items only and folds them into the
     Collection: new links, a wider extent, the other tiles' Items left as they were."""
     from streamembed.acquisition import Acquisition
-    from streamembed.catalog import write_catalog
     from streamembed.layout import OutputLayout
+    from streamembed.outputs.catalog import write_catalog
 
     layout = OutputLayout(str(tmp_path))
     store = EmbeddingStore(layout.store)
@@ -485,7 +485,7 @@ class _Killed(BaseException):
     "point", ["store.compaction_copied", "store.compaction_placed", "store.compaction_cut"]
 )
 def test_a_compaction_killed_part_way_is_finished_by_the_next_open(point, tmp_path, monkeypatch):
-    import streamembed.store as store_module
+    import streamembed.outputs.store as store_module
 
     root = tmp_path / "embeddings.zarr"
     store = EmbeddingStore(root, FLOAT16)

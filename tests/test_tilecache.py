@@ -10,10 +10,10 @@ import numpy as np
 import rasterio
 
 from streamembed.config import IngestConfig
-from streamembed.ingest import _read_band, grid_for, plan_blocks
-from streamembed.sources.fullsize import generate_fullsize
+from streamembed.harness.fullsize import generate_fullsize
+from streamembed.runtime.ingest import _read_band, grid_for, plan_blocks
+from streamembed.runtime.tilecache import TileCache, file_identity, read_window
 from streamembed.sources.local import discover
-from streamembed.tilecache import TileCache, file_identity, read_window
 
 
 def _product(tmp_path, px=2304):

@@ -13,11 +13,10 @@ import urllib.request
 
 import pytest
 
-from streamembed.sink import read_anomalies
-from streamembed.store import EmbeddingStore
-
-from .browser import move_slider, serve_process, wait_for
-from .daemon import free_port
+from streamembed.outputs.sink import read_anomalies
+from streamembed.outputs.store import EmbeddingStore
+from tests.browser import move_slider, serve_process, wait_for
+from tests.daemon import free_port
 
 
 def _click_first(browser, selector: str, tries: int = 5) -> None:
@@ -122,7 +121,7 @@ def test_the_web_api_answers_bad_requests_clearly(kill_reference):
     from starlette.testclient import TestClient
 
     from streamembed.layout import OutputLayout
-    from streamembed.web import create_app
+    from streamembed.operations.web import create_app
 
     out = kill_reference[0]
     client = TestClient(create_app(OutputLayout(str(out))))
@@ -141,8 +140,8 @@ def test_the_web_api_answers_bad_requests_clearly(kill_reference):
 def test_quicklooks_kept_are_bounded_least_recent_first(kill_reference, monkeypatch):
     """A map served for months renders many dates: only the last few viewed stay in memory."""
     from streamembed.layout import OutputLayout
-    from streamembed.ledger import Ledger
-    from streamembed.web import view as view_module
+    from streamembed.operations.web import view as view_module
+    from streamembed.outputs.ledger import Ledger
 
     out = kill_reference[0]
     monkeypatch.setattr(view_module, "QUICKLOOKS_KEPT", 2)
@@ -168,8 +167,8 @@ def test_views_by_tile_date_and_bbox_read_their_partitions(kill_reference):
     from starlette.testclient import TestClient
 
     from streamembed.layout import OutputLayout
-    from streamembed.web import create_app
-    from streamembed.web.view import OutputView
+    from streamembed.operations.web import create_app
+    from streamembed.operations.web.view import OutputView
 
     out = kill_reference[0]
     rows = read_anomalies(out / "anomalies")
@@ -203,7 +202,7 @@ def test_the_summary_reads_a_revised_file_again(kill_reference, tmp_path):
     import geopandas as gpd
 
     from streamembed.layout import OutputLayout
-    from streamembed.web.view import OutputView
+    from streamembed.operations.web.view import OutputView
 
     out = tmp_path / "out"
     shutil.copytree(kill_reference[0] / "anomalies", out / "anomalies")
@@ -267,7 +266,7 @@ def test_a_download_larger_than_the_limit_is_refused_with_the_way_round(kill_ref
     from starlette.testclient import TestClient
 
     from streamembed.layout import OutputLayout
-    from streamembed.web import create_app
+    from streamembed.operations.web import create_app
 
     out = kill_reference[0]
     rows = read_anomalies(out / "anomalies")

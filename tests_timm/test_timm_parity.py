@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from streamembed.acquisition import BANDS_L1C, BANDS_L2A
 from streamembed.config import Config, ModelConfig
-from streamembed.encoder import Encoder
+from streamembed.runtime.encoder import Encoder
 
 ARCHS = ["resnet18", "resnet50", "vit_small_patch16_224"]
 RTOL = 1e-5
@@ -148,17 +148,17 @@ def test_a_backfill_stores_timms_cells(arch, layout, tmp_path):
     import json
 
     from streamembed.acquisition import parse_item
-    from streamembed.cluster import make_client
-    from streamembed.ingest import (
+    from streamembed.deployment.cluster import make_client
+    from streamembed.harness.synthetic import generate
+    from streamembed.outputs.store import EmbeddingStore
+    from streamembed.runtime.ingest import (
         grid_for,
         plan_blocks,
         plan_windows,
         read_block_pixels,
         window_inputs,
     )
-    from streamembed.pipeline import Pipeline
-    from streamembed.sources.synthetic import generate
-    from streamembed.store import EmbeddingStore
+    from streamembed.runtime.pipeline import Pipeline
 
     items, _ = generate(tmp_path / "data", days=10, revisit_days=10, tile_px=640, n_tiles=1)
     model = _timm_model(arch, 12)
@@ -206,7 +206,7 @@ def test_major_tom_fragments_are_timms_pooled_output(arch, layout, tmp_path):
     import geopandas as gpd
 
     from streamembed.cli import main
-    from streamembed.sources.synthetic import generate
+    from streamembed.harness.synthetic import generate
     from tests.majortom_image import major_tom_image
 
     items, _ = generate(tmp_path / "data", days=10, revisit_days=10, tile_px=1280, n_tiles=1)

@@ -18,15 +18,15 @@ from .layout import OutputFullError
 from .storage import StorageError
 
 if TYPE_CHECKING:
-    from .demo import DemoConfig
-    from .ledger import Ledger
+    from .harness.demo import DemoConfig
+    from .outputs.ledger import Ledger
 
 log = logging.getLogger("streamembed")
 DEFAULT_CONFIG = "config.yaml"
 
 
 def _setup_logging(verbose: bool, fmt: str = "text", quiet_events: bool = False) -> None:
-    from .logs import JsonFormatter, text_formatter
+    from .operations.logs import JsonFormatter, text_formatter
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else text_formatter())
@@ -55,7 +55,7 @@ def _config_path(args: argparse.Namespace) -> str | None:
 
 
 def _demo_config(args: argparse.Namespace) -> DemoConfig:
-    from .demo import DemoConfig
+    from .harness.demo import DemoConfig
 
     return load_section(_config_path(args), "demo", DemoConfig)
 
@@ -130,7 +130,7 @@ def _asset_bytes(href: str) -> int | None:
     """A local band file's size (a /vsizip/ member's stored size), None where remote."""
     import zipfile
 
-    from .tilecache import vsizip_parts
+    from .runtime.tilecache import vsizip_parts
 
     parts = vsizip_parts(href)
     if parts is not None:
@@ -151,8 +151,8 @@ def _dry_run(cfg: Config, retry_failed: bool, poll: bool = False) -> int:
     """What a backfill (``poll``: the monitor's next poll) would do, per tile, without starting
     a cluster or writing anything."""
     from .acquisition import parse_datetime
-    from .ingest import IngestError, required_assets
-    from .ledger import Ledger, State
+    from .outputs.ledger import Ledger, State
+    from .runtime.ingest import IngestError, required_assets
     from .sources import discover_for, explain_nothing, source_key
 
     states: dict[str, State] = {}
@@ -219,9 +219,9 @@ def _dry_run(cfg: Config, retry_failed: bool, poll: bool = False) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace, cfg: Config) -> int:
-    from .cluster import make_client
-    from .ledger import Ledger
-    from .pipeline import Pipeline
+    from .deployment.cluster import make_client
+    from .outputs.ledger import Ledger
+    from .runtime.pipeline import Pipeline
     from .sources import explain_nothing
 
     problem = _preflight(cfg)
@@ -271,9 +271,9 @@ def _where(cfg: Config) -> list[str]:
 
 
 def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
-    from .cluster import make_client
-    from .daemon import Daemon
-    from .pipeline import RunReport
+    from .deployment.cluster import make_client
+    from .operations.daemon import Daemon
+    from .runtime.pipeline import RunReport
 
     if getattr(args, "dry_run", False):
         problem = _preflight(cfg)
@@ -308,7 +308,7 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
-    from .ledger import Ledger
+    from .outputs.ledger import Ledger
 
     path = cfg.layout.ledger
     if not path.exists():
@@ -319,7 +319,7 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
             import dataclasses
             import json
 
-            from .metrics import ledger_numbers
+            from .operations.metrics import ledger_numbers
 
             print(json.dumps(dataclasses.asdict(ledger_numbers(ledger)), indent=1))
             return 0
@@ -343,9 +343,9 @@ def _revision_lines(ledger: Ledger, listing: bool) -> list[str]:
 def cmd_rebuild(args: argparse.Namespace, cfg: Config) -> int:
     import datetime as dt
 
-    from .cluster import make_client
-    from .pipeline import Pipeline
-    from .rebuild import rebuild
+    from .deployment.cluster import make_client
+    from .runtime.pipeline import Pipeline
+    from .runtime.rebuild import rebuild
 
     since = None
     if args.since:
@@ -377,7 +377,7 @@ def cmd_rebuild(args: argparse.Namespace, cfg: Config) -> int:
 
 def _warm_up_lines(cfg: Config) -> list[str]:
     """Per tile with a checkpoint: cells still warming up, cells with the seasonal model."""
-    from .stats import warm_up
+    from .detection.stats import warm_up
 
     lines = []
     for path in storage.glob(cfg.layout.state_dir, "*.npz"):
@@ -394,7 +394,7 @@ def _warm_up_lines(cfg: Config) -> list[str]:
 def _status_table(ledger: Ledger) -> list[str]:
     """Per tile: acquisitions by state, anomaly rows, newest sensed and applied, their lag."""
     from .acquisition import parse_datetime
-    from .ledger import State
+    from .outputs.ledger import State
 
     states = tuple(State)
     lines = [
@@ -416,7 +416,7 @@ def _status_table(ledger: Ledger) -> list[str]:
 
 
 def _failure_lines(ledger: Ledger, listing: bool) -> list[str]:
-    from .ledger import State
+    from .outputs.ledger import State
 
     counts = ledger.failure_counts()
     if not counts:
@@ -433,7 +433,7 @@ def _failure_lines(ledger: Ledger, listing: bool) -> list[str]:
 
 
 def cmd_map(args: argparse.Namespace, cfg: Config) -> int:
-    from .anomaly_map import render_map
+    from .products.anomaly_map import render_map
 
     png = render_map(cfg.layout, args.tile, args.date, args.o)
     print(f"wrote {png}")
@@ -441,7 +441,7 @@ def cmd_map(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_export(args: argparse.Namespace, cfg: Config) -> int:
-    from .export import ExportFilter, export
+    from .products.export import ExportFilter, export
 
     flt = ExportFilter(tuple(args.tile or ()), args.start, args.end, args.min_clear)
     report = export(
@@ -456,7 +456,7 @@ def cmd_export(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_similar(args: argparse.Namespace, cfg: Config) -> int:
-    from .similar import similar
+    from .outputs.similar import similar
 
     matches = similar(cfg.layout, args.tile, args.date, args.y, args.x, args.k, args.in_tile,
                       args.exact, args.other_places, cfg.similarity.min_clear)  # fmt: skip
@@ -471,7 +471,7 @@ def cmd_similar(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
-    from .web import serve
+    from .operations.web import serve
 
     sc = cfg.serve
     host, port = args.host or sc.host, sc.port if args.port is None else args.port
@@ -484,12 +484,12 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, cfg: Config) -> int:
-    from .bench import BenchConfig, plot, run_bench
+    from .harness.bench import BenchConfig, plot, run_bench
 
     bench = load_section(args.config, "bench", BenchConfig)
     results = Path(args.output_dir or bench.output)
     if bench.many_tiles and not args.plot_only:
-        from .bench.many_tiles import run_many_tiles
+        from .harness.bench.many_tiles import run_many_tiles
 
         print(f"record: {run_many_tiles(cfg, bench, results)}")
         return 0
@@ -508,7 +508,7 @@ def cmd_bench(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_manifests(args: argparse.Namespace, cfg: Config) -> int:
-    from .deploy import write_manifests
+    from .deployment.deploy import write_manifests
 
     if cfg.cluster.kind != "kubernetes":
         print(
@@ -522,7 +522,7 @@ def cmd_manifests(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
-    from .evaluate import evaluate
+    from .harness.evaluate import evaluate
 
     if getattr(args, "scenarios", None):
         return _evaluate_scenarios(args, cfg)
@@ -534,15 +534,15 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _evaluate_scenarios(args: argparse.Namespace, cfg: Config) -> int:
-    from .evaluation import (
+    from .harness import fieldsim
+    from .harness.evaluation import (
         render_maps,
         render_markdown,
         render_real_series,
         run_real_series,
         run_scenarios,
     )
-    from .sources import fieldsim
-    from .sources.scenarios import SCENARIOS
+    from .harness.scenarios import SCENARIOS
 
     t0 = time.time()
     second = [fieldsim.scenario_name(s) for s in (*fieldsim.TUNING_SEEDS, *fieldsim.HELD_OUT_SEEDS)]
@@ -552,7 +552,7 @@ def _evaluate_scenarios(args: argparse.Namespace, cfg: Config) -> int:
     runs = run_scenarios(cfg, work, names, detectors, progress=not args.no_progress)
     encoders = []
     if args.encoders:
-        from .evaluation import run_encoders
+        from .harness.evaluation import run_encoders
 
         archs = args.encoders.split(",")
         # the scenario set only: the second generator's halves score the configured encoder
@@ -580,8 +580,8 @@ def _evaluate_scenarios(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_synth(args: argparse.Namespace, cfg: Config) -> int:
-    from .demo import write_demo_archive, write_fullsize_archive
-    from .sources.fullsize import IN_MEMORY_MAX_PX
+    from .harness.demo import write_demo_archive, write_fullsize_archive
+    from .harness.fullsize import IN_MEMORY_MAX_PX
 
     demo = _demo_config(args)
     tile_px = args.tile_px or demo.tile_px
@@ -602,7 +602,7 @@ def cmd_synth(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     """The embedded default: synthetic archive -> local cluster backfill -> evaluation -> map."""
-    from .demo import write_demo_archive
+    from .harness.demo import write_demo_archive
 
     t0 = time.time()
     demo = _demo_config(args)
@@ -620,8 +620,8 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     cmd_backfill(args, cfg)
     print("\nEvaluation against the planted events (seeded encoder):", flush=True)
     cmd_evaluate(argparse.Namespace(truth=str(truth)), cfg)
-    from .anomaly_map import render_map
-    from .sink import read_anomalies
+    from .outputs.sink import read_anomalies
+    from .products.anomaly_map import render_map
 
     anomalies = read_anomalies(cfg.layout.anomalies)
     if len(anomalies):

@@ -7,7 +7,7 @@ anomaly polygons are ever reprojected (to EPSG:4326), never the imagery.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -109,3 +109,25 @@ class TileGrid:
             width=int(attrs["width_px"]),
             cell_size=int(attrs["cell_size_px"]),
         )
+
+
+@lru_cache(maxsize=64)
+def _to_lonlat(epsg: int) -> Any:
+    """A UTM zone's transformer to lon/lat, built once per zone (~ms each; a scale run or a
+    bbox filter asks for thousands of footprints in a few zones)."""
+    return Transformer.from_crs(epsg, 4326, always_xy=True)
+
+
+def utm_footprint(
+    epsg: int, x0: float, y0: float, width_m: float, height_m: float
+) -> tuple[list[float], dict[str, object]]:
+    """The WGS84 bbox and polygon of a north-up UTM rectangle (upper-left corner x0, y0)."""
+    tr = _to_lonlat(epsg)
+    x1, y1 = x0 + width_m, y0 - height_m
+    corners = [tr.transform(x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
+    lons, lats = zip(*corners, strict=True)
+    geometry: dict[str, object] = {
+        "type": "Polygon",
+        "coordinates": [[*map(list, corners), list(corners[0])]],
+    }
+    return [min(lons), min(lats), max(lons), max(lats)], geometry

@@ -27,8 +27,8 @@ from typing import Any
 import dask
 from distributed import Client, LocalCluster
 
-from .config import ClusterConfig, WorkerGroup
-from .encoder import EncoderPlugin
+from ..config import ClusterConfig, WorkerGroup
+from ..runtime.encoder import EncoderPlugin
 
 log = logging.getLogger(__name__)
 

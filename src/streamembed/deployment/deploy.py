@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from ..config import Config
+from ..storage import is_remote
 from .cluster import kubernetes_specs
-from .config import Config
-from .storage import is_remote
 
 DATA_MOUNT = "/data"
 CONFIG_MOUNT = "/etc/streamembed"

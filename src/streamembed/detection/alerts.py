@@ -23,7 +23,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from .ingest import INDEX_NAMES
+from ..indices import INDEX_NAMES
 from .labels import UNKNOWN
 
 

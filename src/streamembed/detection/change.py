@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ingest import INDEX_NAMES
+from ..indices import INDEX_NAMES
 
 # The indices a change is judged on, and the direction that is a change of interest on each:
 # vegetation and burn-ratio loss, water or built-surface gain (MNDWI rises on both).

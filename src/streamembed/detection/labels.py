@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ingest import INDEX_NAMES
+from ..indices import INDEX_NAMES
 
 # Label rules, first match wins; thresholds are on the cell's own clear pixels (current) and on
 # the change against its expected state (delta). Each separates the named surface from the

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ingest import INDEX_NAMES
+from ..indices import INDEX_NAMES
 
 SEASONAL_INDICES: tuple[str, ...] = ("ndvi", "nbr", "mndwi")  # the ones scored
 _COLS = [INDEX_NAMES.index(n) for n in SEASONAL_INDICES]

@@ -39,6 +39,8 @@ import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
 
+from ..config import StatsConfig
+from ..storage import atomic_writer, join, open_input, remove_tree
 from .alerts import ALERT_ARRAYS, STATUS_NAMES, AlertState, AlertStatus, advance
 from .change import (
     CHANGE_ARRAYS,
@@ -50,7 +52,6 @@ from .change import (
     fold,
     gradual_step,
 )
-from .config import StatsConfig
 from .labels import LABELS, UNKNOWN, label_cells, label_index
 from .seasonal import (
     INDEX_MODEL_ARRAYS,
@@ -59,7 +60,6 @@ from .seasonal import (
     index_scores,
     seasonal_cells,
 )
-from .storage import atomic_writer, join, open_input, remove_tree
 
 __all__ = ["LABELS", "ScoreResult", "TileState", "label_cells", "update", "usable_cells"]
 

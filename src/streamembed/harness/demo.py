@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from .config import Section
+from ..config import Section
 
 
 class DemoConfig(Section):
@@ -52,7 +52,7 @@ def write_demo_archive(
     tiles: int = 2,
 ) -> tuple[Path, Path]:
     """Demo-size tiles with planted events: (items folder, truth GeoParquet)."""
-    from .sources.synthetic import generate
+    from .synthetic import generate
 
     with synth_progress("acq") as step:
         return generate(
@@ -79,7 +79,7 @@ def write_fullsize_archive(
 ) -> Path:
     """Products without planted events, written strip by strip (COGs + items, or SAFE
     products with JPEG 2000 bands): the items folder."""
-    from .sources.fullsize import generate_fullsize
+    from .fullsize import generate_fullsize
 
     n = max(1, (days or 2 * demo.revisit_days) // demo.revisit_days)
     what = "SAFE (JPEG 2000)" + (", zipped" if zipped else "") if fmt == "safe" else "COG"

@@ -16,8 +16,8 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
+from ..outputs.sink import read_anomalies
 from .replay import Replay
-from .sink import read_anomalies
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def evaluate(anomalies_dir: str | Path, truth_path: str | Path) -> Evaluation:
 
 # ------------------------------------------------------------------ scenario metrics
 #
-# On the scenario set (sources/scenarios.py) a detector is scored by its *confirmed* alerts:
+# On the scenario set (harness/scenarios.py) a detector is scored by its *confirmed* alerts:
 # - an event cell is found when its alert is confirmed inside the event's truth window, which
 #   for a cell under a cloudy season reaches at least to its WINDOW_CLEAR_LOOKS-th clear look
 #   after the event (a detector cannot confirm what it has not seen; the delay reports it);
@@ -139,8 +139,8 @@ class DetectorScore:
 
 def score_replay(replay: Replay, truth: pd.DataFrame, scenario: str) -> DetectorScore:
     """Score one detector's replay of one tile against the scenario's truth rows."""
-    from .alerts import AlertStatus
-    from .labels import LABELS
+    from ..detection.alerts import AlertStatus
+    from ..detection.labels import LABELS
 
     ny, nx = replay.shape
     rows = truth[truth["tile"] == replay.tile]
@@ -302,8 +302,8 @@ def _day(t: pd.Timestamp) -> float:
 
 def score_alerts(replay: Replay, truth: pd.DataFrame, scenario: str) -> AlertScore:
     """Score one detector's replay of one tile against either generator's truth rows."""
-    from .alerts import AlertStatus
-    from .labels import LABELS
+    from ..detection.alerts import AlertStatus
+    from ..detection.labels import LABELS
 
     ny, nx = replay.shape
     rows = truth[truth["tile"] == replay.tile].reset_index(drop=True)

@@ -1,6 +1,6 @@
 """``streamembed evaluate --scenarios``: every detector on every synthetic scenario, side by side.
 
-For each scenario (sources/scenarios.py): write its archive once (real COGs + STAC items +
+For each scenario (harness/scenarios.py): write its archive once (real COGs + STAC items +
 truth), backfill it with the runtime's configuration on one local cluster (the real pipeline:
 encoder, Zarr store, statistics actor, GeoParquet), then replay the stored acquisitions
 through each detector (replay.py) and score the confirmed alerts (evaluate.score_replay).
@@ -21,7 +21,9 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 
-from .config import Config
+from ..config import Config
+from ..outputs.sink import read_anomalies
+from ..outputs.store import EmbeddingStore
 from .evaluate import (
     LABEL_EVENT,
     MAX_LOOKS,
@@ -32,9 +34,7 @@ from .evaluate import (
     score_replay,
 )
 from .replay import DETECTORS, Replay, replay_tile
-from .sink import read_anomalies
-from .sources.scenarios import SCENARIOS, scenario
-from .store import EmbeddingStore
+from .scenarios import SCENARIOS, scenario
 
 EVENT_ORDER = ("flood", "burn", "clear-cut", "construction")
 
@@ -42,7 +42,7 @@ EVENT_ORDER = ("flood", "burn", "clear-cut", "construction")
 def known_scenario(name: str) -> None:
     """Raise a clear error for a name that is neither a scenario of the set nor
     ``fieldsim-<seed>``."""
-    from .sources import fieldsim
+    from . import fieldsim
 
     if fieldsim.seed_of(name) is None:
         scenario(name)
@@ -61,15 +61,15 @@ class ScenarioRun:
     @property
     def split(self) -> str:
         """``tuning``, ``held-out`` or ``extra`` (fieldsim seeds), or ``set`` (the scenario set)."""
-        from .sources import fieldsim
+        from . import fieldsim
 
         seed = fieldsim.seed_of(self.name)
         return "set" if seed is None else fieldsim.split_of(seed)
 
 
 def _write_archive(args: tuple[str, str, int, int, int]) -> str:
-    from .sources import fieldsim
-    from .sources.synthetic import generate
+    from . import fieldsim
+    from .synthetic import generate
 
     name, out, tile_px, revisit, seed = args
     world_seed = fieldsim.seed_of(name)
@@ -109,8 +109,8 @@ def run_scenarios(
     runs_dir: str = "runs",
 ) -> list[ScenarioRun]:
     """Archives, one backfill each, replays and scores; the archives are reused next time."""
-    from .cluster import make_client
-    from .pipeline import Pipeline
+    from ..deployment.cluster import make_client
+    from ..runtime.pipeline import Pipeline
 
     for n in names:
         known_scenario(n)  # an unknown name fails here, before anything runs
@@ -144,7 +144,7 @@ def _score(
     truth = gpd.read_parquet(data / "truth.parquet")
     store = EmbeddingStore(cfg.layout.store, cfg.store)
     tiles = store.tiles()
-    if len(tiles) != 1:  # the scenario set is one tile each (sources/scenarios.py)
+    if len(tiles) != 1:  # the scenario set is one tile each (harness/scenarios.py)
         raise ValueError(f"scenario {name}: expected one tile in {store.root}, found {tiles}")
     replays = replay_tile(store, tiles[0], detectors, cfg.stats)
     scores = {det: score_replay(rep, truth, name) for det, rep in replays.items()}
@@ -157,7 +157,7 @@ def _score(
 
 def _same_rows(replay: Replay, rows: gpd.GeoDataFrame) -> bool:
     """Whether the replay has exactly the backfill's rows: (acquisition, cell, kind, status)."""
-    from .alerts import STATUS_NAMES
+    from ..detection.alerts import STATUS_NAMES
 
     nx = replay.shape[1]
     t, c = np.nonzero(replay.row)
@@ -215,7 +215,7 @@ def run_encoders(
 ) -> list[EncoderRuns]:  # fmt: skip
     """The embedding detectors on every scenario once per encoder in ``archs`` (the configured
     one's runs reused); the index detector does not depend on the encoder."""
-    from .backbones import EMBEDDING_DIM
+    from ..runtime.backbones import EMBEDDING_DIM
 
     dets = [d for d in DETECTORS if d != "index"]
     out = []
@@ -323,7 +323,7 @@ def summary_lines(runs: Sequence[ScenarioRun], detector: str) -> list[str]:
     groups = {h: [r for r in runs if r.split == h and detector in r.alerts] for h, _ in halves}
     if not any(groups.values()):
         return []
-    from .sources.fieldsim import HELD_OUT_SEEDS, TUNING_SEEDS
+    from .fieldsim import HELD_OUT_SEEDS, TUNING_SEEDS
 
     lines = [
         f"## Summary: `{detector}` on data it was not tuned on",
@@ -458,9 +458,9 @@ def render_markdown(
         + " (this file and `docs/evaluation/*.png`; do not edit by hand). Seeded encoder "
         "(no pretrained weights here), default `config.yaml`, 512 px tiles (16 x 16 cells of "
         "320 m), an acquisition every 5 days for two years. Two generators write the archives: "
-        "the **scenario set** (`sources/scenarios.py` through `sources/synthetic.py`: a flood, "
+        "the **scenario set** (`harness/scenarios.py` through `harness/synthetic.py`: a flood, "
         "a burn, a clear-cut and a construction site in each year, under the condition each "
-        "scenario names) and the **second generator** (`sources/fieldsim.py`, written apart "
+        "scenario names) and the **second generator** (`harness/fieldsim.py`, written apart "
         "from the first: real and library spectra, Voronoi parcels with crop harvests and "
         "mown meadows, random event shapes, sizes and dates, a gradual decline, cumulus "
         "clouds with projected shadows, haze, snow, Sentinel-2A/2B alternating, partial "
@@ -528,7 +528,7 @@ def render_markdown(
             f"![{run.name}](evaluation/{run.name}.png)",
             "",
         ]
-    from .sources import fieldsim
+    from . import fieldsim
 
     for run in field_runs:
         seed = fieldsim.seed_of(run.name)
@@ -547,7 +547,7 @@ def render_markdown(
 
 
 def _real_lines(real: RealSeries | None, png: str | None) -> list[str]:
-    from .alerts import AlertStatus
+    from ..detection.alerts import AlertStatus
 
     head = ["## Real imagery", ""]
     l1c = (
@@ -596,7 +596,7 @@ def render_maps(runs: Sequence[ScenarioRun], truth_dir: Path, out_dir: Path) -> 
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
-    from .alerts import AlertStatus
+    from ..detection.alerts import AlertStatus
 
     colours = {"flood": "#1f78ff", "burn": "#ff3b1f", "clear-cut": "#e0a800",
                "construction": "#b31fff", "drought": "#7a5c2e", "decline": "#7a5c2e"}  # fmt: skip
@@ -661,11 +661,11 @@ def run_real_series(folder: Path, cfg: Config, cell_px: int = 10) -> RealSeries:
     """
     import json
 
-    from .alerts import AlertState
-    from .change import ChangeState, Gradual, evidence
-    from .ingest import INDEX_NAMES
-    from .seasonal import IndexModel, index_anomalies, index_scores
-    from .stats import advance_cells
+    from ..detection.alerts import AlertState
+    from ..detection.change import ChangeState, Gradual, evidence
+    from ..detection.seasonal import IndexModel, index_anomalies, index_scores
+    from ..detection.stats import advance_cells
+    from ..indices import INDEX_NAMES
 
     ndvi_px = np.load(folder / "NDVI.npy")[..., 0]
     cloud = np.load(folder / "CLM.npy")[..., 0].astype(bool)
@@ -717,7 +717,7 @@ def render_real_series(series: RealSeries, png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .alerts import AlertStatus
+    from ..detection.alerts import AlertStatus
 
     when = np.array([dt.datetime.fromtimestamp(d * 86400.0, dt.timezone.utc) for d in series.days])
     fig, ax = plt.subplots(figsize=(8, 3.2))

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .actor import day_number
-from .change import Gradual
-from .config import DETECTORS, StatsConfig
-from .stats import TileState, update
-from .store import EmbeddingStore
+from ..config import DETECTORS, StatsConfig
+from ..detection.change import Gradual
+from ..detection.stats import TileState, update
+from ..outputs.store import EmbeddingStore
+from ..runtime.actor import day_number
 
 __all__ = ["DETECTORS", "Replay", "replay_tile"]
 

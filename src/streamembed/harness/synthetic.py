@@ -17,17 +17,15 @@ It goes through the same local STAC reader as real data.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..acquisition import BANDS_L2A, NATIVE_RESOLUTION
-from ..grid import TileGrid
+from ..grid import TileGrid, utm_footprint
 from .scenarios import (
     CROP,
     DEMO,
@@ -308,30 +306,6 @@ def band_asset(
     if band != "SCL":
         asset.update({"raster:scale": 0.0001, "raster:offset": -0.1})
     return asset
-
-
-@functools.lru_cache(maxsize=64)
-def _to_lonlat(epsg: int) -> Any:
-    """A UTM zone's transformer to lon/lat, built once per zone (~ms each; a scale run or a
-    bbox filter asks for thousands of footprints in a few zones)."""
-    from pyproj import Transformer
-
-    return Transformer.from_crs(epsg, 4326, always_xy=True)
-
-
-def utm_footprint(
-    epsg: int, x0: float, y0: float, width_m: float, height_m: float
-) -> tuple[list[float], dict[str, object]]:
-    """The WGS84 bbox and polygon of a north-up UTM rectangle (upper-left corner x0, y0)."""
-    tr = _to_lonlat(epsg)
-    x1, y1 = x0 + width_m, y0 - height_m
-    corners = [tr.transform(x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
-    lons, lats = zip(*corners, strict=True)
-    geometry: dict[str, object] = {
-        "type": "Polygon",
-        "coordinates": [[*map(list, corners), list(corners[0])]],
-    }
-    return [min(lons), min(lats), max(lons), max(lats)], geometry
 
 
 def write_cog(path: Path, data: np.ndarray, epsg: int, x0: float, y0: float, res: float) -> None:

@@ -20,11 +20,11 @@ from collections.abc import Callable
 
 from distributed import Client
 
-from .acquisition import SourceError
-from .config import Config
+from ..acquisition import SourceError
+from ..config import Config
+from ..runtime.pipeline import Pipeline, RunReport, one_line
 from .health import DaemonHealth, MetricsServer, Readiness, scheduler_reachable, workers_seen
 from .metrics import DaemonMetrics
-from .pipeline import Pipeline, RunReport, one_line
 from .webhook import Announcer
 
 log = logging.getLogger("streamembed")

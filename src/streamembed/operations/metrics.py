@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .acquisition import parse_datetime
-from .ledger import Ledger, State
-from .stages import StageSeconds
+from ..acquisition import parse_datetime
+from ..outputs.ledger import Ledger, State
+from ..runtime.stages import StageSeconds
 
 # Block tasks take 0.1-400 s (a CPU encoder on a full-size block), applies 0.01-30 s.
 _STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float("inf"))

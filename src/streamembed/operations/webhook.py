@@ -27,11 +27,11 @@ from typing import Any
 import geopandas as gpd
 import requests
 
-from . import storage
-from .acquisition import parse_datetime
-from .config import WebhookConfig
-from .layout import OutputLayout
-from .ledger import Ledger, LedgerRow
+from .. import storage
+from ..acquisition import parse_datetime
+from ..config import WebhookConfig
+from ..layout import OutputLayout
+from ..outputs.ledger import Ledger, LedgerRow
 from .metrics import DaemonMetrics
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import storage
-from .grid import TileGrid
-from .ingest import INDEX_NAMES
-from .layout import OutputLayout
+from .. import storage
+from ..grid import TileGrid
+from ..indices import INDEX_NAMES
+from ..layout import OutputLayout
 from .ledger import Ledger, LedgerRow
 from .sink import ALERT_COLUMNS, COLUMNS
 from .store import EmbeddingStore

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from .acquisition import Acquisition
-from .layout import OutputFullError, is_disk_full
+from ..acquisition import Acquisition
+from ..layout import OutputFullError, is_disk_full
 
 
 class State(StrEnum):

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import storage
-from .layout import OutputLayout
+from .. import storage
+from ..layout import OutputLayout
 from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)

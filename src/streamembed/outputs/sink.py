@@ -16,13 +16,13 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from . import storage
-from .alerts import STATUS_NAMES, AlertState, AlertStatus
-from .change import GRADUAL_NAMES, ChangeState, Gradual
-from .grid import TileGrid
-from .labels import LABELS
-from .layout import partition_path
-from .stats import ScoreResult
+from .. import storage
+from ..detection.alerts import STATUS_NAMES, AlertState, AlertStatus
+from ..detection.change import GRADUAL_NAMES, ChangeState, Gradual
+from ..detection.labels import LABELS
+from ..detection.stats import ScoreResult
+from ..grid import TileGrid
+from ..layout import partition_path
 
 # Partition keys live in the path; the files keep them too under other names, so a hive reader
 # does not see the same column twice.

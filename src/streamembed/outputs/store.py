@@ -43,11 +43,11 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from . import storage
-from .config import StoreConfig
-from .faults import crash_point
-from .grid import TileGrid
-from .ingest import INDEX_NAMES
+from .. import storage
+from ..config import StoreConfig
+from ..faults import crash_point
+from ..grid import TileGrid
+from ..indices import INDEX_NAMES
 
 TIME_ENCODING = {
     "units": "seconds since 1970-01-01",

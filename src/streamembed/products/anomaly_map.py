@@ -6,15 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .acquisition import Acquisition, parse_item
-from .grid import TileGrid
-from .ingest import open_bands, read_block
-from .layout import OutputLayout
-from .ledger import Ledger
-from .sink import read_anomalies
-from .sources.items import features
-from .sources.stac import load_item_document
-from .store import EmbeddingStore
+from ..acquisition import Acquisition, parse_item
+from ..grid import TileGrid
+from ..layout import OutputLayout
+from ..outputs.ledger import Ledger
+from ..outputs.sink import read_anomalies
+from ..outputs.store import EmbeddingStore
+from ..runtime.ingest import open_bands, read_block
+from ..sources.items import features
+from ..sources.stac import load_item_document
 
 LABEL_COLOURS = {
     "water_gain": "#1f78ff",

@@ -32,13 +32,13 @@ import pyarrow.parquet as pq
 import shapely
 from pyproj import CRS, Transformer
 
-from .grid import PIXEL_M, TileGrid
-from .layout import OutputLayout
-from .store import EmbeddingStore
+from ..grid import PIXEL_M, TileGrid
+from ..layout import OutputLayout
+from ..outputs.store import EmbeddingStore
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .encoder import Encoder
+    from ..config import Config
+    from ..runtime.encoder import Encoder
 
 Mode = Literal["cell", "fragment"]
 FragmentEmbedding = Literal["cells", "encoder"]
@@ -378,10 +378,10 @@ def export(
 
 def _source_acquisitions(cfg: Config, ids: set[str]) -> dict[str, Any]:
     """The Acquisitions of ``ids``, re-read from the items the ledger recorded."""
-    from .acquisition import parse_item
-    from .ledger import Ledger
-    from .sources.items import features
-    from .sources.stac import load_item_document
+    from ..acquisition import parse_item
+    from ..outputs.ledger import Ledger
+    from ..sources.items import features
+    from ..sources.stac import load_item_document
 
     out: dict[str, Any] = {}
     with Ledger(cfg.layout.ledger) as ledger:
@@ -407,7 +407,7 @@ def _export_encoder_fragments(
 ) -> ExportReport:  # fmt: skip
     from tqdm import tqdm
 
-    from .encoder import Encoder, model_identity
+    from ..runtime.encoder import Encoder, model_identity
     from .fragments import embed_fragments, majortom_fragments
 
     identity = model_identity(cfg.model)

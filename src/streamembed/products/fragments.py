@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pyproj import Transformer
 
-from .grid import PIXEL_M, TileGrid
+from ..grid import PIXEL_M, TileGrid
 
 if TYPE_CHECKING:
-    from .acquisition import Acquisition
-    from .config import IngestConfig, ModelConfig
-    from .encoder import Encoder
+    from ..acquisition import Acquisition
+    from ..config import IngestConfig, ModelConfig
+    from ..runtime.encoder import Encoder
     from .export import MajorTomGrid
 
 FRAGMENT_PX = 224
@@ -144,7 +144,7 @@ def embed_fragments(
     Fragments are read and encoded one grid cell at a time (25 x 224 px x bands: ~65 MB of
     float32 at 13 bands), so memory does not grow with the tile.
     """
-    from .ingest import (
+    from ..runtime.ingest import (
         mask_mode,
         open_bands,
         quality_asset,

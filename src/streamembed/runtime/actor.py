@@ -24,14 +24,15 @@ from typing import Protocol
 import numpy as np
 from distributed.actor import BaseActorFuture
 
-from . import history, storage
-from .config import StatsConfig, StoreConfig
-from .faults import crash_point
-from .layout import OutputLayout
-from .sink import records_from_result, write_alert_table, write_anomalies
+from .. import storage
+from ..config import StatsConfig, StoreConfig
+from ..detection import history
+from ..detection.stats import TileState, checkpoint_applied_ids, update, usable_cells
+from ..faults import crash_point
+from ..layout import OutputLayout
+from ..outputs.sink import records_from_result, write_alert_table, write_anomalies
+from ..outputs.store import EmbeddingStore, StoredAcquisition
 from .stages import StageSeconds
-from .stats import TileState, checkpoint_applied_ids, update, usable_cells
-from .store import EmbeddingStore, StoredAcquisition
 
 
 class ApplyStatus(StrEnum):

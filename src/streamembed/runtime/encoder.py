@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from ..config import ModelConfig
 from .backbones import EMBEDDING_DIM, build_backbone, is_vit
 from .checkpoints import CheckpointError, file_sha256, load_backbone_weights
-from .config import ModelConfig
 from .ingest import BlockPixels, window_inputs
 from .runtimes import ConvertedBackbone
 

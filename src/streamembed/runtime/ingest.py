@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from ..acquisition import Acquisition, BandAsset
+from ..config import IngestConfig, ModelConfig
+from ..grid import PIXEL_M, TileGrid
+from ..indices import INDEX_BANDS
 from . import cloudmask
-from .acquisition import Acquisition, BandAsset
-from .config import IngestConfig, ModelConfig
-from .grid import PIXEL_M, TileGrid
 from .tilecache import TileCache, read_window, worker_cache
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,6 @@ SCL_CLASSES: dict[int, str] = {
     8: "cloud_medium_probability", 9: "cloud_high_probability", 10: "thin_cirrus", 11: "snow",
 }  # fmt: skip
 SNOW_CLASS = 11
-# Per-cell spectral summaries over clear pixels, for anomaly labels and the index detector:
-# NDVI (B08, B04), NDWI (B03, B08; McFeeters), NBR (B08, B12), NDBI (B11, B08), MNDWI (B03,
-# B11; Xu) and the visible brightness (mean of B02, B03, B04 reflectance), which separates
-# char (dark) from bare soil and concrete (bright) where the normalised differences agree.
-INDEX_NAMES: tuple[str, ...] = ("ndvi", "ndwi", "nbr", "ndbi", "mndwi", "brightness")
-INDEX_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B08", "B11", "B12")
 
 # SSL4EO-S12 L1C band statistics (DN) used by its MoCo/DINO pretraining: each band is scaled
 # from [mean - 2 std, mean + 2 std] to [0, 1] through uint8, exactly as the original loader.
@@ -363,7 +358,7 @@ def gdal_options(hrefs: Sequence[str] = (), http_retries: int = 5) -> dict[str, 
     remote file outlives its handle: a worker runs for months, and a cached failure (a 503, a
     file being replaced) would fail every later read of that file, retries included.
     """
-    from .credentials import Credentials
+    from ..credentials import Credentials
 
     return {
         "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/:/vsis3/:/vsigs/:/vsiaz/",

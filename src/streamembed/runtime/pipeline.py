@@ -22,13 +22,18 @@ from typing import Any
 from distributed import Client, Future, KilledWorker, get_worker, wait
 from tqdm import tqdm
 
-from .acquisition import Acquisition
+from ..acquisition import Acquisition
+from ..config import Config
+from ..faults import crash_point
+from ..grid import TileGrid
+from ..layout import OutputFullError, is_disk_full
+from ..outputs.catalog import write_catalog
+from ..outputs.ledger import FINAL, Failure, Ledger, State
+from ..outputs.store import EmbeddingStore, Provenance, Reservation, StoreMismatchError
+from ..sources import SourceFailure, discover_for, source_key
+from ..storage import ensure_writable
 from .actor import ApplyResult, ApplyStatus, StatsActor, StatsShard, shard_of
-from .catalog import write_catalog
-from .config import Config
 from .encoder import EMBEDDING_DIM, EncoderPlugin, ModelIdentity, model_identity
-from .faults import crash_point
-from .grid import TileGrid
 from .ingest import (
     Block,
     BlockPixels,
@@ -42,13 +47,8 @@ from .ingest import (
     read_block_pixels,
     required_assets,
 )
-from .layout import OutputFullError, is_disk_full
-from .ledger import FINAL, Failure, Ledger, State
 from .plan import RunPlan, TileSequencer, plan_run
-from .sources import SourceFailure, discover_for, source_key
 from .stages import DriverSeconds, StageSeconds
-from .storage import ensure_writable
-from .store import EmbeddingStore, Provenance, Reservation, StoreMismatchError
 
 log = logging.getLogger(__name__)
 # How often the driver looks at applies in flight while it waits (actor futures cannot join
@@ -504,7 +504,7 @@ class Pipeline:
                 catalog = partial(write_catalog, layout, touched)
                 self.after_run("the outputs' STAC catalogue", catalog)
             if sim.index_on_commit:
-                from .similar import update_index
+                from ..outputs.similar import update_index
 
                 # after the run's applies: the index reads the store, never delays a commit
                 for tile in touched:

@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from .acquisition import Acquisition, latest_baselines
-from .ledger import LedgerRow, State
+from ..acquisition import Acquisition, latest_baselines
+from ..outputs.ledger import LedgerRow, State
 
 # A row of the same tile sensed in the same second that was embedded or beyond (the ledger's
 # ``processed_at``), or None.

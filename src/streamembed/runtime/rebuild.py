@@ -15,9 +15,9 @@ import datetime as dt
 from dataclasses import dataclass
 from functools import partial
 
+from ..outputs.catalog import write_catalog
+from ..outputs.ledger import State
 from .actor import ApplyResult, day_number
-from .catalog import write_catalog
-from .ledger import State
 from .pipeline import Pipeline
 
 # ledger states of a stored look that belongs in the tile's statistics

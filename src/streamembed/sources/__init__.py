@@ -1,7 +1,11 @@
-"""Where acquisitions come from: a STAC API, a local folder of STAC items, the synthetic archive.
+"""Where acquisitions come from: a STAC API (``stac``), a local folder of STAC items, GeoTIFFs
+or SAFE products (``local``, ``items``, ``safe``), and which hrefs an item may reach (``reach``).
 
 ``discover_for`` is the one entry point the pipeline calls; it picks the source from
 ``source.kind`` / ``source.path`` and returns the acquisitions plus the entries that failed.
+
+May import: the foundation only (``streamembed.acquisition``, ``config``, ``credentials``,
+``grid``, …). The writers of synthetic archives are the harness's, not a source.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from pathlib import Path
 
 from ..acquisition import Acquisition
 from ..config import Config
+from ..grid import utm_footprint
 from .items import SourceFailure
 from .local import discover
 from .stac import SearchWindow, search_window
@@ -62,8 +67,6 @@ def _removed_by(acq: Acquisition, cfg: Config, window: SearchWindow) -> str | No
 def footprint_lonlat(acq: Acquisition) -> list[float] | None:
     """[west, south, east, north] of the acquisition's 10 m raster, from its asset's grid, or
     None where the item gives no grid."""
-    from .synthetic import utm_footprint
-
     ref = acq.grid_asset()
     if ref is None or ref.transform is None or ref.shape is None or ref.epsg is None:
         return None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ..config import Config, Section, load_config, load_section
+from ...config import Config, Section, load_config, load_section
 
 
 class BenchConfig(Section):

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ClusterConfig, Config
+from ...config import ClusterConfig, Config
 from .config import BenchConfig
 from .machine import hardware, software
 from .report import save_figure
@@ -57,7 +57,7 @@ class ManyTilesStep:
 
 def archive(bench: BenchConfig, tiles: int) -> Path:
     """The archive of ``tiles`` tiles x ``bench.many_tiles_looks`` looks, written once."""
-    from ..sources.synthetic import generate
+    from ..synthetic import generate
 
     root = (
         Path(bench.data)
@@ -72,7 +72,7 @@ def archive(bench: BenchConfig, tiles: int) -> Path:
 
 def run_many_tiles(cfg: Config, bench: BenchConfig, output: Path, log: Log = print) -> Path:
     """Every step of ``bench.many_tiles``; the JSON record's path."""
-    from ..sources.synthetic import synthetic_tiles
+    from ..synthetic import synthetic_tiles
 
     steps = sorted(bench.many_tiles)
     codes = [t.tile for t in synthetic_tiles(steps[-1])]
@@ -112,9 +112,9 @@ def run_many_tiles(cfg: Config, bench: BenchConfig, output: Path, log: Log = pri
 def _step(cfg: Config, items: Path, tiles: list[str], out: Path) -> ManyTilesStep:
     import psutil
 
-    from ..cluster import make_client
-    from ..ledger import Ledger, State
-    from ..pipeline import Pipeline
+    from ...deployment.cluster import make_client
+    from ...outputs.ledger import Ledger, State
+    from ...runtime.pipeline import Pipeline
     from .measure import warm_encoders
 
     shutil.rmtree(out, ignore_errors=True)
@@ -171,7 +171,7 @@ def _step(cfg: Config, items: Path, tiles: list[str], out: Path) -> ManyTilesSte
 
 def _web_timings(cfg: Config, tiles: list[str]) -> tuple[float, float, float]:
     """Seconds the web map takes for its summary, one tile on one date, and a bbox view."""
-    from ..web.view import OutputView
+    from ...operations.web.view import OutputView
 
     view = OutputView(cfg.layout)
     t0 = time.perf_counter()

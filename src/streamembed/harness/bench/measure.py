@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import ClusterConfig, Config
-from ..storage import tree_bytes
+from ...config import ClusterConfig, Config
+from ...storage import tree_bytes
 from .machine import last_level_cache_bytes
 from .records import PipelineRun, RawEncoder, ReadPaths, StatsCore
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from ..actor import ShardMetrics
-    from ..pipeline import RunReport
+    from ...runtime.actor import ShardMetrics
+    from ...runtime.pipeline import RunReport
 
 
 # ---------------------------------------------------------------- the raw encoder
@@ -35,9 +35,9 @@ def raw_encoder(cfg: Config, items: Path, max_blocks: int | None = None) -> RawE
     ``max_blocks``: time only the first blocks (a full tile's blocks do not fit in memory at
     once); the rates are per window and per cell, so they compare with the pipeline's.
     """
-    from ..encoder import Encoder
-    from ..ingest import BlockPixels, grid_for, plan_blocks, read_block_pixels
-    from ..sources import discover
+    from ...runtime.encoder import Encoder
+    from ...runtime.ingest import BlockPixels, grid_for, plan_blocks, read_block_pixels
+    from ...sources import discover
 
     acqs, _ = discover(items, cfg.source.band_mapping, cfg.model.bands)
     plan = plan_blocks(grid_for(acqs[0], cfg.ingest.cell_size), cfg.ingest)
@@ -199,7 +199,7 @@ def pipeline_run(
 
 def warm_encoders(client: Any, cfg: Config) -> None:
     """Load the encoder on every worker before a timed run (as a daemon's are, once)."""
-    from ..encoder import EncoderPlugin
+    from ...runtime.encoder import EncoderPlugin
 
     def warm(dask_worker: Any) -> int:
         dask_worker.plugins[EncoderPlugin.name].get(cfg.model)
@@ -213,8 +213,8 @@ def _timed_backfill(
 ) -> tuple[Sampler, _Backfill]:
     from distributed import get_task_stream
 
-    from ..cluster import make_client
-    from ..pipeline import Pipeline
+    from ...deployment.cluster import make_client
+    from ...runtime.pipeline import Pipeline
 
     cluster = cfg.cluster
     if cluster.kind == "local":
@@ -270,9 +270,9 @@ def stats_bandwidth(dim: int, cells: int, repeats: int = 15, dtype: str = "float
     core. ``dtype`` is the embeddings as the core receives them: float16 as stored (the
     actor's path) or float32.
     """
-    from ..config import StatsConfig
-    from ..ingest import INDEX_NAMES
-    from ..stats import TileState, update
+    from ...config import StatsConfig
+    from ...detection.stats import TileState, update
+    from ...indices import INDEX_NAMES
 
     side = int(np.sqrt(cells))
     cy, cx = side, max(1, cells // side)
@@ -343,9 +343,9 @@ def read_paths(cfg: Config, items: Path, scenes: int) -> ReadPaths | None:
         from odc.geo.geobox import GeoBox
     except ImportError:
         return None
-    from ..acquisition import BANDS_L2A
-    from ..ingest import grid_for, open_bands, read_dn
-    from ..sources import discover
+    from ...acquisition import BANDS_L2A
+    from ...runtime.ingest import grid_for, open_bands, read_dn
+    from ...sources import discover
 
     acqs, _ = discover(items, cfg.source.band_mapping, BANDS_L2A)
     bands = list(BANDS_L2A)

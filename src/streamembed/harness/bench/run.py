@@ -9,8 +9,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import Config
-from ..stages import StageSeconds
+from ...config import Config
+from ...runtime.stages import StageSeconds
 from .config import BenchConfig
 from .machine import hardware, software
 from .measure import pipeline_run, raw_encoder, read_paths, stats_bandwidth
@@ -25,8 +25,8 @@ def archive(bench: BenchConfig, tile_px: int, acquisitions: int, tiles: int) -> 
 
     Past ``IN_MEMORY_MAX_PX`` (full 10980 px tiles) products are written strip by strip.
     """
-    from ..sources.fullsize import IN_MEMORY_MAX_PX, generate_fullsize
-    from ..sources.synthetic import generate
+    from ..fullsize import IN_MEMORY_MAX_PX, generate_fullsize
+    from ..synthetic import generate
 
     revisit = 5
     root = Path(bench.data) / f"px{tile_px}-acq{acquisitions}-tiles{tiles}"

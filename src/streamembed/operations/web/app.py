@@ -19,8 +19,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..anomaly_map import LABEL_COLOURS
-from ..layout import OutputLayout
+from ...layout import OutputLayout
+from ...products.anomaly_map import LABEL_COLOURS
 from .auth import RequireAuth, ServeAuth, warn_if_exposed
 from .view import OutputView
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..credentials import Secret
+from ...credentials import Secret
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/healthz",)

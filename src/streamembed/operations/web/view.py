@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from shapely.geometry import box
 
-from .. import storage
-from ..layout import OutputLayout
-from ..ledger import Ledger
-from ..sink import read_anomalies
-from ..store import EmbeddingStore
+from ... import storage
+from ...layout import OutputLayout
+from ...outputs.ledger import Ledger
+from ...outputs.sink import read_anomalies
+from ...outputs.store import EmbeddingStore
 
 FEATURE_COLUMNS = (
     "acquisition_id", "tile", "date", "cell_y", "cell_x", "label", "status", "kind", "score",
@@ -254,7 +254,7 @@ def _render_quicklook(
     from rasterio.transform import Affine, array_bounds
     from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
 
-    from ..anomaly_map import acquisition_rgb
+    from ...products.anomaly_map import acquisition_rgb
 
     grid = store.grid(tile)
     assert grid is not None

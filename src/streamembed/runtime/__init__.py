@@ -1,0 +1,14 @@
+"""The streaming runtime: acquisitions in, embeddings and anomalies out, on a Dask cluster.
+
+``plan`` (pure: which acquisitions to embed, skip or fail, and in what order per tile),
+``pipeline`` (the Dask layer: block tasks under backpressure, each acquisition's
+begin/commit/ledger lifecycle, statistics shards), ``ingest`` (read, mask, resample, cell
+summaries of one block; ``cloudmask`` and ``tilecache`` beside it), ``encoder``
+(the worker-resident model; ``backbones``, ``checkpoints`` and ``runtimes`` build and load it),
+``actor`` (one statistics shard per actor, strict time order per tile), ``stages`` (per-task
+timings), ``rebuild`` (statistics state rebuilt from the store).
+
+May import: the foundation, ``sources``, ``detection`` and ``outputs``. Never ``deployment``,
+``products``, ``operations``, ``harness`` or ``cli``: those use the runtime, and the runtime
+runs the same whoever starts it (the daemon, a backfill, the benchmark, the evaluation).
+"""
