@@ -127,7 +127,7 @@ def test_losing_the_actor_worker_loses_nothing(series, whole_tile_blocks, tmp_pa
 
         def kill_after_five() -> bool:
             if not killed and len(pipe.ledger.rows(State.APPLIED)) >= 5:
-                (addr,) = client.who_has(pipe._actor_futures[0])[pipe._actor_futures[0].key]
+                (addr,) = client.who_has(pipe.shards.futures[0])[pipe.shards.futures[0].key]
                 pid = client.run(os.getpid, workers=[addr])[addr]
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)

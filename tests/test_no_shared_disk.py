@@ -238,8 +238,8 @@ def test_statistics_shards_go_round_the_workers(cluster_client, tmp_path):
     )
     pipe = Pipeline(cfg, cluster_client)
     try:
-        keys = [f.key for f in pipe._actor_futures]
-        where = cluster_client.who_has(pipe._actor_futures)
+        keys = [f.key for f in pipe.shards.futures]
+        where = cluster_client.who_has(pipe.shards.futures)
         workers = [where[k][0] for k in keys]
     finally:
         pipe.close()

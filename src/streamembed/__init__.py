@@ -12,7 +12,7 @@ before it; tests/test_architecture.py checks it):
 - ``products``: Major TOM export, anomaly maps;
 - ``operations``: the monitor daemon, metrics, health, webhook, web map;
 - ``harness``: demo, synthetic writers, evaluation, benchmarks;
-- ``cli``: the ``streamembed`` command.
+- ``cli``: the ``streamembed`` command, a module per command group.
 """
 
 from .acquisition import Acquisition, BandAsset, parse_item

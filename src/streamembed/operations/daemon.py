@@ -22,7 +22,8 @@ from distributed import Client
 
 from ..acquisition import SourceError
 from ..config import Config
-from ..runtime.pipeline import Pipeline, RunReport, one_line
+from ..runtime.pipeline import Pipeline
+from ..runtime.report import RunReport, one_line
 from .health import DaemonHealth, MetricsServer, Readiness, scheduler_reachable, workers_seen
 from .metrics import DaemonMetrics
 from .webhook import Announcer

@@ -1,8 +1,10 @@
 """The streaming runtime: acquisitions in, embeddings and anomalies out, on a Dask cluster.
 
 ``plan`` (pure: which acquisitions to embed, skip or fail, and in what order per tile),
-``pipeline`` (the Dask layer: block tasks under backpressure, each acquisition's
-begin/commit/ledger lifecycle, statistics shards), ``ingest`` (read, mask, resample, cell
+``pipeline`` (the Dask layer, reading as the flow; its three jobs are ``blocks``: block tasks
+under backpressure, ``lifecycle``: each acquisition over store and ledger, ``shards``: the
+statistics actors, their placement and recovery; ``tasks``: what workers run, ``report``: what
+a run did), ``ingest`` (read, mask, resample, cell
 summaries of one block; ``cloudmask`` and ``tilecache`` beside it), ``encoder``
 (the worker-resident model; ``backbones``, ``checkpoints`` and ``runtimes`` build and load it),
 ``actor`` (one statistics shard per actor, strict time order per tile), ``stages`` (per-task

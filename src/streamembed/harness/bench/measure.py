@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from ...runtime.actor import ShardMetrics
-    from ...runtime.pipeline import RunReport
+    from ...runtime.report import RunReport
 
 
 # ---------------------------------------------------------------- the raw encoder
