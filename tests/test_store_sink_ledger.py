@@ -485,7 +485,7 @@ class _Killed(BaseException):
     "point", ["store.compaction_copied", "store.compaction_placed", "store.compaction_cut"]
 )
 def test_a_compaction_killed_part_way_is_finished_by_the_next_open(point, tmp_path, monkeypatch):
-    import streamembed.outputs.store as store_module
+    import streamembed.outputs.compaction as compaction_module
 
     root = tmp_path / "embeddings.zarr"
     store = EmbeddingStore(root, FLOAT16)
@@ -499,7 +499,7 @@ def test_a_compaction_killed_part_way_is_finished_by_the_next_open(point, tmp_pa
         if name == point:
             raise _Killed(name)
 
-    monkeypatch.setattr(store_module, "crash_point", crash)
+    monkeypatch.setattr(compaction_module, "crash_point", crash)
     with pytest.raises(_Killed):
         store.compact("33UWP")
     ids = xr.open_zarr(root / "33UWP").acquisition_id.values.tolist()
