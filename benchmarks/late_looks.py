@@ -29,8 +29,8 @@ import numpy as np
 
 from streamembed.config import StoreConfig
 from streamembed.grid import TileGrid
-from streamembed.runtime.ingest import INDEX_NAMES
 from streamembed.outputs.store import EmbeddingBatch, EmbeddingStore, Provenance
+from streamembed.indices import INDEX_NAMES
 
 PROVENANCE = Provenance(
     "bench-64d", "seeded", True, "resnet18", ("B02",), "divide_10000", 256, 32, (0, 8, 9)

@@ -65,8 +65,8 @@ def build_store(root: Path, tiles: int, looks: int) -> list[tuple[str, str, floa
     """The embeddings the applies read: (tile, acquisition id, cloud fraction), look-major."""
     from streamembed.config import StoreConfig
     from streamembed.grid import TileGrid
-    from streamembed.runtime.ingest import INDEX_NAMES
     from streamembed.outputs.store import EmbeddingBatch, EmbeddingStore, Provenance
+    from streamembed.indices import INDEX_NAMES
 
     shutil.rmtree(root, ignore_errors=True)  # an acquisition already stored is not rewritten
     store = EmbeddingStore(str(root / "embeddings.zarr"), StoreConfig())
@@ -103,9 +103,9 @@ def build_store(root: Path, tiles: int, looks: int) -> list[tuple[str, str, floa
 def run_variant(
     store_root: Path, work: Path, order: list[tuple[str, str, float]], dtype: str, block: int
 ) -> dict[str, Any]:
-    from streamembed.runtime.actor import ApplyStatus, StatsActor
     from streamembed.config import StatsConfig, StoreConfig
     from streamembed.detection.stats import TileState
+    from streamembed.runtime.actor import ApplyStatus, StatsActor
 
     root = work / f"{dtype}-{block}"
     shutil.rmtree(root, ignore_errors=True)

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from streamembed.config import StoreConfig
-from streamembed.storage import tree_bytes
 from streamembed.outputs.store import EmbeddingBatch, EmbeddingStore, Provenance
+from streamembed.storage import tree_bytes
 
 DTYPES = ("float32", "float16", "int8")
 CODECS = ("none", "zstd", "blosc-zstd-shuffle")

@@ -62,8 +62,8 @@ class ZarrEngine:
 
     def __init__(self, root: str):
         from streamembed.grid import TileGrid
-        from streamembed.runtime.ingest import INDEX_NAMES
         from streamembed.outputs.store import EmbeddingStore, Provenance
+        from streamembed.indices import INDEX_NAMES
 
         self.root = root
         self.store = EmbeddingStore(root)

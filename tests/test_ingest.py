@@ -7,8 +7,8 @@ from streamembed.acquisition import Acquisition, BandAsset
 from streamembed.config import IngestConfig
 from streamembed.grid import TileGrid
 from streamembed.harness.synthetic import write_cog
+from streamembed.indices import INDEX_NAMES
 from streamembed.runtime.ingest import (
-    INDEX_NAMES,
     SCL_CLASSES,
     cell_summaries,
     fill_masked,

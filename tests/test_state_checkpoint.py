@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from streamembed.config import StatsConfig
-from streamembed.detection.stats import TileState, block_location, update, usable_cells
+from streamembed.detection.state import block_location
+from streamembed.detection.stats import TileState, update, usable_cells
 from streamembed.indices import INDEX_NAMES
 
 SHAPE = (150, 140)  # 3 x 3 blocks of 64 cells, the last row and column partial
@@ -57,7 +58,7 @@ def _values_and_midpoints() -> np.ndarray:
 def test_float16_encode_rounds_like_numpy(native):
     import numba
 
-    from streamembed.detection.stats import _make_to_storage, _native_half
+    from streamembed.detection.kernels import _make_to_storage, _native_half
 
     if native and not _native_half():
         pytest.skip("this CPU has no float16 conversion instruction (the other case runs)")

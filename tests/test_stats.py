@@ -11,7 +11,8 @@ from streamembed.config import StatsConfig
 from streamembed.detection.seasonal import index_scores
 from streamembed.detection.stats import LABELS, TileState, label_cells, update
 from streamembed.harness.synthetic import SPECTRA
-from streamembed.runtime.ingest import INDEX_NAMES, cell_summaries
+from streamembed.indices import INDEX_NAMES
+from streamembed.runtime.ingest import cell_summaries
 
 
 def naive_update(state, emb, clear, indices, day, p):
@@ -259,7 +260,7 @@ def _decode_all_codes(to_float32):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_float16_decode_matches_numpy_for_every_code(native):
-    from streamembed.detection.stats import _make_to_float32, _native_half
+    from streamembed.detection.kernels import _make_to_float32, _native_half
 
     if native and not _native_half():
         pytest.skip("this CPU has no float16 conversion instruction (the other case runs)")
@@ -286,7 +287,7 @@ def test_float16_embeddings_update_exactly_like_their_float32_values():
 
 def test_large_tile_sampled_reference_keeps_shift_quiet_and_finds_change():
     """Beyond SPATIAL_SAMPLE scorable cells the tile-wide medians come from a sample."""
-    from streamembed.detection.stats import SPATIAL_SAMPLE
+    from streamembed.detection.kernels import SPATIAL_SAMPLE
 
     rng = np.random.default_rng(12)
     p = StatsConfig()

@@ -49,7 +49,7 @@ def _revision_lines(ledger: Ledger, listing: bool) -> list[str]:
 
 def _warm_up_lines(cfg: Config) -> list[str]:
     """Per tile with a checkpoint: cells still warming up, cells with the seasonal model."""
-    from ..detection.stats import warm_up
+    from ..detection.state import warm_up
 
     lines = []
     for path in storage.glob(cfg.layout.state_dir, "*.npz"):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import storage
-from .stats import block_location
+from .state import block_location
 
 
 @dataclass(frozen=True)

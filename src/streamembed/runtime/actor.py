@@ -27,7 +27,8 @@ from distributed.actor import BaseActorFuture
 from .. import storage
 from ..config import StatsConfig, StoreConfig
 from ..detection import history
-from ..detection.stats import TileState, checkpoint_applied_ids, update, usable_cells
+from ..detection.state import checkpoint_applied_ids
+from ..detection.stats import TileState, update, usable_cells
 from ..faults import crash_point
 from ..layout import OutputLayout
 from ..outputs.sink import records_from_result, write_alert_table, write_anomalies
