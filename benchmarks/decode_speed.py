@@ -56,7 +56,8 @@ def _blocks(
     import rasterio
 
     from streamembed.config import IngestConfig
-    from streamembed.runtime.ingest import _read_band, grid_for, plan_blocks
+    from streamembed.runtime.ingest import _read_band, grid_for
+    from streamembed.runtime.windows import plan_blocks
     from streamembed.runtime.tilecache import TileCache
 
     ingest = IngestConfig()

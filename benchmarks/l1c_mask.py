@@ -29,14 +29,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from streamembed.config import IngestConfig, ModelConfig
-    from streamembed.runtime.ingest import (
-        _read_retrying,
-        grid_for,
-        plan_blocks,
-        quality_masks,
-        read_masked,
-        scene_bands,
-    )
+    from streamembed.runtime.ingest import _read_retrying, grid_for, read_masked, scene_bands
+    from streamembed.runtime.windows import plan_blocks
+    from streamembed.runtime.radiometry import quality_masks
     from streamembed.sources.safe import read_product
 
     l1c, l2a = read_product(args.l1c), read_product(args.l2a)

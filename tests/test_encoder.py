@@ -108,7 +108,7 @@ def test_passes_are_padded_to_the_tile_not_beyond():
     pass size depends on the tile alone, so every block of a tile runs the same passes."""
     from streamembed.config import IngestConfig
     from streamembed.grid import TileGrid
-    from streamembed.runtime.ingest import plan_blocks
+    from streamembed.runtime.windows import plan_blocks
 
     enc = Encoder(ModelConfig(arch="resnet18", bands=BANDS_L2A, batch_size=4))
     small = TileGrid("31UFU", 32631, 600000.0, 5900000.0, 256, 256, 32)

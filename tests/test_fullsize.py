@@ -11,7 +11,8 @@ import rasterio
 from streamembed.acquisition import parse_item
 from streamembed.config import IngestConfig, ModelConfig
 from streamembed.harness.fullsize import STRIP_PX, generate_fullsize
-from streamembed.runtime.ingest import grid_for, plan_blocks, read_block_pixels
+from streamembed.runtime.ingest import grid_for, read_block_pixels
+from streamembed.runtime.windows import plan_blocks
 
 
 def test_strip_by_strip_products_are_cogs_the_pipeline_reads(tmp_path):

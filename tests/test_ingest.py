@@ -8,18 +8,16 @@ from streamembed.config import IngestConfig
 from streamembed.grid import TileGrid
 from streamembed.harness.synthetic import write_cog
 from streamembed.indices import INDEX_NAMES
-from streamembed.runtime.ingest import (
+from streamembed.runtime.ingest import open_bands, read_block
+from streamembed.runtime.radiometry import (
     SCL_CLASSES,
     cell_summaries,
     fill_masked,
     normalise,
-    open_bands,
-    plan_blocks,
-    plan_windows,
-    read_block,
     scl_masks,
     to_reflectance,
 )
+from streamembed.runtime.windows import plan_blocks, plan_windows
 
 EXPECTED_MASKED = {0: True, 1: True, 2: False, 3: True, 4: False, 5: False, 6: False,
                    7: False, 8: True, 9: True, 10: True, 11: True}  # fmt: skip
@@ -209,7 +207,8 @@ def test_block_reads_are_the_same_whatever_the_block_size(tmp_path, resampling):
     from streamembed.acquisition import parse_item
     from streamembed.config import ModelConfig
     from streamembed.harness.synthetic import generate
-    from streamembed.runtime.ingest import grid_for, read_block_pixels, window_inputs
+    from streamembed.runtime.ingest import grid_for, read_block_pixels
+    from streamembed.runtime.windows import window_inputs
 
     items, _ = generate(tmp_path, days=5, revisit_days=5, tile_px=704, n_tiles=1, seed=4)
     path = sorted(items.rglob("*.json"))[0]

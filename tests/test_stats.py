@@ -12,7 +12,7 @@ from streamembed.detection.seasonal import index_scores
 from streamembed.detection.stats import LABELS, TileState, label_cells, update
 from streamembed.harness.synthetic import SPECTRA
 from streamembed.indices import INDEX_NAMES
-from streamembed.runtime.ingest import cell_summaries
+from streamembed.runtime.radiometry import cell_summaries
 
 
 def naive_update(state, emb, clear, indices, day, p):

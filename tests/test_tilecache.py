@@ -11,8 +11,9 @@ import rasterio
 
 from streamembed.config import IngestConfig
 from streamembed.harness.fullsize import generate_fullsize
-from streamembed.runtime.ingest import _read_band, grid_for, plan_blocks
+from streamembed.runtime.ingest import _read_band, grid_for
 from streamembed.runtime.tilecache import TileCache, file_identity, read_window
+from streamembed.runtime.windows import plan_blocks
 from streamembed.sources.local import discover
 
 

@@ -151,14 +151,9 @@ def test_a_backfill_stores_timms_cells(arch, layout, tmp_path):
     from streamembed.deployment.cluster import make_client
     from streamembed.harness.synthetic import generate
     from streamembed.outputs.store import EmbeddingStore
-    from streamembed.runtime.ingest import (
-        grid_for,
-        plan_blocks,
-        plan_windows,
-        read_block_pixels,
-        window_inputs,
-    )
+    from streamembed.runtime.ingest import grid_for, read_block_pixels
     from streamembed.runtime.pipeline import Pipeline
+    from streamembed.runtime.windows import plan_blocks, plan_windows, window_inputs
 
     items, _ = generate(tmp_path / "data", days=10, revisit_days=10, tile_px=640, n_tiles=1)
     model = _timm_model(arch, 12)

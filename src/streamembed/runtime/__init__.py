@@ -5,7 +5,7 @@
 under backpressure, ``lifecycle``: each acquisition over store and ledger, ``shards``: the
 statistics actors, their placement and recovery; ``tasks``: what workers run, ``report``: what
 a run did), ``ingest`` (read, mask, resample, cell
-summaries of one block; ``cloudmask`` and ``tilecache`` beside it), ``encoder``
+summaries of one block; ``radiometry``, ``windows``, ``cloudmask`` and ``tilecache`` beside it), ``encoder``
 (the worker-resident model; ``backbones``, ``checkpoints`` and ``runtimes`` build and load it),
 ``actor`` (one statistics shard per actor, strict time order per tile), ``stages`` (per-task
 timings), ``rebuild`` (statistics state rebuilt from the store).

@@ -15,8 +15,9 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from ..config import ModelConfig
 from .backbones import EMBEDDING_DIM, build_backbone, is_vit
 from .checkpoints import CheckpointError, file_sha256, load_backbone_weights
-from .ingest import BlockPixels, window_inputs
+from .ingest import BlockPixels
 from .runtimes import ConvertedBackbone
+from .windows import window_inputs
 
 __all__ = ["EMBEDDING_DIM", "CheckpointError", "Encoder", "EncoderPlugin", "model_identity"]
 

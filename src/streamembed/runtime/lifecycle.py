@@ -23,10 +23,11 @@ from ..sources import SourceFailure
 from .actor import ApplyResult, ApplyStatus
 from .blocks import EmbeddingJob
 from .encoder import EMBEDDING_DIM
-from .ingest import IngestError, block_cells, grid_for, plan_blocks, required_assets
+from .ingest import IngestError, grid_for, required_assets
 from .plan import RunPlan
 from .report import RunReport, failure_class, one_line
 from .stages import StageSeconds
+from .windows import block_cells, plan_blocks
 
 log = logging.getLogger(__name__)
 # One line per acquisition and stage (stored, applied), with its fields as `extra` for

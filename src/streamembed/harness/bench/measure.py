@@ -36,7 +36,8 @@ def raw_encoder(cfg: Config, items: Path, max_blocks: int | None = None) -> RawE
     once); the rates are per window and per cell, so they compare with the pipeline's.
     """
     from ...runtime.encoder import Encoder
-    from ...runtime.ingest import BlockPixels, grid_for, plan_blocks, read_block_pixels
+    from ...runtime.ingest import BlockPixels, grid_for, read_block_pixels
+    from ...runtime.windows import plan_blocks
     from ...sources import discover
 
     acqs, _ = discover(items, cfg.source.band_mapping, cfg.model.bands)
