@@ -28,6 +28,7 @@ from streamembed.acquisition import Acquisition
 from streamembed.operations.logs import JsonFormatter
 from streamembed.operations.webhook import url_key
 from streamembed.outputs.ledger import Ledger, State
+from streamembed.outputs.outbox import Outbox
 from tests.daemon import Receiver, count_states, free_port, wait_until
 
 
@@ -237,32 +238,33 @@ def _acq(i: int) -> Acquisition:
 
 def test_a_new_webhook_announces_only_what_comes_after_it(tmp_path):
     """Files applied before the webhook was configured are not news; later ones are due until
-    recorded, and a restart (a second start_announcing) changes nothing."""
+    recorded, and a restart (a second Outbox.start) changes nothing."""
     key = url_key("http://example.invalid/hook")
     with Ledger(tmp_path / "ledger.sqlite") as led:
         led.record_seen([_acq(1), _acq(2), _acq(3)])
         led.set_state("S2A_T1", State.APPLIED, n_anomalies=4)
         led.set_state("S2A_T2", State.APPLIED, n_anomalies=0)
-        led.start_announcing(key)
-        assert led.unannounced(key) == []
+        box = Outbox(led, key)
+        box.start()
+        assert box.unannounced() == []
         led.set_state("S2A_T3", State.APPLIED, n_anomalies=2)
-        led.start_announcing(key)
-        assert [r.id for r in led.unannounced(key)] == ["S2A_T3"]
-        led.record_announcement("S2A_T3", key, "sent", 3)
-        assert led.unannounced(key) == []
-        assert led.announcements(key) == {"S2A_T1": "before", "S2A_T3": "sent"}
-        other = url_key("http://example.invalid/other")
-        led.start_announcing(other)
-        assert led.unannounced(other) == []
+        Outbox(led, key).start()
+        assert [r.id for r in box.unannounced()] == ["S2A_T3"]
+        box.record("S2A_T3", "sent", 3)
+        assert box.unannounced() == []
+        assert box.announcements() == {"S2A_T1": "before", "S2A_T3": "sent"}
+        other = Outbox(led, url_key("http://example.invalid/other"))
+        other.start()
+        assert other.unannounced() == []
         # a late look folded in before T3 rewrote its rows: due again as a revision, for the
         # webhook told of it only (T1 was "before" it, so nothing is said of it)
         led.record_revision("S2A_T3", "S2A_T0", 2, 0)
         led.record_revision("S2A_T1", "S2A_T0", 4, 5)
-        assert [r.id for r in led.revisions_due(key)] == ["S2A_T3"]
-        assert led.revisions_due(other) == [] and led.unannounced(key) == []
+        assert [r.id for r in box.revisions_due()] == ["S2A_T3"]
+        assert other.revisions_due() == [] and box.unannounced() == []
         assert led.rows(State.APPLIED)[0].n_anomalies == 5
-        led.record_announcement("S2A_T3", key, "revised", 1)
-        assert led.revisions_due(key) == [] and led.revised_at("S2A_T3")
+        box.record("S2A_T3", "revised", 1)
+        assert box.revisions_due() == [] and box.revised_at("S2A_T3")
         assert (
             led.revisions(tile="32UPC") == [("S2A_T3", "S2A_T0", 2, 0), ("S2A_T1", "S2A_T0", 4, 5)]
             or len(led.revisions()) == 2

@@ -32,6 +32,7 @@ from ..acquisition import parse_datetime
 from ..config import WebhookConfig
 from ..layout import OutputLayout
 from ..outputs.ledger import Ledger, LedgerRow
+from ..outputs.outbox import Outbox
 from .metrics import DaemonMetrics
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class Announcer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         with Ledger(self.ledger_path) as ledger:
-            ledger.start_announcing(self.key)
+            Outbox(ledger, self.key).start()
         self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
         self._thread.start()
 
@@ -130,7 +131,8 @@ class Announcer:
                     log.error("webhook: could not read what is due: %s", err)
 
     def _announce_due(self, ledger: Ledger) -> None:
-        for row in ledger.unannounced(self.key):
+        outbox = Outbox(ledger, self.key)
+        for row in outbox.unannounced():
             if self._stop.is_set():
                 return
             date = parse_datetime(row.datetime).strftime("%Y-%m-%d")
@@ -140,14 +142,14 @@ class Announcer:
                     rows = gpd.read_parquet(f)
             except (OSError, ValueError) as err:
                 log.error("webhook: anomaly file %s of %s unreadable: %s", href, row.id, err)
-                ledger.record_announcement(row.id, self.key, GIVEN_UP, 0)
+                outbox.record(row.id, GIVEN_UP, 0)
                 self._count("webhook_given_up")
                 continue
             status, attempts = self._post(row.id, summary(row, href, rows))
             if status is None:
                 return  # stopping mid-retry: not recorded, resent after the next start
-            ledger.record_announcement(row.id, self.key, status, attempts)
-        for row in ledger.revisions_due(self.key):
+            outbox.record(row.id, status, attempts)
+        for row in outbox.revisions_due():
             if self._stop.is_set():
                 return
             date = parse_datetime(row.datetime).strftime("%Y-%m-%d")
@@ -156,11 +158,11 @@ class Announcer:
             if storage.exists(href):  # none: every row of it was withdrawn
                 with storage.open_input(href) as f:
                     rows = gpd.read_parquet(f)
-            key = f"{row.id}:revised:{ledger.revised_at(row.id)}"
+            key = f"{row.id}:revised:{outbox.revised_at(row.id)}"
             status, attempts = self._post(key, summary(row, href, rows, event="revised"))
             if status is None:
                 return
-            ledger.record_announcement(row.id, self.key, "revised", attempts)
+            outbox.record(row.id, "revised", attempts)
 
     def _post(self, acq_id: str, payload: dict[str, Any]) -> tuple[str | None, int]:
         """POST with doubling back-off; (sent | given_up | None when stopped, tries made)."""

@@ -172,6 +172,12 @@ class Ledger:
             " COMMIT;"
         )
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The ledger's SQLite connection (the webhook outbox keeps its tables in the same file,
+        so an apply and what is due to be announced are one truth)."""
+        return self._db
+
     def close(self) -> None:
         self._db.close()
 
@@ -383,60 +389,6 @@ class Ledger:
             if lo <= t < hi:
                 return LedgerRow(*r)
         return None
-
-    def start_announcing(self, url_key: str) -> None:
-        """First start of a webhook: files applied before it are not news (marked "before")."""
-        self._db.executescript("BEGIN")
-        try:
-            new = self._db.execute(
-                "INSERT OR IGNORE INTO webhooks VALUES (?, ?)", (url_key, _now())
-            ).rowcount
-            if new:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO announcements SELECT id, ?, 'before', 0, ?"
-                    " FROM acquisitions WHERE state='applied' AND n_anomalies > 0",
-                    (url_key, _now()),
-                )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-
-    def unannounced(self, url_key: str) -> list[LedgerRow]:
-        """Applied acquisitions with an anomaly file that ``url_key`` has not been told of."""
-        sql = (
-            _ROW + " WHERE state='applied' AND n_anomalies > 0 AND id NOT IN"
-            " (SELECT acquisition_id FROM announcements WHERE url_key=?) ORDER BY updated, id"
-        )
-        return [LedgerRow(*r) for r in self._db.execute(sql, (url_key,))]
-
-    def revised_at(self, acq_id: str) -> str:
-        """When the acquisition's anomaly rows were last revised ('' if never)."""
-        row = self._db.execute(
-            "SELECT MAX(updated) FROM revisions WHERE acquisition_id=?", (acq_id,)
-        ).fetchone()
-        return str(row[0] or "")
-
-    def revisions_due(self, url_key: str) -> list[LedgerRow]:
-        """Acquisitions announced to ``url_key`` whose anomaly rows were revised since."""
-        sql = (
-            _ROW + " WHERE id IN (SELECT acquisition_id FROM announcements WHERE url_key=?"
-            " AND status='revise') ORDER BY updated, id"
-        )
-        return [LedgerRow(*r) for r in self._db.execute(sql, (url_key,))]
-
-    def record_announcement(self, acq_id: str, url_key: str, status: str, attempts: int) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO announcements VALUES (?, ?, ?, ?, ?)",
-            (acq_id, url_key, status, attempts, _now()),
-        )
-
-    def announcements(self, url_key: str) -> dict[str, str]:
-        """{acquisition id: sent | given_up | before} for ``url_key``."""
-        rows = self._db.execute(
-            "SELECT acquisition_id, status FROM announcements WHERE url_key=?", (url_key,)
-        )
-        return dict(rows.fetchall())
 
     def find(self, tile: str, date: str) -> list[LedgerRow]:
         """The tile's rows sensed on ``date`` (YYYY-MM-DD), by the (tile, datetime) index."""
