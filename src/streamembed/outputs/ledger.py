@@ -118,7 +118,7 @@ class LedgerRow:
 
 
 # The columns of a LedgerRow, in its field order.
-_ROW = (
+ROW_SELECT = (
     "SELECT id, tile, datetime, item_href, state, reason, n_anomalies, snow_cells, masked_cells,"
     " attempts, failure_class FROM acquisitions"
 )
@@ -131,7 +131,7 @@ class TileProgress:
     anomaly_rows: int
 
 
-def _now() -> str:
+def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -189,7 +189,7 @@ class Ledger:
 
     def record_seen(self, acqs: Iterable[Acquisition]) -> int:
         """Insert acquisitions not yet known; returns how many were new."""
-        now = _now()
+        now = utc_now()
         rows = [
             (a.id, a.tile, a.datetime.isoformat(), a.item_href, State.SEEN, now, now) for a in acqs
         ]
@@ -203,7 +203,7 @@ class Ledger:
     def record_source_failure(self, key: str, href: str, reason: str) -> bool:
         """A source entry that could not even be parsed into an acquisition (it has no tile or
         time to file it under); returns whether it is new or its reason changed."""
-        now = _now()
+        now = utc_now()
         known = self._db.execute(
             "SELECT reason FROM source_failures WHERE key=?", (key,)
         ).fetchone()
@@ -238,7 +238,17 @@ class Ledger:
             " snow_cells=COALESCE(?, snow_cells), masked_cells=COALESCE(?, masked_cells),"
             " attempts=attempts + (? IN ('failed', 'embedded')), failure_class=?, updated=?"
             " WHERE id=?",
-            (state, reason, n_anomalies, snow_cells, masked_cells, state, failure, _now(), acq_id),
+            (
+                state,
+                reason,
+                n_anomalies,
+                snow_cells,
+                masked_cells,
+                state,
+                failure,
+                utc_now(),
+                acq_id,
+            ),
         )
 
     def record_revision(
@@ -250,17 +260,17 @@ class Ledger:
         try:
             self._db.execute(
                 "UPDATE acquisitions SET n_anomalies=?, updated=? WHERE id=?",
-                (rows_after, _now(), acq_id),
+                (rows_after, utc_now(), acq_id),
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?)",
-                (acq_id, revised_by, rows_before, rows_after, _now()),
+                (acq_id, revised_by, rows_before, rows_after, utc_now()),
             )
             # a webhook told of the old rows is told of the new ones (its "revised" event)
             self._db.execute(
                 "UPDATE announcements SET status='revise', updated=? WHERE acquisition_id=?"
                 " AND status IN ('sent', 'revised')",
-                (_now(), acq_id),
+                (utc_now(), acq_id),
             )
             self._db.execute("COMMIT")
         except BaseException:
@@ -273,7 +283,7 @@ class Ledger:
         if done:
             self._db.execute("DELETE FROM compactions WHERE tile=?", (tile,))
         else:
-            self._db.execute("INSERT OR REPLACE INTO compactions VALUES (?, ?)", (tile, _now()))
+            self._db.execute("INSERT OR REPLACE INTO compactions VALUES (?, ?)", (tile, utc_now()))
 
     def compacting(self) -> list[str]:
         return [str(r[0]) for r in self._db.execute("SELECT tile FROM compactions ORDER BY tile")]
@@ -337,7 +347,7 @@ class Ledger:
         if state:
             where.append("state=?")
             args.append(state)
-        sql = _ROW + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql = ROW_SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
         sql += " ORDER BY tile, datetime"
         return [LedgerRow(*r) for r in self._db.execute(sql, args)]
 
@@ -374,7 +384,7 @@ class Ledger:
         self._db.execute(
             "INSERT INTO watermarks (source, sensed, updated) VALUES (?, ?, ?)"
             " ON CONFLICT(source) DO UPDATE SET sensed=excluded.sensed, updated=excluded.updated",
-            (source, sensed.isoformat(), _now()),
+            (source, sensed.isoformat(), utc_now()),
         )
 
     def processed_at(self, tile: str, when: dt.datetime) -> LedgerRow | None:
@@ -382,7 +392,7 @@ class Ledger:
         lo = when.replace(microsecond=0)
         hi = lo + dt.timedelta(seconds=1)
         for r in self._db.execute(
-            _ROW + " WHERE tile=? AND state IN (?, ?, ?)",
+            ROW_SELECT + " WHERE tile=? AND state IN (?, ?, ?)",
             (tile, State.EMBEDDED, State.APPLIED, State.LATE),
         ):
             t = dt.datetime.fromisoformat(r[2])
@@ -392,5 +402,5 @@ class Ledger:
 
     def find(self, tile: str, date: str) -> list[LedgerRow]:
         """The tile's rows sensed on ``date`` (YYYY-MM-DD), by the (tile, datetime) index."""
-        sql = _ROW + " WHERE tile=? AND datetime >= ? AND datetime < ? ORDER BY datetime"
+        sql = ROW_SELECT + " WHERE tile=? AND datetime >= ? AND datetime < ? ORDER BY datetime"
         return [LedgerRow(*r) for r in self._db.execute(sql, (tile, date, f"{date}\x7f"))]

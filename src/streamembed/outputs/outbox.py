@@ -4,7 +4,7 @@ applied and nothing is announced twice or lost across restarts."""
 
 from __future__ import annotations
 
-from .ledger import _ROW, Ledger, LedgerRow, _now
+from .ledger import ROW_SELECT, Ledger, LedgerRow, utc_now
 
 
 class Outbox:
@@ -19,13 +19,13 @@ class Outbox:
         self._db.executescript("BEGIN")
         try:
             new = self._db.execute(
-                "INSERT OR IGNORE INTO webhooks VALUES (?, ?)", (self.url_key, _now())
+                "INSERT OR IGNORE INTO webhooks VALUES (?, ?)", (self.url_key, utc_now())
             ).rowcount
             if new:
                 self._db.execute(
                     "INSERT OR IGNORE INTO announcements SELECT id, ?, 'before', 0, ?"
                     " FROM acquisitions WHERE state='applied' AND n_anomalies > 0",
-                    (self.url_key, _now()),
+                    (self.url_key, utc_now()),
                 )
             self._db.execute("COMMIT")
         except BaseException:
@@ -35,7 +35,7 @@ class Outbox:
     def unannounced(self) -> list[LedgerRow]:
         """Applied acquisitions with an anomaly file that this webhook has not been told of."""
         sql = (
-            _ROW + " WHERE state='applied' AND n_anomalies > 0 AND id NOT IN"
+            ROW_SELECT + " WHERE state='applied' AND n_anomalies > 0 AND id NOT IN"
             " (SELECT acquisition_id FROM announcements WHERE url_key=?) ORDER BY updated, id"
         )
         return [LedgerRow(*r) for r in self._db.execute(sql, (self.url_key,))]
@@ -50,7 +50,7 @@ class Outbox:
     def revisions_due(self) -> list[LedgerRow]:
         """Acquisitions announced to this webhook whose anomaly rows were revised since."""
         sql = (
-            _ROW + " WHERE id IN (SELECT acquisition_id FROM announcements WHERE url_key=?"
+            ROW_SELECT + " WHERE id IN (SELECT acquisition_id FROM announcements WHERE url_key=?"
             " AND status='revise') ORDER BY updated, id"
         )
         return [LedgerRow(*r) for r in self._db.execute(sql, (self.url_key,))]
@@ -58,7 +58,7 @@ class Outbox:
     def record(self, acq_id: str, status: str, attempts: int) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO announcements VALUES (?, ?, ?, ?, ?)",
-            (acq_id, self.url_key, status, attempts, _now()),
+            (acq_id, self.url_key, status, attempts, utc_now()),
         )
 
     def announcements(self) -> dict[str, str]:
