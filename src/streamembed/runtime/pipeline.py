@@ -49,7 +49,6 @@ class Pipeline:
 
     def __init__(self, cfg: Config, client: Client):
         self.cfg = cfg
-        self.client = client
         ensure_writable(cfg.layout.root)
         cfg.layout.ledger.parent.mkdir(parents=True, exist_ok=True)
         # The volume whose filling stops the run: the output folder, or (outputs at a URL) the
@@ -109,7 +108,6 @@ class Pipeline:
         is placed anew and loads its tiles' last checkpoints; the next run's replay applies
         what the ledger has beyond them. Returns how many shards were placed anew.
         """
-        self.client = client
         self.blocks.retarget(client)
         placed = self.shards.reattach(client)
         self._states_checked = False
