@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..storage import atomic_writer, join, open_input, remove_tree
+from ..storage import join, open_input
 from .alerts import ALERT_ARRAYS, AlertState
 from .change import CHANGE_ARRAYS, ChangeState
 from .seasonal import INDEX_MODEL_ARRAYS, IndexModel, seasonal_cells
@@ -88,7 +88,8 @@ class TileState:
     def blocks_x(self) -> int:
         return -(-self.shape[1] // self.block_cells)
 
-    def _block_window(self, block: int) -> tuple[slice, slice]:
+    def block_window(self, block: int) -> tuple[slice, slice]:
+        """The cells of mean block ``block`` (rows, columns of the cell grid)."""
         by, bx = divmod(block, self.blocks_x)
         b = self.block_cells
         return slice(by * b, (by + 1) * b), slice(bx * b, (bx + 1) * b)
@@ -101,7 +102,8 @@ class TileState:
         grid[:cy, :cx] = cells.reshape(cy, cx)
         return grid.reshape(self.blocks_y, b, self.blocks_x, b).any(axis=(1, 3)).reshape(-1)
 
-    def _mean_grid(self) -> np.ndarray:
+    def mean_grid(self) -> np.ndarray:
+        """The expected embeddings as (cells_y, cells_x, D), a view."""
         return self.mean.reshape(*self.shape, -1)
 
     @property
@@ -171,7 +173,7 @@ class TileState:
         the checkpoint; returns the bytes read."""
         want = np.ones_like(self.loaded) if blocks is None else blocks
         missing = np.flatnonzero(want & ~self.loaded)
-        grid = self._mean_grid()
+        grid = self.mean_grid()
         read = 0
         for block in missing:
             gen = int(self.block_gen[block])
@@ -181,7 +183,7 @@ class TileState:
                 location = block_location(self.source, int(block), gen)
                 with open_input(location) as f:
                     values = np.load(f)
-                ys, xs = self._block_window(int(block))
+                ys, xs = self.block_window(int(block))
                 if values.shape != grid[ys, xs].shape or values.dtype != grid.dtype:
                     raise ValueError(
                         f"state block {location} holds {values.dtype} {values.shape}, not "
@@ -199,109 +201,17 @@ class TileState:
         self.dirty |= self.blocks_of(cells)
 
     def save(self, path: str | Path, keep_replaced: bool = False) -> None:
-        """Atomic checkpoint to a local path or a URL: the changed mean blocks under new
-        names, then the manifest (small arrays and which save wrote each block) published
-        whole. A kill before the manifest leaves the previous checkpoint whole.
+        """Atomic checkpoint to a local path or a URL (``state_file.save_checkpoint``)."""
+        from .state_file import save_checkpoint  # the file format imports this module
 
-        ``keep_replaced``: the blocks this save supersedes stay (earlier checkpoints kept for
-        rewinds still name them; ``history`` removes them with the last one that does)."""
-        path = str(path)
-        if path != self.source:  # a new place: every block with a look goes there
-            self.ensure_loaded()
-            self.mark_changed(self.n > 0)
-        gen = self.generation + 1
-        grid = self._mean_grid()
-        block_gen = self.block_gen.copy()  # this save's, in force once the manifest is
-        written = 0
-        for block in np.flatnonzero(self.dirty):
-            ys, xs = self._block_window(int(block))
-            with atomic_writer(block_location(path, int(block), gen)) as f:
-                values = np.ascontiguousarray(grid[ys, xs])
-                np.save(f, values)
-                written += values.nbytes
-            block_gen[block] = gen
-        with atomic_writer(path, crash="state.written") as f:
-            manifest = {
-                **self.small_arrays(),
-                "mean_dim": np.array(self.mean.shape[1]),
-                "mean_dtype": np.array(self.mean.dtype.name),
-                "block_cells": np.array(self.block_cells),
-                "block_gen": block_gen,
-                "generation": np.array(gen),
-            }
-            np.savez(f, **manifest)  # type: ignore[arg-type]  # numpy stubs: allow_pickle
-            written += f.tell()
-        if path == self.source and not keep_replaced:  # the replaced blocks are no one's now
-            for block in np.flatnonzero(self.dirty & (self.block_gen >= 0)):
-                remove_tree(block_location(path, int(block), int(self.block_gen[block])))
-        self.block_gen = block_gen
-        self.generation = gen
-        self.source = path
-        self.dirty[:] = False
-        self.bytes_written += written
+        save_checkpoint(self, path, keep_replaced)
 
     @classmethod
     def load(cls, path: str | Path, lazy: bool = False, blocks_at: str | None = None) -> TileState:
-        """The checkpoint at ``path``; ``lazy``: no mean block read yet (``ensure_loaded``
-        reads those asked for), else all. ``blocks_at``: the checkpoint whose block folder
-        holds the blocks (an earlier manifest kept for rewinds names the tile's blocks)."""
-        with open_input(path) as f, np.load(f) as z:
-            manifest_bytes = f.seek(0, 2)  # every array in it is read
-            # A checkpoint from before the alert lifecycle starts its cells with no alert.
-            alerts = (
-                AlertState.from_arrays(
-                    {name: z[f"alert_{name}"] for name in ALERT_ARRAYS if f"alert_{name}" in z}
-                )
-                if "alert_status" in z
-                else AlertState.empty(int(z["n"].size))
-            )
-            # One from before the change memories starts them empty (change.py).
-            change = ChangeState.from_arrays(
-                {name: z[f"change_{name}"] for name in CHANGE_ARRAYS if f"change_{name}" in z},
-                int(z["n"].size),
-            )
-            # One from before the seasonal index model starts it from the rolling index mean.
-            index_model = (
-                IndexModel(**{name: z[f"index_{name}"] for name in INDEX_MODEL_ARRAYS})
-                if "index_level" in z
-                else IndexModel.from_rolling_mean(z["idx_mean"], z["n"], z["last_day"])
-            )
-            whole = "mean" in z  # from before the blocks: the mean inside, read whole
-            n = z["n"]
-            mean = (
-                z["mean"]
-                if whole
-                else np.zeros((n.size, int(z["mean_dim"])), STATE_DTYPES[str(z["mean_dtype"])])
-            )
-            state = cls(
-                n=n,
-                mean=mean,
-                dist_mean=z["dist_mean"],
-                dist_var=z["dist_var"],
-                last_day=z["last_day"],
-                shape=(int(z["shape"][0]), int(z["shape"][1])),
-                index_model=index_model,
-                alerts=alerts,
-                change=change,
-                last_time_day=float(z["last_time_day"]),
-                applied_ids=[str(s) for s in z["applied_ids"]],
-                applied_days=(
-                    [float(d) for d in z["applied_days"]]
-                    if "applied_days" in z
-                    else [float("nan")] * int(z["applied_ids"].size)
-                ),
-                block_cells=BLOCK_CELLS if whole else int(z["block_cells"]),
-                block_gen=np.zeros(0, np.int64) if whole else z["block_gen"].astype(np.int64),
-                loaded=np.zeros(0 if whole else z["block_gen"].size, bool),
-                generation=0 if whole else int(z["generation"]),
-                source=None if whole else str(blocks_at or path),
-                bytes_read=manifest_bytes,
-            )
-            if whole:  # its next save writes the mean as blocks
-                state.mark_changed(state.n > 0)
-        if not lazy:
-            state.ensure_loaded()
-        return state
+        """The checkpoint at ``path`` (``state_file.load_checkpoint``)."""
+        from .state_file import load_checkpoint
+
+        return load_checkpoint(path, lazy, blocks_at)
 
 
 @dataclass(frozen=True)
