@@ -3,7 +3,8 @@
 ``store`` (the Zarr embedding store: one group per tile, begin / write a block / commit; its
 pieces ``store_format``, ``tile_meta``, ``tile_group`` and ``compaction``),
 ``sink`` (anomaly and alert rows as partitioned GeoParquet, written atomically), ``ledger``
-(SQLite WAL: seen, embedded, applied, failed per acquisition; ``outbox``: what each webhook
+(SQLite WAL: seen, embedded, applied, failed per acquisition, its queries in
+``ledger_reads``; ``outbox``: what each webhook
 was told, in the same file), ``catalog`` (the outputs' own
 STAC catalogue), ``similar`` (the per-tile similarity index over stored embeddings).
 
