@@ -1,7 +1,7 @@
 """Outputs: what a run leaves behind, and the ledger that says how far it got.
 
 ``store`` (the Zarr embedding store: one group per tile, begin / write a block / commit; its
-pieces ``store_format``, ``tile_meta``, ``tile_group`` and ``compaction``),
+pieces ``store_format``, ``store_reads``, ``tile_meta``, ``tile_group`` and ``compaction``),
 ``sink`` (anomaly and alert rows as partitioned GeoParquet, written atomically), ``ledger``
 (SQLite WAL: seen, embedded, applied, failed per acquisition, its queries in
 ``ledger_reads``; ``outbox``: what each webhook

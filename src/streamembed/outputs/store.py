@@ -28,7 +28,8 @@ redoes the acquisition in the same row, so nothing is visible twice.
 
 The pieces: ``store_format`` (variables, records, row bookkeeping), ``tile_meta`` (the writer's
 cached metadata of each tile), ``tile_group`` (a tile's group created and checked),
-``compaction`` (rows put back in sensing order); this module is the store they make.
+``compaction`` (rows put back in sensing order), ``store_reads`` (committed acquisitions read
+back); this module is the store they make.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from .. import storage
@@ -47,7 +47,6 @@ from ..faults import crash_point
 from ..grid import TileGrid
 from . import compaction
 from .store_format import (
-    _QUANT_VARS,
     TIME_CHUNK,
     TIME_ENCODING,
     Compaction,
@@ -56,8 +55,6 @@ from .store_format import (
     Reservation,
     StoredAcquisition,
     StoreMismatchError,
-    _arr,
-    _ids,
     _pending,
     _repair,
     _sensing_second,
@@ -66,6 +63,7 @@ from .store_format import (
     open_group,
     quantise,
 )
+from .store_reads import StoreReads
 from .tile_group import check_compatible, create_tile_group
 from .tile_meta import META_TILES, TileMetadata
 
@@ -76,7 +74,7 @@ __all__ = [
 ]  # fmt: skip
 
 
-class EmbeddingStore:
+class EmbeddingStore(StoreReads):
     """The store at ``root``; one Zarr group per MGRS tile."""
 
     def __init__(self, root: str | Path, cfg: StoreConfig | None = None):
@@ -124,15 +122,6 @@ class EmbeddingStore:
             attrs = json.loads(storage.read_bytes(where)).get("attributes", {})
         return TileGrid.from_attrs(attrs["grid"]) if "grid" in attrs else None
 
-    def days(self, tile: str) -> dict[str, float]:
-        """Committed acquisitions of the tile and their sensing days since the epoch."""
-        g = self._group(tile)
-        if g is None:
-            return {}
-        ids = _ids(g)
-        seconds = np.asarray(_arr(g, "time")[: len(ids)])
-        return {i: int(t) / 86400.0 for i, t in zip(ids, seconds, strict=True) if i}
-
     def dim(self, tile: str) -> int:
         """The tile's embedding length."""
         meta = self.metadata.cached(tile)
@@ -142,11 +131,6 @@ class EmbeddingStore:
             storage.read_bytes(storage.join(self.root, tile, "embedding", "zarr.json"))
         )
         return int(doc["shape"][-1])
-
-    def acquisition_ids(self, tile: str) -> list[str]:
-        """Committed acquisitions of the tile, in row order."""
-        g = self._group(tile)
-        return [] if g is None else [i for i in _ids(g) if i]
 
     def pending(self, tile: str) -> dict[str, int]:
         """Acquisitions begun and not committed (in flight, or interrupted): id -> row."""
@@ -284,53 +268,3 @@ class EmbeddingStore:
             q, scale, offset = quantise(embedding)
             return {"embedding": q, "embedding_scale": scale, "embedding_offset": offset, **values}
         return {"embedding": embedding.astype(self.cfg.dtype), **values}
-
-    def read(self, tile: str, acquisition_id: str) -> StoredAcquisition:
-        """One committed acquisition back from the store, embedding in the stored dtype.
-
-        No cast here: the statistics core decodes float16 inside its pass, several times
-        faster than NumPy's float16 cast.
-        """
-        g = self._group(tile)
-        ids = [] if g is None else _ids(g)
-        if g is None or acquisition_id not in ids:
-            raise KeyError(f"acquisition {acquisition_id} is not in {self.root}/{tile}")
-        i = ids.index(acquisition_id)
-        seconds = int(_arr(g, "time")[i])  # type: ignore[arg-type]
-        embedding = np.asarray(_arr(g, "embedding")[i])
-        if "embedding_scale" in g:  # int8: decoded to float16, as a float16 store reads
-            embedding = dequantise(
-                embedding,
-                np.asarray(_arr(g, "embedding_scale")[i]),
-                np.asarray(_arr(g, "embedding_offset")[i]),
-            )
-        return StoredAcquisition(
-            acquisition_id=acquisition_id,
-            time=dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc),
-            embedding=embedding,
-            clear=np.asarray(_arr(g, "clear")[i]),
-            snow=np.asarray(_arr(g, "snow")[i]),
-            indices=np.asarray(_arr(g, "indices")[i]),
-        )
-
-    def open_dataset(self, tile: str, decode: bool = True) -> xr.Dataset:
-        """The tile's committed acquisitions as an xarray Dataset (lazy, dask-backed): the
-        readers' view, as ``xarray.open_zarr(f"{store}/{tile}")`` opens it anywhere.
-
-        ``decode``: an int8 store's ``embedding`` comes back as float32 values (lazily).
-        """
-        try:
-            ds = xr.open_zarr(storage.join(self.root, tile), consolidated=True)
-        except ValueError:  # written before the readers' view existed: the writers' arrays
-            ds = xr.open_zarr(self.root, group=tile, consolidated=False)
-        # a failed acquisition's row before the last commit has no id: not an acquisition
-        committed = np.asarray(ds["acquisition_id"].values != "")
-        ds = ds if committed.all() else ds.isel(time=np.flatnonzero(committed))
-        if decode and "embedding_scale" in ds:
-            attrs = ds["embedding"].attrs
-            ds["embedding"] = (ds["embedding"].astype(np.float32) + 128.0) * ds[
-                "embedding_scale"
-            ] + ds["embedding_offset"]
-            ds["embedding"].attrs.update(attrs)
-            ds = ds.drop_vars(list(_QUANT_VARS))
-        return ds
