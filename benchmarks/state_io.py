@@ -122,7 +122,7 @@ def run_variant(
         result = actor.apply(tile, acq)
         assert result.status == ApplyStatus.APPLIED, result
         after = actor.metrics()
-        state = actor.states[tile]
+        state = actor.cache.states[tile]
         s = result.seconds
         applies.append(
             {

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from streamembed.harness.synthetic import cog_asset, utm_footprint, write_cog
+from streamembed.grid import utm_footprint
+from streamembed.harness.cog_writer import cog_asset, write_cog
 
 
 def write_scene_items(

@@ -50,9 +50,9 @@ def _apply_all(out: Path, order: list[tuple[str, str]], budget_mib: float) -> St
                        "test-model")  # fmt: skip
     for tile, acq_id in order:
         assert actor.apply(tile, acq_id).status == ApplyStatus.APPLIED
-        assert actor.resident_bytes() == sum(s.nbytes for s in actor.states.values())
-        assert actor.resident_bytes() <= max(
-            budget_mib * 2**20, max(s.nbytes for s in actor.states.values())
+        assert actor.cache.resident_bytes() == sum(s.nbytes for s in actor.cache.states.values())
+        assert actor.cache.resident_bytes() <= max(
+            budget_mib * 2**20, max(s.nbytes for s in actor.cache.states.values())
         )
     actor.checkpoint()
     return actor
@@ -66,8 +66,8 @@ def test_eviction_bounds_memory_and_changes_no_result(tmp_path):
     one_tile = TileState.empty(12, 12, 64, StatsConfig().state_dtype).nbytes / 2**20
     roomy = _apply_all(tmp_path / "a", order, 1024)
     tight = _apply_all(tmp_path / "b", order, 1.5 * one_tile)  # room for one tile only
-    assert roomy.evictions == 0 and len(roomy.states) == 3
-    assert tight.evictions >= 20 and len(tight.states) == 1
+    assert roomy.cache.evictions == 0 and len(roomy.cache.states) == 3
+    assert tight.cache.evictions >= 20 and len(tight.cache.states) == 1
     # an evicted tile is read back from its checkpoint; a resident one never is
     assert tight.metrics().state_read_mib > 0 and roomy.metrics().state_read_mib == 0
     for tile in TILES:

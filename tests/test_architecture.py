@@ -105,3 +105,27 @@ def test_the_runtime_never_reaches_the_roles_that_use_it() -> None:
     for path in (PACKAGE / "runtime").rglob("*.py"):
         for line, target in _imports(path):
             assert _part(target) not in users, f"runtime/{path.name}:{line} imports {target}"
+
+
+MAX_MODULE_LINES = 400
+MAX_CLASS_LINES = 200
+
+
+def test_modules_and_classes_stay_small_enough_to_read() -> None:
+    # a module over MAX_MODULE_LINES says why in its docstring ("Longer than ..."); a class over
+    # MAX_CLASS_LINES has no such way out: it is split along its jobs
+    long_modules, long_classes = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        tree = ast.parse(text)
+        doc = ast.get_docstring(tree) or ""
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES and "Longer than" not in doc:
+            long_modules.append(f"{path.relative_to(PACKAGE)}: {lines} lines")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > MAX_CLASS_LINES:
+                    long_classes.append(f"{path.relative_to(PACKAGE)}:{node.name}: {size} lines")
+    assert long_modules == [], "modules to split (or say why not):\n" + "\n".join(long_modules)
+    assert long_classes == [], "classes to split along their jobs:\n" + "\n".join(long_classes)

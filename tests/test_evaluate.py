@@ -6,7 +6,8 @@ import pytest
 
 from streamembed.detection.alerts import AlertStatus
 from streamembed.detection.labels import LABELS
-from streamembed.harness.evaluate import WINDOW_CLEAR_LOOKS, score_alerts, score_replay
+from streamembed.harness.alert_scores import score_alerts
+from streamembed.harness.evaluate import WINDOW_CLEAR_LOOKS, score_replay
 from streamembed.harness.replay import Replay
 
 DAY0 = 19800.0  # day numbers (days since 1970)
@@ -83,7 +84,8 @@ def test_a_cloudy_window_reaches_to_the_cells_clear_looks():
 
 
 def test_the_document_tables_carry_the_scores():
-    from streamembed.harness.evaluation import ScenarioRun, render_markdown
+    from streamembed.harness.evaluation import ScenarioRun
+    from streamembed.harness.evaluation_report import render_markdown
 
     t, c = 10, 6
     status = np.zeros((t, c), np.int8)
@@ -124,7 +126,7 @@ def test_the_document_tables_carry_the_scores():
                         {"embedding+index": score}, True, 1.0, True,
                         {"embedding+index": alerts})  # fmt: skip
     assert held.split == "held-out" and tuned.split == "tuning" and run.split == "set"
-    from streamembed.harness.evaluation import summary_lines
+    from streamembed.harness.evaluation_report import summary_lines
 
     lines = summary_lines([held, tuned], "embedding+index")
     text = "\n".join(lines)

@@ -15,7 +15,8 @@ import shapely
 from streamembed.cli import main
 from streamembed.layout import OutputLayout
 from streamembed.outputs.store import EmbeddingStore
-from streamembed.products.export import ExportFilter, MajorTomGrid, export
+from streamembed.products.export import ExportFilter, export
+from streamembed.products.majortom import MajorTomGrid
 
 MAJOR_TOM_COLUMNS = [
     "unique_id", "embedding", "timestamp", "product_id", "grid_cell", "grid_row_u",

@@ -5,8 +5,8 @@ import json
 import geopandas as gpd
 import numpy as np
 
-from streamembed.harness import fieldsim
-from streamembed.harness.evaluate import CORE_FRACTION
+from streamembed.harness import fieldsim, fieldsim_world
+from streamembed.harness.alert_scores import CORE_FRACTION
 from streamembed.harness.spectral_library import LIBRARY_JSON, build, library
 from streamembed.sources.local import discover
 
@@ -32,18 +32,18 @@ def test_the_halves_are_disjoint_and_named():
 
 
 def test_a_world_is_drawn_from_its_seed_alone_and_events_sit_on_their_cover():
-    a, b = fieldsim.draw_world(11, 256), fieldsim.draw_world(11, 256)
+    a, b = fieldsim_world.draw_world(11, 256), fieldsim_world.draw_world(11, 256)
     assert np.array_equal(a.cover, b.cover) and len(a.events) == len(b.events)
     assert [e.start_day for e in a.events] == [e.start_day for e in b.events]
-    other = fieldsim.draw_world(12, 256)
+    other = fieldsim_world.draw_world(12, 256)
     assert not np.array_equal(a.cover, other.cover)
     for world in (a, other):
         assert world.events, "a world plants events"
         for ev in world.events:
-            _, allowed = fieldsim.EVENT_KINDS[ev.name]
+            _, allowed = fieldsim_world.EVENT_KINDS[ev.name]
             covers = world.cover[ev.mask]
             if ev.name == "flood":
-                assert not np.isin(covers, (fieldsim.WATER, fieldsim.TOWN)).any()
+                assert not np.isin(covers, (fieldsim_world.WATER, fieldsim_world.TOWN)).any()
             else:
                 assert np.isin(covers, allowed).all()
             assert ev.start_day >= 90  # after a spring of history
@@ -52,14 +52,14 @@ def test_a_world_is_drawn_from_its_seed_alone_and_events_sit_on_their_cover():
 
 
 def test_the_surface_follows_the_seasons_and_the_events():
-    world = fieldsim.draw_world(13, 256)
+    world = fieldsim_world.draw_world(13, 256)
     red, nir = 3, 7
 
     def ndvi(day: int, mask: np.ndarray) -> float:
         s = fieldsim.surface(world, day)
         return float(((s[nir] - s[red]) / (s[nir] + s[red]))[mask].mean())
 
-    crops = world.cover == fieldsim.SUMMER_CROP
+    crops = world.cover == fieldsim_world.SUMMER_CROP
     assert ndvi(200, crops) > ndvi(30, crops) + 0.3  # green in July, bare in winter
     flood = next(e for e in world.events if e.name == "flood")
     during = fieldsim.surface(world, flood.start_day + 1)
@@ -75,7 +75,7 @@ def test_an_archive_is_read_by_the_local_source_and_its_truth_has_fractions(tmp_
     truth = gpd.read_parquet(truth_path)
     assert set(truth["kind"]) <= {"sudden", "gradual"} and (truth["split"] == "tuning").all()
     assert ((truth["fraction"] > 0) & (truth["fraction"] <= 1)).all()
-    world = fieldsim.draw_world(12, 128)
+    world = fieldsim_world.draw_world(12, 128)
     core = truth[truth["fraction"] >= CORE_FRACTION]
     for ev_id, rows in core.groupby("event_id"):
         i = int(str(ev_id).rsplit("-", 1)[1])

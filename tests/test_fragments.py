@@ -15,8 +15,8 @@ from streamembed.config import Config
 from streamembed.grid import TileGrid
 from streamembed.harness.synthetic import generate
 from streamembed.outputs.store import EmbeddingStore
-from streamembed.products.export import MajorTomGrid
 from streamembed.products.fragments import FRAGMENT_PX, fragment_offsets, majortom_fragments
+from streamembed.products.majortom import MajorTomGrid
 from streamembed.runtime.encoder import Encoder
 from tests.majortom_image import major_tom_image
 

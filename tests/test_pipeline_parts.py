@@ -1,4 +1,5 @@
-"""The pipeline's three jobs, each on its own (runtime/blocks.py, lifecycle.py, shards.py): block
+"""The pipeline's three jobs, each on its own (runtime/blocks.py, lifecycle.py, shards.py with
+applies.py): block
 tasks under backpressure, each acquisition's lifecycle over the store and the ledger, the
 statistics shards' placement, applies and catch-up. On a real LocalCluster, a real Zarr store
 and a real SQLite ledger; ``test_pipeline.py`` and ``test_blocks.py`` run them together."""
@@ -16,6 +17,7 @@ from streamembed.harness.synthetic import generate
 from streamembed.outputs.ledger import Failure, Ledger, State
 from streamembed.outputs.store import EmbeddingStore
 from streamembed.runtime.actor import ApplyResult, ApplyStatus
+from streamembed.runtime.applies import ShardApplies
 from streamembed.runtime.blocks import BlockScheduler, EmbeddingJob
 from streamembed.runtime.encoder import model_identity
 from streamembed.runtime.lifecycle import AcquisitionLifecycle
@@ -150,11 +152,11 @@ def test_shards_apply_each_tile_in_order_and_a_new_shard_catches_up_from_the_led
                 order.append(a.id)
                 life.applied(a, res, states, set(), report, BAR)
 
-            sequencer = TileSequencer(acqs)
-            while sequencer.pending or shards.applying:
-                shards.send_ready(sequencer, states, report)
-                in_flight.append(len(shards.applying))
-                shards.collect(report, record, block=True)
+            sequencer, applies = TileSequencer(acqs), ShardApplies(shards)
+            while sequencer.pending or applies.applying:
+                applies.send_ready(sequencer, states, report)
+                in_flight.append(len(applies.applying))
+                applies.collect(report, record, block=True)
             assert order == [a.id for a in sorted(acqs, key=lambda a: a.datetime)]
             assert max(in_flight) == 1  # one tile: one apply at a time
             assert report.applied == 3 and shards.missing_from_state() == []

@@ -75,7 +75,7 @@ def test_a_look_older_than_the_lateness_is_late_and_changes_nothing(tmp_path):
     before = TileState.load(actor.layout.state("33UWP"))
     res = actor.apply("33UWP", "33UWP-00", lateness_days=30.0)  # 45 days before the newest
     assert res.status == ApplyStatus.LATE and res.rewind is None
-    after = actor.states["33UWP"]
+    after = actor.cache.states["33UWP"]
     assert after.applied_ids == before.applied_ids
     folded = actor.apply("33UWP", "33UWP-00", lateness_days=None)  # a backfill's retry
     assert folded.status == ApplyStatus.APPLIED and folded.rewind is not None

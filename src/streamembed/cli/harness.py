@@ -53,13 +53,9 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
 
 def _evaluate_scenarios(args: argparse.Namespace, cfg: Config) -> int:
     from ..harness import fieldsim
-    from ..harness.evaluation import (
-        render_maps,
-        render_markdown,
-        render_real_series,
-        run_real_series,
-        run_scenarios,
-    )
+    from ..harness.evaluation import run_scenarios
+    from ..harness.evaluation_report import render_maps, render_markdown
+    from ..harness.real_series import render_real_series, run_real_series
     from ..harness.scenarios import SCENARIOS
 
     t0 = time.time()

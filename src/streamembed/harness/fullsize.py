@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..acquisition import BANDS_L2A, NATIVE_RESOLUTION
+from .cog_writer import SyntheticTile, band_asset, downsample, stac_item, synthetic_tiles
 from .synthetic import (
     CROP,
     FOREST,
@@ -28,13 +29,8 @@ from .synthetic import (
     SPECTRA,
     URBAN,
     WATER,
-    SyntheticTile,
-    _downsample,
     _Landscape,
     _surface,
-    band_asset,
-    stac_item,
-    synthetic_tiles,
 )
 
 FULL_TILE_PX = 10980
@@ -167,7 +163,7 @@ def _band_rasters(
     refl, scl = strip
     f = NATIVE_RESOLUTION[band] // 10
     if band == "SCL":
-        return _downsample(scl, f, "pick").astype(np.uint8), f
+        return downsample(scl, f, "pick").astype(np.uint8), f
     if band == "B10":
         a = np.float32(0.004) + np.float32(0.3) * np.isin(scl, (8, 9, 10)).astype(np.float32)
     else:
@@ -175,7 +171,7 @@ def _band_rasters(
         if level == "L1C":
             a = a * np.float32(0.93) + _PATH_RADIANCE[band]
     if f > 1:
-        a = _downsample(a, f, "mean")
+        a = downsample(a, f, "mean")
     return np.clip(np.round(a * 10000 + 1000), 1, 65535).astype(np.uint16), f
 
 

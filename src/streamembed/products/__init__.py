@@ -1,5 +1,5 @@
 """Products users take away from the outputs: ``export`` (Major TOM GeoParquet, cells or
-re-encoded 224 px fragments; ``fragments`` cuts them), ``anomaly_map`` (``streamembed map``:
+re-encoded 224 px fragments; ``fragments`` cuts them, ``majortom`` is the grid), ``anomaly_map`` (``streamembed map``:
 a PNG of one tile's anomalies over its quicklook).
 
 May import: the foundation, ``sources``, ``detection``, ``outputs`` and ``runtime`` (fragments

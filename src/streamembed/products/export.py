@@ -10,9 +10,8 @@ GeoParquet 1.1 (WKB geometry in EPSG:4326, a bbox covering column).
 
 Memory is bounded by a slab of cell rows of one acquisition (``slab_rows``, default one store
 chunk), never by the tile or the archive: a slab is read, its rows written as a row group,
-and dropped. Major TOM grid geometry comes from majortom-eg (the reference grid as a library);
-the labels follow Major TOM's convention: rows counted from the equator (U north, D south),
-columns from the prime meridian (R east, L west), each row's columns of its own width.
+and dropped. Major TOM grid geometry comes from majortom-eg (the reference grid as a library),
+in ``majortom.py``.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from pyproj import CRS, Transformer
 from ..grid import PIXEL_M, TileGrid
 from ..layout import OutputLayout
 from ..outputs.store import EmbeddingStore
+from .majortom import FRAGMENT_PX, MajorTomGrid, fragment_origins
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -42,9 +42,6 @@ if TYPE_CHECKING:
 
 Mode = Literal["cell", "fragment"]
 FragmentEmbedding = Literal["cells", "encoder"]
-FRAGMENT_PX = 224  # Major TOM's fragment side at 10 m
-FRAGMENTS_PER_SIDE = 5  # 25 fragments per ~10 km grid cell, overlapping
-MAJOR_TOM_D = 10_000  # metres between grid rows
 
 
 @dataclass(frozen=True)
@@ -62,44 +59,6 @@ class ExportReport:
     rows: int
     acquisitions: int
     files: tuple[str, ...]
-
-
-class MajorTomGrid:
-    """Major TOM cell labels and outlines for points (the geometry of majortom-eg's grid)."""
-
-    def __init__(self) -> None:
-        from majortom_eg import MajorTomGrid as _Grid
-
-        self._grid = _Grid(d=MAJOR_TOM_D, overlap=False)
-        self.lat_spacing = float(self._grid.lat_spacing)
-        self._equator = round(90 / self.lat_spacing)
-
-    def locate(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Signed row (from the equator, north positive) and column (from the prime meridian,
-        east positive) of the cells holding each point."""
-        row_from_south = np.floor((lat + 90) / self.lat_spacing).astype(int)
-        rows = row_from_south - self._equator
-        cols = np.empty(len(lat), int)
-        for r in np.unique(row_from_south):
-            here = row_from_south == r
-            spacing = self._grid.get_lon_spacing(self._grid.get_row_lat(int(r)))
-            cols[here] = np.floor(lon[here] / spacing).astype(int)
-        return rows, cols
-
-    def outline(self, row: int, col: int) -> shapely.Polygon:
-        """The cell (row, col) as a lon/lat box."""
-        r = row + self._equator
-        south = self._grid.get_row_lat(r)
-        spacing = self._grid.get_lon_spacing(south)
-        return shapely.box(col * spacing, south, (col + 1) * spacing, south + self.lat_spacing)
-
-    @staticmethod
-    def label(row: int, col: int) -> str:
-        """``582U_71R``: rows north of the equator U from 0, south D from 1 (the row just south
-        of the equator is 1D); columns east of the prime meridian R from 0, west L from 1."""
-        r = f"{row}U" if row >= 0 else f"{-row}D"
-        c = f"{col}R" if col >= 0 else f"{-col}L"
-        return f"{r}_{c}"
 
 
 def _geo_metadata(extra_columns: dict[str, Any] | None = None) -> dict[bytes, bytes]:
@@ -171,37 +130,6 @@ def _cells(
     boxes = np.stack([cols * s, rows * s, (cols + 1) * s, (rows + 1) * s], axis=1)
     return _Footprints(boxes, np.stack([rows, cols], axis=1), emb[yy, xx].astype(np.float32),
                        clear[yy, xx])  # fmt: skip
-
-
-def fragment_origins(grid: TileGrid, mt: MajorTomGrid) -> list[tuple[str, int, int, int, int]]:
-    """Every Major TOM fragment wholly inside the tile: (grid cell label, fragment row, fragment
-    column, top pixel row, left pixel column), fragments snapped to the store's cells.
-
-    Fragments: 5 x 5 per grid cell, 224 px, evenly spaced over the cell's footprint in the
-    tile's UTM grid (the first at its north-west corner, the last at its south-east one).
-    """
-    from .fragments import grid_cells_near
-
-    to_utm = Transformer.from_crs(4326, grid.epsg, always_xy=True)
-    out = []
-    s = grid.cell_size
-    for row, col in grid_cells_near(grid, mt):
-        west, south, east, north = mt.outline(row, col).bounds
-        x, y = to_utm.transform([west, east, west, east], [north, north, south, south])
-        left = (min(x) - grid.x0) / PIXEL_M
-        top = (grid.y0 - max(y)) / PIXEL_M
-        right = (max(x) - grid.x0) / PIXEL_M
-        bottom = (grid.y0 - min(y)) / PIXEL_M
-        step_x = (right - left - FRAGMENT_PX) / (FRAGMENTS_PER_SIDE - 1)
-        step_y = (bottom - top - FRAGMENT_PX) / (FRAGMENTS_PER_SIDE - 1)
-        for fr in range(FRAGMENTS_PER_SIDE):
-            for fc in range(FRAGMENTS_PER_SIDE):
-                r0 = round((top + fr * step_y) / s) * s
-                c0 = round((left + fc * step_x) / s) * s
-                inside = r0 >= 0 and c0 >= 0
-                if inside and max(r0 - grid.height, c0 - grid.width) + FRAGMENT_PX <= 0:
-                    out.append((mt.label(row, col), fr, fc, r0, c0))
-    return out
 
 
 def _fragments(

@@ -19,7 +19,6 @@ mean of the 7 x 7 cells under a snapped fragment: docs/export.md says how the tw
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,14 +26,13 @@ import numpy as np
 from pyproj import Transformer
 
 from ..grid import PIXEL_M, TileGrid
+from .majortom import FRAGMENT_PX, MajorTomGrid, grid_cells_near
 
 if TYPE_CHECKING:
     from ..acquisition import Acquisition
     from ..config import IngestConfig, ModelConfig
     from ..runtime.encoder import Encoder
-    from .export import MajorTomGrid
 
-FRAGMENT_PX = 224
 TARGET_OVERLAP = 0.1
 CELL_M = 10_000  # Major TOM's grid spacing
 IMAGE_M = 10_680  # the side of a grid cell's image: 340 m beyond the cell on every side
@@ -78,18 +76,6 @@ class Fragment:
     @property
     def cols(self) -> tuple[int, int]:
         return self.col0, self.col0 + FRAGMENT_PX
-
-
-def grid_cells_near(grid: TileGrid, mt: MajorTomGrid) -> Iterator[tuple[int, int]]:
-    """(row, col) of every Major TOM grid cell that may overlap the tile (a margin of one
-    column either side: rows' columns have their own widths)."""
-    lon, lat = grid.corners_wgs84()
-    rows, _ = mt.locate(lat, lon)
-    for row in range(int(rows.min()), int(rows.max()) + 1):
-        lat_row = np.array([row * mt.lat_spacing + 1e-9] * 2)
-        lo_c, hi_c = mt.locate(lat_row, np.array([min(lon), max(lon)]))[1]
-        for col in range(int(lo_c) - 1, int(hi_c) + 2):
-            yield row, col
 
 
 def majortom_fragments(grid: TileGrid, mt: MajorTomGrid) -> list[Fragment]:

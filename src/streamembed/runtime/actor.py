@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -26,14 +25,14 @@ from distributed.actor import BaseActorFuture
 
 from .. import storage
 from ..config import StatsConfig, StoreConfig
-from ..detection import history
-from ..detection.state import checkpoint_applied_ids
-from ..detection.stats import TileState, update, usable_cells
+from ..detection.stats import ScoreResult, TileState, update, usable_cells
 from ..faults import crash_point
+from ..grid import TileGrid
 from ..layout import OutputLayout
 from ..outputs.sink import records_from_result, write_alert_table, write_anomalies
 from ..outputs.store import EmbeddingStore, StoredAcquisition
 from .stages import StageSeconds
+from .state_cache import TileStateCache
 
 
 class ApplyStatus(StrEnum):
@@ -132,65 +131,18 @@ class StatsActor:
         self.cfg = stats
         self.store = EmbeddingStore(self.layout.store, store)
         self.model_id = model_id
-        self.states: OrderedDict[str, TileState] = OrderedDict()  # least recently used first
-        # each resident state's bytes and their sum, kept as they change: the budget check
-        # after every apply must not walk every tile the shard holds
-        self._nbytes: dict[str, int] = {}
-        self._resident = 0
-        self.max_state_bytes = int(stats.max_state_mib * 2**20)
-        self.evictions = 0
-        self._dirty: dict[str, int] = {}
+        self.cache = TileStateCache(self.layout, stats)
         self.cell_updates = 0
         self.busy_seconds = 0.0
-        # checkpoint bytes of states no longer resident (a resident state counts its own)
-        self._gone_read = 0
-        self._gone_written = 0
-        self._history: dict[str, history.Entry] = {}  # kept manifests read (they never change)
-
-    def _state_path(self, tile: str) -> str:
-        return self.layout.state(tile)
-
-    def _state(self, tile: str, shape: tuple[int, int], dim: int, usable: np.ndarray) -> TileState:
-        """The tile's state with the mean blocks of its ``usable`` cells in memory: a state
-        read back from its checkpoint reads those blocks only."""
-        if tile not in self.states:
-            path = self._state_path(tile)
-            self.states[tile] = (
-                TileState.load(path, lazy=True)
-                if storage.exists(path)
-                else TileState.empty(*shape, dim, self.cfg.state_dtype, self.cfg.state_block_cells)
-            )
-        self.states.move_to_end(tile)
-        state = self.states[tile]
-        state.ensure_loaded(state.blocks_of(usable))
-        nbytes = state.nbytes
-        self._resident += nbytes - self._nbytes.get(tile, 0)
-        self._nbytes[tile] = nbytes
-        return state
-
-    def resident_bytes(self) -> int:
-        return self._resident
-
-    def _evict(self, keep: str) -> None:
-        """Checkpoint and drop the least recently applied tiles while past the budget."""
-        while len(self.states) > 1 and self.resident_bytes() > self.max_state_bytes:
-            tile = next(t for t in self.states if t != keep)
-            if self._dirty.get(tile):
-                self.checkpoint(tile)
-            self._drop(tile)
-            self.evictions += 1
 
     def applied_ids(self, tile: str) -> list[str]:
         """Acquisitions folded into the tile's state (in memory, else its last checkpoint)."""
-        if tile in self.states:
-            return list(self.states[tile].applied_ids)
-        path = self._state_path(tile)
-        return checkpoint_applied_ids(path) if storage.exists(path) else []
+        return self.cache.applied_ids(tile)
 
     def applied_counts(self, tiles: list[str]) -> dict[str, int]:
         """How many acquisitions each tile's state holds: one actor call for many tiles (the
         driver's start-up check), reading only the id list of a checkpoint not in memory."""
-        return {t: len(self.applied_ids(t)) for t in tiles}
+        return {t: len(self.cache.applied_ids(t)) for t in tiles}
 
     def apply(
         self, tile: str, acquisition_id: str, lateness_days: float | None = None
@@ -210,8 +162,8 @@ class StatsActor:
         stored = self.store.read(tile, acquisition_id)
         t_read = time.perf_counter()
         usable = usable_cells(stored.clear, self.cfg)
-        state = self._state(tile, (grid.n_cells_y, grid.n_cells_x), stored.embedding.shape[-1],
-                            usable)  # fmt: skip
+        state = self.cache.get(tile, (grid.n_cells_y, grid.n_cells_x),
+                               stored.embedding.shape[-1], usable)  # fmt: skip
         t_load = time.perf_counter()
         path = self.layout.anomaly_file(tile, stored.time.strftime("%Y-%m-%d"), acquisition_id)
         if acquisition_id in state.applied_ids:
@@ -232,24 +184,20 @@ class StatsActor:
     def rebuild(self, tile: str, from_day: float, ids: list[str]) -> ApplyResult:
         """Replay the tile's looks ``ids`` (its stored ones) from the newest kept checkpoint
         before ``from_day`` (none: from its first look), rewriting their anomaly files."""
-        state = self._resident_state(tile)
+        grid = self.store.grid(tile)
+        if grid is None:
+            raise KeyError(f"tile {tile} has no embeddings in {self.store.root}")
+        none = np.zeros(grid.n_cells_y * grid.n_cells_x, bool)
+        state = self.cache.get(tile, (grid.n_cells_y, grid.n_cells_x), self.store.dim(tile), none)
         applied = dict(zip(state.applied_ids, state.applied_days, strict=True))
         del state
         days = self.store.days(tile)
         todo = {i: days[i] for i in ids if i in days}
         return self._replay(tile, from_day, {**applied, **todo}, None)
 
-    def _resident_state(self, tile: str) -> TileState:
-        grid = self.store.grid(tile)
-        if grid is None:
-            raise KeyError(f"tile {tile} has no embeddings in {self.store.root}")
-        dim = self.store.dim(tile)
-        none = np.zeros(grid.n_cells_y * grid.n_cells_x, bool)
-        return self._state(tile, (grid.n_cells_y, grid.n_cells_x), dim, none)
-
     def _rewind(self, tile: str, late: str, day: float) -> ApplyResult:
         """Fold the look ``late`` in at its ``day`` (see ``apply``)."""
-        state = self.states[tile]
+        state = self.cache.states[tile]
         applied = dict(zip(state.applied_ids, state.applied_days, strict=True))
         del state
         if any(np.isnan(d) for d in applied.values()):  # a checkpoint from before the days
@@ -266,23 +214,22 @@ class StatsActor:
         the result is the ``late`` look's (else the last one's), with every other replayed
         look's anomaly rows before and after."""
         t0 = time.perf_counter()
-        path = self._state_path(tile)
-        if self._dirty.get(tile):  # the timeline gone back from is kept whole until replaced
-            self.checkpoint(tile)
-        old = self.states[tile]
+        path = self.cache.path(tile)
+        if self.cache.changed(tile):  # the timeline gone back from is kept whole until replaced
+            self.cache.checkpoint(tile)
+        old = self.cache.states[tile]
         shape, dim, generation = old.shape, old.mean.shape[1], old.generation
         del old
-        self._drop(tile)  # gone before the base is read: one state in memory at a time
-        known = {i: d for i, d in looks.items() if i != late}
-        base_entry = history.base_for(history.entries(path, self._history), known, day)
+        self.cache.drop(tile)  # gone before the base is read: one state in memory at a time
+        base_entry = self.cache.base_before(tile, {i: d for i, d in looks.items() if i != late},
+                                            day)  # fmt: skip
         if base_entry is None:
-            base = TileState.empty(*shape, dim, self.cfg.state_dtype, self.cfg.state_block_cells)
+            base = self.cache.empty(shape, dim)
             base.source = path if storage.exists(path) else None
         else:
             base = TileState.load(base_entry.path, lazy=True, blocks_at=path)
         base.generation = generation  # new saves never reuse a replaced timeline's names
-        self.states[tile] = base
-        self._nbytes[tile] = 0
+        self.cache.put(tile, base)
         replay = sorted((d, i) for i, d in looks.items() if i not in base.applied_ids)
         revised: list[Revision] = []
         result: ApplyResult | None = None
@@ -300,7 +247,7 @@ class StatsActor:
             else:
                 own = result
         own = own or result or ApplyResult(ApplyStatus.ALREADY)  # nothing after the base
-        self.checkpoint(tile)
+        self.cache.checkpoint(tile)
         rewind = Rewind(
             -1 if base_entry is None else base_entry.generation,
             len(replay),
@@ -322,94 +269,72 @@ class StatsActor:
         t0 = time.perf_counter()
         grid = self.store.grid(tile)
         assert grid is not None
-        state.ensure_loaded(state.blocks_of(usable_cells(stored.clear, self.cfg)))
-        nbytes = state.nbytes
-        self._resident += nbytes - self._nbytes.get(tile, 0)
-        self._nbytes[tile] = nbytes
+        self.cache.load_blocks(tile, state, usable_cells(stored.clear, self.cfg))
         t_load = time.perf_counter()
         day = day_number(stored.time)
-        acquisition_id = stored.acquisition_id
         result = update(
             state, stored.embedding, stored.clear, stored.snow, stored.indices, day, self.cfg
         )
         t_stats = time.perf_counter()
-        state.applied_ids.append(acquisition_id)
+        state.applied_ids.append(stored.acquisition_id)
         state.applied_days.append(day)
-        records = records_from_result(
-            result, grid, acquisition_id, stored.time, stored.clear, self.model_id
-        )
-        date = stored.time.strftime("%Y-%m-%d")
-        written = write_anomalies(self.layout.anomalies, records, grid, date, acquisition_id)
-        if written is None:  # a replay (or one after a killed rewind): no rows left
-            storage.remove_tree(self.layout.anomaly_file(tile, date, acquisition_id))
-        write_alert_table(
-            self.layout.alert_table(tile), state.alerts, grid, day, acquisition_id, state.change
-        )
+        n_rows, written = _sink(self.layout, tile, grid, state, stored, result, self.model_id)
         t_sink = time.perf_counter()
         crash_point("actor.sunk")
-        self._dirty[tile] = self._dirty.get(tile, 0) + 1
-        if self._dirty[tile] >= self.cfg.checkpoint_every:
-            self.checkpoint(tile)
-        self._evict(keep=tile)
+        if self.cache.applied(tile) >= self.cfg.checkpoint_every:
+            self.cache.checkpoint(tile)
+        self.cache.evict(keep=tile)
         crash_point("actor.checkpointed")
         t_end = time.perf_counter()
         self.cell_updates += int(result.valid.sum())
         self.busy_seconds += t_end - t0
-        res = ApplyResult(
-            ApplyStatus.APPLIED,
-            len(records),
-            str(written) if written else None,
-            result.snow_cells,
-            result.masked_cells,
-        )
+        res = ApplyResult(ApplyStatus.APPLIED, n_rows, written, result.snow_cells,
+                          result.masked_cells)  # fmt: skip
         return res, {
             "stats_apply": t_stats - t_load,
             "sink_write": t_sink - t_stats,
             "stats_checkpoint": t_end - t_sink,
         }
 
-    def _drop(self, tile: str) -> None:
-        """Forget the tile's state in memory (checkpointed first where it changed)."""
-        gone = self.states.pop(tile, None)
-        self._resident -= self._nbytes.pop(tile, 0)
-        if gone is not None:
-            self._gone_read += gone.bytes_read
-            self._gone_written += gone.bytes_written
-        self._dirty.pop(tile, None)
-
     def checkpoint(self, tile: str | None = None) -> int:
         """Write dirty tile states (one tile, or all); returns how many were written."""
-        tiles = [tile] if tile else [t for t, n in self._dirty.items() if n and t in self.states]
-        for t in tiles:
-            self._save(t, self.states[t])
-            self._dirty[t] = 0
-        return len(tiles)
-
-    def _save(self, tile: str, state: TileState) -> None:
-        """Checkpoint, keep the manifest for rewinds, and drop the kept checkpoints (and the
-        blocks only they name) that fell out of ``stats.allowed_lateness_days``."""
-        path = self._state_path(tile)
-        state.save(path, keep_replaced=True)
-        storage.copy_file(path, history.entry_path(path, state.generation))
-        applied = dict(zip(state.applied_ids, state.applied_days, strict=True))
-        kept = history.entries(path, self._history)
-        drop, blocks = history.pruned(
-            kept, applied, state.last_time_day, self.cfg.allowed_lateness_days
-        )
-        history.remove(path, drop, blocks)
-        for entry in drop:
-            self._history.pop(entry.path, None)
+        return self.cache.checkpoint(tile)
 
     def metrics(self) -> ShardMetrics:
+        read, written = self.cache.state_bytes()
         return ShardMetrics(
             self.cell_updates,
             self.busy_seconds,
-            self.resident_bytes() / 2**20,
-            len(self.states),
-            self.evictions,
-            (self._gone_read + sum(s.bytes_read for s in self.states.values())) / 2**20,
-            (self._gone_written + sum(s.bytes_written for s in self.states.values())) / 2**20,
+            self.cache.resident_bytes() / 2**20,
+            len(self.cache.states),
+            self.cache.evictions,
+            read / 2**20,
+            written / 2**20,
         )
+
+
+def _sink(
+    layout: OutputLayout,
+    tile: str,
+    grid: TileGrid,
+    state: TileState,
+    stored: StoredAcquisition,
+    result: ScoreResult,
+    model_id: str,
+) -> tuple[int, str | None]:
+    """Write a look's anomaly rows (a file from an earlier timeline replaced, or removed when
+    the look has none now) and its tile's alert table; returns the rows and their file."""
+    acquisition_id = stored.acquisition_id
+    records = records_from_result(result, grid, acquisition_id, stored.time, stored.clear, model_id)
+    date = stored.time.strftime("%Y-%m-%d")
+    written = write_anomalies(layout.anomalies, records, grid, date, acquisition_id)
+    if written is None:  # a replay (or one after a killed rewind): no rows left
+        storage.remove_tree(layout.anomaly_file(tile, date, acquisition_id))
+    day = day_number(stored.time)
+    write_alert_table(
+        layout.alert_table(tile), state.alerts, grid, day, acquisition_id, state.change
+    )
+    return len(records), str(written) if written else None
 
 
 def _result(res: ApplyResult, seconds: StageSeconds) -> ApplyResult:

@@ -1,5 +1,6 @@
 """Each acquisition's lifecycle over the store and the ledger: seen, planned, begun (its time
-step reserved), committed or failed, applied, late or revised, and the source's watermark.
+step reserved), committed or failed, applied, late or revised, and the source's watermark. (A tile's rows put back in order after the run:
+``derived.py``.)
 
 The ledger is written after the store at every step (stored, then ``embedded``; applied, then
 ``applied``), so a crash between the two leaves work the next run finds done and only records:
@@ -185,7 +186,7 @@ class AcquisitionLifecycle:
                 )
             states[a.id] = State.APPLIED
             report.applied += 1
-            self._record_revisions(a, res, report)
+            _record_revisions(self.ledger, a, res, report)
             events.info(
                 "applied %s: %d anomaly rows", a.id, res.n_anomalies,
                 extra={"acquisition_id": a.id, "tile": a.tile, "stage": "stats_apply",
@@ -198,28 +199,6 @@ class AcquisitionLifecycle:
                     report.files.append(res.path)
         bar.update(1)
 
-    def _record_revisions(self, a: Acquisition, res: ApplyResult, report: RunReport) -> None:
-        """A late look folded in: the looks it replayed, their new row counts, in the ledger."""
-        if res.rewind is None:
-            return
-        with report.driver.timed("ledger"):
-            for rev in res.revised:
-                self.ledger.record_revision(rev.acquisition_id, a.id, rev.rows_before,
-                                            rev.rows_after)  # fmt: skip
-        report.revised += len(res.revised)
-        changed = sum(r.rows_before != r.rows_after for r in res.revised)
-        events.info(
-            "folded %s into tile %s: %d looks replayed from checkpoint %d in %.1f s (%.0f MiB "
-            "of looks and state read, %.0f MiB of state written), %d with other anomaly row "
-            "counts", a.id, a.tile, res.rewind.replayed, res.rewind.base_generation,
-            res.rewind.seconds, res.rewind.bytes_read / 2**20, res.rewind.bytes_written / 2**20,
-            changed,
-            extra={"acquisition_id": a.id, "tile": a.tile, "stage": "rewind",
-                   "seconds": round(res.rewind.seconds, 3), "replayed": res.rewind.replayed,
-                   "bytes_read": res.rewind.bytes_read,
-                   "bytes_written": res.rewind.bytes_written},
-        )  # fmt: skip
-
     def advance_watermark(self, key: str, acqs: list[Acquisition]) -> None:
         """Move the source's watermark to where every discovered product is final."""
         if not acqs or not self.cfg.source.is_stac_api:
@@ -227,24 +206,6 @@ class AcquisitionLifecycle:
         states = self.ledger.states(a.id for a in acqs)
         open_ = [a.datetime for a in acqs if states.get(a.id) not in FINAL]
         self.ledger.set_watermark(key, min(open_) if open_ else max(a.datetime for a in acqs))
-
-    def compact_tile(self, tile: str, report: RunReport | None = None) -> None:
-        """Put the tile's stored looks in sensing order (a late or retried look, a failed
-        one's row) once the run's applies are done: the actors read rows by id meanwhile."""
-        if not self.store.out_of_order(tile):
-            return
-        self.ledger.mark_compacting(tile)
-        t0 = time.perf_counter()
-        done = self.store.compact(tile)
-        self.ledger.mark_compacting(tile, done=True)
-        if done is not None:
-            if report is not None:
-                report.compacted += 1
-            log.info(
-                "tile %s: store rows put in sensing order from row %d in %.2f s (%d moved, %d "
-                "released rows removed, %.0f MiB of chunks copied)", tile, done.start,
-                time.perf_counter() - t0, done.moved, done.dropped, done.bytes_copied / 2**20,
-            )  # fmt: skip
 
 
 def _check_block_chunks(cfg: Config, grid: TileGrid, reservation: Reservation) -> None:
@@ -258,3 +219,26 @@ def _check_block_chunks(cfg: Config, grid: TileGrid, reservation: Reservation) -
                 f"{cfg.ingest.block_px} makes blocks of {side} cells; set ingest.block_px to a "
                 f"multiple of {chunk * grid.cell_size} px for this store"
             )
+
+
+def _record_revisions(ledger: Ledger, a: Acquisition, res: ApplyResult, report: RunReport) -> None:
+    """A late look folded in: the looks it replayed, their new row counts, in the ledger."""
+    if res.rewind is None:
+        return
+    with report.driver.timed("ledger"):
+        for rev in res.revised:
+            ledger.record_revision(rev.acquisition_id, a.id, rev.rows_before,
+                              rev.rows_after)  # fmt: skip
+    report.revised += len(res.revised)
+    changed = sum(r.rows_before != r.rows_after for r in res.revised)
+    events.info(
+        "folded %s into tile %s: %d looks replayed from checkpoint %d in %.1f s (%.0f MiB "
+        "of looks and state read, %.0f MiB of state written), %d with other anomaly row "
+        "counts", a.id, a.tile, res.rewind.replayed, res.rewind.base_generation,
+        res.rewind.seconds, res.rewind.bytes_read / 2**20, res.rewind.bytes_written / 2**20,
+        changed,
+        extra={"acquisition_id": a.id, "tile": a.tile, "stage": "rewind",
+               "seconds": round(res.rewind.seconds, 3), "replayed": res.rewind.replayed,
+               "bytes_read": res.rewind.bytes_read,
+               "bytes_written": res.rewind.bytes_written},
+    )  # fmt: skip

@@ -8,7 +8,8 @@ and never embeds, applies or writes anything twice.
 ``Pipeline.run`` reads as the flow; its three jobs are their own classes: ``BlockScheduler``
 (blocks.py: block tasks under backpressure), ``AcquisitionLifecycle`` (lifecycle.py: each
 acquisition over store and ledger) and ``StatsShards`` (shards.py: the statistics actors, their
-placement and recovery, the applies in flight).
+placement and recovery) with ``ShardApplies`` (applies.py: the applies in flight to them).
+``DerivedOutputs`` (derived.py) keeps the row order, the catalogue and the indexes current.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 
 from distributed import Client
 from tqdm import tqdm
@@ -26,18 +26,19 @@ from tqdm import tqdm
 from ..acquisition import Acquisition
 from ..config import Config
 from ..layout import OutputFullError, is_disk_full
-from ..outputs.catalog import write_catalog
 from ..outputs.ledger import Ledger, State
 from ..outputs.store import EmbeddingStore
 from ..sources import discover_for, source_key
 from ..storage import ensure_writable
 from .actor import ApplyResult, StatsShard
+from .applies import APPLY_POLL_SECONDS, ShardApplies
 from .blocks import BlockScheduler, EmbeddingJob
+from .derived import DerivedOutputs
 from .encoder import model_identity
 from .lifecycle import AcquisitionLifecycle
 from .plan import RunPlan, TileSequencer, plan_run
 from .report import RunReport, one_line
-from .shards import APPLY_POLL_SECONDS, StatsShards
+from .shards import StatsShards
 from .stages import DriverSeconds, StageSeconds
 from .tasks import provenance
 
@@ -72,9 +73,11 @@ class Pipeline:
             log.info("dropped the store root's consolidated view (each tile's group is its view)")
         self.lifecycle = AcquisitionLifecycle(cfg, self.ledger, self.store,
                                               provenance(self.identity, cfg))  # fmt: skip
+        self.derived = DerivedOutputs(cfg, self.ledger, self.store, self.volume)
         # each task's seconds as they arrive (the daemon's metrics); None: summed only
         self.observe: Callable[[StageSeconds], None] | None = None
         self.shards = StatsShards(cfg, client, self.token, self.identity.model_id, self.ledger)
+        self.applies = ShardApplies(self.shards)
         # Whether the actors' states were checked against the ledger: once per process (and
         # after a reattach), not every poll; within a process every apply goes through here.
         self._states_checked = False
@@ -145,7 +148,7 @@ class Pipeline:
         driver = DriverSeconds()
         life, shards = self.lifecycle, self.shards
         # how far back a late look is folded in: the daemon's bound; a backfill, any look
-        shards.lateness = self.cfg.stats.allowed_lateness_days if incremental else None
+        self.applies.lateness = self.cfg.stats.allowed_lateness_days if incremental else None
         key = source_key(self.cfg)
         with driver.timed("discover"):
             watermark = self.ledger.watermark(key) if incremental else None
@@ -166,7 +169,7 @@ class Pipeline:
             else:
                 replay = shards.replay_plan(states)
                 for tile in self.ledger.compacting():  # one a kill interrupted
-                    self.compact_tile(tile, report)
+                    self.derived.compact_tile(tile, report)
             self._states_checked = True
         report.already_done = plan.already_done
         if plan.apply or replay:
@@ -178,43 +181,11 @@ class Pipeline:
             shards.heal(report)
             self.checkpoint()
             # what this run changed: the catalogue and indexes of other tiles stay as they are
-            self._derived_outputs(sorted({a.tile for a in (*replay, *plan.apply)}), report)
+            self.derived.update(sorted({a.tile for a in (*replay, *plan.apply)}), report)
         with driver.timed("plan"):
             life.advance_watermark(key, acqs)
         driver.cpu = time.process_time() - cpu0
         return report
-
-    def _derived_outputs(self, touched: list[str], report: RunReport) -> None:
-        """After a run's applies: the touched tiles' store rows in sensing order, the outputs'
-        STAC catalogue and the similarity indexes (they read the store, never delay a commit)."""
-        layout, sim, driver = self.cfg.layout, self.cfg.similarity, report.driver
-        with driver.timed("store_compact"):
-            for tile in touched:
-                self.after_run(f"the store's rows of {tile}",
-                                partial(self.compact_tile, tile, report))  # fmt: skip
-        with driver.timed("catalog"):
-            catalog = partial(write_catalog, layout, touched)
-            self.after_run("the outputs' STAC catalogue", catalog)
-        if sim.index_on_commit:
-            from ..outputs.similar import update_index
-
-            for tile in touched:
-                step = partial(update_index, layout, tile, sim.min_clear)
-                self.after_run(f"the similarity index of {tile}", step)
-
-    def compact_tile(self, tile: str, report: RunReport | None = None) -> None:
-        """Put the tile's stored looks in sensing order (lifecycle.py)."""
-        self.lifecycle.compact_tile(tile, report)
-
-    def after_run(self, what: str, step: Callable[[], object]) -> None:
-        """A step that keeps a derived output current: its failure is logged, not the run's
-        (a full volume still stops the run, as everywhere)."""
-        try:
-            step()
-        except Exception as err:
-            if is_disk_full(err, self.volume):
-                raise
-            log.error("%s was not updated: %s", what, one_line(err))
 
     def _drive(
         self,
@@ -232,7 +203,7 @@ class Pipeline:
         full (``pipeline.max_in_flight`` at most); each tile's applies are sent to its actor
         one at a time in sensing order while other tiles' blocks and applies go on.
         """
-        cfg, life, blocks, shards = self.cfg, self.lifecycle, self.blocks, self.shards
+        cfg, life, blocks, applies = self.cfg, self.lifecycle, self.blocks, self.applies
         to_embed = deque(plan.embed)
         capacity = blocks.capacity()
         max_blocks = cfg.pipeline.max_blocks_in_flight or 2 * capacity
@@ -256,21 +227,21 @@ class Pipeline:
                     if job is not None:
                         active.append(job)
                 blocks.fill(active, max_blocks, report)
-                shards.collect(report, record)
-                shards.send_ready(sequencer, states, report)
+                applies.collect(report, record)
+                applies.send_ready(sequencer, states, report)
                 if not blocks.futures:
-                    if shards.applying:
-                        shards.collect(report, record, block=True)
+                    if applies.applying:
+                        applies.collect(report, record, block=True)
                         continue
                     if not active and (not to_embed or stop()):
                         return
                     continue
                 # within a moment while applies are in flight and their results wait
-                timeout = APPLY_POLL_SECONDS if shards.applying else cfg.pipeline.wait_seconds
+                timeout = APPLY_POLL_SECONDS if applies.applying else cfg.pipeline.wait_seconds
                 for job in blocks.finished(report, bar, timeout):
                     active.remove(job)
                     life.commit(job, states, report, bar)
         finally:
             blocks.cancel_all()
-            shards.drain(report, record)
+            applies.drain(report, record)
             bar.close()

@@ -75,7 +75,9 @@ def rebuild(pipe: Pipeline, tile: str, since: dt.datetime | None = None) -> Rebu
         else:
             pipe.ledger.set_state(rev.acquisition_id, State.APPLIED, n_anomalies=rev.rows_after)
             folded += 1
-    pipe.compact_tile(tile)
-    pipe.after_run("the outputs' STAC catalogue", partial(write_catalog, pipe.cfg.layout, [tile]))
+    pipe.derived.compact_tile(tile)
+    pipe.derived.after_run(
+        "the outputs' STAC catalogue", partial(write_catalog, pipe.cfg.layout, [tile])
+    )
     replayed = res.rewind.replayed if res.rewind else 0
     return Rebuilt(tile, folded, replayed, changed, res)

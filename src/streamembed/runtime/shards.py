@@ -4,7 +4,7 @@ applies in flight to them.
 ``stats.shards`` actors hold the tiles' statistics (a tile belongs to one shard); they are
 placed round the workers. An actor whose worker died (memory, pre-emption, adaptive scaling)
 is recreated from its tiles' last checkpoints and caught up from the store with what the ledger
-has as applied beyond them. Each tile has at most one apply in flight, sent in sensing order.
+has as applied beyond them. The applies in flight to them are ``applies.py``'s.
 """
 
 from __future__ import annotations
@@ -12,43 +12,20 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from distributed import Client, Future
 
 from ..acquisition import Acquisition
 from ..config import Config
 from ..outputs.ledger import Ledger, State
-from .actor import ApplyResult, StatsActor, StatsShard, shard_of
-from .plan import TileSequencer
+from .actor import StatsActor, StatsShard, shard_of
 from .report import RunReport
 
 log = logging.getLogger(__name__)
-# How often the driver looks at applies in flight while it waits (actor futures cannot join
-# distributed.wait)
-APPLY_POLL_SECONDS = 0.02
-# no apply finished for this long while a run ends: the actors are stuck, not busy (a full
-# tile's apply takes seconds)
-APPLY_STALL_SECONDS = 600.0
-
-# What the driver does with an apply's result: the ledger and the report (AcquisitionLifecycle)
-Record = Callable[[Acquisition, ApplyResult], None]
-
-
-@dataclass
-class Applying:
-    """One acquisition being folded into its tile's statistics (at most one per tile)."""
-
-    acq: Acquisition
-    future: Any  # BaseActorFuture[ApplyResult]
-    actor: StatsShard  # the shard's actor it was sent to (a lost one is replaced)
 
 
 class StatsShards:
-    """The statistics actors of one pipeline, and its applies in flight."""
+    """The statistics actors of one pipeline: placed, recreated, caught up."""
 
     def __init__(self, cfg: Config, client: Client, token: str, model_id: str, ledger: Ledger):
         self.cfg = cfg
@@ -59,9 +36,6 @@ class StatsShards:
         self._generation = 0
         self.futures = [self._submit(k) for k in range(cfg.stats.shards)]
         self.actors: list[StatsShard] = [f.result() for f in self.futures]
-        self.applying: dict[str, Applying] = {}  # tile -> its apply in flight
-        # how far back a late look is folded in (the daemon's bound); None: any look
-        self.lateness: float | None = None
 
     def _submit(self, shard: int) -> Future:
         """Place shard ``shard``'s actor: shards go round the workers (sorted by address), so
@@ -121,9 +95,9 @@ class StatsShards:
         ledger, before the run's final checkpoint."""
         for shard in range(len(self.actors)):
             if not self.alive(shard):
-                self._recreate(shard, report)
+                self.recreate(shard, report)
 
-    def _recreate(self, shard: int, report: RunReport) -> None:
+    def recreate(self, shard: int, report: RunReport) -> None:
         """A new actor for ``shard`` from its tiles' last checkpoints, caught up from the store.
 
         The worker that held it died (memory, pre-emption): the ledger says what was applied,
@@ -201,80 +175,3 @@ class StatsShards:
                 for r in rows if r.id not in in_state
             ]  # fmt: skip
         return missing
-
-    def send_ready(
-        self, sequencer: TileSequencer, states: dict[str, State], report: RunReport
-    ) -> None:
-        """Send each idle tile's next embedded acquisition to its actor (strict time order per
-        tile, tiles side by side)."""
-        for a in sequencer.ready(states, busy=set(self.applying)):
-            self.applying[a.tile] = self._send(a, report)
-
-    def _send(self, a: Acquisition, report: RunReport) -> Applying:
-        """Send one apply to its tile's actor; one whose worker is gone is recreated first."""
-        shard = self.shard(a.tile)
-        actor = self.actors[shard]
-        try:
-            return Applying(a, actor.apply(a.tile, a.id, self.lateness), actor)
-        except Exception:  # distributed refuses calls on an actor whose worker was lost
-            if not self._lost_actor_replaced(shard, actor, report):
-                raise
-        actor = self.actors[shard]
-        return Applying(a, actor.apply(a.tile, a.id, self.lateness), actor)
-
-    def _lost_actor_replaced(self, shard: int, actor: StatsShard, report: RunReport) -> bool:
-        """After a call on ``actor`` failed: whether the shard now has a live replacement (made
-        here, or already by another of its tiles); False: ``actor`` answers, the error is the
-        call's own."""
-        if self.actors[shard] is not actor:
-            return True
-        if self.alive(shard):
-            return False
-        self._recreate(shard, report)
-        return True
-
-    def collect(self, report: RunReport, record: Record, block: bool = False) -> None:
-        """Hand each finished apply to ``record``; ``block``: wait until at least one has
-        finished (at most ``pipeline.wait_seconds``)."""
-        if block:
-            with report.driver.timed("apply_wait"):
-                deadline = time.monotonic() + self.cfg.pipeline.wait_seconds
-                while not any(x.future.done() for x in self.applying.values()):
-                    if time.monotonic() > deadline:
-                        return
-                    time.sleep(APPLY_POLL_SECONDS)
-        for tile, item in list(self.applying.items()):
-            if item.future.done():
-                del self.applying[tile]
-                record(item.acq, self._result(item, report))
-
-    def _result(self, item: Applying, report: RunReport) -> ApplyResult:
-        """An apply's result; a lost actor is recreated once (by the first of its tiles to
-        notice) and the apply repeated on the new one."""
-        shard = self.shard(item.acq.tile)
-        try:
-            result: ApplyResult = item.future.result()
-            return result
-        except Exception:
-            if not self._lost_actor_replaced(shard, item.actor, report):
-                raise
-        with report.driver.timed("apply_wait"):
-            return self.actors[shard].apply(item.acq.tile, item.acq.id, self.lateness).result()
-
-    def drain(self, report: RunReport, record: Record) -> None:
-        """At the end of a run: the applies already sent finish and are recorded, so a stop
-        never leaves one unrecorded (a crash may: its replay is a no-op, ApplyStatus.ALREADY).
-        Actors that stop answering for APPLY_STALL_SECONDS leave their applies to the next run."""
-        deadline = time.monotonic() + APPLY_STALL_SECONDS
-        while self.applying and time.monotonic() < deadline:
-            waiting = len(self.applying)
-            self.collect(report, record, block=True)
-            if len(self.applying) < waiting:
-                deadline = time.monotonic() + APPLY_STALL_SECONDS
-        if self.applying:
-            log.error(
-                "no answer from the statistics actors for %.0f s on %d apply(s) (tiles %s); "
-                "left embedded in the ledger: the next run applies them",
-                APPLY_STALL_SECONDS, len(self.applying), ", ".join(sorted(self.applying)[:5]),
-            )  # fmt: skip
-            self.applying.clear()
