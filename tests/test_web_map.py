@@ -66,6 +66,9 @@ def test_the_map_shows_the_anomalies_and_follows_new_files(browser, served):
     move_slider(browser, busiest)
     date = per_date.index[busiest]
     wait_for(browser, f"return document.getElementById('date-label').textContent == '{date}'")
+    # the cells drawn are this date's (each slider step asks for its date's cells, and an
+    # earlier step's answer may arrive last: the page draws only the newest)
+    wait_for(browser, f"return window.streamembed.shownDate == '{date}'")
     wait_for(browser, f"return window.streamembed.features == {per_date.iloc[busiest]}")
     # The page refreshes every second and may redraw its cells between two calls: read them
     # in one script, click a freshly found one.

@@ -4,7 +4,7 @@
 "use strict";
 
 const state = { config: null, summary: null, dates: [], layer: null, overlays: {}, features: 0,
-                ready: false, historyOpen: false };
+                shownDate: null, ready: false, historyOpen: false };
 window.streamembed = state; // read by the browser test and handy in the console
 
 const $ = (id) => document.getElementById(id);
@@ -54,10 +54,17 @@ async function getJSON(url) {
   return r.json();
 }
 
+// Each slider step starts a request; their answers can come back out of order, so only the
+// newest request draws (an older one arriving last would show another date's cells under
+// this date's label).
+let anomaliesAsked = 0;
+
 async function loadAnomalies() {
+  const asked = ++anomaliesAsked;
   const date = state.dates[+$("date").value];
   $("date-label").textContent = date || "no anomalies yet";
   const fc = await getJSON(`/api/anomalies?${query()}`);
+  if (asked !== anomaliesAsked) return;
   if (state.layer) state.layer.remove();
   state.layer = L.geoJSON(fc, {
     style: styleOf,
@@ -69,6 +76,7 @@ async function loadAnomalies() {
     },
   }).addTo(map);
   state.features = fc.features.length;
+  state.shownDate = date || null;
   $("count").textContent = `${fc.features.length} anomalous cells` +
     ($("until").checked ? ` up to ${date}` : ` on ${date || "–"}`);
   $("dl-geojson").href = `/api/download?${query({ format: "geojson" })}`;
