@@ -125,6 +125,8 @@ def test_update_rows_carry_the_lifecycle_and_survive_a_checkpoint(tmp_path):
     changed[2, 3] += rng.normal(0, 3.0, dim).astype(np.float32)
     flooded = idx.copy()
     flooded[2, 3] = FLOOD
+    # shallow water: less of a rise of MNDWI than a sure flood look confirmed at once (stats.py)
+    flooded[2, 3, INDEX_NAMES.index("mndwi")] = -0.1
     res = update(state, changed, clear, snow, flooded, day + 5, p)
     assert res.rows.tolist() == [2 * 6 + 3] and res.status.tolist() == ["provisional"]
     assert res.labels.tolist() == ["water_gain"]

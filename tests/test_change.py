@@ -230,7 +230,8 @@ def test_update_confirms_a_flood_labels_it_water_gain_while_it_lasts_then_recove
     state = TileState.empty(*SHAPE, 16)
     green = (np.full(C, 0.8, np.float32), np.full(C, 0.5, np.float32), np.full(C, -0.6, np.float32))
     flood = [a.copy() for a in green]
-    flood[0][5], flood[1][5], flood[2][5] = -0.3, 0.5, 0.7
+    # shallow water over the field: MNDWI up by less than a sure flood look's (stats.py)
+    flood[0][5], flood[1][5], flood[2][5] = -0.3, 0.5, -0.11
     results = _run(state, [green] * 12 + [flood] * 4 + [green] * 3, p)
     on_cell = [(r.status[list(r.rows).index(5)], r.labels[list(r.rows).index(5)])
                for r in results if 5 in r.rows]  # fmt: skip
@@ -239,6 +240,44 @@ def test_update_confirms_a_flood_labels_it_water_gain_while_it_lasts_then_recove
     assert all(label == "water_gain" for status, label in on_cell if status == "confirmed")
     assert on_cell[-1][0] == "recovered"
     assert all(set(r.rows.tolist()) <= {5} for r in results)  # no other cell has a row
+
+
+def test_open_water_seen_clear_once_is_confirmed_on_that_look_and_recovers_once_drained():
+    """A flood that drains before the next clear look: sure water confirms on its own look;
+    a weaker rise of MNDWI on another cell waits for a second look (and is retracted)."""
+    p = StatsConfig()
+    state = TileState.empty(*SHAPE, 16)
+    green = (np.full(C, 0.8, np.float32), np.full(C, 0.5, np.float32), np.full(C, -0.6, np.float32))
+    flood = [a.copy() for a in green]
+    flood[0][5], flood[1][5], flood[2][5] = -0.3, 0.5, 0.7  # open water
+    flood[0][9], flood[1][9], flood[2][9] = -0.3, 0.5, -0.11  # water under vegetation
+    results = _run(state, [green] * 12 + [flood] + [green] * 3, p)
+    status = {
+        cell: [r.status[list(r.rows).index(cell)] for r in results if cell in r.rows]
+        for cell in (5, 9)
+    }
+    assert status[5] == ["confirmed", "recovered"]
+    assert status[9] == ["provisional", "retracted"]
+    assert state.alerts.confirmed_day[5] == 12 * 5.0  # the flood's own look
+
+
+def test_a_smaller_rise_of_mndwi_opens_an_alert_on_a_bare_surface_but_not_on_vegetation():
+    """A building site on a field already bare moves MNDWI by ~0.2 and NDVI hardly at all;
+    the same rise over green vegetation (haze brightening the green band) is not an onset."""
+    state = ChangeState.empty(C)
+    usable = np.ones(C, bool)
+    base = _indices(0.8, mndwi=-0.5)
+    base[:4, NDVI] = 0.15  # four bare fields
+    for day in range(0, 60, 5):
+        fold(state, base, usable, usable, float(day))
+    now = base.copy()
+    now[[0, 1, 8, 9], MNDWI] = -0.3  # +0.2 on two bare cells and two green ones
+    ev = evidence(state, now, base, usable, 60.0)
+    assert ev.onset(0.25, 0.2, 0.1).tolist() == [i in (0, 1) for i in range(C)]
+    stronger = base.copy()
+    stronger[[0, 8], MNDWI] = -0.2  # +0.3: past the full departure on either surface
+    ev = evidence(state, stronger, base, usable, 60.0)
+    assert ev.onset(0.25, 0.2, 0.1).tolist() == [i in (0, 8) for i in range(C)]
 
 
 def test_a_checkpoint_keeps_the_change_memories_and_an_older_one_starts_them_empty(tmp_path):

@@ -36,7 +36,8 @@ Per cell, beside the seasonal expectation of its indices (seasonal.py), five mem
 A look opens a sudden alert (``onset``) when, on one index, it departs ``min_index_change``
 from the expectation, stepped ``min_step`` since the last clear look (the tile's median step
 removed) and goes ``min_novelty`` beyond the envelope (by month, where the cell has a
-season). Pure NumPy over the cells of one tile; the state is part of ``stats.TileState`` and
+season); on a surface with little vegetation left, ``BARE_MNDWI_SCALE`` of the departure and
+step suffices on MNDWI (a building site on a bare field). Pure NumPy over the cells of one tile; the state is part of ``stats.TileState`` and
 checkpointed with it.
 """
 
@@ -54,6 +55,14 @@ from ..indices import INDEX_NAMES
 CHANGE_INDICES: tuple[str, ...] = ("ndvi", "nbr", "mndwi")
 COLS = np.array([INDEX_NAMES.index(n) for n in CHANGE_INDICES])
 SIGN = np.array([-1.0, -1.0, 1.0], np.float32)
+MNDWI = CHANGE_INDICES.index("mndwi")
+# On a surface with little vegetation left (NDVI at most BARE_NDVI, the bare_gain label's
+# bound) a rise of MNDWI is water or a built surface, and a smaller one counts: a building site
+# on a field already bare moves MNDWI by ~0.15-0.2 and NDVI hardly at all. Over vegetation an
+# MNDWI rise without the NDVI loss is haze (the green band brightens), so the full one is
+# needed there.
+BARE_NDVI = 0.35
+BARE_MNDWI_SCALE = 0.7
 NDVI = INDEX_NAMES.index("ndvi")
 ENVELOPE_DRIFT = 0.1  # index units a year: a state not seen again fades over a few years
 TREND_STEP = 0.03  # the most one look adds to the trend
@@ -157,11 +166,18 @@ class Evidence:
     departure: np.ndarray  # from the expectation, the tile-wide shift removed
     step: np.ndarray  # since the cell's last clear look, the tile's median step removed
     novelty: np.ndarray  # beyond the cell's envelope
+    scale: np.ndarray | None = None  # (C, 3) the share of the departure and step each index
+    # needs (None: all of it)
 
     def onset(self, departure: float, step: float, novelty: float) -> np.ndarray:
         """(C,) cells where one index passes all three (NaN passes nothing)."""
+        scale = 1.0 if self.scale is None else self.scale
         with np.errstate(invalid="ignore"):
-            ok = (self.departure >= departure) & (self.step >= step) & (self.novelty >= novelty)
+            ok = (
+                (self.departure >= departure * scale)
+                & (self.step >= step * scale)
+                & (self.novelty >= novelty)
+            )
         return np.asarray(ok.any(axis=1))
 
     def dominant(self) -> np.ndarray:
@@ -208,8 +224,11 @@ def evidence(
             seen = np.nanmax(state.season_envelope[known][:, near].astype(np.float32), axis=1)
         by_season = SIGN * x[known] - seen
         novelty[known] = np.fmin(by_season, novelty[known] + SEASON_MARGIN)
+    scale = np.ones_like(departure, np.float32)
+    with np.errstate(invalid="ignore"):
+        scale[indices[:, NDVI] <= BARE_NDVI, MNDWI] = BARE_MNDWI_SCALE
     return Evidence(departure.astype(np.float32), step.astype(np.float32),
-                    novelty.astype(np.float32))  # fmt: skip
+                    novelty.astype(np.float32), scale)  # fmt: skip
 
 
 def fold(

@@ -36,6 +36,7 @@ from ..config import StatsConfig
 from .alerts import STATUS_NAMES, AlertState, AlertStatus, advance
 from .change import (
     COLS,
+    MNDWI,
     SIGN,
     ChangeState,
     Evidence,
@@ -59,6 +60,9 @@ from .state import TileState
 __all__ = ["LABELS", "ScoreResult", "TileState", "label_cells", "update", "usable_cells"]
 
 MIN_CELLS_FOR_SPATIAL = 8
+WATER = LABELS.index("water_gain")
+# A look labelled water_gain whose MNDWI departed this many times min_index_change is sure.
+SURE_WATER_CHANGES = 2.0
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,15 @@ def advance_cells(
         params.confirm_looks, params.recover_index_change, progress,
     )  # fmt: skip
     fresh = scored & onset & ~active_before
+    # Open water where the cell had none, by far more than an onset needs, is confirmed on its
+    # own look: a flood may be seen clear once before it drains (flood maps are made per
+    # acquisition), and haze or a missed shadow does not make a dark cell this wet. Once the
+    # water is gone the alert ends as recovered, not retracted.
+    if track:
+        wet = change.departure[:, MNDWI] >= SURE_WATER_CHANGES * params.min_index_change
+        sure = fresh & (look_label == WATER) & wet
+        alerts.status[sure] = AlertStatus.CONFIRMED
+        alerts.confirmed_day[sure] = day
     if fresh.any():
         dominant = change.dominant()[fresh]
         alerts.axis[fresh] = dominant

@@ -61,9 +61,11 @@ from .spectral_library import library
 
 # Seeds 21-24 were the first held-out half; once run (2026-12-05: cell recall 0.85, deciduous
 # clear-cuts missed, false cell-looks up to 0.11 %) they had been seen, so they joined the
-# tuning half and a fresh held-out half took their place.
-TUNING_SEEDS: tuple[int, ...] = (11, 12, 13, 14, 21, 22, 23, 24)
-HELD_OUT_SEEDS: tuple[int, ...] = (31, 32, 33, 34)
+# tuning half and a fresh held-out half took their place. Seeds 31-34 were the second (run
+# 2026-12-05: cell recall 0.86, a flood seen clear once before it drained, building sites on
+# bare fields missed); they joined the tuning half on 2026-12-06 and 41-44 took their place.
+TUNING_SEEDS: tuple[int, ...] = (11, 12, 13, 14, 21, 22, 23, 24, 31, 32, 33, 34)
+HELD_OUT_SEEDS: tuple[int, ...] = (41, 42, 43, 44)
 PREFIX = "fieldsim-"
 START = dt.date(2023, 1, 3)
 LATITUDE = 47.0
