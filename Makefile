@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # The built-in backbones against timm itself: every arch, band count and checkpoint layout, and
 # a backfill's stored cells against timm's forward (CI; ~2 min once the environment exists).
