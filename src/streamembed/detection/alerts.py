@@ -1,8 +1,9 @@
 """The alert lifecycle of each embedding cell: provisional, confirmed, recovered (or retracted).
 
 An anomaly on one look is a *provisional* alert; it is *confirmed* once ``confirm_looks``
-clear looks agree (the first included). Looks under cloud, shadow, snow or nodata are not
-looks of the cell at all: they neither confirm nor reset it. Each later look is measured
+clear looks agree (the first included), or on its own look when the caller marks the onset
+sure (``advance``'s ``sure``: open water, stats.py). Looks under cloud, shadow, snow or nodata
+are not looks of the cell at all: they neither confirm nor reset it. Each later look is measured
 against the onset (``progress``: the share of the onset's change still there): a persisting
 look agrees, a look where the change is gone *retracts* a provisional alert (one look of noise,
 haze or a missed cloud), and an ambiguous one neither confirms nor retracts: the next decides
@@ -112,6 +113,7 @@ def advance(
     confirm_looks: int,
     recover_index_change: float,
     progress: np.ndarray | None = None,
+    sure: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Move every scored cell's alert on by one look (in place).
 
@@ -120,9 +122,10 @@ def advance(
     ``current`` and ``expected`` (C, K) indices of this look and the expectation before it.
     ``progress`` (C,): for cells with an alert, the share of its onset's change still there
     (``PERSIST``/``RETURN`` decide); None: the look's own ``anomaly`` decides (persists when
-    anomalous, else returned). Returns (rows, going): the cells with an output row this look
-    (anomalous, persisting, or just recovered or retracted; ``alerts.status`` has each cell's
-    status after it) and those whose alert the look kept going.
+    anomalous, else returned). ``sure`` (C,): onsets confirmed on their own look. Returns
+    (rows, going): the cells with an output row this look (anomalous, persisting, or just
+    recovered or retracted; ``alerts.status`` has each cell's status after it) and those whose
+    alert the look kept going.
     """
     status = alerts.status
     active = (status == AlertStatus.PROVISIONAL) | (status == AlertStatus.CONFIRMED)
@@ -162,7 +165,10 @@ def advance(
     alerts.label[relabel] = labels[relabel]
     touched = fresh | going
     alerts.last_day[touched] = day
-    confirm = touched & (status == AlertStatus.PROVISIONAL) & (alerts.looks >= confirm_looks)
+    enough = alerts.looks >= confirm_looks
+    if sure is not None:
+        enough |= fresh & sure
+    confirm = touched & (status == AlertStatus.PROVISIONAL) & enough
     status[confirm] = AlertStatus.CONFIRMED
     alerts.confirmed_day[confirm] = day
     return touched | ended, going

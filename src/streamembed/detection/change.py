@@ -37,8 +37,8 @@ A look opens a sudden alert (``onset``) when, on one index, it departs ``min_ind
 from the expectation, stepped ``min_step`` since the last clear look (the tile's median step
 removed) and goes ``min_novelty`` beyond the envelope (by month, where the cell has a
 season); on a surface with little vegetation left, ``BARE_MNDWI_SCALE`` of the departure and
-step suffices on MNDWI (a building site on a bare field). Pure NumPy over the cells of one tile; the state is part of ``stats.TileState`` and
-checkpointed with it.
+step suffices on MNDWI (a building site on a bare field). Pure NumPy over the cells of one
+tile; the state is part of ``stats.TileState`` and checkpointed with it.
 """
 
 from __future__ import annotations
@@ -166,16 +166,14 @@ class Evidence:
     departure: np.ndarray  # from the expectation, the tile-wide shift removed
     step: np.ndarray  # since the cell's last clear look, the tile's median step removed
     novelty: np.ndarray  # beyond the cell's envelope
-    scale: np.ndarray | None = None  # (C, 3) the share of the departure and step each index
-    # needs (None: all of it)
+    scale: np.ndarray  # (C, 3) the share of min_index_change and min_step each index needs
 
     def onset(self, departure: float, step: float, novelty: float) -> np.ndarray:
         """(C,) cells where one index passes all three (NaN passes nothing)."""
-        scale = 1.0 if self.scale is None else self.scale
         with np.errstate(invalid="ignore"):
             ok = (
-                (self.departure >= departure * scale)
-                & (self.step >= step * scale)
+                (self.departure >= departure * self.scale)
+                & (self.step >= step * self.scale)
                 & (self.novelty >= novelty)
             )
         return np.asarray(ok.any(axis=1))

@@ -38,6 +38,7 @@ LABELS: tuple[str, ...] = (*LABEL_RULES, "unknown")
 
 
 UNKNOWN = LABELS.index("unknown")
+WATER_GAIN = LABELS.index("water_gain")
 
 
 def label_index(delta: np.ndarray, current: np.ndarray) -> np.ndarray:

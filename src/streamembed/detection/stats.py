@@ -50,7 +50,7 @@ from .kernels import (
     _sample_residuals,
     _update_cells,
 )
-from .labels import LABELS, UNKNOWN, label_cells, label_index
+from .labels import LABELS, UNKNOWN, WATER_GAIN, label_cells, label_index
 from .seasonal import (
     index_anomalies,
     index_scores,
@@ -60,7 +60,6 @@ from .state import TileState
 __all__ = ["LABELS", "ScoreResult", "TileState", "label_cells", "update", "usable_cells"]
 
 MIN_CELLS_FOR_SPATIAL = 8
-WATER = LABELS.index("water_gain")
 # A look labelled water_gain whose MNDWI departed this many times min_index_change is sure.
 SURE_WATER_CHANGES = 2.0
 
@@ -313,20 +312,19 @@ def advance_cells(
     look_label = np.full(c, UNKNOWN, np.int8)
     if named.any():
         look_label[named] = label_index(label_delta[named], idx[named])
-    emit, going = advance(
-        alerts, scored, onset, look_label, idx, expected.astype(np.float32), day,
-        params.confirm_looks, params.recover_index_change, progress,
-    )  # fmt: skip
-    fresh = scored & onset & ~active_before
     # Open water where the cell had none, by far more than an onset needs, is confirmed on its
     # own look: a flood may be seen clear once before it drains (flood maps are made per
     # acquisition), and haze or a missed shadow does not make a dark cell this wet. Once the
     # water is gone the alert ends as recovered, not retracted.
+    sure = None
     if track:
         wet = change.departure[:, MNDWI] >= SURE_WATER_CHANGES * params.min_index_change
-        sure = fresh & (look_label == WATER) & wet
-        alerts.status[sure] = AlertStatus.CONFIRMED
-        alerts.confirmed_day[sure] = day
+        sure = (look_label == WATER_GAIN) & wet
+    emit, going = advance(
+        alerts, scored, onset, look_label, idx, expected.astype(np.float32), day,
+        params.confirm_looks, params.recover_index_change, progress, sure,
+    )  # fmt: skip
+    fresh = scored & onset & ~active_before
     if fresh.any():
         dominant = change.dominant()[fresh]
         alerts.axis[fresh] = dominant

@@ -109,7 +109,7 @@ def _day(t: pd.Timestamp) -> float:
 def score_alerts(replay: Replay, truth: pd.DataFrame, scenario: str) -> AlertScore:
     """Score one detector's replay of one tile against either generator's truth rows."""
     from ..detection.alerts import AlertStatus
-    from ..detection.labels import LABELS
+    from ..detection.labels import LABELS, WATER_GAIN
 
     ny, nx = replay.shape
     rows = truth[truth["tile"] == replay.tile].reset_index(drop=True)
@@ -157,7 +157,6 @@ def score_alerts(replay: Replay, truth: pd.DataFrame, scenario: str) -> AlertSco
     found_cells = labelled_right = 0
     event_cells = edge_cells = edge_found = 0
     flood_looks = flood_water = unmonitored = 0
-    water = LABELS.index("water_gain")
     for eid, group in rows[sudden].groupby("event_id", sort=False):
         idx = group.index.to_numpy()
         looks = []
@@ -170,7 +169,7 @@ def score_alerts(replay: Replay, truth: pd.DataFrame, scenario: str) -> AlertSco
             if name == "flood" and core[i]:
                 wet = inside & (days <= end[i]) & replay.anomaly[:, cell] & replay.scored[:, cell]
                 flood_looks += int(wet.sum())
-                flood_water += int((replay.label[wet, cell] == water).sum())
+                flood_water += int((replay.label[wet, cell] == WATER_GAIN).sum())
             if not replay.scored[:, cell][days < start[i]].any():
                 unmonitored += 1  # not yet warm when it began: no detector could tell
                 continue
