@@ -280,6 +280,35 @@ def test_a_smaller_rise_of_mndwi_opens_an_alert_on_a_bare_surface_but_not_on_veg
     assert ev.onset(0.25, 0.2, 0.1).tolist() == [i in (0, 8) for i in range(C)]
 
 
+def test_a_step_back_to_a_state_the_cell_has_had_opens_an_alert_only_with_its_embedding():
+    """A forest felled in its first spring goes back to what its leafless winter showed (no
+    novelty on the indices): the embedding, far out of its history, opens the alert; the same
+    indices with a steady embedding, or on a cell already browning (a ripening crop), do not."""
+    p = StatsConfig()
+    state = TileState.empty(*SHAPE, 16)
+    rng = np.random.default_rng(3)
+    base = rng.normal(0, 1, (*SHAPE, 16)).astype(np.float32)
+    clear, snow = np.ones(SHAPE, np.float32), np.zeros(SHAPE, np.float32)
+    ndvi_of = [0.4] * 6 + [0.5, 0.6, 0.7] + [0.8] * 12 + [None]
+    results = []
+    for t, ndvi in enumerate(ndvi_of):
+        v = np.full(C, 0.8 if ndvi is None else ndvi, np.float32)
+        emb = base + rng.normal(0, 0.02, base.shape).astype(np.float32)
+        if t == len(ndvi_of) - 2:
+            v[1] = 0.72  # cell 1 browns a look before its step (a crop ripening)
+        if ndvi is None:  # the step: cells 0-2 back to just past their winter's NDVI
+            v[:3] = 0.38
+            emb.reshape(C, 16)[:2] += 3.0  # cells 0 and 1 look like nothing they have been
+        idx = np.full((C, K), 0.1, np.float32)
+        idx[:, NDVI], idx[:, NBR], idx[:, MNDWI] = v, v - 0.3, -0.5
+        results.append(update(state, emb, clear, snow, idx.reshape(*SHAPE, K), 5.0 * t, p))
+    assert not any(r.rows.size for r in results[:-1])
+    last = results[-1]
+    assert last.rows.tolist() == [0]
+    assert last.status.tolist() == ["provisional"]
+    assert last.score[1] > 9.0 and last.score[2] < 2.5  # cell 1 was far out too: excused
+
+
 def test_a_checkpoint_keeps_the_change_memories_and_an_older_one_starts_them_empty(tmp_path):
     p = StatsConfig()
     state = TileState.empty(*SHAPE, 16)

@@ -167,6 +167,7 @@ class Evidence:
     step: np.ndarray  # since the cell's last clear look, the tile's median step removed
     novelty: np.ndarray  # beyond the cell's envelope
     scale: np.ndarray  # (C, 3) the share of min_index_change and min_step each index needs
+    before: np.ndarray  # (C, 3) the last clear look against this look's expectation (NaN: none)
 
     def onset(self, departure: float, step: float, novelty: float) -> np.ndarray:
         """(C,) cells where one index passes all three (NaN passes nothing)."""
@@ -177,6 +178,12 @@ class Evidence:
                 & (self.novelty >= novelty)
             )
         return np.asarray(ok.any(axis=1))
+
+    def browning(self) -> np.ndarray:
+        """(C,) cells whose last clear look was already below this look's expectation on
+        NDVI or NBR (a crop ripening before its harvest)."""
+        with np.errstate(invalid="ignore"):
+            return np.asarray((self.before[:, :2] > 0).any(axis=1))
 
     def dominant(self) -> np.ndarray:
         """(C,) int8 the change index that departed most (the one an alert follows)."""
@@ -225,8 +232,9 @@ def evidence(
     scale = np.ones_like(departure, np.float32)
     with np.errstate(invalid="ignore"):
         scale[indices[:, NDVI] <= BARE_NDVI, MNDWI] = BARE_MNDWI_SCALE
+    before = SIGN * (state.last[:, COLS] - expected[:, COLS])
     return Evidence(departure.astype(np.float32), step.astype(np.float32),
-                    novelty.astype(np.float32), scale)  # fmt: skip
+                    novelty.astype(np.float32), scale, before.astype(np.float32))  # fmt: skip
 
 
 def fold(

@@ -208,7 +208,7 @@ def _update_cells(
     min_obs: int,
     min_clear: float,
     min_context_clear: float,
-    threshold: float,
+    threshold: np.ndarray,
     half_life: float,
     dist_out: np.ndarray,
     score_out: np.ndarray,
@@ -258,8 +258,9 @@ def _update_cells(
         d = np.float32(np.sqrt(max(sq, np.float32(0.0))) / norm) if finite else np.float32(0.0)
         z = (d - dist_mean[i]) / z_scale - z_median
         # ``gate``: the cell's own indices changed (embedding+index), every cell (embedding), or
-        # the index detector's verdict (then the embedding only updates).
-        flagged = z >= threshold if use_embedding else True
+        # the index detector's verdict (then the embedding only updates); ``threshold`` per cell (a
+        # look the indices only half excuse needs a z-score far past it, stats.py).
+        flagged = z >= threshold[i] if use_embedding else True
         anomaly = clear_ok and warm and gate[i] and finite and flagged
         # Robust update: an anomalous cell moves by a clipped step, so a permanent change is
         # learnt gradually and a passing one barely at all.

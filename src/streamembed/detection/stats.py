@@ -62,6 +62,9 @@ __all__ = ["LABELS", "ScoreResult", "TileState", "label_cells", "update", "usabl
 MIN_CELLS_FOR_SPATIAL = 8
 # A look labelled water_gain whose MNDWI departed this many times min_index_change is sure.
 SURE_WATER_CHANGES = 2.0
+# An embedding z-score this far past the cell's own distance history stands in for novelty
+# where the indices alone cannot tell a change from a state the cell has had (see update).
+SURE_EMBEDDING_Z = 9.0
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,7 @@ def update(
     )
     change = evidence(state.change, idx, expected_idx, usable, day)
     strong = np.zeros(c, bool)
+    cell_threshold = np.full(c, params.threshold, np.float32)
     if params.detector == "index":
         gate = index_anomalies(z_idx, params.index_threshold)
     elif params.detector == "embedding":
@@ -194,6 +198,16 @@ def update(
         # have stepped and be new to the cell: a harvest looks sudden to both.
         strong = change.onset(params.min_index_change, params.min_step, params.min_novelty)
         gate = change.onset(params.min_index_change / 2, params.min_step, params.min_novelty)
+        # In its first year a cell's indices cannot tell a clear-cut in spring from its own
+        # leafless winter (no novelty); its embedding can (soil and slash are not bare
+        # branches): the full departure and step, as changed as the cell has ever been, open
+        # an alert when the embedding is SURE_EMBEDDING_Z out of its history. Not on a cell
+        # that was already browning on its last look: a crop ripens before its harvest, a
+        # forest does not brown before it is felled.
+        wide = change.onset(params.min_index_change, params.min_step, 0.0) & ~gate
+        wide &= ~change.browning()
+        gate |= wide
+        cell_threshold[wide] = SURE_EMBEDDING_Z
 
     shift, z_median = np.zeros(state.mean.shape[1], np.float32), 0.0
     if params.spatial_correction:
@@ -208,7 +222,7 @@ def update(
         e, _mean_rows(state.mean), state.n, state.dist_mean, state.dist_var, state.last_day, f, ctx,
         np.ascontiguousarray(gate), params.detector != "index", float(day), shift,
         float(z_median), int(params.min_obs), float(params.min_clear),
-        float(params.min_context_clear), float(params.threshold), float(params.half_life_days),
+        float(params.min_context_clear), cell_threshold, float(params.half_life_days),
         dist, score, valid, anomaly,
     )  # fmt: skip
     state.last_time_day = day

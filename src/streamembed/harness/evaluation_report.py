@@ -130,7 +130,8 @@ def summary_lines(runs: Sequence[ScenarioRun], detector: str) -> list[str]:
         "The thresholds and rules (`config.yaml` `stats`: `min_index_change`, `min_step`, "
         "`min_novelty`, `gradual_threshold`, `gradual_min_loss`, the label rules of "
         "`labels.py`, the constants of `change.py` and `stats.py` such as the bare-surface "
-        "MNDWI share and the sure-water departure) were chosen on the second generator's **tuning** seeds "
+        "MNDWI share, the sure-water departure and the sure embedding z-score) were chosen on "
+        "the second generator's **tuning** seeds "
         f"({', '.join(map(str, TUNING_SEEDS))}) and the scenario set; the **held-out** seeds "
         f"({', '.join(map(str, HELD_OUT_SEEDS))}) were run only for this report and never used "
         "to choose anything.",

@@ -64,8 +64,11 @@ from .spectral_library import library
 # tuning half and a fresh held-out half took their place. Seeds 31-34 were the second (run
 # 2026-12-05: cell recall 0.86, a flood seen clear once before it drained, building sites on
 # bare fields missed); they joined the tuning half on 2026-12-06 and 41-44 took their place.
-TUNING_SEEDS: tuple[int, ...] = (11, 12, 13, 14, 21, 22, 23, 24, 31, 32, 33, 34)
-HELD_OUT_SEEDS: tuple[int, ...] = (41, 42, 43, 44)
+# Seeds 41-44 were the third (run 2026-12-06: 25 of 26 events in time, a clear-cut in its first
+# spring missed, false cell-looks 0.024 %); they joined the tuning half on 2026-12-06 and 51-54
+# took their place.
+TUNING_SEEDS: tuple[int, ...] = (11, 12, 13, 14, 21, 22, 23, 24, 31, 32, 33, 34, 41, 42, 43, 44)
+HELD_OUT_SEEDS: tuple[int, ...] = (51, 52, 53, 54)
 PREFIX = "fieldsim-"
 START = dt.date(2023, 1, 3)
 LATITUDE = 47.0
