@@ -56,6 +56,8 @@ CHANGE_INDICES: tuple[str, ...] = ("ndvi", "nbr", "mndwi")
 COLS = np.array([INDEX_NAMES.index(n) for n in CHANGE_INDICES])
 SIGN = np.array([-1.0, -1.0, 1.0], np.float32)
 MNDWI = CHANGE_INDICES.index("mndwi")
+# The change indices of green vegetation (the ones a ripening crop loses before its harvest).
+GREEN = np.array([CHANGE_INDICES.index(n) for n in ("ndvi", "nbr")])
 # On a surface with little vegetation left (NDVI at most BARE_NDVI, the bare_gain label's
 # bound) a rise of MNDWI is water or a built surface, and a smaller one counts: a building site
 # on a field already bare moves MNDWI by ~0.15-0.2 and NDVI hardly at all. Over vegetation an
@@ -183,7 +185,7 @@ class Evidence:
         """(C,) cells whose last clear look was already below this look's expectation on
         NDVI or NBR (a crop ripening before its harvest)."""
         with np.errstate(invalid="ignore"):
-            return np.asarray((self.before[:, :2] > 0).any(axis=1))
+            return np.asarray((self.before[:, GREEN] > 0).any(axis=1))
 
     def dominant(self) -> np.ndarray:
         """(C,) int8 the change index that departed most (the one an alert follows)."""

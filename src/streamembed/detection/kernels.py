@@ -258,8 +258,8 @@ def _update_cells(
         d = np.float32(np.sqrt(max(sq, np.float32(0.0))) / norm) if finite else np.float32(0.0)
         z = (d - dist_mean[i]) / z_scale - z_median
         # ``gate``: the cell's own indices changed (embedding+index), every cell (embedding), or
-        # the index detector's verdict (then the embedding only updates); ``threshold`` per cell (a
-        # look the indices only half excuse needs a z-score far past it, stats.py).
+        # the index detector's verdict (then the embedding only updates); ``threshold`` is per
+        # cell (a look with no novelty on the indices needs a z-score far past it, stats.py).
         flagged = z >= threshold[i] if use_embedding else True
         anomaly = clear_ok and warm and gate[i] and finite and flagged
         # Robust update: an anomalous cell moves by a clipped step, so a permanent change is
