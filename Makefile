@@ -31,12 +31,13 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # The suite's tests are processes waiting on processes (LocalClusters, daemons, servers): two
-# pytest workers keep both cores busy (CI ~21 min instead of ~26). The SLURM module shares one
-# slurmctld's ports, so its tests stay on one worker (xdist_group, --dist loadgroup). Each worker
-# starts its own LocalClusters: more workers want ~3 GiB each (TEST_WORKERS=0 runs serially).
+# pytest workers keep both cores busy. --dist loadscope keeps each module on one worker: its
+# module fixtures (archives, backfills) are built once and the SLURM module starts one
+# slurmctld (fixed ports); the session's shared archives are built once (conftest.made_once).
+# Each worker starts its own LocalClusters (TEST_WORKERS=0 runs serially).
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 # The built-in backbones against timm itself: every arch, band count and checkpoint layout, and
 # a backfill's stored cells against timm's forward (CI; ~2 min once the environment exists).

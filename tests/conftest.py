@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,28 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STREAMEMBED_SHARED", REPO.parent / "shared"))
 TEST_DATA = Path(__file__).parent / "data"
+
+
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """A folder ``make`` fills once per test run. Under pytest-xdist every worker has its own
+    session, so a session fixture would be built once per worker: the workers share their
+    basetemp's parent, the first to take the lock builds the folder there and the others wait
+    for it and read it. The folder is read-only to the tests (as a session fixture already is
+    to the modules that share it)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on an error
+        if not (folder / ".made").exists():  # a worker whose make failed left no marker
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            (folder / ".made").touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -87,10 +112,11 @@ def kill_series(tmp_path_factory) -> Path:
     from streamembed.harness.synthetic import generate
     from tests.kill_series import N_ACQUISITIONS
 
-    items, _ = generate(
-        tmp_path_factory.mktemp("kill-series"), days=45, revisit_days=5, tile_px=512,
-        n_tiles=1, start=dt.date(2024, 4, 1),
-    )  # fmt: skip
+    def make(folder: Path) -> None:
+        generate(folder, days=45, revisit_days=5, tile_px=512, n_tiles=1,
+                 start=dt.date(2024, 4, 1))  # fmt: skip
+
+    items = made_once(tmp_path_factory, "kill-series", make) / "items"
     assert len(list(items.rglob("*.json"))) == N_ACQUISITIONS
     return items
 
@@ -102,8 +128,8 @@ def kill_reference(kill_series, tmp_path_factory):
     from streamembed.outputs.ledger import State
     from tests.kill_series import N_ACQUISITIONS, backfill, outputs
 
-    out = tmp_path_factory.mktemp("uninterrupted") / "out"
-    backfill(kill_series, out)
+    out = made_once(tmp_path_factory, "uninterrupted", lambda f: backfill(kill_series, f / "out"))
+    out = out / "out"
     ids, embedding, rows, states = outputs(out)
     assert len(ids) == N_ACQUISITIONS and len(rows) > 0
     assert set(states.values()) == {State.APPLIED}
@@ -114,18 +140,23 @@ def kill_reference(kill_series, tmp_path_factory):
 def failed_look(kill_series, tmp_path_factory):
     """The series with one look's B04 cut short, backfilled (exit 3): (data, output, the band
     file, its good bytes)."""
-    import shutil
-
     from tests.kill_series import backfill, corrupt_band
 
-    base = tmp_path_factory.mktemp("failed-look")
-    data = base / "data"
-    shutil.copytree(kill_series, data)
-    band, good = corrupt_band(data, 3)
-    out = base / "out"
-    code, log = backfill(data, out, check=False)
-    assert code == 3, log
-    return data, out, band.relative_to(data), good
+    def make(base: Path) -> None:
+        shutil.copytree(kill_series, base / "data")
+        band, good = corrupt_band(base / "data", 3)
+        (base / "band").write_text(str(band.relative_to(base / "data")))
+        (base / "good").write_bytes(good)
+        code, log = backfill(base / "data", base / "out", check=False)
+        assert code == 3, log
+
+    base = made_once(tmp_path_factory, "failed-look", make)
+    return (
+        base / "data",
+        base / "out",
+        Path((base / "band").read_text()),
+        (base / "good").read_bytes(),
+    )
 
 
 def pytest_terminal_summary(terminalreporter):

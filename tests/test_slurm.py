@@ -21,10 +21,6 @@ from streamembed.runtime.encoder import EncoderPlugin
 from streamembed.runtime.pipeline import Pipeline
 from tests.slurm_cluster import LocalSlurm, why_unavailable
 
-# One slurmctld/slurmd pair per host (fixed ports, one munged): under pytest-xdist every test of
-# this module runs on the same worker, which starts the cluster once.
-pytestmark = pytest.mark.xdist_group("slurm")
-
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
