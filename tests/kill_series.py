@@ -20,9 +20,14 @@ from streamembed.outputs.store import EmbeddingStore
 
 N_ACQUISITIONS = 9
 # The series' config: a low threshold and no index evidence asked for (noise gives anomaly
-# rows to compare), small chunks and four blocks per acquisition.
+# rows to compare), small chunks and four blocks per acquisition. The forward pass in PyTorch:
+# the default OpenVINO runtime converts the network in every worker process of every CLI run
+# (a 9-look backfill: 60 s with it, 37 s without), and these runs check what a crash or a late
+# look does to the outputs, not the runtime (tests/test_encoder.py checks OpenVINO and ONNX
+# Runtime against PyTorch; the in-process pipeline tests and `make demo` run the default).
 SERIES_ENV = {
     "STREAMEMBED__MODEL__ARCH": "resnet18",
+    "STREAMEMBED__MODEL__RUNTIME": "torch",
     "STREAMEMBED__CLUSTER__DASHBOARD_ADDRESS": ":0",
     "STREAMEMBED__STATS__MIN_OBS": "3",
     "STREAMEMBED__STATS__THRESHOLD": "1.5",

@@ -30,6 +30,7 @@ from streamembed.operations.webhook import url_key
 from streamembed.outputs.ledger import Ledger, State
 from streamembed.outputs.outbox import Outbox
 from tests.daemon import Receiver, count_states, free_port, wait_until
+from tests.kill_series import SERIES_ENV
 
 
 def get(url: str) -> tuple[int, str]:
@@ -94,15 +95,7 @@ def test_monitor_metrics_probes_and_webhook(kill_series, kill_reference, local_d
     out = tmp_path / "out"
     env = {
         **os.environ,
-        "STREAMEMBED__MODEL__ARCH": "resnet18",
-        # the kill suite's settings, so its reference run says which files there must be
-        "STREAMEMBED__STATS__MIN_OBS": "3",
-        "STREAMEMBED__STATS__THRESHOLD": "1.5",
-        "STREAMEMBED__STATS__MIN_INDEX_CHANGE": "0",
-        "STREAMEMBED__STATS__MIN_STEP": "0",
-        "STREAMEMBED__STATS__MIN_NOVELTY": "0",
-        "STREAMEMBED__STORE__CHUNK_CELLS": "4",
-        "STREAMEMBED__INGEST__BLOCK_PX": "256",
+        **SERIES_ENV,  # the kill suite's settings, so its reference run says which files to expect
         "STREAMEMBED__CLUSTER__KIND": "address",
         "STREAMEMBED__CLUSTER__ADDRESS": address,
         "STREAMEMBED__DAEMON__METRICS_PORT": str(port),
