@@ -128,8 +128,8 @@ def kill_reference(kill_series, tmp_path_factory):
     from streamembed.outputs.ledger import State
     from tests.kill_series import N_ACQUISITIONS, backfill, outputs
 
-    out = made_once(tmp_path_factory, "uninterrupted", lambda f: backfill(kill_series, f / "out"))
-    out = out / "out"
+    made = made_once(tmp_path_factory, "uninterrupted", lambda f: backfill(kill_series, f / "out"))
+    out = made / "out"
     ids, embedding, rows, states = outputs(out)
     assert len(ids) == N_ACQUISITIONS and len(rows) > 0
     assert set(states.values()) == {State.APPLIED}
@@ -144,19 +144,14 @@ def failed_look(kill_series, tmp_path_factory):
 
     def make(base: Path) -> None:
         shutil.copytree(kill_series, base / "data")
-        band, good = corrupt_band(base / "data", 3)
+        band, _ = corrupt_band(base / "data", 3)
         (base / "band").write_text(str(band.relative_to(base / "data")))
-        (base / "good").write_bytes(good)
         code, log = backfill(base / "data", base / "out", check=False)
         assert code == 3, log
 
     base = made_once(tmp_path_factory, "failed-look", make)
-    return (
-        base / "data",
-        base / "out",
-        Path((base / "band").read_text()),
-        (base / "good").read_bytes(),
-    )
+    band = Path((base / "band").read_text())
+    return base / "data", base / "out", band, (kill_series / band).read_bytes()  # the good bytes
 
 
 def pytest_terminal_summary(terminalreporter):
